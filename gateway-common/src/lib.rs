@@ -1,0 +1,132 @@
+//! Types shared by the XDP program and the daemon: map names, map keys and values, verdict
+//! reasons and the counter layout. Everything here is `#[repr(C)]` with explicit padding, so
+//! both sides agree on every byte.
+#![no_std]
+
+/// Names of the maps in the eBPF object, as the daemon looks them up.
+pub mod maps {
+    /// `LpmTrie<[u8; 4], Rule>`: IPv4 source CIDR rules.
+    pub const RULES_V4: &str = "RULES_V4";
+    /// `LpmTrie<[u8; 16], Rule>`: IPv6 source CIDR rules.
+    pub const RULES_V6: &str = "RULES_V6";
+    /// `Array<u8>` of 65536 entries: per destination port, which protocols are protected
+    /// (`PORT_TCP | PORT_UDP`).
+    pub const PORTS: &str = "PORTS";
+    /// `Array<Settings>` with one entry.
+    pub const SETTINGS: &str = "SETTINGS";
+    /// `PerCpuArray<Counter>` indexed by [`crate::Reason`].
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Name of the XDP program in the eBPF object.
+pub const PROGRAM_NAME: &str = "gateway_xdp";
+
+/// Why the XDP program passed or dropped a packet; the index into the counters map.
+///
+/// The numbering is part of the map layout: append new reasons, never renumber.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Checked against the rules and let through (allowed, or not denied).
+    Passed = 0,
+    /// Not subject to policy: the destination port or protocol is not protected.
+    PassedUnprotected = 1,
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    PassedNotIp = 2,
+    /// Truncated or inconsistent headers, too many VLAN tags or IPv6 extension headers.
+    /// Passed so the kernel's own checks decide; never a wrong drop.
+    PassedMalformed = 3,
+    /// A non-first fragment while only some ports are protected: it carries no ports, and
+    /// its first fragment was already judged.
+    PassedFragment = 4,
+    /// The most specific matching rule denies the source.
+    DroppedDeny = 5,
+    /// Allow-list policy and no allow rule matches the source.
+    DroppedNotAllowed = 6,
+}
+
+impl Reason {
+    /// Every reason, in counter order.
+    pub const ALL: [Reason; 7] = [
+        Reason::Passed,
+        Reason::PassedUnprotected,
+        Reason::PassedNotIp,
+        Reason::PassedMalformed,
+        Reason::PassedFragment,
+        Reason::DroppedDeny,
+        Reason::DroppedNotAllowed,
+    ];
+
+    /// Stable name used in the CLI, JSON and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Passed => "passed",
+            Reason::PassedUnprotected => "passed-unprotected",
+            Reason::PassedNotIp => "passed-not-ip",
+            Reason::PassedMalformed => "passed-malformed",
+            Reason::PassedFragment => "passed-fragment",
+            Reason::DroppedDeny => "dropped-deny",
+            Reason::DroppedNotAllowed => "dropped-not-allowed",
+        }
+    }
+
+    pub const fn is_drop(self) -> bool {
+        matches!(self, Reason::DroppedDeny | Reason::DroppedNotAllowed)
+    }
+}
+
+/// Size of the counters map. Larger than `Reason::ALL` so later reasons fit without
+/// changing the map's shape.
+pub const COUNTER_SLOTS: u32 = 32;
+
+/// Packets and bytes seen for one reason on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// What a matching CIDR rule does. The most specific matching prefix wins.
+pub const ACTION_ALLOW: u8 = 1;
+pub const ACTION_DENY: u8 = 2;
+
+/// Value of a CIDR rule in the LPM tries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// `ACTION_ALLOW` or `ACTION_DENY`.
+    pub action: u8,
+    pub _pad: [u8; 3],
+    /// The daemon's identifier for the rule (for per-rule statistics).
+    pub id: u32,
+}
+
+/// Policy for sources that match no rule.
+pub const POLICY_DENY_LIST: u8 = 0;
+pub const POLICY_ALLOW_LIST: u8 = 1;
+
+/// Protocol bits in the `PORTS` map.
+pub const PORT_TCP: u8 = 1;
+pub const PORT_UDP: u8 = 2;
+/// Entries in the `PORTS` map: one per port number.
+pub const PORT_SLOTS: u32 = 65536;
+
+/// Program-wide settings, the single entry of the `SETTINGS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// `POLICY_DENY_LIST` or `POLICY_ALLOW_LIST`.
+    pub policy: u8,
+    /// 0: every packet is subject to policy. 1: only TCP/UDP to ports marked in `PORTS`.
+    pub port_filter: u8,
+    pub _pad: [u8; 6],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers with explicit padding, valid for any bit pattern.
+    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::Rule {}
+    unsafe impl aya::Pod for super::Settings {}
+}

@@ -1,0 +1,63 @@
+//! `gateway check-config FILE`: validate, explain, start nothing.
+
+use std::{path::Path, process::ExitCode};
+
+use crate::{
+    config::{Config, Policy, XdpMode},
+    xdp::interface_index,
+};
+
+pub fn run(file: &Path) -> ExitCode {
+    let config = match Config::load(file) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut warnings = config.warnings.clone();
+    if config.xdp.mode != XdpMode::Off {
+        for (index, interface) in config.xdp.interfaces.iter().enumerate() {
+            if interface_index(interface).is_err() {
+                warnings.push(format!(
+                    "xdp.interfaces[{index}]: no interface {interface:?} on this host (fine if the file is for another host)"
+                ));
+            }
+        }
+    }
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
+    println!("{}: OK", file.display());
+    println!("  {}", summary(&config));
+    ExitCode::SUCCESS
+}
+
+fn summary(config: &Config) -> String {
+    let xdp = match config.xdp.mode {
+        XdpMode::Off => "xdp off".to_owned(),
+        mode => format!(
+            "xdp {} on {}",
+            format!("{mode:?}").to_lowercase(),
+            config.xdp.interfaces.join(", ")
+        ),
+    };
+    let firewall = &config.firewall;
+    let policy = match firewall.policy {
+        Policy::DenyList => "deny-list",
+        Policy::AllowList => "allow-list",
+    };
+    let ports = if firewall.protected_ports.is_all() {
+        "all ports".to_owned()
+    } else {
+        format!(
+            "{} protected ports",
+            firewall.protected_ports.entries().count()
+        )
+    };
+    format!(
+        "{xdp}; firewall {policy}, {} IPv4 + {} IPv6 rules, {ports}",
+        firewall.rules_v4().count(),
+        firewall.rules_v6().count()
+    )
+}

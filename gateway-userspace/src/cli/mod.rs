@@ -1,0 +1,109 @@
+//! The `gateway` command line: one binary for the daemon and the operator's tools.
+
+mod check_config;
+mod stats;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_ADMIN_SOCKET};
+
+const EXAMPLES: &str = "\
+Examples:
+  gateway check-config config/gateway.toml    validate a config file
+  gateway run --config config/gateway.toml    start the daemon (root, or CAP_BPF + CAP_NET_ADMIN)
+  gateway stats                               XDP counters per verdict reason
+  gateway stats --json | jq .xdp.reasons      the same, for scripts";
+
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, about = "An XDP-accelerated L4+L7 API gateway", after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway daemon: load and attach the XDP firewall, serve the admin API.
+    Run {
+        /// The configuration file.
+        #[arg(
+            short,
+            long,
+            value_name = "FILE",
+            default_value = "/etc/gateway/gateway.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without starting anything.
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Show packets and bytes per XDP verdict reason.
+    Stats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How the CLI reaches the running daemon.
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// The daemon's admin socket (admin.socket in its config).
+    #[arg(long, value_name = "PATH", env = "GATEWAY_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    socket: PathBuf,
+}
+
+/// Entry point of the `gateway` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            let loaded = Config::load(&config)?;
+            for warning in &loaded.warnings {
+                tracing::warn!("{warning}");
+            }
+            runtime()?.block_on(crate::daemon::run(config, loaded))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { file } => Ok(check_config::run(&file)),
+        Command::Stats { json, admin } => {
+            runtime()?.block_on(stats::run(&admin.socket, json))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

@@ -1,0 +1,76 @@
+//! `gateway stats`: the XDP counters per verdict reason.
+
+use std::path::Path;
+
+use crate::control::{
+    Client,
+    api::{STATS_PATH, Stats},
+};
+
+pub async fn run(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let stats: Stats = Client::new(socket).get(STATS_PATH).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+    } else {
+        print!("{}", table(&stats));
+    }
+    Ok(())
+}
+
+fn table(stats: &Stats) -> String {
+    let xdp = &stats.xdp;
+    if !xdp.enabled {
+        return "XDP is off (xdp.mode = \"off\"): no kernel counters\n".to_owned();
+    }
+    let interfaces: Vec<String> = xdp
+        .interfaces
+        .iter()
+        .map(|interface| format!("{} ({:?})", interface.name, interface.mode).to_lowercase())
+        .collect();
+    let mut out = format!("XDP on {}\n", interfaces.join(", "));
+    out += &format!(
+        "{:<22} {:<7} {:>14} {:>16}\n",
+        "REASON", "VERDICT", "PACKETS", "BYTES"
+    );
+    for reason in &xdp.reasons {
+        out += &format!(
+            "{:<22} {:<7} {:>14} {:>16}\n",
+            reason.reason, reason.verdict, reason.packets, reason.bytes
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        control::api::{InterfaceStats, ReasonStats, XdpStats},
+        xdp::AttachMode,
+    };
+
+    #[test]
+    fn table_lists_every_reason() {
+        let stats = Stats {
+            xdp: XdpStats {
+                enabled: true,
+                interfaces: vec![InterfaceStats {
+                    name: "eth0".into(),
+                    mode: AttachMode::Native,
+                }],
+                reasons: vec![ReasonStats {
+                    reason: "dropped-deny".into(),
+                    verdict: "drop".into(),
+                    packets: 3,
+                    bytes: 180,
+                }],
+            },
+        };
+        assert_eq!(
+            table(&stats),
+            "XDP on eth0 (native)\n\
+             REASON                 VERDICT        PACKETS            BYTES\n\
+             dropped-deny           drop                 3              180\n"
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! The TOML configuration: serde structs that mirror the file (unknown keys are errors), and
+//! `Config`, the validated runtime form the rest of the daemon uses. Validation happens once,
+//! here, and names the offending key and the reason.
+
+mod firewall;
+
+use std::{fmt, path::Path, path::PathBuf};
+
+use serde::Deserialize;
+
+pub use firewall::{Action, CidrRule, FirewallConfig, Policy, ProtectedPorts};
+
+/// Where the CLI and the daemon meet when the config does not say otherwise.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/gateway/admin.sock";
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub admin: AdminConfig,
+    pub xdp: XdpConfig,
+    pub firewall: FirewallConfig,
+    /// Things that are legal but probably not what the operator meant.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpMode {
+    /// In the driver: fastest, needs driver support.
+    Native,
+    /// Generic XDP in the kernel stack: works on every interface.
+    Skb,
+    /// Native, falling back to skb where the driver lacks support.
+    Auto,
+    /// No kernel program; the rules are enforced in userspace.
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct XdpConfig {
+    pub mode: XdpMode,
+    pub interfaces: Vec<String>,
+    /// Capacity of the IPv4 and IPv6 rule tries, fixed when the program loads.
+    pub max_rules_v4: u32,
+    pub max_rules_v6: u32,
+}
+
+/// A config that could not be used: every problem found, each naming its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Syntax {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{path}: invalid configuration:\n{}", problems_list(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+/// One validation failure: the dotted key (with list indexes) and why it is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+fn problems_list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|problem| format!("  - {problem}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Collects problems while validating, so one run reports all of them.
+#[derive(Default)]
+pub(crate) struct Problems(Vec<Problem>);
+
+impl Problems {
+    pub(crate) fn add(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+// ---- The file's shape ----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    xdp: RawXdp,
+    #[serde(default)]
+    firewall: firewall::RawFirewall,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawXdp {
+    #[serde(default = "default_xdp_mode")]
+    mode: XdpMode,
+    #[serde(default)]
+    interfaces: Vec<String>,
+    #[serde(default = "default_max_rules")]
+    max_rules_v4: u32,
+    #[serde(default = "default_max_rules")]
+    max_rules_v6: u32,
+}
+
+impl Default for RawXdp {
+    fn default() -> Self {
+        Self {
+            mode: default_xdp_mode(),
+            interfaces: Vec::new(),
+            max_rules_v4: default_max_rules(),
+            max_rules_v6: default_max_rules(),
+        }
+    }
+}
+
+fn default_xdp_mode() -> XdpMode {
+    XdpMode::Auto
+}
+
+fn default_max_rules() -> u32 {
+    100_000
+}
+
+/// Upper bound for a rule trie; far above any real list, low enough to catch typos.
+const MAX_RULES_LIMIT: u32 = 16_000_000;
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|error| match error {
+            ParseError::Syntax(source) => ConfigError::Syntax {
+                path: path.to_owned(),
+                source,
+            },
+            ParseError::Invalid(problems) => ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            },
+        })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ParseError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|error| ParseError::Syntax(Box::new(error)))?;
+        let mut problems = Problems::default();
+        let mut warnings = Vec::new();
+
+        let xdp = compile_xdp(raw.xdp, &mut problems);
+        let firewall = raw.firewall.compile(&xdp, &mut problems, &mut warnings);
+        let admin = AdminConfig {
+            socket: raw
+                .admin
+                .socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET)),
+        };
+        if admin.socket.as_os_str().is_empty() {
+            problems.add("admin.socket", "must not be empty");
+        }
+
+        if problems.0.is_empty() {
+            Ok(Config {
+                admin,
+                xdp,
+                firewall,
+                warnings,
+            })
+        } else {
+            Err(ParseError::Invalid(problems.0))
+        }
+    }
+}
+
+/// Failure of [`Config::parse`], before a file path is attached.
+#[derive(Debug)]
+pub enum ParseError {
+    Syntax(Box<toml::de::Error>),
+    Invalid(Vec<Problem>),
+}
+
+fn compile_xdp(raw: RawXdp, problems: &mut Problems) -> XdpConfig {
+    if raw.mode != XdpMode::Off && raw.interfaces.is_empty() {
+        problems.add(
+            "xdp.interfaces",
+            "name at least one interface to protect (e.g. [\"eth0\"]), or set xdp.mode = \"off\"",
+        );
+    }
+    for (index, name) in raw.interfaces.iter().enumerate() {
+        let key = format!("xdp.interfaces[{index}]");
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ']) {
+            problems.add(key, format!("{name:?} is not a valid interface name"));
+        } else if raw.interfaces[..index].contains(name) {
+            problems.add(key, format!("{name:?} is listed twice"));
+        }
+    }
+    for (key, value) in [
+        ("xdp.max_rules_v4", raw.max_rules_v4),
+        ("xdp.max_rules_v6", raw.max_rules_v6),
+    ] {
+        if value == 0 || value > MAX_RULES_LIMIT {
+            problems.add(
+                key,
+                format!("{value} is out of range 1..={MAX_RULES_LIMIT}"),
+            );
+        }
+    }
+    XdpConfig {
+        mode: raw.mode,
+        interfaces: raw.interfaces,
+        max_rules_v4: raw.max_rules_v4,
+        max_rules_v6: raw.max_rules_v6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(text) {
+            Err(ParseError::Invalid(problems)) => {
+                problems.iter().map(ToString::to_string).collect()
+            }
+            other => panic!("expected validation problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_need_an_interface_unless_off() {
+        assert_eq!(
+            problems(""),
+            [
+                "xdp.interfaces: name at least one interface to protect (e.g. [\"eth0\"]), or set xdp.mode = \"off\""
+            ]
+        );
+        let config = Config::parse("[xdp]\nmode = \"off\"").unwrap();
+        assert_eq!(config.admin.socket, PathBuf::from(DEFAULT_ADMIN_SOCKET));
+        assert_eq!(config.xdp.max_rules_v4, 100_000);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let Err(ParseError::Syntax(error)) = Config::parse("[xdp]\nmdoe = \"native\"") else {
+            panic!("expected a syntax error");
+        };
+        assert!(
+            error.to_string().contains("unknown field `mdoe`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bad_mode_is_named() {
+        let Err(ParseError::Syntax(error)) = Config::parse("[xdp]\nmode = \"fast\"") else {
+            panic!("expected a syntax error");
+        };
+        let message = error.to_string();
+        assert!(message.contains("unknown variant `fast`"), "{message}");
+        assert!(
+            message.contains("expected one of `native`, `skb`, `auto`, `off`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn interface_names_and_limits_are_checked() {
+        let found = problems(
+            "[xdp]\ninterfaces = [\"eth0\", \"eth0\", \"a-very-long-interface-name\"]\nmax_rules_v6 = 0",
+        );
+        assert_eq!(
+            found,
+            [
+                "xdp.interfaces[1]: \"eth0\" is listed twice",
+                "xdp.interfaces[2]: \"a-very-long-interface-name\" is not a valid interface name",
+                "xdp.max_rules_v6: 0 is out of range 1..=16000000",
+            ]
+        );
+    }
+}

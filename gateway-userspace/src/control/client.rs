@@ -1,0 +1,93 @@
+//! The CLI side of the admin API.
+
+use std::{io, path::PathBuf};
+
+use http_body_util::{BodyExt as _, Empty};
+use hyper::{Request, body::Bytes};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
+
+use super::api::ApiError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "the gateway daemon is not running: no admin socket at {0} (start it with \
+         `gateway run --config FILE`, or point --socket at the socket named by admin.socket)"
+    )]
+    NotRunning(PathBuf),
+    #[error(
+        "permission denied on the admin socket {0}: it is root-only by default; run the command as root (sudo)"
+    )]
+    PermissionDenied(PathBuf),
+    #[error("talking to the gateway daemon over {path} failed: {message}")]
+    Protocol { path: PathBuf, message: String },
+    #[error("the gateway daemon answered {status}: {message}")]
+    Api { status: u16, message: String },
+}
+
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+        }
+    }
+
+    /// `GET path`, decoding the JSON answer.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|error| self.connect_error(error))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| self.protocol(error))?;
+        tokio::spawn(connection);
+        let request = Request::get(path)
+            .header(hyper::header::HOST, "gateway")
+            .body(Empty::<Bytes>::new())
+            .map_err(|error| self.protocol(error))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|error| self.protocol(error))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|error| self.protocol(error))?
+            .to_bytes();
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ApiError>(&body)
+                .map(|api| api.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        serde_json::from_slice(&body).map_err(|error| self.protocol(error))
+    }
+
+    fn connect_error(&self, error: io::Error) -> ClientError {
+        match error.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                ClientError::NotRunning(self.socket.clone())
+            }
+            io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(self.socket.clone()),
+            _ => self.protocol(error),
+        }
+    }
+
+    fn protocol(&self, error: impl std::fmt::Display) -> ClientError {
+        ClientError::Protocol {
+            path: self.socket.clone(),
+            message: error.to_string(),
+        }
+    }
+}

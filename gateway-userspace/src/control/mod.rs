@@ -1,0 +1,9 @@
+//! The control plane: an HTTP/1.1 admin API on a unix socket (root-only by default), served
+//! by the daemon and used by the CLI.
+
+pub mod api;
+mod client;
+mod server;
+
+pub use client::{Client, ClientError};
+pub use server::{AdminServer, DaemonState};

@@ -1,0 +1,8 @@
+//! The gateway daemon and CLI as a library, so integration tests and benchmarks drive the
+//! same code as the `gateway` binary.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod xdp;
