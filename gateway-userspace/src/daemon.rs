@@ -1,8 +1,10 @@
 //! `gateway run`: start everything in a safe order, serve until a signal, stop cleanly.
 //!
-//! Order matters: the admin socket is bound first (a second daemon fails before touching any
-//! interface), the maps are filled before the program is attached (the first packet meets the
-//! full rule set), and the program is detached on the way out.
+//! Order matters: signals are caught from the start (a SIGTERM during start-up still ends in
+//! a clean stop), a second daemon is refused before it touches any interface, the maps are
+//! filled before the program is attached (the first packet meets the full rule set), the
+//! admin socket is bound last (so a connectable socket means "fully up"), and the program is
+//! detached on the way out.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,7 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     config::{Config, XdpMode},
@@ -22,8 +24,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let state = Arc::new(DaemonState {
         xdp: std::sync::Mutex::new(None),
     });
-    let _admin = AdminServer::bind(&config.admin.socket, state.clone()).await?;
-    tracing::info!(socket = %config.admin.socket.display(), "admin API listening");
+    let signals = Signals::install()?;
+    AdminServer::ensure_free(&config.admin.socket).await?;
 
     if config.xdp.mode == XdpMode::Off {
         tracing::warn!(
@@ -37,7 +39,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(xdp);
     }
 
-    wait_for_shutdown(&config_path, &config, &state).await?;
+    let _admin = AdminServer::bind(&config.admin.socket, state.clone()).await?;
+    tracing::info!(socket = %config.admin.socket.display(), "admin API listening");
+
+    signals
+        .wait_for_shutdown(&config_path, &config, &state)
+        .await;
 
     if let Some(mut xdp) = state
         .xdp
@@ -71,27 +78,44 @@ fn start_xdp(config: &Config) -> anyhow::Result<XdpFirewall> {
     Ok(xdp)
 }
 
-/// Serves until SIGINT or SIGTERM. SIGHUP reloads the firewall rules from the config file;
-/// an invalid file is reported and the running rules stay.
-async fn wait_for_shutdown(
-    config_path: &Path,
-    running: &Config,
-    state: &DaemonState,
-) -> anyhow::Result<()> {
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    tracing::info!("gateway running; SIGHUP reloads the firewall rules, SIGINT/SIGTERM stop it");
-    loop {
-        tokio::select! {
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
-            _ = hangup.recv() => reload(config_path, running, state),
-        }
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("installing the {name} handler"))
+        };
+        Ok(Signals {
+            interrupt: install(SignalKind::interrupt(), "SIGINT")?,
+            terminate: install(SignalKind::terminate(), "SIGTERM")?,
+            hangup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
     }
-    tracing::info!("shutting down");
-    Ok(())
+
+    /// Serves until SIGINT or SIGTERM. SIGHUP reloads the firewall rules from the config
+    /// file; an invalid file is reported and the running rules stay.
+    async fn wait_for_shutdown(
+        mut self,
+        config_path: &Path,
+        running: &Config,
+        state: &DaemonState,
+    ) {
+        tracing::info!(
+            "gateway running; SIGHUP reloads the firewall rules, SIGINT/SIGTERM stop it"
+        );
+        loop {
+            tokio::select! {
+                _ = self.interrupt.recv() => break,
+                _ = self.terminate.recv() => break,
+                _ = self.hangup.recv() => reload(config_path, running, state),
+            }
+        }
+        tracing::info!("shutting down");
+    }
 }
 
 fn reload(config_path: &Path, running: &Config, state: &DaemonState) {

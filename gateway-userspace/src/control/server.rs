@@ -70,22 +70,29 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds the socket (root-only: mode 0600). Fails if another daemon answers on it; a
-    /// stale socket file from a crashed daemon is replaced.
+    /// Fails if another daemon answers on `path`: call it before touching the kernel, so a
+    /// second daemon stops before it disturbs the first one's interfaces.
+    pub async fn ensure_free(path: &Path) -> anyhow::Result<()> {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!(
+                "another gateway is already running: its admin socket {} answers; stop it first",
+                path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Binds the socket (root-only: mode 0600) and serves it. A stale socket file from a
+    /// crashed daemon is replaced. Bind it last: a connectable socket means "fully up".
     pub async fn bind(path: &Path, state: Arc<DaemonState>) -> anyhow::Result<AdminServer> {
         use anyhow::Context as _;
+        Self::ensure_free(path).await?;
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).with_context(|| {
                 format!("creating the admin socket directory {}", parent.display())
             })?;
         }
         if path.exists() {
-            if tokio::net::UnixStream::connect(path).await.is_ok() {
-                anyhow::bail!(
-                    "another gateway is already running: its admin socket {} answers; stop it first",
-                    path.display()
-                );
-            }
             std::fs::remove_file(path)
                 .with_context(|| format!("removing the stale admin socket {}", path.display()))?;
         }
