@@ -1,0 +1,408 @@
+//! Exact verdicts of the real XDP program on crafted frames, through `BPF_PROG_TEST_RUN`:
+//! every parse branch, both policies, port protection. Each run must move exactly one
+//! reason counter by one packet and the frame's length in bytes.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::programs::{TestRun, TestRunOptions};
+use gateway::{config::Config, xdp::XdpFirewall};
+use gateway_common::Reason;
+use gateway_tests::{Ext, Frame, frames, kernel_tests_enabled};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+const DENIED_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
+const EXCEPTION_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const OTHER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const DST_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const DENIED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 5);
+const EXCEPTION_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 1, 0, 0, 0, 1);
+const OTHER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x600d, 0, 0, 0, 0, 1);
+const DST_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+
+/// Deny 203.0.113.0/24 and 2001:db8:bad::/48, with exceptions, on every port.
+const DENY_RULES: &str = r#"
+deny = ["203.0.113.0/24", "2001:db8:bad::/48"]
+allow = ["203.0.113.10", "2001:db8:bad:1::/64"]
+"#;
+
+/// The same rules, policy only for TCP 80/443 and UDP 53.
+const DENY_RULES_PORTS: &str = r#"
+protected_ports = ["80/tcp", 443, "53/udp"]
+deny = ["203.0.113.0/24", "2001:db8:bad::/48"]
+allow = ["203.0.113.10", "2001:db8:bad:1::/64"]
+"#;
+
+struct Program {
+    xdp: XdpFirewall,
+}
+
+impl Program {
+    /// Loads the real program with the `[firewall]` section given; `None` when kernel tests
+    /// cannot run here.
+    fn load(test: &str, firewall: &str) -> Option<Program> {
+        if !kernel_tests_enabled(test) {
+            return None;
+        }
+        let text = format!(
+            "[xdp]\nmode = \"off\"\nmax_rules_v4 = 64\nmax_rules_v6 = 64\n[firewall]\n{firewall}"
+        );
+        let config = Config::parse(&text).expect("test config is valid");
+        let mut xdp = XdpFirewall::load(&config.xdp).expect("the XDP program loads");
+        xdp.apply(&config.firewall).expect("rules are written");
+        Some(Program { xdp })
+    }
+
+    fn apply(&mut self, firewall: &str) {
+        let text = format!("[xdp]\nmode = \"off\"\n[firewall]\n{firewall}");
+        let config = Config::parse(&text).expect("test config is valid");
+        self.xdp.apply(&config.firewall).expect("rules are written");
+    }
+
+    /// Runs one frame; returns the reason it was counted under, after checking that the
+    /// action matches the reason and that exactly that counter moved by this frame.
+    fn verdict(&mut self, frame: &[u8]) -> Reason {
+        let before = self.xdp.counters().expect("counters");
+        let result = self
+            .xdp
+            .program_mut()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        let after = self.xdp.counters().expect("counters");
+        let moved: Vec<Reason> = before
+            .iter()
+            .zip(&after)
+            .filter(|((_, b), (_, a))| a != b)
+            .map(|((reason, b), (_, a))| {
+                assert_eq!(a.packets - b.packets, 1, "{reason:?} packets");
+                assert_eq!(a.bytes - b.bytes, frame.len() as u64, "{reason:?} bytes");
+                *reason
+            })
+            .collect();
+        assert_eq!(moved.len(), 1, "exactly one counter moves, got {moved:?}");
+        let reason = moved[0];
+        let expected_action = if reason.is_drop() { XDP_DROP } else { XDP_PASS };
+        assert_eq!(
+            result.return_value, expected_action,
+            "action for {reason:?}"
+        );
+        reason
+    }
+}
+
+fn udp(src: IpAddr, dport: u16) -> Frame {
+    let dst = match src {
+        IpAddr::V4(_) => IpAddr::V4(DST_V4),
+        IpAddr::V6(_) => IpAddr::V6(DST_V6),
+    };
+    Frame::udp(src, dst, 40000, dport, b"verdict")
+}
+
+fn tcp(src: IpAddr, dport: u16) -> Frame {
+    let dst = match src {
+        IpAddr::V4(_) => IpAddr::V4(DST_V4),
+        IpAddr::V6(_) => IpAddr::V6(DST_V6),
+    };
+    Frame::tcp(src, dst, 40000, dport).syn()
+}
+
+#[test]
+fn most_specific_rule_decides_for_both_families() {
+    let Some(mut program) =
+        Program::load("most_specific_rule_decides_for_both_families", DENY_RULES)
+    else {
+        return;
+    };
+    for (source, expected) in [
+        (IpAddr::V4(DENIED_V4), Reason::DroppedDeny),
+        (IpAddr::V4(EXCEPTION_V4), Reason::Passed),
+        (IpAddr::V4(OTHER_V4), Reason::Passed),
+        (IpAddr::V6(DENIED_V6), Reason::DroppedDeny),
+        (IpAddr::V6(EXCEPTION_V6), Reason::Passed),
+        (IpAddr::V6(OTHER_V6), Reason::Passed),
+    ] {
+        for frame in [udp(source, 53), tcp(source, 22)] {
+            assert_eq!(program.verdict(&frame.build()), expected, "{source}");
+        }
+    }
+}
+
+#[test]
+fn allow_list_drops_unlisted_and_carved_out_sources() {
+    let rules = r#"
+policy = "allow-list"
+allow = ["192.0.2.0/24", "2001:db8:600d::/48"]
+deny = ["192.0.2.128/25"]
+"#;
+    let Some(mut program) =
+        Program::load("allow_list_drops_unlisted_and_carved_out_sources", rules)
+    else {
+        return;
+    };
+    for (source, expected) in [
+        ("192.0.2.1", Reason::Passed),
+        ("192.0.2.200", Reason::DroppedDeny),
+        ("198.51.100.1", Reason::DroppedNotAllowed),
+        ("2001:db8:600d::1", Reason::Passed),
+        ("2001:db8:bad::1", Reason::DroppedNotAllowed),
+    ] {
+        let source: IpAddr = source.parse().unwrap();
+        assert_eq!(
+            program.verdict(&udp(source, 9999).build()),
+            expected,
+            "{source}"
+        );
+    }
+}
+
+#[test]
+fn protected_ports_limit_the_policy_per_protocol() {
+    let Some(mut program) = Program::load(
+        "protected_ports_limit_the_policy_per_protocol",
+        DENY_RULES_PORTS,
+    ) else {
+        return;
+    };
+    let denied = IpAddr::V4(DENIED_V4);
+    let denied6 = IpAddr::V6(DENIED_V6);
+    for (frame, expected) in [
+        (tcp(denied, 80), Reason::DroppedDeny),
+        (udp(denied, 80), Reason::PassedUnprotected), // 80 is TCP only
+        (tcp(denied, 443), Reason::DroppedDeny),
+        (udp(denied, 443), Reason::DroppedDeny),
+        (udp(denied, 53), Reason::DroppedDeny),
+        (tcp(denied, 53), Reason::PassedUnprotected), // 53 is UDP only
+        (tcp(denied, 22), Reason::PassedUnprotected), // SSH is never cut off
+        (tcp(IpAddr::V4(OTHER_V4), 80), Reason::Passed),
+        (tcp(denied6, 443), Reason::DroppedDeny),
+        (udp(denied6, 22), Reason::PassedUnprotected),
+        (
+            Frame::icmp4_echo(DENIED_V4, DST_V4),
+            Reason::PassedUnprotected,
+        ),
+        (
+            Frame::icmp6_echo(DENIED_V6, DST_V6),
+            Reason::PassedUnprotected,
+        ),
+    ] {
+        assert_eq!(program.verdict(&frame.build()), expected, "{frame:?}");
+    }
+}
+
+#[test]
+fn vlan_tags_are_walked_up_to_two() {
+    let Some(mut program) = Program::load("vlan_tags_are_walked_up_to_two", DENY_RULES_PORTS)
+    else {
+        return;
+    };
+    let denied = IpAddr::V4(DENIED_V4);
+    let one = tcp(denied, 80).vlan(0x8100, 100);
+    let qinq = tcp(IpAddr::V6(DENIED_V6), 443)
+        .vlan(0x88a8, 10)
+        .vlan(0x8100, 20);
+    let unprotected = tcp(denied, 22).vlan(0x88a8, 10).vlan(0x8100, 20);
+    let three = tcp(denied, 80)
+        .vlan(0x88a8, 1)
+        .vlan(0x8100, 2)
+        .vlan(0x8100, 3);
+    assert_eq!(program.verdict(&one.build()), Reason::DroppedDeny);
+    assert_eq!(program.verdict(&qinq.build()), Reason::DroppedDeny);
+    assert_eq!(
+        program.verdict(&unprotected.build()),
+        Reason::PassedUnprotected
+    );
+    // Deeper stacks are not parsed: passed and counted, never guessed at.
+    assert_eq!(program.verdict(&three.build()), Reason::PassedMalformed);
+    let truncated_tag = tcp(denied, 80).vlan(0x8100, 100).truncate(16);
+    assert_eq!(
+        program.verdict(&truncated_tag.build()),
+        Reason::PassedMalformed
+    );
+}
+
+#[test]
+fn ipv4_header_length_and_fragments_are_honoured() {
+    let Some(mut program) = Program::load(
+        "ipv4_header_length_and_fragments_are_honoured",
+        DENY_RULES_PORTS,
+    ) else {
+        return;
+    };
+    let denied = IpAddr::V4(DENIED_V4);
+    // Options move the TCP header: the port must be read after them.
+    assert_eq!(
+        program.verdict(&tcp(denied, 80).ipv4_options(12).build()),
+        Reason::DroppedDeny
+    );
+    assert_eq!(
+        program.verdict(&tcp(denied, 22).ipv4_options(40).build()),
+        Reason::PassedUnprotected
+    );
+    // The first fragment carries the ports; later ones do not and are left to reassembly.
+    assert_eq!(
+        program.verdict(&tcp(denied, 80).fragment(0, true).build()),
+        Reason::DroppedDeny
+    );
+    let later = Frame::ip4(DENIED_V4, DST_V4, 6, &[0u8; 32]).fragment(8, false);
+    assert_eq!(program.verdict(&later.build()), Reason::PassedFragment);
+    // Malformed headers pass: the kernel's own checks drop them later.
+    assert_eq!(
+        program.verdict(&tcp(denied, 80).ipv4_ihl(4).build()),
+        Reason::PassedMalformed
+    );
+    let mut wrong_version = tcp(denied, 80).build();
+    wrong_version[14] = 0x65;
+    assert_eq!(program.verdict(&wrong_version), Reason::PassedMalformed);
+    assert_eq!(
+        program.verdict(&tcp(denied, 80).truncate(14 + 19).build()),
+        Reason::PassedMalformed
+    );
+    // IP header complete, TCP ports cut off.
+    assert_eq!(
+        program.verdict(&tcp(denied, 80).truncate(14 + 20 + 3).build()),
+        Reason::PassedMalformed
+    );
+    // Options claimed but absent.
+    assert_eq!(
+        program.verdict(&tcp(denied, 80).ipv4_ihl(15).truncate(14 + 40).build()),
+        Reason::PassedMalformed
+    );
+}
+
+#[test]
+fn without_protected_ports_the_source_alone_decides() {
+    let Some(mut program) = Program::load(
+        "without_protected_ports_the_source_alone_decides",
+        DENY_RULES,
+    ) else {
+        return;
+    };
+    // The source is readable, so a denied source is dropped even when what follows is odd.
+    let later = Frame::ip4(DENIED_V4, DST_V4, 17, &[0u8; 16]).fragment(100, false);
+    assert_eq!(program.verdict(&later.build()), Reason::DroppedDeny);
+    assert_eq!(
+        program.verdict(&tcp(IpAddr::V4(DENIED_V4), 80).truncate(14 + 20 + 2).build()),
+        Reason::DroppedDeny
+    );
+    let deep = (0..12).fold(udp(IpAddr::V6(DENIED_V6), 53), |frame, _| {
+        frame.ext(Ext::DestOpts)
+    });
+    assert_eq!(program.verdict(&deep.build()), Reason::DroppedDeny);
+    assert_eq!(
+        program.verdict(&Frame::icmp6_echo(DENIED_V6, DST_V6).build()),
+        Reason::DroppedDeny
+    );
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked() {
+    let Some(mut program) = Program::load("ipv6_extension_headers_are_walked", DENY_RULES_PORTS)
+    else {
+        return;
+    };
+    let denied = IpAddr::V6(DENIED_V6);
+    let chain = |frame: Frame| {
+        frame
+            .ext(Ext::HopByHop)
+            .ext(Ext::Routing)
+            .ext(Ext::Fragment {
+                offset: 0,
+                more: true,
+            })
+            .ext(Ext::Ah)
+            .ext(Ext::DestOpts)
+    };
+    // Ports hidden behind every kind of extension header are still found.
+    assert_eq!(
+        program.verdict(&chain(tcp(denied, 443)).build()),
+        Reason::DroppedDeny
+    );
+    assert_eq!(
+        program.verdict(&chain(tcp(denied, 22)).build()),
+        Reason::PassedUnprotected
+    );
+    assert_eq!(
+        program.verdict(&chain(udp(denied, 53)).build()),
+        Reason::DroppedDeny
+    );
+    let long = tcp(denied, 443).ext(Ext::Sized {
+        header: 60,
+        hdr_ext_len: 20,
+    });
+    assert_eq!(program.verdict(&long.build()), Reason::DroppedDeny);
+    // A non-first fragment has no ports.
+    let later = Frame::ip6(DENIED_V6, DST_V6, 6, &[0u8; 24]).fragment(4, false);
+    assert_eq!(program.verdict(&later.build()), Reason::PassedFragment);
+    // No next header, ESP: not TCP/UDP, so not protected.
+    assert_eq!(
+        program.verdict(&Frame::ip6(DENIED_V6, DST_V6, 59, &[]).build()),
+        Reason::PassedUnprotected
+    );
+    assert_eq!(
+        program.verdict(&Frame::ip6(DENIED_V6, DST_V6, 50, &[0u8; 16]).build()),
+        Reason::PassedUnprotected
+    );
+    // Eight extension headers are walked; a ninth is beyond the bound: pass, never guess.
+    let eight = (0..8).fold(tcp(denied, 443), |frame, _| frame.ext(Ext::DestOpts));
+    assert_eq!(program.verdict(&eight.build()), Reason::DroppedDeny);
+    let nine = (0..9).fold(tcp(denied, 443), |frame, _| frame.ext(Ext::DestOpts));
+    assert_eq!(program.verdict(&nine.build()), Reason::PassedMalformed);
+    // Truncated inside an extension header, inside the fixed header, wrong version.
+    assert_eq!(
+        program.verdict(&chain(tcp(denied, 443)).truncate(14 + 40 + 5).build()),
+        Reason::PassedMalformed
+    );
+    assert_eq!(
+        program.verdict(&tcp(denied, 443).truncate(14 + 39).build()),
+        Reason::PassedMalformed
+    );
+    let mut wrong_version = tcp(denied, 443).build();
+    wrong_version[14] = 0x45;
+    assert_eq!(program.verdict(&wrong_version), Reason::PassedMalformed);
+}
+
+#[test]
+fn non_ip_frames_pass() {
+    let Some(mut program) = Program::load("non_ip_frames_pass", DENY_RULES) else {
+        return;
+    };
+    let arp = frames::arp_request([2, 0, 0, 0, 0, 1], DENIED_V4, DST_V4);
+    assert_eq!(program.verdict(&arp), Reason::PassedNotIp);
+    let lldp = Frame::ether(0x88cc, &[0u8; 46]).build();
+    assert_eq!(program.verdict(&lldp), Reason::PassedNotIp);
+    let vlan_arp = Frame::ether(0x0806, &[0u8; 28]).vlan(0x8100, 5).build();
+    assert_eq!(program.verdict(&vlan_arp), Reason::PassedNotIp);
+    // Ethernet header only: the kernel's minimum for a test run.
+    assert_eq!(
+        program.verdict(&Frame::ether(0x0800, &[]).build()),
+        Reason::PassedMalformed
+    );
+}
+
+#[test]
+fn reapplying_rules_replaces_them_live() {
+    let Some(mut program) = Program::load("reapplying_rules_replaces_them_live", DENY_RULES) else {
+        return;
+    };
+    let denied = udp(IpAddr::V4(DENIED_V4), 53).build();
+    let other = udp(IpAddr::V4(OTHER_V4), 53).build();
+    assert_eq!(program.verdict(&denied), Reason::DroppedDeny);
+    program.apply(r#"deny = ["192.0.2.0/24"]"#);
+    assert_eq!(
+        program.verdict(&denied),
+        Reason::Passed,
+        "the old rule is gone"
+    );
+    assert_eq!(
+        program.verdict(&other),
+        Reason::DroppedDeny,
+        "the new rule is live"
+    );
+    program.apply("policy = \"allow-list\"\nallow = [\"203.0.113.0/24\"]");
+    assert_eq!(program.verdict(&denied), Reason::Passed);
+    assert_eq!(program.verdict(&other), Reason::DroppedNotAllowed);
+}
