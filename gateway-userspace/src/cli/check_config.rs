@@ -28,6 +28,9 @@ pub fn run(file: &Path) -> ExitCode {
     for warning in &warnings {
         eprintln!("warning: {warning}");
     }
+    for note in &config.notes {
+        eprintln!("note: {note}");
+    }
     println!("{}: OK", file.display());
     println!("  {}", summary(&config));
     ExitCode::SUCCESS

@@ -80,6 +80,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             for warning in &loaded.warnings {
                 tracing::warn!("{warning}");
             }
+            for note in &loaded.notes {
+                tracing::info!("{note}");
+            }
             runtime()?.block_on(crate::daemon::run(config, loaded))?;
             Ok(ExitCode::SUCCESS)
         }

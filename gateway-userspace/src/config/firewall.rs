@@ -117,6 +117,7 @@ impl RawFirewall {
         xdp: &XdpConfig,
         problems: &mut Problems,
         warnings: &mut Vec<String>,
+        notes: &mut Vec<String>,
     ) -> FirewallConfig {
         let protected_ports = compile_ports(&self.protected_ports, problems);
         let mut rules: Vec<CidrRule> = Vec::with_capacity(self.deny.len() + self.allow.len());
@@ -179,7 +180,7 @@ impl RawFirewall {
                 }
             ));
         }
-        explain_overlaps(self.policy, &rules, &seen, warnings);
+        explain_overlaps(self.policy, &rules, &seen, warnings, notes);
 
         FirewallConfig {
             policy: self.policy,
@@ -273,43 +274,63 @@ fn parse_port_spec(spec: &PortSpec) -> Result<(RangeInclusive<u16>, u8), String>
 }
 
 /// Explains rules whose effect differs from what their list suggests. The most specific
-/// prefix wins, so an allow inside a deny is an exception (and the reverse).
+/// prefix wins, so an allow inside a deny is an exception (and the reverse): a note. A rule
+/// the policy makes redundant is a warning.
 fn explain_overlaps(
     policy: Policy,
     rules: &[CidrRule],
     by_net: &HashMap<IpNet, usize>,
     warnings: &mut Vec<String>,
+    notes: &mut Vec<String>,
 ) {
-    let mut notes = Vec::new();
+    let (mut redundant, mut nested) = (Vec::new(), Vec::new());
     for rule in rules {
         let enclosing = enclosing_rule(rule.net, rules, by_net);
-        let note = match (rule.action, enclosing, policy) {
-            (Action::Allow, Some(outer), _) if outer.action == Action::Deny => format!(
-                "{}: {} is an exception inside {} ({}): the more specific rule wins, so it is allowed",
-                rule.origin, rule.net, outer.origin, outer.net
+        let (list, text) = match (rule.action, enclosing, policy) {
+            (Action::Allow, Some(outer), _) if outer.action == Action::Deny => (
+                &mut nested,
+                format!(
+                    "{}: {} is an exception inside {} ({}): the more specific rule wins, so it is allowed",
+                    rule.origin, rule.net, outer.origin, outer.net
+                ),
             ),
-            (Action::Deny, Some(outer), _) if outer.action == Action::Allow => format!(
-                "{}: {} is carved out of {} ({}): the more specific rule wins, so it is denied",
-                rule.origin, rule.net, outer.origin, outer.net
+            (Action::Deny, Some(outer), _) if outer.action == Action::Allow => (
+                &mut nested,
+                format!(
+                    "{}: {} is carved out of {} ({}): the more specific rule wins, so it is denied",
+                    rule.origin, rule.net, outer.origin, outer.net
+                ),
             ),
-            (Action::Allow, None, Policy::DenyList) => format!(
-                "{}: {} has no effect under policy \"deny-list\" (sources pass unless denied); \
+            (Action::Allow, None, Policy::DenyList) => (
+                &mut redundant,
+                format!(
+                    "{}: {} has no effect under policy \"deny-list\" (sources pass unless denied); \
                  allow rules only carve exceptions out of deny ranges",
-                rule.origin, rule.net
+                    rule.origin, rule.net
+                ),
             ),
-            (Action::Deny, None, Policy::AllowList) => format!(
-                "{}: {} is dropped by policy \"allow-list\" anyway; the rule only makes its \
+            (Action::Deny, None, Policy::AllowList) => (
+                &mut redundant,
+                format!(
+                    "{}: {} is dropped by policy \"allow-list\" anyway; the rule only makes its \
                  drops count as dropped-deny",
-                rule.origin, rule.net
+                    rule.origin, rule.net
+                ),
             ),
             _ => continue,
         };
-        notes.push(note);
+        list.push(text);
     }
-    let extra = notes.len().saturating_sub(MAX_OVERLAP_NOTES);
-    warnings.extend(notes.into_iter().take(MAX_OVERLAP_NOTES));
+    summarise_into(warnings, redundant);
+    summarise_into(notes, nested);
+}
+
+/// Appends the first [`MAX_OVERLAP_NOTES`] lines and a count of the rest.
+fn summarise_into(out: &mut Vec<String>, lines: Vec<String>) {
+    let extra = lines.len().saturating_sub(MAX_OVERLAP_NOTES);
+    out.extend(lines.into_iter().take(MAX_OVERLAP_NOTES));
     if extra > 0 {
-        warnings.push(format!("... and {extra} more overlapping rules"));
+        out.push(format!("... and {extra} more like it"));
     }
 }
 
@@ -381,9 +402,14 @@ allow = ["10.1.0.0/16", "2001:db8:1::/48", "198.51.100.0/24"]"#,
             config.warnings,
             [
                 "firewall.deny[2]: 10.0.0.0/8 repeats firewall.deny[0]",
+                "firewall.allow[2]: 198.51.100.0/24 has no effect under policy \"deny-list\" (sources pass unless denied); allow rules only carve exceptions out of deny ranges",
+            ]
+        );
+        assert_eq!(
+            config.notes,
+            [
                 "firewall.allow[0]: 10.1.0.0/16 is an exception inside firewall.deny[0] (10.0.0.0/8): the more specific rule wins, so it is allowed",
                 "firewall.allow[1]: 2001:db8:1::/48 is an exception inside firewall.deny[1] (2001:db8::/32): the more specific rule wins, so it is allowed",
-                "firewall.allow[2]: 198.51.100.0/24 has no effect under policy \"deny-list\" (sources pass unless denied); allow rules only carve exceptions out of deny ranges",
             ]
         );
         assert_eq!(config.firewall.rules.len(), 6);
@@ -400,10 +426,15 @@ deny = ["10.9.0.0/16", "203.0.113.0/24"]"#,
         )
         .unwrap();
         assert_eq!(
+            config.notes,
+            [
+                "firewall.deny[0]: 10.9.0.0/16 is carved out of firewall.allow[0] (10.0.0.0/8): the more specific rule wins, so it is denied"
+            ]
+        );
+        assert_eq!(
             config.warnings,
             [
-                "firewall.deny[0]: 10.9.0.0/16 is carved out of firewall.allow[0] (10.0.0.0/8): the more specific rule wins, so it is denied",
-                "firewall.deny[1]: 203.0.113.0/24 is dropped by policy \"allow-list\" anyway; the rule only makes its drops count as dropped-deny",
+                "firewall.deny[1]: 203.0.113.0/24 is dropped by policy \"allow-list\" anyway; the rule only makes its drops count as dropped-deny"
             ]
         );
     }

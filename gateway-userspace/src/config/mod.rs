@@ -21,6 +21,8 @@ pub struct Config {
     pub firewall: FirewallConfig,
     /// Things that are legal but probably not what the operator meant.
     pub warnings: Vec<String>,
+    /// Explanations of what the rules do where that is not obvious (overlaps).
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -182,10 +184,12 @@ impl Config {
         let raw: RawConfig =
             toml::from_str(text).map_err(|error| ParseError::Syntax(Box::new(error)))?;
         let mut problems = Problems::default();
-        let mut warnings = Vec::new();
+        let (mut warnings, mut notes) = (Vec::new(), Vec::new());
 
         let xdp = compile_xdp(raw.xdp, &mut problems);
-        let firewall = raw.firewall.compile(&xdp, &mut problems, &mut warnings);
+        let firewall = raw
+            .firewall
+            .compile(&xdp, &mut problems, &mut warnings, &mut notes);
         let admin = AdminConfig {
             socket: raw
                 .admin
@@ -202,6 +206,7 @@ impl Config {
                 xdp,
                 firewall,
                 warnings,
+                notes,
             })
         } else {
             Err(ParseError::Invalid(problems.0))
