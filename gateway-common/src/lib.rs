@@ -16,6 +16,22 @@ pub mod maps {
     pub const SETTINGS: &str = "SETTINGS";
     /// `PerCpuArray<Counter>` indexed by [`crate::Reason`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// `LpmTrie<[u8; 4], u64>`: banned IPv4 sources (or prefixes) -> expiry.
+    pub const BANS_V4: &str = "BANS_V4";
+    /// `LpmTrie<[u8; 16], u64>`: banned IPv6 sources (or prefixes) -> expiry.
+    pub const BANS_V6: &str = "BANS_V6";
+    /// `LpmTrie<[u8; 4], u32>`: IPv4 prefix -> rate class (index into `RATE_CLASSES`).
+    pub const RATE_PREFIXES_V4: &str = "RATE_PREFIXES_V4";
+    /// `LpmTrie<[u8; 16], u32>`: IPv6 prefix -> rate class.
+    pub const RATE_PREFIXES_V6: &str = "RATE_PREFIXES_V6";
+    /// `Array<RateClass>` of [`crate::RATE_CLASS_SLOTS`]; class 0 is the default.
+    pub const RATE_CLASSES: &str = "RATE_CLASSES";
+    /// `LruHashMap<[u8; 16], Bucket>`: per-source rate state (IPv4 as `::ffff:a.b.c.d`).
+    pub const RATE_STATE: &str = "RATE_STATE";
+    /// `LruPerCpuHashMap<[u8; 16], u64>`: packets dropped per source, for "top sources".
+    pub const DROPS_BY_SOURCE: &str = "DROPS_BY_SOURCE";
+    /// `PerCpuArray<u64>`: packets matched per rule id (`Rule::id`).
+    pub const RULE_HITS: &str = "RULE_HITS";
 }
 
 /// Name of the XDP program in the eBPF object.
@@ -43,11 +59,17 @@ pub enum Reason {
     DroppedDeny = 5,
     /// Allow-list policy and no allow rule matches the source.
     DroppedNotAllowed = 6,
+    /// The source is banned (and the ban has not expired).
+    DroppedBanned = 7,
+    /// Over the source's packet or byte rate.
+    DroppedRateLimited = 8,
+    /// A TCP SYN over the source's SYN rate.
+    DroppedSynRateLimited = 9,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Passed,
         Reason::PassedUnprotected,
         Reason::PassedNotIp,
@@ -55,6 +77,9 @@ impl Reason {
         Reason::PassedFragment,
         Reason::DroppedDeny,
         Reason::DroppedNotAllowed,
+        Reason::DroppedBanned,
+        Reason::DroppedRateLimited,
+        Reason::DroppedSynRateLimited,
     ];
 
     /// Stable name used in the CLI, JSON and metrics.
@@ -67,11 +92,21 @@ impl Reason {
             Reason::PassedFragment => "passed-fragment",
             Reason::DroppedDeny => "dropped-deny",
             Reason::DroppedNotAllowed => "dropped-not-allowed",
+            Reason::DroppedBanned => "dropped-banned",
+            Reason::DroppedRateLimited => "dropped-rate-limited",
+            Reason::DroppedSynRateLimited => "dropped-syn-rate-limited",
         }
     }
 
     pub const fn is_drop(self) -> bool {
-        matches!(self, Reason::DroppedDeny | Reason::DroppedNotAllowed)
+        matches!(
+            self,
+            Reason::DroppedDeny
+                | Reason::DroppedNotAllowed
+                | Reason::DroppedBanned
+                | Reason::DroppedRateLimited
+                | Reason::DroppedSynRateLimited
+        )
     }
 }
 
@@ -120,8 +155,52 @@ pub struct Settings {
     pub policy: u8,
     /// 0: every packet is subject to policy. 1: only TCP/UDP to ports marked in `PORTS`.
     pub port_filter: u8,
-    pub _pad: [u8; 6],
+    /// 1: per-source rate limits apply (see `RATE_CLASSES`).
+    pub rate_limit: u8,
+    pub _pad: u8,
+    /// Bumped by the daemon when rate classes change, so sources are classified again.
+    pub rate_generation: u32,
 }
+
+/// Rate classes: 0 is the default, the others are named by `RATE_PREFIXES_*`.
+pub const RATE_CLASS_SLOTS: u32 = 64;
+
+/// Limits of one rate class, as GCRA parameters (a token bucket in one word per limit):
+/// a packet advances the source's theoretical arrival time by `*_interval_ns`, and is
+/// admitted while that time stays within `*_burst_ns` of now. An interval of 0 means
+/// unlimited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateClass {
+    /// 1e9 / packets per second.
+    pub packet_interval_ns: u64,
+    /// `packet_interval_ns` * burst packets.
+    pub packet_burst_ns: u64,
+    /// 1e9 / bytes per second: the interval per byte, in 1/16 ns (bytes need fractions).
+    pub byte_interval_fp: u64,
+    /// `byte_interval_fp` * burst bytes.
+    pub byte_burst_fp: u64,
+    /// 1e9 / SYNs per second.
+    pub syn_interval_ns: u64,
+    /// `syn_interval_ns` * burst SYNs.
+    pub syn_burst_ns: u64,
+}
+
+/// Per-source rate state: one theoretical arrival time per limit, each updated with a
+/// compare-and-swap so concurrent CPUs never lose an update.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub packet_tat: u64,
+    pub byte_tat: u64,
+    pub syn_tat: u64,
+    /// Index into `RATE_CLASSES`, chosen when the source was first seen in `generation`.
+    pub class: u32,
+    pub generation: u32,
+}
+
+/// A never-expiring ban.
+pub const BAN_PERMANENT: u64 = u64::MAX;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -129,4 +208,6 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::Rule {}
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::RateClass {}
+    unsafe impl aya::Pod for super::Bucket {}
 }

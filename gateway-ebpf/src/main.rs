@@ -1,17 +1,22 @@
-//! The XDP firewall: parse -> classify -> verdict -> count.
+//! The XDP firewall: parse -> ban -> rules -> rate -> verdict -> count.
 //!
 //! Every packet ends in exactly one [`Reason`], which is counted and decides the verdict.
 //! Anything the parser cannot make sense of is passed (and counted as such): the kernel's own
 //! checks are better placed to reject it, and a wrong drop is worse than a late one.
 #![no_std]
 #![no_main]
+// BPF_CMPXCHG for the rate limiter, see rate.rs.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod parse;
+mod rate;
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use gateway_common::{
@@ -20,24 +25,34 @@ use gateway_common::{
 };
 use parse::{L4, Source};
 
-// Rule capacities are placeholders: the daemon sets them from config at load time.
+// Capacities are placeholders: the daemon sets them from config at load time.
 #[map]
 static RULES_V4: LpmTrie<[u8; 4], Rule> = LpmTrie::with_max_entries(1024, 0);
 #[map]
 static RULES_V6: LpmTrie<[u8; 16], Rule> = LpmTrie::with_max_entries(1024, 0);
+#[map]
+static BANS_V4: LpmTrie<[u8; 4], u64> = LpmTrie::with_max_entries(1024, 0);
+#[map]
+static BANS_V6: LpmTrie<[u8; 16], u64> = LpmTrie::with_max_entries(1024, 0);
 #[map]
 static PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
 #[map]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+#[map]
+static DROPS_BY_SOURCE: LruPerCpuHashMap<[u8; 16], u64> =
+    LruPerCpuHashMap::with_max_entries(1024, 0);
+#[map]
+static RULE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2048, 0);
 
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
-    let reason = match try_gateway_xdp(&ctx) {
-        Ok(reason) | Err(reason) => reason,
+    let (reason, source) = match try_gateway_xdp(&ctx) {
+        Ok(verdict) => verdict,
+        Err(reason) => (reason, None),
     };
-    count(&ctx, reason);
+    count(&ctx, reason, source);
     if reason.is_drop() {
         xdp_action::XDP_DROP
     } else {
@@ -45,28 +60,56 @@ pub fn gateway_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
-/// `Err` is an early pass (not IP, malformed, ...); `Ok` is the policy's decision.
+/// `Err` is an early pass (not IP, malformed, ...); `Ok` is the decision and the source.
 #[inline(always)]
-fn try_gateway_xdp(ctx: &XdpContext) -> Result<Reason, Reason> {
+fn try_gateway_xdp(ctx: &XdpContext) -> Result<(Reason, Option<Source>), Reason> {
     let settings = SETTINGS.get(0).copied().unwrap_or_default();
     let packet = parse::ip(ctx)?;
-    if settings.port_filter != 0 && !is_protected(parse::l4(ctx, &packet)?) {
-        return Ok(Reason::PassedUnprotected);
+    // Transport details are only read when something needs them.
+    let l4 = if settings.port_filter != 0 || settings.rate_limit != 0 {
+        Some(parse::l4(ctx, &packet))
+    } else {
+        None
+    };
+    if settings.port_filter != 0 && !is_protected(l4.unwrap_or(Ok(L4::Other))?) {
+        return Ok((Reason::PassedUnprotected, None));
     }
-    Ok(classify(&settings, &packet.source))
+    let source = packet.source;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut reason = if is_banned(&source, now) {
+        Reason::DroppedBanned
+    } else {
+        classify(&settings, &source)
+    };
+    if reason == Reason::Passed && settings.rate_limit != 0 {
+        let syn = matches!(l4, Some(Ok(L4::Tcp { syn: true, .. })));
+        let bytes = (ctx.data_end() - ctx.data()) as u64;
+        reason = rate::admit(&settings, &source, now, bytes, syn);
+    }
+    Ok((reason, Some(source)))
 }
 
 /// Whether the policy applies to this destination.
 #[inline(always)]
 fn is_protected(l4: L4) -> bool {
     let (bit, port) = match l4 {
-        L4::Tcp(port) => (PORT_TCP, port),
+        L4::Tcp { port, .. } => (PORT_TCP, port),
         L4::Udp(port) => (PORT_UDP, port),
         L4::Other => return false,
     };
     PORTS
         .get(u32::from(port))
         .is_some_and(|protocols| protocols & bit != 0)
+}
+
+/// A ban matches until its expiry passes; the daemon sweeps expired entries later.
+#[inline(always)]
+fn is_banned(source: &Source, now: u64) -> bool {
+    let expiry = match source {
+        Source::V4(addr) => BANS_V4.get(Key::new(32, *addr)),
+        Source::V6(addr) => BANS_V6.get(Key::new(128, *addr)),
+    };
+    expiry.is_some_and(|&expiry| now < expiry)
 }
 
 /// The most specific matching rule decides; with none, the policy does.
@@ -77,21 +120,40 @@ fn classify(settings: &Settings, source: &Source) -> Reason {
         Source::V6(addr) => RULES_V6.get(Key::new(128, *addr)),
     };
     match rule {
-        Some(rule) if rule.action == ACTION_DENY => Reason::DroppedDeny,
-        Some(_) => Reason::Passed,
+        Some(rule) => {
+            if let Some(hits) = RULE_HITS.get_ptr_mut(rule.id) {
+                // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
+                unsafe { *hits += 1 };
+            }
+            if rule.action == ACTION_DENY {
+                Reason::DroppedDeny
+            } else {
+                Reason::Passed
+            }
+        }
         None if settings.policy == POLICY_ALLOW_LIST => Reason::DroppedNotAllowed,
         None => Reason::Passed,
     }
 }
 
 #[inline(always)]
-fn count(ctx: &XdpContext, reason: Reason) {
+fn count(ctx: &XdpContext, reason: Reason, source: Option<Source>) {
     if let Some(counter) = COUNTERS.get_ptr_mut(reason as u32) {
         let bytes = (ctx.data_end() - ctx.data()) as u64;
         // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
         unsafe {
             (*counter).packets += 1;
             (*counter).bytes += bytes;
+        }
+    }
+    if let (true, Some(source)) = (reason.is_drop(), source) {
+        let key = source.key();
+        match DROPS_BY_SOURCE.get_ptr_mut(key) {
+            // SAFETY: per-CPU value, written only by this CPU.
+            Some(drops) => unsafe { *drops += 1 },
+            None => {
+                let _ = DROPS_BY_SOURCE.insert(key, 1, 0);
+            }
         }
     }
 }

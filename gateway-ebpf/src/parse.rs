@@ -22,14 +22,28 @@ const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 /// Extension headers walked before giving up (RFC 8200 expects at most a handful).
 const MAX_IPV6_EXT_HEADERS: usize = 8;
 /// No real header chain reaches this far; a bound the verifier can see.
 const MAX_L4_OFFSET: usize = 1024;
 
+#[derive(Clone, Copy)]
 pub enum Source {
     V4([u8; 4]),
     V6([u8; 16]),
+}
+
+impl Source {
+    /// One key for both families: IPv4 as the IPv4-mapped IPv6 address `::ffff:a.b.c.d`.
+    #[inline(always)]
+    pub fn key(&self) -> [u8; 16] {
+        match self {
+            Source::V4([a, b, c, d]) => [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, *a, *b, *c, *d],
+            Source::V6(addr) => *addr,
+        }
+    }
 }
 
 /// An IP packet: its source, and where its next header starts.
@@ -43,9 +57,13 @@ pub struct Packet {
     later_fragment: bool,
 }
 
-/// The destination as far as port protection cares.
+/// The destination as far as port protection and SYN limits care.
+#[derive(Clone, Copy)]
 pub enum L4 {
-    Tcp(u16),
+    Tcp {
+        port: u16,
+        syn: bool,
+    },
     Udp(u16),
     /// Neither TCP nor UDP (ICMP, ESP, ...).
     Other,
@@ -119,8 +137,8 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Result<Packet, Reason> {
     })
 }
 
-/// The transport header: walks IPv6 extension headers, reads TCP/UDP destination ports.
-/// Only called when some ports are protected, so unfiltered setups never pay for it.
+/// The transport header: walks IPv6 extension headers, reads TCP/UDP destination ports and
+/// the TCP SYN flag. Only called when ports or rates need it, so others never pay for it.
 #[inline(always)]
 pub fn l4(ctx: &XdpContext, packet: &Packet) -> Result<L4, Reason> {
     if packet.later_fragment {
@@ -134,14 +152,18 @@ pub fn l4(ctx: &XdpContext, packet: &Packet) -> Result<L4, Reason> {
             return Err(Reason::PassedMalformed);
         }
         match next {
-            IPPROTO_TCP | IPPROTO_UDP => {
-                let ports: [u8; 4] = read(ctx, offset)?;
-                let port = be16([ports[2], ports[3]]);
-                return Ok(if next == IPPROTO_TCP {
-                    L4::Tcp(port)
-                } else {
-                    L4::Udp(port)
+            IPPROTO_TCP => {
+                // Ports, sequence and acknowledgement numbers, offset, then the flags byte.
+                let header: [u8; 14] = read(ctx, offset)?;
+                let syn = header[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
+                return Ok(L4::Tcp {
+                    port: be16([header[2], header[3]]),
+                    syn,
                 });
+            }
+            IPPROTO_UDP => {
+                let ports: [u8; 4] = read(ctx, offset)?;
+                return Ok(L4::Udp(be16([ports[2], ports[3]])));
             }
             // Extension headers only follow IPv6; in IPv4 these numbers are other protocols.
             _ if matches!(packet.source, Source::V4(_)) => return Ok(L4::Other),

@@ -40,11 +40,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     }
 
     let _admin = AdminServer::bind(&config.admin.socket, state.clone()).await?;
+    let sweeper = tokio::spawn(sweep_expired_bans(state.clone()));
     tracing::info!(socket = %config.admin.socket.display(), "admin API listening");
 
     signals
         .wait_for_shutdown(&config_path, &config, &state)
         .await;
+    sweeper.abort();
 
     if let Some(mut xdp) = state
         .xdp
@@ -156,5 +158,14 @@ fn reload(config_path: &Path, running: &Config, state: &DaemonState) {
             ),
             Err(error) => tracing::error!("reload failed while writing the maps: {error}"),
         }
+    }
+}
+
+/// Expired bans stop matching in the kernel at once; this removes them from the maps.
+async fn sweep_expired_bans(state: Arc<DaemonState>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        state.sweep_expired_bans();
     }
 }

@@ -221,6 +221,9 @@ fn stats_table_json_and_permissions() {
         "passed-fragment",
         "dropped-deny",
         "dropped-not-allowed",
+        "dropped-banned",
+        "dropped-rate-limited",
+        "dropped-syn-rate-limited",
     ] {
         assert!(
             table.contains(&format!("\n{reason} ")),
@@ -231,7 +234,7 @@ fn stats_table_json_and_permissions() {
     assert_eq!(stats["xdp"]["enabled"], true);
     assert_eq!(
         stats["xdp"]["reasons"].as_array().unwrap().len(),
-        7,
+        10,
         "{stats}"
     );
 

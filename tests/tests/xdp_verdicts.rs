@@ -2,7 +2,10 @@
 //! every parse branch, both policies, port protection. Each run must move exactly one
 //! reason counter by one packet and the frame's length in bytes.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use aya::programs::{TestRun, TestRunOptions};
 use gateway::{config::Config, xdp::XdpFirewall};
@@ -405,4 +408,204 @@ fn reapplying_rules_replaces_them_live() {
     program.apply("policy = \"allow-list\"\nallow = [\"203.0.113.0/24\"]");
     assert_eq!(program.verdict(&denied), Reason::Passed);
     assert_eq!(program.verdict(&other), Reason::DroppedNotAllowed);
+}
+
+#[test]
+fn rate_limits_admit_the_burst_then_drop_per_source() {
+    // One packet per second with a burst of 5: within the test's few milliseconds, exactly
+    // the burst passes.
+    let rules = "[firewall.rate_limit]\npackets_per_second = 1\nburst = 5";
+    let Some(mut program) =
+        Program::load("rate_limits_admit_the_burst_then_drop_per_source", rules)
+    else {
+        return;
+    };
+    let flooder = udp(IpAddr::V4(DENIED_V4), 53).build();
+    let verdicts: Vec<Reason> = (0..8).map(|_| program.verdict(&flooder)).collect();
+    assert_eq!(verdicts[..5], [Reason::Passed; 5]);
+    assert_eq!(verdicts[5..], [Reason::DroppedRateLimited; 3]);
+    // Other sources have their own buckets, IPv6 included.
+    assert_eq!(
+        program.verdict(&udp(IpAddr::V4(OTHER_V4), 53).build()),
+        Reason::Passed
+    );
+    let v6 = udp(IpAddr::V6(OTHER_V6), 53).build();
+    let verdicts: Vec<Reason> = (0..6).map(|_| program.verdict(&v6)).collect();
+    assert_eq!(
+        verdicts,
+        [
+            [Reason::Passed; 5].as_slice(),
+            &[Reason::DroppedRateLimited]
+        ]
+        .concat()
+    );
+}
+
+#[test]
+fn syn_and_byte_limits_are_separate_budgets() {
+    let rules = "[firewall.rate_limit]\nsyn_per_second = 1\nsyn_burst = 2\n\
+                 bytes_per_second = 1000\nburst_bytes = 400";
+    let Some(mut program) = Program::load("syn_and_byte_limits_are_separate_budgets", rules) else {
+        return;
+    };
+    let source = IpAddr::V4(DENIED_V4);
+    let syn = tcp(source, 443).build();
+    let ack = Frame::tcp(source, IpAddr::V4(DST_V4), 40000, 443).build();
+    assert_eq!(program.verdict(&syn), Reason::Passed);
+    assert_eq!(program.verdict(&syn), Reason::Passed);
+    assert_eq!(program.verdict(&syn), Reason::DroppedSynRateLimited);
+    // Established traffic (no SYN) is not charged to the SYN budget...
+    assert_eq!(program.verdict(&ack), Reason::Passed);
+    // ...but every packet's bytes count: 400 bytes of burst is spent after ~6 frames.
+    let frame_len = ack.len();
+    let mut passed = 2 * syn.len() + frame_len;
+    loop {
+        let reason = program.verdict(&ack);
+        if reason == Reason::DroppedRateLimited {
+            break;
+        }
+        assert_eq!(reason, Reason::Passed);
+        passed += frame_len;
+        assert!(passed <= 400, "the byte budget must run out at 400 bytes");
+    }
+    assert!(
+        passed + frame_len > 400,
+        "passed {passed} bytes of a 400-byte burst"
+    );
+}
+
+#[test]
+fn rate_classes_give_prefixes_their_own_limits() {
+    let rules = r#"
+[firewall.rate_limit]
+packets_per_second = 1
+burst = 2
+[[firewall.rate_limit.classes]]
+name = "partner"
+cidrs = ["192.0.2.0/24", "2001:db8:600d::/48"]
+packets_per_second = 1
+burst = 6
+[[firewall.rate_limit.classes]]
+name = "monitoring"
+cidrs = ["198.51.100.0/24"]
+"#;
+    let Some(mut program) = Program::load("rate_classes_give_prefixes_their_own_limits", rules)
+    else {
+        return;
+    };
+    let passes = |program: &mut Program, source: &str| {
+        let frame = udp(source.parse().unwrap(), 53).build();
+        (0..10)
+            .map(|_| program.verdict(&frame))
+            .take_while(|reason| *reason == Reason::Passed)
+            .count()
+    };
+    assert_eq!(passes(&mut program, "203.0.113.1"), 2, "default class");
+    assert_eq!(passes(&mut program, "192.0.2.1"), 6, "partner class");
+    assert_eq!(
+        passes(&mut program, "2001:db8:600d::7"),
+        6,
+        "partner class, IPv6"
+    );
+    assert_eq!(
+        passes(&mut program, "198.51.100.1"),
+        10,
+        "a class without limits"
+    );
+}
+
+#[test]
+fn bans_drop_until_they_expire_or_are_lifted() {
+    let Some(mut program) = Program::load("bans_drop_until_they_expire_or_are_lifted", DENY_RULES)
+    else {
+        return;
+    };
+    let exception = udp(IpAddr::V4(EXCEPTION_V4), 53).build();
+    let other = udp(IpAddr::V4(OTHER_V4), 53).build();
+    let v6 = udp("2001:db8:600d::1234".parse().unwrap(), 53).build();
+    let now = gateway::xdp::now();
+    // A ban wins over an allow rule.
+    program
+        .xdp
+        .ban("203.0.113.10/32".parse().unwrap(), None)
+        .unwrap();
+    assert_eq!(program.verdict(&exception), Reason::DroppedBanned);
+    // Prefix bans: an IPv6 /64.
+    program
+        .xdp
+        .ban(
+            "2001:db8:600d::/64".parse().unwrap(),
+            Some(now + Duration::from_secs(60)),
+        )
+        .unwrap();
+    assert_eq!(program.verdict(&v6), Reason::DroppedBanned);
+    // An expired ban stops matching at once, before any sweep.
+    program
+        .xdp
+        .ban(
+            "192.0.2.1/32".parse().unwrap(),
+            Some(now - Duration::from_millis(1)),
+        )
+        .unwrap();
+    assert_eq!(program.verdict(&other), Reason::Passed);
+    let bans = program.xdp.bans().unwrap();
+    assert_eq!(bans.len(), 2, "the expired ban is not listed: {bans:?}");
+    assert_eq!(
+        program.xdp.sweep_expired_bans().unwrap(),
+        ["192.0.2.1/32".parse().unwrap()]
+    );
+    // Lifting.
+    assert!(
+        program
+            .xdp
+            .unban("203.0.113.10/32".parse().unwrap())
+            .unwrap()
+    );
+    assert!(
+        !program
+            .xdp
+            .unban("203.0.113.10/32".parse().unwrap())
+            .unwrap()
+    );
+    assert_eq!(program.verdict(&exception), Reason::Passed);
+}
+
+#[test]
+fn drops_are_counted_per_rule_and_per_source() {
+    let Some(mut program) = Program::load("drops_are_counted_per_rule_and_per_source", DENY_RULES)
+    else {
+        return;
+    };
+    for _ in 0..3 {
+        program.verdict(&udp(IpAddr::V4(DENIED_V4), 53).build());
+    }
+    program.verdict(&udp(IpAddr::V4(EXCEPTION_V4), 53).build());
+    program.verdict(&udp(IpAddr::V6(DENIED_V6), 53).build());
+    let hits: Vec<(String, u64)> = program
+        .xdp
+        .rule_hits()
+        .unwrap()
+        .into_iter()
+        .map(|(net, hits)| (net.to_string(), hits))
+        .collect();
+    assert_eq!(
+        hits,
+        [
+            ("203.0.113.0/24".to_owned(), 3),
+            ("203.0.113.10/32".to_owned(), 1),
+            ("2001:db8:bad::/48".to_owned(), 1),
+            ("2001:db8:bad:1::/64".to_owned(), 0),
+        ]
+    );
+    let top = program.xdp.top_dropped_sources(10).unwrap();
+    assert_eq!(
+        top,
+        [(IpAddr::V4(DENIED_V4), 3), (IpAddr::V6(DENIED_V6), 1)]
+    );
+    // Re-applying a changed rule list resets the counts of rules that moved.
+    program.apply(r#"deny = ["2001:db8:bad::/48"]"#);
+    assert_eq!(
+        program.xdp.rule_hits().unwrap(),
+        [("2001:db8:bad::/48".parse().unwrap(), 0)]
+    );
 }

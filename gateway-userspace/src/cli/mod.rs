@@ -1,5 +1,6 @@
 //! The `gateway` command line: one binary for the daemon and the operator's tools.
 
+mod bans;
 mod check_config;
 mod stats;
 
@@ -15,7 +16,10 @@ Examples:
   gateway check-config config/gateway.toml    validate a config file
   gateway run --config config/gateway.toml    start the daemon (root, or CAP_BPF + CAP_NET_ADMIN)
   gateway stats                               XDP counters per verdict reason
-  gateway stats --json | jq .xdp.reasons      the same, for scripts";
+  gateway stats --json | jq .xdp.reasons      the same, for scripts
+  gateway ban 203.0.113.7 --for 10m           drop a source in the kernel for ten minutes
+  gateway ban 2001:db8:bad::/64               ... or a prefix, until unbanned
+  gateway bans                                list bans and their time left";
 
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version, about = "An XDP-accelerated L4+L7 API gateway", after_help = EXAMPLES)]
@@ -41,6 +45,32 @@ enum Command {
     CheckConfig {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+    },
+    /// Ban a source address or prefix: its packets are dropped in the kernel at once.
+    Ban {
+        /// Address or CIDR, e.g. 203.0.113.7 or 2001:db8:bad::/64.
+        #[arg(value_name = "ADDRESS")]
+        cidr: String,
+        /// How long (e.g. 90s, 10m, 2h); without it, until `gateway unban`.
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Lift a ban.
+    Unban {
+        #[arg(value_name = "ADDRESS")]
+        cidr: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List bans and the time each has left.
+    Bans {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Show packets and bytes per XDP verdict reason.
     Stats {
@@ -89,6 +119,22 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { file } => Ok(check_config::run(&file)),
         Command::Stats { json, admin } => {
             runtime()?.block_on(stats::run(&admin.socket, json))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ban {
+            cidr,
+            duration,
+            admin,
+        } => {
+            runtime()?.block_on(bans::ban(&admin.socket, &cidr, duration))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unban { cidr, admin } => {
+            runtime()?.block_on(bans::unban(&admin.socket, &cidr))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bans { json, admin } => {
+            runtime()?.block_on(bans::list(&admin.socket, json))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -29,14 +29,20 @@ fn table(stats: &Stats) -> String {
         .collect();
     let mut out = format!("XDP on {}\n", interfaces.join(", "));
     out += &format!(
-        "{:<22} {:<7} {:>14} {:>16}\n",
+        "{:<26} {:<7} {:>14} {:>16}\n",
         "REASON", "VERDICT", "PACKETS", "BYTES"
     );
     for reason in &xdp.reasons {
         out += &format!(
-            "{:<22} {:<7} {:>14} {:>16}\n",
+            "{:<26} {:<7} {:>14} {:>16}\n",
             reason.reason, reason.verdict, reason.packets, reason.bytes
         );
+    }
+    if !xdp.top_sources.is_empty() {
+        out += &format!("\n{:<44} {:>14}\n", "TOP DROPPED SOURCES", "PACKETS");
+        for source in &xdp.top_sources {
+            out += &format!("{:<44} {:>14}\n", source.address, source.packets);
+        }
     }
     out
 }
@@ -64,13 +70,20 @@ mod tests {
                     packets: 3,
                     bytes: 180,
                 }],
+                top_sources: vec![crate::control::api::SourceDrops {
+                    address: "203.0.113.7".into(),
+                    packets: 3,
+                }],
             },
         };
         assert_eq!(
             table(&stats),
             "XDP on eth0 (native)\n\
-             REASON                 VERDICT        PACKETS            BYTES\n\
-             dropped-deny           drop                 3              180\n"
+             REASON                     VERDICT        PACKETS            BYTES\n\
+             dropped-deny               drop                 3              180\n\
+             \n\
+             TOP DROPPED SOURCES                                 PACKETS\n\
+             203.0.113.7                                               3\n"
         );
     }
 }

@@ -8,7 +8,10 @@ use gateway_common::{PORT_TCP, PORT_UDP};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{Problems, XdpConfig};
+use super::{
+    Problems, XdpConfig,
+    rate_limit::{RateLimitConfig, RawRateLimit},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -75,6 +78,8 @@ pub struct FirewallConfig {
     pub protected_ports: ProtectedPorts,
     /// Allow and deny rules together; a network appears at most once.
     pub rules: Vec<CidrRule>,
+    /// Per-source limits; `None` when `[firewall.rate_limit]` is absent.
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 impl FirewallConfig {
@@ -98,6 +103,7 @@ pub(super) struct RawFirewall {
     deny: Vec<String>,
     #[serde(default)]
     allow: Vec<String>,
+    rate_limit: Option<RawRateLimit>,
 }
 
 /// `443` (TCP and UDP), `"443/tcp"`, `"8000-8100/udp"`.
@@ -186,11 +192,12 @@ impl RawFirewall {
             policy: self.policy,
             protected_ports,
             rules,
+            rate_limit: self.rate_limit.map(|raw| raw.compile(problems)),
         }
     }
 }
 
-fn parse_cidr(text: &str, origin: &str, problems: &mut Problems) -> Option<IpNet> {
+pub(super) fn parse_cidr(text: &str, origin: &str, problems: &mut Problems) -> Option<IpNet> {
     let net = match text.parse::<IpNet>() {
         Ok(net) => net,
         Err(_) => match text.parse::<IpAddr>() {

@@ -3,12 +3,14 @@
 //! here, and names the offending key and the reason.
 
 mod firewall;
+mod rate_limit;
 
 use std::{fmt, path::Path, path::PathBuf};
 
 use serde::Deserialize;
 
 pub use firewall::{Action, CidrRule, FirewallConfig, Policy, ProtectedPorts};
+pub use rate_limit::{Limits, RateClassConfig, RateLimitConfig};
 
 /// Where the CLI and the daemon meet when the config does not say otherwise.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/gateway/admin.sock";
@@ -50,6 +52,10 @@ pub struct XdpConfig {
     /// Capacity of the IPv4 and IPv6 rule tries, fixed when the program loads.
     pub max_rules_v4: u32,
     pub max_rules_v6: u32,
+    /// Sources tracked for rate limits (least recently seen are forgotten first).
+    pub max_sources: u32,
+    /// Bans per address family.
+    pub max_bans: u32,
 }
 
 /// A config that could not be used: every problem found, each naming its key.
@@ -136,6 +142,10 @@ struct RawXdp {
     max_rules_v4: u32,
     #[serde(default = "default_max_rules")]
     max_rules_v6: u32,
+    #[serde(default = "default_max_sources")]
+    max_sources: u32,
+    #[serde(default = "default_max_rules")]
+    max_bans: u32,
 }
 
 impl Default for RawXdp {
@@ -145,8 +155,14 @@ impl Default for RawXdp {
             interfaces: Vec::new(),
             max_rules_v4: default_max_rules(),
             max_rules_v6: default_max_rules(),
+            max_sources: default_max_sources(),
+            max_bans: default_max_rules(),
         }
     }
+}
+
+fn default_max_sources() -> u32 {
+    1_000_000
 }
 
 fn default_xdp_mode() -> XdpMode {
@@ -239,6 +255,8 @@ fn compile_xdp(raw: RawXdp, problems: &mut Problems) -> XdpConfig {
     for (key, value) in [
         ("xdp.max_rules_v4", raw.max_rules_v4),
         ("xdp.max_rules_v6", raw.max_rules_v6),
+        ("xdp.max_sources", raw.max_sources),
+        ("xdp.max_bans", raw.max_bans),
     ] {
         if value == 0 || value > MAX_RULES_LIMIT {
             problems.add(
@@ -252,6 +270,8 @@ fn compile_xdp(raw: RawXdp, problems: &mut Problems) -> XdpConfig {
         interfaces: raw.interfaces,
         max_rules_v4: raw.max_rules_v4,
         max_rules_v6: raw.max_rules_v6,
+        max_sources: raw.max_sources,
+        max_bans: raw.max_bans,
     }
 }
 

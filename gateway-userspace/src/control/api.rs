@@ -19,6 +19,9 @@ pub struct XdpStats {
     pub interfaces: Vec<InterfaceStats>,
     /// One entry per reason, in counter order.
     pub reasons: Vec<ReasonStats>,
+    /// The sources with the most dropped packets, most first.
+    #[serde(default)]
+    pub top_sources: Vec<SourceDrops>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,4 +43,40 @@ pub struct ReasonStats {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+}
+
+/// `GET` lists bans, `POST` adds one ([`BanRequest`]).
+pub const BANS_PATH: &str = "/v1/bans";
+/// `POST` lifts a ban ([`UnbanRequest`]).
+pub const UNBAN_PATH: &str = "/v1/bans/remove";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BanRequest {
+    /// An address or CIDR (`192.0.2.7`, `2001:db8::/64`).
+    pub cidr: String,
+    /// How long; absent means until unbanned.
+    pub duration_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnbanRequest {
+    pub cidr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ban {
+    pub cidr: String,
+    /// Seconds left; absent for a ban without expiry.
+    pub expires_in_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BanList {
+    pub bans: Vec<Ban>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceDrops {
+    pub address: String,
+    pub packets: u64,
 }

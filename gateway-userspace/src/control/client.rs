@@ -2,10 +2,10 @@
 
 use std::{io, path::PathBuf};
 
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, body::Bytes};
 use hyper_util::rt::TokioIo;
-use serde::de::DeserializeOwned;
+use serde::{Serialize, de::DeserializeOwned};
 use tokio::net::UnixStream;
 
 use super::api::ApiError;
@@ -40,6 +40,26 @@ impl Client {
 
     /// `GET path`, decoding the JSON answer.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(hyper::Method::GET, path, Bytes::new()).await
+    }
+
+    /// `POST path` with a JSON body, decoding the JSON answer.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|error| self.protocol(error))?;
+        self.call(hyper::Method::POST, path, Bytes::from(body))
+            .await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<T, ClientError> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|error| self.connect_error(error))?;
@@ -47,9 +67,12 @@ impl Client {
             .await
             .map_err(|error| self.protocol(error))?;
         tokio::spawn(connection);
-        let request = Request::get(path)
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
             .header(hyper::header::HOST, "gateway")
-            .body(Empty::<Bytes>::new())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
             .map_err(|error| self.protocol(error))?;
         let response = sender
             .send_request(request)

@@ -4,18 +4,23 @@ use std::collections::HashSet;
 
 use aya::{
     Ebpf, Pod,
-    maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use gateway_common::{
-    ACTION_ALLOW, ACTION_DENY, Counter, POLICY_ALLOW_LIST, POLICY_DENY_LIST, Reason, Rule,
-    Settings, maps as map_names,
+    ACTION_ALLOW, ACTION_DENY, Counter, POLICY_ALLOW_LIST, POLICY_DENY_LIST, RateClass, Reason,
+    Rule, Settings, maps as map_names,
 };
 use ipnet::IpNet;
 
 use super::XdpError;
-use crate::config::{Action, FirewallConfig, Policy, ProtectedPorts};
+use crate::config::{Action, FirewallConfig, Limits, Policy, ProtectedPorts};
 
-pub(super) fn write_settings(ebpf: &mut Ebpf, firewall: &FirewallConfig) -> Result<(), XdpError> {
+/// Writes the settings entry; `rate_generation` makes every source pick its class again.
+pub(super) fn write_settings(
+    ebpf: &mut Ebpf,
+    firewall: &FirewallConfig,
+    rate_generation: u32,
+) -> Result<(), XdpError> {
     let mut settings: Array<&mut MapData, Settings> = map_mut(ebpf, map_names::SETTINGS)?;
     let value = Settings {
         policy: match firewall.policy {
@@ -23,7 +28,9 @@ pub(super) fn write_settings(ebpf: &mut Ebpf, firewall: &FirewallConfig) -> Resu
             Policy::AllowList => POLICY_ALLOW_LIST,
         },
         port_filter: u8::from(!firewall.protected_ports.is_all()),
-        _pad: [0; 6],
+        rate_limit: u8::from(firewall.rate_limit.is_some()),
+        _pad: 0,
+        rate_generation,
     };
     settings
         .set(0, value, 0)
@@ -51,31 +58,24 @@ pub(super) fn write_ports(
     Ok(())
 }
 
-/// Makes both tries hold exactly the configured rules.
-pub(super) fn sync_rules(ebpf: &mut Ebpf, firewall: &FirewallConfig) -> Result<(), XdpError> {
-    let v4 = firewall
-        .rules_v4()
-        .enumerate()
-        .map(|(id, rule)| match rule.net {
-            IpNet::V4(net) => (
-                net.prefix_len(),
-                net.addr().octets(),
-                rule_value(rule.action, id),
-            ),
-            IpNet::V6(_) => unreachable!("rules_v4 yields IPv4 rules"),
-        });
+/// Makes both tries hold exactly `rules`. A rule's id (its slot in `RULE_HITS`) is its
+/// position in `rules`, IPv4 first, from 1.
+pub(super) fn sync_rules(ebpf: &mut Ebpf, rules: &[(IpNet, Action)]) -> Result<(), XdpError> {
+    let with_ids = || {
+        rules
+            .iter()
+            .enumerate()
+            .map(|(index, (net, action))| (*net, rule_value(*action, index)))
+    };
+    let v4 = with_ids().filter_map(|(net, rule)| match net {
+        IpNet::V4(net) => Some((net.prefix_len(), net.addr().octets(), rule)),
+        IpNet::V6(_) => None,
+    });
     sync_trie(ebpf, map_names::RULES_V4, v4)?;
-    let v6 = firewall
-        .rules_v6()
-        .enumerate()
-        .map(|(id, rule)| match rule.net {
-            IpNet::V6(net) => (
-                net.prefix_len(),
-                net.addr().octets(),
-                rule_value(rule.action, id),
-            ),
-            IpNet::V4(_) => unreachable!("rules_v6 yields IPv6 rules"),
-        });
+    let v6 = with_ids().filter_map(|(net, rule)| match net {
+        IpNet::V6(net) => Some((net.prefix_len(), net.addr().octets(), rule)),
+        IpNet::V4(_) => None,
+    });
     sync_trie(ebpf, map_names::RULES_V6, v6)
 }
 
@@ -90,15 +90,107 @@ fn rule_value(action: Action, index: usize) -> Rule {
     }
 }
 
-fn sync_trie<const N: usize>(
+/// Zeroes the hit counters of rule ids `ids` (whose rule changed), on every CPU.
+pub(super) fn reset_rule_hits(
+    ebpf: &mut Ebpf,
+    ids: impl Iterator<Item = u32>,
+) -> Result<(), XdpError> {
+    let mut hits: PerCpuArray<&mut MapData, u64> = map_mut(ebpf, map_names::RULE_HITS)?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, error)| XdpError::Rejected {
+        reason: format!("counting CPUs: {error}"),
+        log: String::new(),
+    })?;
+    for id in ids {
+        let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; cpus])
+            .map_err(|error| XdpError::map(map_names::RULE_HITS, MapError::from(error)))?;
+        hits.set(id, zeros, 0)
+            .map_err(|error| XdpError::map(map_names::RULE_HITS, error))?;
+    }
+    Ok(())
+}
+
+/// Packets matched per rule id, summed over CPUs.
+pub(super) fn read_rule_hits(ebpf: &Ebpf, count: usize) -> Result<Vec<u64>, XdpError> {
+    let map = ebpf
+        .map(map_names::RULE_HITS)
+        .ok_or(XdpError::MissingMap(map_names::RULE_HITS))?;
+    let hits: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(map).map_err(|error| XdpError::map(map_names::RULE_HITS, error))?;
+    (1..=count as u32)
+        .map(|id| {
+            hits.get(&id, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .map_err(|error| XdpError::map(map_names::RULE_HITS, error))
+        })
+        .collect()
+}
+
+/// Writes the rate classes (0 = default) and the prefixes that pick them.
+pub(super) fn write_rate_limits(
+    ebpf: &mut Ebpf,
+    firewall: &FirewallConfig,
+) -> Result<(), XdpError> {
+    let (default, classes) = match &firewall.rate_limit {
+        Some(rate) => (rate.default, rate.classes.as_slice()),
+        None => (Limits::default(), &[][..]),
+    };
+    let mut table: Array<&mut MapData, RateClass> = map_mut(ebpf, map_names::RATE_CLASSES)?;
+    let all = std::iter::once(default).chain(classes.iter().map(|class| class.limits));
+    for (index, limits) in all.enumerate() {
+        table
+            .set(index as u32, rate_class(&limits), 0)
+            .map_err(|error| XdpError::map(map_names::RATE_CLASSES, error))?;
+    }
+    let prefixes = || {
+        classes
+            .iter()
+            .enumerate()
+            .flat_map(|(index, class)| class.cidrs.iter().map(move |net| (*net, index as u32 + 1)))
+    };
+    let v4 = prefixes().filter_map(|(net, class)| match net {
+        IpNet::V4(net) => Some((net.prefix_len(), net.addr().octets(), class)),
+        IpNet::V6(_) => None,
+    });
+    sync_trie(ebpf, map_names::RATE_PREFIXES_V4, v4)?;
+    let v6 = prefixes().filter_map(|(net, class)| match net {
+        IpNet::V6(net) => Some((net.prefix_len(), net.addr().octets(), class)),
+        IpNet::V4(_) => None,
+    });
+    sync_trie(ebpf, map_names::RATE_PREFIXES_V6, v6)
+}
+
+/// GCRA parameters: see `gateway_common::RateClass`.
+fn rate_class(limits: &Limits) -> RateClass {
+    const NS: u64 = 1_000_000_000;
+    let gcra = |limit: Option<(u64, u64)>, scale: u64| match limit {
+        Some((rate, burst)) => {
+            let interval = (NS * scale / rate).max(1);
+            (interval, interval.saturating_mul(burst))
+        }
+        None => (0, 0),
+    };
+    let (packet_interval_ns, packet_burst_ns) = gcra(limits.packets, 1);
+    let (byte_interval_fp, byte_burst_fp) = gcra(limits.bytes, 16);
+    let (syn_interval_ns, syn_burst_ns) = gcra(limits.syns, 1);
+    RateClass {
+        packet_interval_ns,
+        packet_burst_ns,
+        byte_interval_fp,
+        byte_burst_fp,
+        syn_interval_ns,
+        syn_burst_ns,
+    }
+}
+
+pub(super) fn sync_trie<const N: usize, V: Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
-    rules: impl Iterator<Item = (u8, [u8; N], Rule)>,
+    rules: impl Iterator<Item = (u8, [u8; N], V)>,
 ) -> Result<(), XdpError>
 where
     [u8; N]: Pod,
 {
-    let mut trie: LpmTrie<&mut MapData, [u8; N], Rule> = map_mut(ebpf, name)?;
+    let mut trie: LpmTrie<&mut MapData, [u8; N], V> = map_mut(ebpf, name)?;
     let mut wanted = HashSet::new();
     for (prefix_len, data, rule) in rules {
         let key = Key::new(u32::from(prefix_len), data);
@@ -139,7 +231,7 @@ pub(super) fn read_counters(ebpf: &Ebpf) -> Result<Vec<(Reason, Counter)>, XdpEr
         .collect()
 }
 
-fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, XdpError>
+pub(super) fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, XdpError>
 where
     T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
 {

@@ -1,10 +1,13 @@
 //! The kernel half: load the XDP program, size and fill its maps, attach it to interfaces,
 //! read its counters. Userspace owns the maps; the program only reads rules and counts.
 
+mod bans;
 mod error;
 mod maps;
 
-use std::ffi::CString;
+use std::{ffi::CString, net::IpAddr, time::Duration};
+
+use ipnet::IpNet;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -15,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 pub use error::XdpError;
 
-use crate::config::{FirewallConfig, XdpConfig, XdpMode};
+use crate::config::{Action, FirewallConfig, XdpConfig, XdpMode};
+pub use bans::now;
 
 /// The compiled XDP program, embedded at build time (see build.rs).
 static PROGRAM_OBJECT: &[u8] =
@@ -42,7 +46,16 @@ pub struct XdpFirewall {
     attachments: Vec<Attachment>,
     /// Last value written per port, so re-applying only touches what changed.
     ports: Vec<u8>,
+    /// Rules as last written, in id order (id = index + 1): changed ids get their hit
+    /// counters reset, so a count always belongs to the rule listed with it.
+    rules: Vec<(IpNet, Action)>,
+    rate_generation: u32,
 }
+
+/// How many sources the "top dropped sources" table tracks (least recent forgotten first).
+const TRACKED_DROP_SOURCES: u32 = 65_536;
+/// Rate-class prefixes across all classes.
+const MAX_RATE_PREFIXES: u32 = 4096;
 
 impl XdpFirewall {
     /// Loads the program into the kernel with maps sized from `config`. Nothing is attached
@@ -54,6 +67,16 @@ impl XdpFirewall {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::RULES_V4, config.max_rules_v4)
             .map_max_entries(map_names::RULES_V6, config.max_rules_v6)
+            .map_max_entries(
+                map_names::RULE_HITS,
+                config.max_rules_v4 + config.max_rules_v6 + 1,
+            )
+            .map_max_entries(map_names::BANS_V4, config.max_bans)
+            .map_max_entries(map_names::BANS_V6, config.max_bans)
+            .map_max_entries(map_names::RATE_STATE, config.max_sources)
+            .map_max_entries(map_names::RATE_PREFIXES_V4, MAX_RATE_PREFIXES)
+            .map_max_entries(map_names::RATE_PREFIXES_V6, MAX_RATE_PREFIXES)
+            .map_max_entries(map_names::DROPS_BY_SOURCE, TRACKED_DROP_SOURCES)
             .load(PROGRAM_OBJECT)
             .map_err(XdpError::from_load)?;
         let program: &mut Xdp = program_mut(&mut ebpf)?;
@@ -62,15 +85,63 @@ impl XdpFirewall {
             ebpf,
             attachments: Vec::new(),
             ports: vec![0; gateway_common::PORT_SLOTS as usize],
+            rules: Vec::new(),
+            rate_generation: 0,
         })
     }
 
     /// Writes policy, protected ports and rules into the maps; stale rules are removed.
     /// Takes effect for the next packet, without reloading the program.
     pub fn apply(&mut self, firewall: &FirewallConfig) -> Result<(), XdpError> {
-        maps::write_settings(&mut self.ebpf, firewall)?;
+        // IPv4 first, so ids follow the order rule listings use.
+        let rules: Vec<(IpNet, Action)> = firewall
+            .rules_v4()
+            .chain(firewall.rules_v6())
+            .map(|rule| (rule.net, rule.action))
+            .collect();
+        let changed = (0..rules.len().max(self.rules.len()))
+            .filter(|&index| rules.get(index) != self.rules.get(index))
+            .map(|index| index as u32 + 1);
+        maps::reset_rule_hits(&mut self.ebpf, changed)?;
+        maps::write_rate_limits(&mut self.ebpf, firewall)?;
         maps::write_ports(&mut self.ebpf, &mut self.ports, &firewall.protected_ports)?;
-        maps::sync_rules(&mut self.ebpf, firewall)
+        maps::sync_rules(&mut self.ebpf, &rules)?;
+        self.rules = rules;
+        // Last: sources pick their rate class again against the new prefixes.
+        self.rate_generation = self.rate_generation.wrapping_add(1);
+        maps::write_settings(&mut self.ebpf, firewall, self.rate_generation)
+    }
+
+    /// Packets matched per rule, in the order `apply` was given them (IPv4 first).
+    pub fn rule_hits(&self) -> Result<Vec<(IpNet, u64)>, XdpError> {
+        let hits = maps::read_rule_hits(&self.ebpf, self.rules.len())?;
+        Ok(self.rules.iter().map(|(net, _)| *net).zip(hits).collect())
+    }
+
+    /// Bans `net` until `expires` (monotonic clock, as [`now`]; `None`: until unbanned).
+    pub fn ban(&mut self, net: IpNet, expires: Option<Duration>) -> Result<(), XdpError> {
+        bans::insert(&mut self.ebpf, net, expires)
+    }
+
+    /// Lifts a ban; `false` if there was none.
+    pub fn unban(&mut self, net: IpNet) -> Result<bool, XdpError> {
+        bans::remove(&mut self.ebpf, net)
+    }
+
+    /// Current bans with their expiry (monotonic clock; `None`: permanent). Expired ones
+    /// still in the map (not swept yet) are left out: they no longer match.
+    pub fn bans(&self) -> Result<Vec<(IpNet, Option<Duration>)>, XdpError> {
+        bans::list(&self.ebpf)
+    }
+
+    /// Deletes expired bans from the maps; returns them.
+    pub fn sweep_expired_bans(&mut self) -> Result<Vec<IpNet>, XdpError> {
+        bans::sweep(&mut self.ebpf)
+    }
+
+    /// The `limit` sources with the most dropped packets, most first.
+    pub fn top_dropped_sources(&self, limit: usize) -> Result<Vec<(IpAddr, u64)>, XdpError> {
+        bans::top_dropped_sources(&self.ebpf, limit)
     }
 
     /// Attaches to `interface`. `Auto` tries native (driver) mode, then generic (skb).

@@ -71,6 +71,8 @@ fn program_cost(options: &Options) -> anyhow::Result<()> {
         interfaces: Vec::new(),
         max_rules_v4: max,
         max_rules_v6: max,
+        max_sources: 1024,
+        max_bans: 1024,
     })?;
     let cases: [(&str, Option<IpAddr>, Reason); 7] = [
         ("v4 denied", Some(DENIED_V4.into()), Reason::DroppedDeny),
@@ -190,6 +192,7 @@ fn rule_set(count: usize) -> FirewallConfig {
         policy: Policy::DenyList,
         protected_ports: Default::default(),
         rules,
+        rate_limit: None,
     }
 }
 
@@ -310,6 +313,7 @@ fn flood_once(dropper: Dropper, seconds: u64) -> anyhow::Result<FloodResult> {
                     action: Action::Deny,
                     origin: "bench".into(),
                 }],
+                rate_limit: None,
             };
             xdp = Some(sink.enter(|| -> anyhow::Result<XdpFirewall> {
                 let mut xdp = XdpFirewall::load(&XdpConfig {
@@ -317,6 +321,8 @@ fn flood_once(dropper: Dropper, seconds: u64) -> anyhow::Result<FloodResult> {
                     interfaces: vec![sink_dev.clone()],
                     max_rules_v4: 16,
                     max_rules_v6: 16,
+                    max_sources: 1024,
+                    max_bans: 16,
                 })?;
                 xdp.apply(&firewall)?;
                 xdp.attach(&sink_dev, mode)?;

@@ -1,0 +1,55 @@
+//! `gateway ban | unban | bans`: temporary or permanent bans, enforced in the kernel at once.
+
+use std::{path::Path, time::Duration};
+
+use crate::control::{
+    Client,
+    api::{BANS_PATH, Ban, BanList, BanRequest, UNBAN_PATH, UnbanRequest},
+};
+
+pub async fn ban(socket: &Path, cidr: &str, duration: Option<Duration>) -> anyhow::Result<()> {
+    let request = BanRequest {
+        cidr: cidr.to_owned(),
+        duration_secs: duration.map(|duration| duration.as_secs_f64()),
+    };
+    let ban: Ban = Client::new(socket).post(BANS_PATH, &request).await?;
+    match ban.expires_in_secs {
+        Some(secs) => println!("banned {} for {}", ban.cidr, human(secs)),
+        None => println!("banned {} until unbanned", ban.cidr),
+    }
+    Ok(())
+}
+
+pub async fn unban(socket: &Path, cidr: &str) -> anyhow::Result<()> {
+    let request = UnbanRequest {
+        cidr: cidr.to_owned(),
+    };
+    let _: BanList = Client::new(socket).post(UNBAN_PATH, &request).await?;
+    println!("unbanned {cidr}");
+    Ok(())
+}
+
+pub async fn list(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let bans: BanList = Client::new(socket).get(BANS_PATH).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&bans)?);
+        return Ok(());
+    }
+    if bans.bans.is_empty() {
+        println!("no bans");
+        return Ok(());
+    }
+    println!("{:<44} EXPIRES IN", "SOURCE");
+    for ban in &bans.bans {
+        let expires = ban
+            .expires_in_secs
+            .map_or_else(|| "never".to_owned(), human);
+        println!("{:<44} {expires}", ban.cidr);
+    }
+    Ok(())
+}
+
+/// Whole seconds, humanly: "9m 59s".
+fn human(secs: f64) -> String {
+    humantime::format_duration(Duration::from_secs(secs.ceil() as u64)).to_string()
+}

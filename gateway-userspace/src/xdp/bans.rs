@@ -1,0 +1,161 @@
+//! Bans (source or prefix -> expiry on the monotonic clock the program reads with
+//! `bpf_ktime_get_ns`) and the per-source drop table behind "top sources".
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf,
+    maps::{LpmTrie, MapData, MapError, PerCpuHashMap, lpm_trie::Key},
+};
+use gateway_common::{BAN_PERMANENT, maps as map_names};
+use ipnet::IpNet;
+
+use super::{XdpError, maps::map_mut};
+
+/// The monotonic clock `bpf_ktime_get_ns` reads (CLOCK_MONOTONIC), as a duration since boot.
+pub fn now() -> Duration {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut time) };
+    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
+}
+
+fn expiry_ns(expires: Option<Duration>) -> u64 {
+    expires.map_or(BAN_PERMANENT, |at| {
+        at.as_nanos().min(u128::from(BAN_PERMANENT - 1)) as u64
+    })
+}
+
+pub(super) fn insert(
+    ebpf: &mut Ebpf,
+    net: IpNet,
+    expires: Option<Duration>,
+) -> Result<(), XdpError> {
+    let value = expiry_ns(expires);
+    match net {
+        IpNet::V4(net) => {
+            let mut trie: LpmTrie<&mut MapData, [u8; 4], u64> = map_mut(ebpf, map_names::BANS_V4)?;
+            trie.insert(
+                &Key::new(u32::from(net.prefix_len()), net.addr().octets()),
+                value,
+                0,
+            )
+            .map_err(|error| XdpError::map(map_names::BANS_V4, error))
+        }
+        IpNet::V6(net) => {
+            let mut trie: LpmTrie<&mut MapData, [u8; 16], u64> = map_mut(ebpf, map_names::BANS_V6)?;
+            trie.insert(
+                &Key::new(u32::from(net.prefix_len()), net.addr().octets()),
+                value,
+                0,
+            )
+            .map_err(|error| XdpError::map(map_names::BANS_V6, error))
+        }
+    }
+}
+
+pub(super) fn remove(ebpf: &mut Ebpf, net: IpNet) -> Result<bool, XdpError> {
+    let (name, result) = match net {
+        IpNet::V4(net) => {
+            let mut trie: LpmTrie<&mut MapData, [u8; 4], u64> = map_mut(ebpf, map_names::BANS_V4)?;
+            let key = Key::new(u32::from(net.prefix_len()), net.addr().octets());
+            (map_names::BANS_V4, trie.remove(&key))
+        }
+        IpNet::V6(net) => {
+            let mut trie: LpmTrie<&mut MapData, [u8; 16], u64> = map_mut(ebpf, map_names::BANS_V6)?;
+            let key = Key::new(u32::from(net.prefix_len()), net.addr().octets());
+            (map_names::BANS_V6, trie.remove(&key))
+        }
+    };
+    match result {
+        Ok(()) => Ok(true),
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(MapError::SyscallError(error))
+            if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(false)
+        }
+        Err(error) => Err(XdpError::map(name, error)),
+    }
+}
+
+/// Every entry of both ban tries, expired or not.
+fn entries(ebpf: &Ebpf) -> Result<Vec<(IpNet, u64)>, XdpError> {
+    let mut out = Vec::new();
+    let map = ebpf
+        .map(map_names::BANS_V4)
+        .ok_or(XdpError::MissingMap(map_names::BANS_V4))?;
+    let v4: LpmTrie<&MapData, [u8; 4], u64> =
+        LpmTrie::try_from(map).map_err(|error| XdpError::map(map_names::BANS_V4, error))?;
+    for entry in v4.iter() {
+        let (key, expiry) = entry.map_err(|error| XdpError::map(map_names::BANS_V4, error))?;
+        let net = IpNet::new(Ipv4Addr::from(key.data()).into(), key.prefix_len() as u8);
+        out.extend(net.ok().map(|net| (net, expiry)));
+    }
+    let map = ebpf
+        .map(map_names::BANS_V6)
+        .ok_or(XdpError::MissingMap(map_names::BANS_V6))?;
+    let v6: LpmTrie<&MapData, [u8; 16], u64> =
+        LpmTrie::try_from(map).map_err(|error| XdpError::map(map_names::BANS_V6, error))?;
+    for entry in v6.iter() {
+        let (key, expiry) = entry.map_err(|error| XdpError::map(map_names::BANS_V6, error))?;
+        let net = IpNet::new(Ipv6Addr::from(key.data()).into(), key.prefix_len() as u8);
+        out.extend(net.ok().map(|net| (net, expiry)));
+    }
+    Ok(out)
+}
+
+pub(super) fn list(ebpf: &Ebpf) -> Result<Vec<(IpNet, Option<Duration>)>, XdpError> {
+    let now = now().as_nanos() as u64;
+    Ok(entries(ebpf)?
+        .into_iter()
+        .filter(|&(_, expiry)| expiry > now)
+        .map(|(net, expiry)| {
+            (
+                net,
+                (expiry != BAN_PERMANENT).then(|| Duration::from_nanos(expiry)),
+            )
+        })
+        .collect())
+}
+
+pub(super) fn sweep(ebpf: &mut Ebpf) -> Result<Vec<IpNet>, XdpError> {
+    let now = now().as_nanos() as u64;
+    let expired: Vec<IpNet> = entries(ebpf)?
+        .into_iter()
+        .filter(|&(_, expiry)| expiry <= now)
+        .map(|(net, _)| net)
+        .collect();
+    for net in &expired {
+        remove(ebpf, *net)?;
+    }
+    Ok(expired)
+}
+
+pub(super) fn top_dropped_sources(
+    ebpf: &Ebpf,
+    limit: usize,
+) -> Result<Vec<(IpAddr, u64)>, XdpError> {
+    let name = map_names::DROPS_BY_SOURCE;
+    let map = ebpf.map(name).ok_or(XdpError::MissingMap(name))?;
+    let drops: PerCpuHashMap<&MapData, [u8; 16], u64> =
+        PerCpuHashMap::try_from(map).map_err(|error| XdpError::map(name, error))?;
+    let mut sources: Vec<(IpAddr, u64)> = drops
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(key, per_cpu)| {
+            let addr = Ipv6Addr::from(key);
+            let addr = addr.to_ipv4_mapped().map_or(IpAddr::V6(addr), IpAddr::V4);
+            (addr, per_cpu.iter().sum())
+        })
+        .collect();
+    sources.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    sources.truncate(limit);
+    Ok(sources)
+}
