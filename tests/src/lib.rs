@@ -12,6 +12,7 @@
 
 pub mod daemon;
 pub mod frames;
+pub mod lab;
 pub mod netns;
 pub mod raw;
 pub mod traffic;
