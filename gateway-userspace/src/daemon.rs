@@ -21,54 +21,55 @@ use crate::{
 };
 
 pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
-    let state = Arc::new(DaemonState {
-        xdp: std::sync::Mutex::new(None),
-    });
     let signals = Signals::install()?;
     AdminServer::ensure_free(&config.admin.socket).await?;
 
-    if config.xdp.mode == XdpMode::Off {
+    let xdp = if config.xdp.mode == XdpMode::Off {
         tracing::warn!(
             "xdp.mode is \"off\": no packet is filtered in the kernel; the firewall rules are not enforced"
         );
+        None
     } else {
-        let xdp = start_xdp(&config)?;
-        *state
-            .xdp
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(xdp);
+        Some(load_xdp(&config)?)
+    };
+    // Rules from the file and the operator's state file go into the maps before attaching.
+    let state = Arc::new(DaemonState::start(
+        xdp,
+        config.firewall.clone(),
+        &config.xdp,
+        config.admin.state_file.clone(),
+    )?);
+    if config.xdp.mode != XdpMode::Off {
+        attach_xdp(&config, &state)?;
     }
 
     let _admin = AdminServer::bind(&config.admin.socket, state.clone()).await?;
-    let sweeper = tokio::spawn(sweep_expired_bans(state.clone()));
     tracing::info!(socket = %config.admin.socket.display(), "admin API listening");
+    let sweeper = tokio::spawn(sweep_expired(state.clone()));
 
     signals
         .wait_for_shutdown(&config_path, &config, &state)
         .await;
     sweeper.abort();
 
-    if let Some(mut xdp) = state
-        .xdp
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take()
-    {
+    if let Some(mut xdp) = state.take_xdp() {
         xdp.detach_all();
     }
     tracing::info!("gateway stopped");
     Ok(())
 }
 
-fn start_xdp(config: &Config) -> anyhow::Result<XdpFirewall> {
+fn load_xdp(config: &Config) -> anyhow::Result<XdpFirewall> {
     // Check every interface before loading anything, so a typo fails fast and clearly.
     for (index, interface) in config.xdp.interfaces.iter().enumerate() {
         interface_index(interface).with_context(|| format!("xdp.interfaces[{index}]"))?;
     }
-    let mut xdp = XdpFirewall::load(&config.xdp)?;
-    xdp.apply(&config.firewall)?;
+    Ok(XdpFirewall::load(&config.xdp)?)
+}
+
+fn attach_xdp(config: &Config, state: &DaemonState) -> anyhow::Result<()> {
     for interface in &config.xdp.interfaces {
-        let mode = xdp.attach(interface, config.xdp.mode)?;
+        let mode = state.attach(interface, config.xdp.mode)?;
         tracing::info!(interface, ?mode, "XDP program attached");
     }
     tracing::info!(
@@ -77,7 +78,7 @@ fn start_xdp(config: &Config) -> anyhow::Result<XdpFirewall> {
         ipv6_rules = config.firewall.rules_v6().count(),
         "firewall rules loaded into the kernel"
     );
-    Ok(xdp)
+    Ok(())
 }
 
 struct Signals {
@@ -131,41 +132,21 @@ fn reload(config_path: &Path, running: &Config, state: &DaemonState) {
     if config.xdp.mode != running.xdp.mode || config.xdp.interfaces != running.xdp.interfaces {
         tracing::warn!("xdp.mode and xdp.interfaces changes take effect at the next restart");
     }
-    // The tries were sized at load; more rules than that need a restart.
-    let (v4, v6) = (
-        config.firewall.rules_v4().count(),
-        config.firewall.rules_v6().count(),
-    );
-    if v4 > running.xdp.max_rules_v4 as usize || v6 > running.xdp.max_rules_v6 as usize {
-        tracing::error!(
-            v4,
-            v6,
-            max_v4 = running.xdp.max_rules_v4,
-            max_v6 = running.xdp.max_rules_v6,
-            "reload rejected, keeping the running rules: more rules than the maps were sized for; restart to resize"
-        );
-        return;
-    }
-    let mut xdp = state
-        .xdp
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(xdp) = xdp.as_mut() {
-        match xdp.apply(&config.firewall) {
-            Ok(()) => tracing::info!(
-                rules = config.firewall.rules.len(),
-                "firewall rules reloaded"
-            ),
-            Err(error) => tracing::error!("reload failed while writing the maps: {error}"),
-        }
+    match state.reload(config.firewall) {
+        Ok(rules) => tracing::info!(rules, "firewall rules reloaded"),
+        Err(failure) => tracing::error!(
+            "reload rejected, keeping the running rules: {}",
+            failure.message
+        ),
     }
 }
 
-/// Expired bans stop matching in the kernel at once; this removes them from the maps.
-async fn sweep_expired_bans(state: Arc<DaemonState>) {
+/// Expired bans stop matching in the kernel at once; expired operator rules are removed
+/// here, and both are dropped from the maps and the state file.
+async fn sweep_expired(state: Arc<DaemonState>) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         every.tick().await;
-        state.sweep_expired_bans();
+        state.sweep();
     }
 }

@@ -96,7 +96,7 @@ impl Lab {
     /// Starts the gateway in the server namespace with this `[firewall]` section.
     pub fn start(&mut self, firewall: &str) -> &Gateway {
         let config = format!(
-            "[admin]\nsocket = \"{{admin_socket}}\"\n[xdp]\nmode = \"native\"\ninterfaces = [\"{}\"]\n[firewall]\n{firewall}",
+            "[admin]\nsocket = \"{{admin_socket}}\"\nstate_file = \"{{dir}}/state.json\"\n[xdp]\nmode = \"native\"\ninterfaces = [\"{}\"]\n[firewall]\n{firewall}",
             self.link.a.name
         );
         self.gateway

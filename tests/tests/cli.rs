@@ -131,7 +131,7 @@ fn run_reports_an_unknown_interface() {
     let ns = NetNs::new("noif");
     let log = run_expect_failure(
         Some(&ns),
-        "[admin]\nsocket = \"{admin_socket}\"\n[xdp]\ninterfaces = [\"gwt-absent0\"]",
+        "[admin]\nsocket = \"{admin_socket}\"\nstate_file = \"{dir}/state.json\"\n[xdp]\ninterfaces = [\"gwt-absent0\"]",
     );
     assert!(log.contains("xdp.interfaces[0]"), "{log}");
     assert!(
@@ -149,7 +149,7 @@ fn run_explains_a_native_attach_failure() {
     let ns = NetNs::new("native");
     let log = run_expect_failure(
         Some(&ns),
-        "[admin]\nsocket = \"{admin_socket}\"\n[xdp]\nmode = \"native\"\ninterfaces = [\"lo\"]",
+        "[admin]\nsocket = \"{admin_socket}\"\nstate_file = \"{dir}/state.json\"\n[xdp]\nmode = \"native\"\ninterfaces = [\"lo\"]",
     );
     assert!(
         log.contains("attaching the XDP program to lo in native mode failed"),
@@ -207,7 +207,7 @@ fn stats_table_json_and_permissions() {
     let ns = NetNs::new("stats");
     let gateway = Gateway::start(
         Some(&ns),
-        "[admin]\nsocket = \"{admin_socket}\"\n[xdp]\nmode = \"skb\"\ninterfaces = [\"lo\"]",
+        "[admin]\nsocket = \"{admin_socket}\"\nstate_file = \"{dir}/state.json\"\n[xdp]\nmode = \"skb\"\ninterfaces = [\"lo\"]",
     );
     let table = gateway.cli(&["stats"]);
     assert!(table.status.success(), "{}", output_text(&table));
@@ -280,7 +280,7 @@ fn stats_table_json_and_permissions() {
 fn stats_with_xdp_off_says_so() {
     let gateway = Gateway::start(
         None,
-        "[admin]\nsocket = \"{admin_socket}\"\n[xdp]\nmode = \"off\"",
+        "[admin]\nsocket = \"{admin_socket}\"\nstate_file = \"{dir}/state.json\"\n[xdp]\nmode = \"off\"",
     );
     let output = gateway.cli(&["stats"]);
     assert!(output.status.success(), "{}", output_text(&output));

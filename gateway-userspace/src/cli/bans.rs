@@ -4,7 +4,7 @@ use std::{path::Path, time::Duration};
 
 use crate::control::{
     Client,
-    api::{BANS_PATH, Ban, BanList, BanRequest, UNBAN_PATH, UnbanRequest},
+    api::{BANS_PATH, Ban, BanList, BanRequest, Done, UNBAN_PATH, UnbanRequest},
 };
 
 pub async fn ban(socket: &Path, cidr: &str, duration: Option<Duration>) -> anyhow::Result<()> {
@@ -24,7 +24,7 @@ pub async fn unban(socket: &Path, cidr: &str) -> anyhow::Result<()> {
     let request = UnbanRequest {
         cidr: cidr.to_owned(),
     };
-    let _: BanList = Client::new(socket).post(UNBAN_PATH, &request).await?;
+    let _: Done = Client::new(socket).post(UNBAN_PATH, &request).await?;
     println!("unbanned {cidr}");
     Ok(())
 }

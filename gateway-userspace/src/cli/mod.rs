@@ -2,6 +2,7 @@
 
 mod bans;
 mod check_config;
+mod firewall;
 mod stats;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -19,7 +20,11 @@ Examples:
   gateway stats --json | jq .xdp.reasons      the same, for scripts
   gateway ban 203.0.113.7 --for 10m           drop a source in the kernel for ten minutes
   gateway ban 2001:db8:bad::/64               ... or a prefix, until unbanned
-  gateway bans                                list bans and their time left";
+  gateway bans                                list bans and their time left
+  gateway firewall deny 198.51.100.0/24 --ttl 1h --comment scanner
+  gateway firewall list                       config and operator rules, with hits
+  gateway firewall import blocklist.txt --action deny   one CIDR per line, all or nothing
+  gateway completions bash > /etc/bash_completion.d/gateway";
 
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version, about = "An XDP-accelerated L4+L7 API gateway", after_help = EXAMPLES)]
@@ -72,6 +77,14 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Manage the operator's allow and deny rules (kept across restarts).
+    #[command(subcommand)]
+    Firewall(FirewallCommand),
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Show packets and bytes per XDP verdict reason.
     Stats {
         /// Print JSON instead of a table.
@@ -80,6 +93,63 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum FirewallCommand {
+    /// Allow a source address or prefix (an exception inside deny ranges, or admission under
+    /// an allow-list policy).
+    Allow(RuleArgs),
+    /// Deny a source address or prefix.
+    Deny(RuleArgs),
+    /// Remove an operator rule.
+    Remove {
+        #[arg(value_name = "ADDRESS")]
+        cidr: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the rules from the config and from operators, with their hit counts.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Add every address or CIDR of a file (one per line, `#` comments): all or nothing.
+    Import {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        action: ImportAction,
+        /// Stored with each rule.
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ImportAction {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, clap::Args)]
+struct RuleArgs {
+    /// Address or CIDR, e.g. 198.51.100.0/24 or 2001:db8::/32.
+    #[arg(value_name = "ADDRESS")]
+    cidr: String,
+    /// Remove the rule after this long (e.g. 30m, 12h).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    ttl: Option<std::time::Duration>,
+    /// Why the rule exists; shown by `firewall list`.
+    #[arg(long)]
+    comment: Option<String>,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 /// How the CLI reaches the running daemon.
@@ -129,6 +199,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(bans::ban(&admin.socket, &cidr, duration))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Firewall(command) => {
+            runtime()?.block_on(run_firewall(command))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "gateway", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Unban { cidr, admin } => {
             runtime()?.block_on(bans::unban(&admin.socket, &cidr))?;
             Ok(ExitCode::SUCCESS)
@@ -136,6 +215,44 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bans { json, admin } => {
             runtime()?.block_on(bans::list(&admin.socket, json))?;
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_firewall(command: FirewallCommand) -> anyhow::Result<()> {
+    use crate::control::api::RuleAction;
+    match command {
+        FirewallCommand::Allow(rule) => {
+            let RuleArgs {
+                cidr,
+                ttl,
+                comment,
+                admin,
+            } = rule;
+            firewall::add(&admin.socket, RuleAction::Allow, &cidr, ttl, comment).await
+        }
+        FirewallCommand::Deny(rule) => {
+            let RuleArgs {
+                cidr,
+                ttl,
+                comment,
+                admin,
+            } = rule;
+            firewall::add(&admin.socket, RuleAction::Deny, &cidr, ttl, comment).await
+        }
+        FirewallCommand::Remove { cidr, admin } => firewall::remove(&admin.socket, &cidr).await,
+        FirewallCommand::List { json, admin } => firewall::list(&admin.socket, json).await,
+        FirewallCommand::Import {
+            file,
+            action,
+            comment,
+            admin,
+        } => {
+            let action = match action {
+                ImportAction::Allow => RuleAction::Allow,
+                ImportAction::Deny => RuleAction::Deny,
+            };
+            firewall::import(&admin.socket, action, &file, comment).await
         }
     }
 }

@@ -14,6 +14,8 @@ pub use rate_limit::{Limits, RateClassConfig, RateLimitConfig};
 
 /// Where the CLI and the daemon meet when the config does not say otherwise.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/gateway/admin.sock";
+/// Where operator rules and bans persist unless the config says otherwise.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/gateway/state.json";
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -30,6 +32,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub socket: PathBuf,
+    /// Where the operator's run-time rules and bans are kept across restarts.
+    pub state_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -129,6 +133,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     socket: Option<PathBuf>,
+    state_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,6 +216,10 @@ impl Config {
                 .admin
                 .socket
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET)),
+            state_file: raw
+                .admin
+                .state_file
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE)),
         };
         if admin.socket.as_os_str().is_empty() {
             problems.add("admin.socket", "must not be empty");

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::state::RuleAction;
 use crate::xdp::AttachMode;
 
 /// `GET /v1/stats`.
@@ -79,4 +80,65 @@ pub struct BanList {
 pub struct SourceDrops {
     pub address: String,
     pub packets: u64,
+}
+
+/// `GET` lists rules (config and operator), `POST` adds an operator rule ([`RuleRequest`]).
+pub const RULES_PATH: &str = "/v1/rules";
+/// `POST` removes an operator rule ([`RemoveRuleRequest`]).
+pub const REMOVE_RULE_PATH: &str = "/v1/rules/remove";
+/// `POST` adds many operator rules at once, or none ([`ImportRequest`]).
+pub const IMPORT_PATH: &str = "/v1/rules/import";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleRequest {
+    pub cidr: String,
+    pub action: RuleAction,
+    pub comment: Option<String>,
+    /// Removed after this many seconds; absent: until removed.
+    pub ttl_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveRuleRequest {
+    pub cidr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportRequest {
+    pub action: RuleAction,
+    /// One address or CIDR per line; `#` starts a comment.
+    pub text: String,
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportResult {
+    pub imported: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleEntry {
+    pub cidr: String,
+    /// "allow" or "deny".
+    pub action: String,
+    /// "config" or "operator".
+    pub origin: String,
+    /// The config key, for rules from the file.
+    pub key: Option<String>,
+    pub comment: Option<String>,
+    pub expires_in_secs: Option<f64>,
+    /// Packets matched by this rule (absent with XDP off).
+    pub hits: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleList {
+    pub policy: String,
+    pub rules: Vec<RuleEntry>,
+}
+
+/// Answer of calls that only change something.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Done {
+    pub ok: bool,
 }

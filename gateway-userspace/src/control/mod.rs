@@ -4,6 +4,8 @@
 pub mod api;
 mod client;
 mod server;
+mod state;
 
 pub use client::{Client, ClientError};
-pub use server::{AdminServer, DaemonState};
+pub use server::AdminServer;
+pub use state::DaemonState;

@@ -1,0 +1,703 @@
+//! What the daemon knows about its firewall: the rules from the config file, the rules and
+//! bans an operator added at run time (persisted to the state file, restored at start), and
+//! the XDP program they are written into. Every change is saved before it reaches the
+//! kernel, so nothing an operator added is lost, and a failed step leaves both as they were.
+
+use std::{
+    collections::HashSet,
+    io::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use hyper::StatusCode;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::api::{
+    Ban, BanList, BanRequest, ImportRequest, InterfaceStats, ReasonStats, RuleEntry, RuleList,
+    RuleRequest, SourceDrops, Stats, XdpStats,
+};
+use crate::{
+    config::{Action, CidrRule, FirewallConfig, XdpConfig},
+    xdp::{self, XdpFirewall},
+};
+
+/// Sources listed under "top sources" in stats.
+const TOP_SOURCES: usize = 10;
+const STATE_VERSION: u32 = 1;
+
+/// An admin API failure: the status and a message that says what to do.
+#[derive(Debug)]
+pub struct ApiFailure {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+pub type ApiResult<T> = Result<T, ApiFailure>;
+
+fn fail(status: StatusCode, message: impl Into<String>) -> ApiFailure {
+    ApiFailure {
+        status,
+        message: message.into(),
+    }
+}
+
+fn internal(error: impl std::fmt::Display) -> ApiFailure {
+    fail(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+}
+
+/// The operator's additions, as saved in the state file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperatorState {
+    version: u32,
+    rules: Vec<OperatorRule>,
+    bans: Vec<OperatorBan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperatorRule {
+    cidr: IpNet,
+    action: RuleAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    comment: Option<String>,
+    /// Wall-clock expiry (Unix seconds); absent: until removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperatorBan {
+    cidr: IpNet,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    Allow,
+    Deny,
+}
+
+impl From<RuleAction> for Action {
+    fn from(action: RuleAction) -> Action {
+        match action {
+            RuleAction::Allow => Action::Allow,
+            RuleAction::Deny => Action::Deny,
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
+}
+
+fn remaining(expires_at: Option<f64>, now: f64) -> Option<f64> {
+    expires_at.map(|at| (at - now).max(0.0))
+}
+
+fn is_expired(expires_at: Option<f64>, now: f64) -> bool {
+    expires_at.is_some_and(|at| at <= now)
+}
+
+/// The running daemon's firewall, shared by the admin API, the signal handler and the sweeper.
+pub struct DaemonState {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    xdp: Option<XdpFirewall>,
+    /// From the config file; replaced on reload.
+    firewall: FirewallConfig,
+    /// Rule capacity the maps were sized with.
+    capacity: (usize, usize),
+    operator: OperatorState,
+    state_file: PathBuf,
+}
+
+impl DaemonState {
+    /// Restores the operator's rules and unexpired bans from `state_file` (a missing file is an
+    /// empty state; an unreadable one is an error: starting without them would open holes)
+    /// and writes everything into `xdp`.
+    pub fn start(
+        xdp: Option<XdpFirewall>,
+        firewall: FirewallConfig,
+        limits: &XdpConfig,
+        state_file: PathBuf,
+    ) -> anyhow::Result<DaemonState> {
+        let operator = load_state(&state_file)?;
+        let mut inner = Inner {
+            xdp,
+            firewall,
+            capacity: (limits.max_rules_v4 as usize, limits.max_rules_v6 as usize),
+            operator,
+            state_file,
+        };
+        inner.drop_expired();
+        inner
+            .apply()
+            .map_err(|failure| anyhow::anyhow!(failure.message))?;
+        let now = unix_now();
+        if let Some(xdp) = inner.xdp.as_mut() {
+            for ban in &inner.operator.bans {
+                xdp.ban(ban.cidr, kernel_expiry(ban.expires_at, now))?;
+            }
+        }
+        let (rules, bans) = (inner.operator.rules.len(), inner.operator.bans.len());
+        if rules + bans > 0 {
+            tracing::info!(rules, bans, file = %inner.state_file.display(), "operator rules and bans restored");
+        }
+        Ok(DaemonState {
+            inner: Mutex::new(inner),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Attaches the (already filled) XDP program to `interface`.
+    pub fn attach(
+        &self,
+        interface: &str,
+        mode: crate::config::XdpMode,
+    ) -> Result<xdp::AttachMode, xdp::XdpError> {
+        match self.lock().xdp.as_mut() {
+            Some(xdp) => xdp.attach(interface, mode),
+            None => Err(xdp::XdpError::Off),
+        }
+    }
+
+    /// Takes the XDP program out (to detach it on shutdown).
+    pub fn take_xdp(&self) -> Option<XdpFirewall> {
+        self.lock().xdp.take()
+    }
+
+    /// Replaces the config file's rules (SIGHUP). On failure the running rules stay.
+    pub fn reload(&self, firewall: FirewallConfig) -> ApiResult<usize> {
+        let mut inner = self.lock();
+        let previous = std::mem::replace(&mut inner.firewall, firewall);
+        if let Err(failure) = inner.apply() {
+            inner.firewall = previous;
+            return Err(failure);
+        }
+        Ok(inner.firewall.rules.len())
+    }
+
+    pub fn stats(&self) -> ApiResult<Stats> {
+        let inner = self.lock();
+        let Some(xdp) = inner.xdp.as_ref() else {
+            return Ok(Stats {
+                xdp: XdpStats {
+                    enabled: false,
+                    interfaces: Vec::new(),
+                    reasons: Vec::new(),
+                    top_sources: Vec::new(),
+                },
+            });
+        };
+        let reasons = xdp
+            .counters()
+            .map_err(internal)?
+            .into_iter()
+            .map(|(reason, counter)| ReasonStats {
+                reason: reason.name().to_owned(),
+                verdict: if reason.is_drop() { "drop" } else { "pass" }.to_owned(),
+                packets: counter.packets,
+                bytes: counter.bytes,
+            })
+            .collect();
+        let top_sources = xdp
+            .top_dropped_sources(TOP_SOURCES)
+            .map_err(internal)?
+            .into_iter()
+            .map(|(address, packets)| SourceDrops {
+                address: address.to_string(),
+                packets,
+            })
+            .collect();
+        let interfaces = xdp
+            .attachments()
+            .iter()
+            .map(|attachment| InterfaceStats {
+                name: attachment.interface.clone(),
+                mode: attachment.mode,
+            })
+            .collect();
+        Ok(Stats {
+            xdp: XdpStats {
+                enabled: true,
+                interfaces,
+                reasons,
+                top_sources,
+            },
+        })
+    }
+
+    // ---- Rules ----
+
+    pub fn rules(&self) -> ApiResult<RuleList> {
+        let inner = self.lock();
+        let hits: std::collections::HashMap<IpNet, u64> = match inner.xdp.as_ref() {
+            Some(xdp) => xdp.rule_hits().map_err(internal)?.into_iter().collect(),
+            None => Default::default(),
+        };
+        let now = unix_now();
+        let from_config = inner.firewall.rules.iter().map(|rule| RuleEntry {
+            cidr: rule.net.to_string(),
+            action: action_name(rule.action).to_owned(),
+            origin: "config".to_owned(),
+            key: Some(rule.origin.clone()),
+            comment: None,
+            expires_in_secs: None,
+            hits: hits.get(&rule.net).copied(),
+        });
+        let from_operator = inner.operator.rules.iter().map(|rule| RuleEntry {
+            cidr: rule.cidr.to_string(),
+            action: action_name(rule.action.into()).to_owned(),
+            origin: "operator".to_owned(),
+            key: None,
+            comment: rule.comment.clone(),
+            expires_in_secs: remaining(rule.expires_at, now),
+            hits: hits.get(&rule.cidr).copied(),
+        });
+        Ok(RuleList {
+            policy: match inner.firewall.policy {
+                crate::config::Policy::DenyList => "deny-list",
+                crate::config::Policy::AllowList => "allow-list",
+            }
+            .to_owned(),
+            rules: from_config.chain(from_operator).collect(),
+        })
+    }
+
+    pub fn add_rule(&self, request: &RuleRequest) -> ApiResult<RuleEntry> {
+        let rule = OperatorRule {
+            cidr: parse_net(&request.cidr)?,
+            action: request.action,
+            comment: request.comment.clone(),
+            expires_at: expiry(request.ttl_secs, "ttl_secs")?,
+        };
+        let entry = RuleEntry {
+            cidr: rule.cidr.to_string(),
+            action: action_name(rule.action.into()).to_owned(),
+            origin: "operator".to_owned(),
+            key: None,
+            comment: rule.comment.clone(),
+            expires_in_secs: request.ttl_secs,
+            hits: Some(0),
+        };
+        self.lock().change(|state, inner| {
+            inner.check_new_rules(std::slice::from_ref(&rule))?;
+            state.rules.push(rule);
+            Ok(())
+        })?;
+        tracing::info!(cidr = %entry.cidr, action = %entry.action, "operator rule added");
+        Ok(entry)
+    }
+
+    pub fn remove_rule(&self, cidr: &str) -> ApiResult<()> {
+        let net = parse_net(cidr)?;
+        self.lock().change(|state, inner| {
+            let before = state.rules.len();
+            state.rules.retain(|rule| rule.cidr != net);
+            if state.rules.len() == before {
+                return Err(
+                    match inner.firewall.rules.iter().find(|rule| rule.net == net) {
+                        Some(rule) => fail(
+                            StatusCode::CONFLICT,
+                            format!(
+                                "{net} comes from the config file ({}): edit the file and reload",
+                                rule.origin
+                            ),
+                        ),
+                        None => fail(StatusCode::NOT_FOUND, format!("no operator rule for {net}")),
+                    },
+                );
+            }
+            Ok(())
+        })?;
+        tracing::info!(%net, "operator rule removed");
+        Ok(())
+    }
+
+    /// Adds every line of `request.text` as a rule, or none of them.
+    pub fn import(&self, request: &ImportRequest) -> ApiResult<usize> {
+        let mut rules = Vec::new();
+        for (index, line) in request.text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let cidr = parse_net(line).map_err(|failure| {
+                fail(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "line {}: {}; nothing was imported",
+                        index + 1,
+                        failure.message
+                    ),
+                )
+            })?;
+            rules.push(OperatorRule {
+                cidr,
+                action: request.action,
+                comment: request.comment.clone(),
+                expires_at: None,
+            });
+        }
+        let count = rules.len();
+        self.lock().change(|state, inner| {
+            inner.check_new_rules(&rules)?;
+            state.rules.extend(rules);
+            Ok(())
+        })?;
+        tracing::info!(count, "operator rules imported");
+        Ok(count)
+    }
+
+    // ---- Bans ----
+
+    pub fn bans(&self) -> ApiResult<BanList> {
+        let inner = self.lock();
+        let xdp = inner.xdp()?;
+        let now = xdp::now();
+        let mut bans: Vec<Ban> = xdp
+            .bans()
+            .map_err(internal)?
+            .into_iter()
+            .map(|(net, expires)| Ban {
+                cidr: net.to_string(),
+                expires_in_secs: expires.map(|at| at.saturating_sub(now).as_secs_f64()),
+            })
+            .collect();
+        bans.sort_by(|a, b| a.cidr.cmp(&b.cidr));
+        Ok(BanList { bans })
+    }
+
+    pub fn ban(&self, request: &BanRequest) -> ApiResult<Ban> {
+        let ban = OperatorBan {
+            cidr: parse_net(&request.cidr)?,
+            expires_at: expiry(request.duration_secs, "duration_secs")?,
+        };
+        let mut inner = self.lock();
+        inner.xdp()?;
+        inner.change(|state, _| {
+            state.bans.retain(|old| old.cidr != ban.cidr);
+            state.bans.push(ban.clone());
+            Ok(())
+        })?;
+        let xdp = inner.xdp.as_mut().expect("checked above");
+        xdp.ban(ban.cidr, kernel_expiry(ban.expires_at, unix_now()))
+            .map_err(internal)?;
+        tracing::info!(net = %ban.cidr, duration_secs = ?request.duration_secs, "source banned");
+        Ok(Ban {
+            cidr: ban.cidr.to_string(),
+            expires_in_secs: request.duration_secs,
+        })
+    }
+
+    pub fn unban(&self, cidr: &str) -> ApiResult<()> {
+        let net = parse_net(cidr)?;
+        let mut inner = self.lock();
+        inner.xdp()?;
+        let lifted = inner
+            .xdp
+            .as_mut()
+            .expect("checked above")
+            .unban(net)
+            .map_err(internal)?;
+        let known = inner.operator.bans.iter().any(|ban| ban.cidr == net);
+        if !lifted && !known {
+            return Err(fail(StatusCode::NOT_FOUND, format!("{net} is not banned")));
+        }
+        inner.change(|state, _| {
+            state.bans.retain(|ban| ban.cidr != net);
+            Ok(())
+        })?;
+        tracing::info!(%net, "ban lifted");
+        Ok(())
+    }
+
+    /// Drops expired rules and bans: bans already stopped matching in the kernel; rules are
+    /// removed from the maps here.
+    pub fn sweep(&self) {
+        let mut inner = self.lock();
+        if let Some(xdp) = inner.xdp.as_mut() {
+            match xdp.sweep_expired_bans() {
+                Ok(expired) => expired
+                    .iter()
+                    .for_each(|net| tracing::info!(%net, "ban expired")),
+                Err(error) => tracing::warn!(%error, "sweeping expired bans failed"),
+            }
+        }
+        let now = unix_now();
+        let expired = |state: &OperatorState| {
+            state
+                .rules
+                .iter()
+                .any(|rule| is_expired(rule.expires_at, now))
+                || state.bans.iter().any(|ban| is_expired(ban.expires_at, now))
+        };
+        if expired(&inner.operator) {
+            let result = inner.change(|state, _| {
+                for rule in state
+                    .rules
+                    .iter()
+                    .filter(|rule| is_expired(rule.expires_at, now))
+                {
+                    tracing::info!(cidr = %rule.cidr, "operator rule expired");
+                }
+                state.rules.retain(|rule| !is_expired(rule.expires_at, now));
+                state.bans.retain(|ban| !is_expired(ban.expires_at, now));
+                Ok(())
+            });
+            if let Err(failure) = result {
+                tracing::warn!("removing expired rules failed: {}", failure.message);
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn xdp(&self) -> ApiResult<&XdpFirewall> {
+        self.xdp.as_ref().ok_or_else(|| {
+            fail(
+                StatusCode::CONFLICT,
+                "bans need the XDP program, and xdp.mode is \"off\"",
+            )
+        })
+    }
+
+    fn drop_expired(&mut self) {
+        let now = unix_now();
+        self.operator
+            .rules
+            .retain(|rule| !is_expired(rule.expires_at, now));
+        self.operator
+            .bans
+            .retain(|ban| !is_expired(ban.expires_at, now));
+    }
+
+    /// Config rules plus the operator's (a network in both keeps the config's).
+    fn effective(&self) -> FirewallConfig {
+        let mut firewall = self.firewall.clone();
+        let configured: HashSet<IpNet> = firewall.rules.iter().map(|rule| rule.net).collect();
+        firewall.rules.extend(
+            self.operator
+                .rules
+                .iter()
+                .filter(|rule| !configured.contains(&rule.cidr))
+                .map(|rule| CidrRule {
+                    net: rule.cidr,
+                    action: rule.action.into(),
+                    origin: "operator".to_owned(),
+                }),
+        );
+        firewall
+    }
+
+    fn apply(&mut self) -> ApiResult<()> {
+        let effective = self.effective();
+        let v4 = effective.rules_v4().count();
+        let v6 = effective.rules_v6().count();
+        if v4 > self.capacity.0 || v6 > self.capacity.1 {
+            return Err(fail(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!(
+                    "{v4} IPv4 and {v6} IPv6 rules do not fit the maps ({} and {}): raise \
+                     xdp.max_rules_v4/v6 and restart",
+                    self.capacity.0, self.capacity.1
+                ),
+            ));
+        }
+        if let Some(xdp) = self.xdp.as_mut() {
+            xdp.apply(&effective).map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    /// New operator rules must not repeat a rule that exists (in the file or added before).
+    fn check_new_rules(&self, rules: &[OperatorRule]) -> ApiResult<()> {
+        let mut seen: std::collections::HashMap<IpNet, String> = self
+            .firewall
+            .rules
+            .iter()
+            .map(|rule| (rule.net, format!("the config file ({})", rule.origin)))
+            .chain(
+                self.operator
+                    .rules
+                    .iter()
+                    .map(|rule| (rule.cidr, "an operator rule".to_owned())),
+            )
+            .collect();
+        for (index, rule) in rules.iter().enumerate() {
+            if let Some(owner) = seen.insert(rule.cidr, format!("line {}", index + 1)) {
+                return Err(fail(
+                    StatusCode::CONFLICT,
+                    format!("{} is already in {owner}; remove it first", rule.cidr),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `edit` to a copy of the operator state, saves it, then writes the maps. A
+    /// failure at any step leaves memory, file and kernel as they were.
+    fn change(
+        &mut self,
+        edit: impl FnOnce(&mut OperatorState, &Inner) -> ApiResult<()>,
+    ) -> ApiResult<()> {
+        let mut next = self.operator.clone();
+        edit(&mut next, self)?;
+        next.version = STATE_VERSION;
+        save_state(&self.state_file, &next).map_err(|error| {
+            internal(format!(
+                "saving the state file {} failed, nothing changed: {error:#}",
+                self.state_file.display()
+            ))
+        })?;
+        let previous = std::mem::replace(&mut self.operator, next);
+        if let Err(failure) = self.apply() {
+            self.operator = previous;
+            let _ = save_state(&self.state_file, &self.operator);
+            return Err(failure);
+        }
+        Ok(())
+    }
+}
+
+fn action_name(action: Action) -> &'static str {
+    match action {
+        Action::Allow => "allow",
+        Action::Deny => "deny",
+    }
+}
+
+/// Wall-clock expiry -> the monotonic clock the kernel reads.
+fn kernel_expiry(expires_at: Option<f64>, now: f64) -> Option<Duration> {
+    expires_at.map(|at| xdp::now() + Duration::from_secs_f64((at - now).max(0.0)))
+}
+
+fn expiry(secs: Option<f64>, field: &str) -> ApiResult<Option<f64>> {
+    match secs {
+        Some(secs) if !(secs.is_finite() && secs > 0.0) => Err(fail(
+            StatusCode::BAD_REQUEST,
+            format!("{field} must be a positive number of seconds, not {secs}"),
+        )),
+        Some(secs) => Ok(Some(unix_now() + secs)),
+        None => Ok(None),
+    }
+}
+
+/// An address or CIDR as the API accepts it.
+pub fn parse_net(text: &str) -> ApiResult<IpNet> {
+    let net = text
+        .parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            fail(
+                StatusCode::BAD_REQUEST,
+                format!("{text:?} is not an IP address or CIDR (e.g. 192.0.2.7, 2001:db8::/64)"),
+            )
+        })?;
+    if net.trunc() != net {
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            format!("{text:?} has host bits set: did you mean {}?", net.trunc()),
+        ));
+    }
+    Ok(net)
+}
+
+fn load_state(path: &Path) -> anyhow::Result<OperatorState> {
+    use anyhow::Context as _;
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(OperatorState::default());
+        }
+        Err(error) => {
+            return Err(error)
+                .with_context(|| format!("reading the state file {}", path.display()));
+        }
+    };
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "the state file {} is not valid: fix it or move it away (it holds the operator's \
+             rules and bans)",
+            path.display()
+        )
+    })
+}
+
+/// Writes the state atomically: a temporary file in the same folder, fsync, rename over the
+/// old one, fsync the folder. A crash leaves the old file or the new one, never half of one.
+fn save_state(path: &Path, state: &OperatorState) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut temp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    serde_json::to_writer_pretty(&mut temp, state)?;
+    temp.write_all(b"\n")?;
+    temp.as_file().sync_all()?;
+    temp.persist(path)
+        .with_context(|| format!("renaming over {}", path.display()))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_missing_file_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        assert_eq!(load_state(&path).unwrap(), OperatorState::default());
+        let state = OperatorState {
+            version: STATE_VERSION,
+            rules: vec![OperatorRule {
+                cidr: "192.0.2.0/24".parse().unwrap(),
+                action: RuleAction::Deny,
+                comment: Some("scanner".into()),
+                expires_at: Some(1.0e10),
+            }],
+            bans: vec![OperatorBan {
+                cidr: "2001:db8::/64".parse().unwrap(),
+                expires_at: None,
+            }],
+        };
+        save_state(&path, &state).unwrap();
+        assert_eq!(load_state(&path).unwrap(), state);
+        // Only the state file remains: the temporary file was renamed over it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_an_error_not_an_empty_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, "{\"version\": 1, \"rules\": [").unwrap();
+        let error = format!("{:#}", load_state(&path).unwrap_err());
+        assert!(
+            error.contains("is not valid: fix it or move it away"),
+            "{error}"
+        );
+    }
+}
