@@ -40,6 +40,8 @@ pub struct Lab {
     pub link: VethLink,
     pub client: NetNs,
     pub server: NetNs,
+    /// Holds the daemon's state file, so a restarted gateway finds what the last one saved.
+    pub state_dir: tempfile::TempDir,
 }
 
 impl Lab {
@@ -90,13 +92,22 @@ impl Lab {
             link,
             client,
             server,
+            state_dir: tempfile::tempdir().expect("a temporary directory"),
         })
     }
 
-    /// Starts the gateway in the server namespace with this `[firewall]` section.
+    /// The daemon's state file (operator rules and bans).
+    pub fn state_file(&self) -> std::path::PathBuf {
+        self.state_dir.path().join("state.json")
+    }
+
+    /// Starts the gateway in the server namespace with this `[firewall]` section (stopping
+    /// a running one first).
     pub fn start(&mut self, firewall: &str) -> &Gateway {
+        drop(self.gateway.take());
         let config = format!(
-            "[admin]\nsocket = \"{{admin_socket}}\"\nstate_file = \"{{dir}}/state.json\"\n[xdp]\nmode = \"native\"\ninterfaces = [\"{}\"]\n[firewall]\n{firewall}",
+            "[admin]\nsocket = \"{{admin_socket}}\"\nstate_file = \"{}\"\n[xdp]\nmode = \"native\"\ninterfaces = [\"{}\"]\n[firewall]\n{firewall}",
+            self.state_file().display(),
             self.link.a.name
         );
         self.gateway
