@@ -76,6 +76,33 @@ fn a_burst_over_the_rate_passes_about_rate_plus_burst() {
         stats["xdp"]["top_sources"][0]["packets"],
         SENT - from_flooder
     );
+
+    // The live views: `top` (one refresh) and `stats --watch` (bounded by `timeout`).
+    let top = lab.gateway().cli(&["top", "--iterations", "1"]);
+    let top = output_text(&top);
+    assert!(
+        top.contains("dropped-rate-limited") && top.contains("TOP DROPPED SOURCES"),
+        "{top}"
+    );
+    let total = format!("{}", SENT - from_flooder);
+    assert!(
+        top.lines()
+            .any(|line| line.starts_with(DENIED_V4) && line.ends_with(&total)),
+        "{top}"
+    );
+    assert!(!top.contains('\x1b'), "no escape codes in a pipe: {top:?}");
+    let socket = lab.gateway().socket().to_str().unwrap().to_owned();
+    let watch = std::process::Command::new("timeout")
+        .args(["2.5"])
+        .arg(gateway_tests::gateway_bin())
+        .args(["stats", "--watch", "--json", "--socket", &socket])
+        .output()
+        .unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&watch.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON document per line"))
+        .collect();
+    assert!(lines.len() >= 2, "refreshes every second: {lines:?}");
 }
 
 #[test]

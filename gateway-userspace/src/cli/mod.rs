@@ -4,6 +4,7 @@ mod bans;
 mod check_config;
 mod firewall;
 mod stats;
+mod top;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -18,6 +19,7 @@ Examples:
   gateway run --config config/gateway.toml    start the daemon (root, or CAP_BPF + CAP_NET_ADMIN)
   gateway stats                               XDP counters per verdict reason
   gateway stats --json | jq .xdp.reasons      the same, for scripts
+  gateway top                                 live drop rates and top dropped sources
   gateway ban 203.0.113.7 --for 10m           drop a source in the kernel for ten minutes
   gateway ban 2001:db8:bad::/64               ... or a prefix, until unbanned
   gateway bans                                list bans and their time left
@@ -90,6 +92,17 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Print again every second (with --json: one JSON document per line).
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Live view of drop rates per reason and the top dropped sources, every second.
+    Top {
+        /// Stop after this many refreshes (default: until interrupted).
+        #[arg(long, value_name = "N")]
+        iterations: Option<u64>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -187,8 +200,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => Ok(check_config::run(&file)),
-        Command::Stats { json, admin } => {
-            runtime()?.block_on(stats::run(&admin.socket, json))?;
+        Command::Stats { json, watch, admin } => {
+            runtime()?.block_on(stats::run(&admin.socket, json, watch))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Top { iterations, admin } => {
+            runtime()?.block_on(top::run(&admin.socket, iterations))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Ban {

@@ -1,20 +1,31 @@
 //! `gateway stats`: the XDP counters per verdict reason.
 
-use std::path::Path;
+use std::{io::IsTerminal as _, path::Path};
 
 use crate::control::{
     Client,
     api::{STATS_PATH, Stats},
 };
 
-pub async fn run(socket: &Path, json: bool) -> anyhow::Result<()> {
-    let stats: Stats = Client::new(socket).get(STATS_PATH).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
-    } else {
-        print!("{}", table(&stats));
+pub async fn run(socket: &Path, json: bool, watch: bool) -> anyhow::Result<()> {
+    let client = Client::new(socket);
+    let terminal = std::io::stdout().is_terminal();
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        let stats: Stats = client.get(STATS_PATH).await?;
+        match (json, watch) {
+            (true, false) => println!("{}", serde_json::to_string_pretty(&stats)?),
+            (true, true) => println!("{}", serde_json::to_string(&stats)?),
+            // Redraw in place on a terminal; in a pipe, one table after another.
+            (false, true) if terminal => print!("\x1b[2J\x1b[H{}", table(&stats)),
+            (false, true) => println!("{}", table(&stats)),
+            (false, false) => print!("{}", table(&stats)),
+        }
+        if !watch {
+            return Ok(());
+        }
     }
-    Ok(())
 }
 
 fn table(stats: &Stats) -> String {
