@@ -16,7 +16,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     config::{Config, XdpMode},
-    control::{AdminServer, DaemonState},
+    control::{AdminServer, DaemonState, ReloadRequest},
     xdp::{XdpFirewall, interface_index},
 };
 
@@ -43,12 +43,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         attach_xdp(&config, &state)?;
     }
 
-    let _admin = AdminServer::bind(&config.admin.socket, state.clone()).await?;
+    let (reloads, reload_requests) = tokio::sync::mpsc::channel(4);
+    let _admin = AdminServer::bind(&config.admin.socket, state.clone(), reloads).await?;
     tracing::info!(socket = %config.admin.socket.display(), "admin API listening");
     let sweeper = tokio::spawn(sweep_expired(state.clone()));
 
     signals
-        .wait_for_shutdown(&config_path, &config, &state)
+        .wait_for_shutdown(&config_path, &config, &state, reload_requests)
         .await;
     sweeper.abort();
 
@@ -99,13 +100,14 @@ impl Signals {
         })
     }
 
-    /// Serves until SIGINT or SIGTERM. SIGHUP reloads the firewall rules from the config
-    /// file; an invalid file is reported and the running rules stay.
+    /// Serves until SIGINT or SIGTERM. SIGHUP (or `gateway reload`) reloads the config
+    /// file; an invalid file is reported and the running config stays.
     async fn wait_for_shutdown(
         mut self,
         config_path: &Path,
         running: &Config,
         state: &DaemonState,
+        mut reload_requests: tokio::sync::mpsc::Receiver<ReloadRequest>,
     ) {
         tracing::info!(
             "gateway running; SIGHUP reloads the firewall rules, SIGINT/SIGTERM stop it"
@@ -114,30 +116,50 @@ impl Signals {
             tokio::select! {
                 _ = self.interrupt.recv() => break,
                 _ = self.terminate.recv() => break,
-                _ = self.hangup.recv() => reload(config_path, running, state),
+                _ = self.hangup.recv() => {
+                    let _ = reload(config_path, running, state);
+                }
+                Some(reply) = reload_requests.recv() => {
+                    let _ = reply.send(reload(config_path, running, state));
+                }
             }
         }
         tracing::info!("shutting down");
     }
 }
 
-fn reload(config_path: &Path, running: &Config, state: &DaemonState) {
+/// Re-reads the config file; says what changed, or why the running config stays.
+fn reload(config_path: &Path, running: &Config, state: &DaemonState) -> Result<String, String> {
     let config = match Config::load(config_path) {
         Ok(config) => config,
         Err(error) => {
             tracing::error!("reload rejected, keeping the running rules: {error}");
-            return;
+            return Err(format!(
+                "reload rejected, the running config stays: {error}"
+            ));
         }
     };
     if config.xdp.mode != running.xdp.mode || config.xdp.interfaces != running.xdp.interfaces {
         tracing::warn!("xdp.mode and xdp.interfaces changes take effect at the next restart");
     }
     match state.reload(config.firewall) {
-        Ok(rules) => tracing::info!(rules, "firewall rules reloaded"),
-        Err(failure) => tracing::error!(
-            "reload rejected, keeping the running rules: {}",
-            failure.message
-        ),
+        Ok(rules) => {
+            tracing::info!(rules, "firewall rules reloaded");
+            Ok(format!(
+                "reloaded {}: {rules} firewall rules",
+                config_path.display()
+            ))
+        }
+        Err(failure) => {
+            tracing::error!(
+                "reload rejected, keeping the running rules: {}",
+                failure.message
+            );
+            Err(format!(
+                "reload rejected, the running config stays: {}",
+                failure.message
+            ))
+        }
     }
 }
 

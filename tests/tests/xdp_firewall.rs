@@ -272,4 +272,26 @@ fn sighup_reloads_rules_and_keeps_them_on_a_bad_file() {
         lab.udp_exchange(&udp, (ALLOWED_V4, 1), (DENIED_V4, 1)),
         vec![ip(DENIED_V4)]
     );
+
+    // The same through the admin API: the caller sees why, and the exit status.
+    let refused = lab.gateway().cli(&["reload"]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("the running config stays") && message.contains("firewall.deny[0]"),
+        "{message}"
+    );
+    std::fs::write(&config_path, &config).unwrap();
+    let reloaded = lab.gateway().cli(&["reload"]);
+    assert!(
+        reloaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reloaded.stderr)
+    );
+    assert!(String::from_utf8_lossy(&reloaded.stdout).contains("1 firewall rules"));
+    assert_eq!(
+        lab.udp_exchange(&udp, (DENIED_V4, 1), (ALLOWED_V4, 0)),
+        Vec::<IpAddr>::new(),
+        "the original deny rule is back"
+    );
 }

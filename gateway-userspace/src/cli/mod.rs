@@ -98,6 +98,11 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Re-read the daemon's config file (as SIGHUP does); an invalid file changes nothing.
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Live view of drop rates per reason and the top dropped sources, every second.
     Top {
         /// Stop after this many refreshes (default: until interrupted).
@@ -202,6 +207,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { file } => Ok(check_config::run(&file)),
         Command::Stats { json, watch, admin } => {
             runtime()?.block_on(stats::run(&admin.socket, json, watch))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload { admin } => {
+            use crate::control::api::{RELOAD_PATH, Reloaded};
+            let client = crate::control::Client::new(&admin.socket);
+            let reloaded: Reloaded = runtime()?.block_on(client.post(RELOAD_PATH, &()))?;
+            println!("{}", reloaded.message);
             Ok(ExitCode::SUCCESS)
         }
         Command::Top { iterations, admin } => {

@@ -142,3 +142,12 @@ pub struct RuleList {
 pub struct Done {
     pub ok: bool,
 }
+
+/// `POST` re-reads the config file, as SIGHUP does.
+pub const RELOAD_PATH: &str = "/v1/reload";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// What was reloaded.
+    pub message: String,
+}

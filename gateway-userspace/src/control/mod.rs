@@ -9,3 +9,7 @@ mod state;
 pub use client::{Client, ClientError};
 pub use server::AdminServer;
 pub use state::DaemonState;
+
+/// A reload asked for through the admin API: the daemon answers on the channel with what it
+/// reloaded, or why it kept the running config.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<String, String>>;

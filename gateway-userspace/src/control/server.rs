@@ -16,11 +16,16 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 use serde::{Serialize, de::DeserializeOwned};
-use tokio::{net::UnixListener, task::JoinHandle};
+use tokio::{
+    net::UnixListener,
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
 
 use super::{
+    ReloadRequest,
     api::{
-        self, ApiError, BanRequest, Done, ImportRequest, ImportResult, RemoveRuleRequest,
+        self, ApiError, BanRequest, Done, ImportRequest, ImportResult, Reloaded, RemoveRuleRequest,
         RuleRequest, UnbanRequest,
     },
     state::{ApiFailure, DaemonState},
@@ -52,7 +57,11 @@ impl AdminServer {
 
     /// Binds the socket (root-only: mode 0600) and serves it. A stale socket file from a
     /// crashed daemon is replaced. Bind it last: a connectable socket means "fully up".
-    pub async fn bind(path: &Path, state: Arc<DaemonState>) -> anyhow::Result<AdminServer> {
+    pub async fn bind(
+        path: &Path,
+        state: Arc<DaemonState>,
+        reloads: mpsc::Sender<ReloadRequest>,
+    ) -> anyhow::Result<AdminServer> {
         use anyhow::Context as _;
         Self::ensure_free(path).await?;
         if let Some(parent) = path.parent() {
@@ -68,7 +77,7 @@ impl AdminServer {
             .with_context(|| format!("binding the admin socket {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("restricting the admin socket {}", path.display()))?;
-        let task = tokio::spawn(accept_loop(listener, state));
+        let task = tokio::spawn(accept_loop(listener, Arc::new(Api { state, reloads })));
         Ok(AdminServer {
             path: path.to_owned(),
             task,
@@ -87,7 +96,13 @@ impl Drop for AdminServer {
     }
 }
 
-async fn accept_loop(listener: UnixListener, state: Arc<DaemonState>) {
+/// What request handlers reach: the daemon's state and its reload loop.
+struct Api {
+    state: Arc<DaemonState>,
+    reloads: mpsc::Sender<ReloadRequest>,
+}
+
+async fn accept_loop(listener: UnixListener, api: Arc<Api>) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -97,11 +112,11 @@ async fn accept_loop(listener: UnixListener, state: Arc<DaemonState>) {
                 continue;
             }
         };
-        let state = state.clone();
+        let api = api.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, request).await) }
+                let api = api.clone();
+                async move { Ok::<_, Infallible>(handle(&api, request).await) }
             });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -113,7 +128,8 @@ async fn accept_loop(listener: UnixListener, state: Arc<DaemonState>) {
     }
 }
 
-async fn handle(state: &DaemonState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let state = &api.state;
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let result = match (&method, path.as_str()) {
@@ -138,6 +154,7 @@ async fn handle(state: &DaemonState, request: Request<Incoming>) -> Response<Ful
                 .map(|imported| json(&ImportResult { imported })),
             Err(failure) => Err(failure),
         },
+        (&Method::POST, api::RELOAD_PATH) => reload(&api.reloads).await,
         (&Method::GET, api::BANS_PATH) => state.bans().map(|bans| json(&bans)),
         (&Method::POST, api::BANS_PATH) => match body::<BanRequest>(request, MAX_BODY).await {
             Ok(ban) => state.ban(&ban).map(|ban| json(&ban)),
@@ -159,6 +176,25 @@ async fn handle(state: &DaemonState, request: Request<Incoming>) -> Response<Ful
         *response.status_mut() = failure.status;
         response
     })
+}
+
+/// Hands the reload to the daemon's main loop (the one place reloads happen) and waits.
+async fn reload(
+    reloads: &mpsc::Sender<ReloadRequest>,
+) -> Result<Response<Full<Bytes>>, ApiFailure> {
+    let gone = || ApiFailure {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: "the daemon is shutting down".to_owned(),
+    };
+    let (reply, answer) = oneshot::channel();
+    reloads.send(reply).await.map_err(|_| gone())?;
+    match answer.await.map_err(|_| gone())? {
+        Ok(message) => Ok(json(&Reloaded { message })),
+        Err(message) => Err(ApiFailure {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message,
+        }),
+    }
 }
 
 /// The request's JSON body, or a 400 that says what is wrong with it.
