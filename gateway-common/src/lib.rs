@@ -28,7 +28,7 @@ pub mod maps {
     pub const RATE_CLASSES: &str = "RATE_CLASSES";
     /// `LruHashMap<[u8; 16], Bucket>`: per-source rate state (IPv4 as `::ffff:a.b.c.d`).
     pub const RATE_STATE: &str = "RATE_STATE";
-    /// `LruPerCpuHashMap<[u8; 16], u64>`: packets dropped per source, for "top sources".
+    /// `LruHashMap<[u8; 16], u64>`: packets dropped per source, for "top sources".
     pub const DROPS_BY_SOURCE: &str = "DROPS_BY_SOURCE";
     /// `PerCpuArray<u64>`: packets matched per rule id (`Rule::id`).
     pub const RULE_HITS: &str = "RULE_HITS";
@@ -157,7 +157,8 @@ pub struct Settings {
     pub port_filter: u8,
     /// 1: per-source rate limits apply (see `RATE_CLASSES`).
     pub rate_limit: u8,
-    pub _pad: u8,
+    /// 1: the ban tries may hold entries. 0 spares every packet the ban lookup.
+    pub bans: u8,
     /// Bumped by the daemon when rate classes change, so sources are classified again.
     pub rate_generation: u32,
 }

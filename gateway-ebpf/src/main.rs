@@ -12,11 +12,13 @@
 mod parse;
 mod rate;
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{Array, LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use gateway_common::{
@@ -41,8 +43,7 @@ static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 #[map]
-static DROPS_BY_SOURCE: LruPerCpuHashMap<[u8; 16], u64> =
-    LruPerCpuHashMap::with_max_entries(1024, 0);
+static DROPS_BY_SOURCE: LruHashMap<[u8; 16], u64> = LruHashMap::with_max_entries(1024, 0);
 #[map]
 static RULE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2048, 0);
 
@@ -75,8 +76,7 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<(Reason, Option<Source>), Reason>
         return Ok((Reason::PassedUnprotected, None));
     }
     let source = packet.source;
-    let now = unsafe { bpf_ktime_get_ns() };
-    let mut reason = if is_banned(&source, now) {
+    let mut reason = if settings.bans != 0 && is_banned(&source) {
         Reason::DroppedBanned
     } else {
         classify(&settings, &source)
@@ -84,6 +84,8 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<(Reason, Option<Source>), Reason>
     if reason == Reason::Passed && settings.rate_limit != 0 {
         let syn = matches!(l4, Some(Ok(L4::Tcp { syn: true, .. })));
         let bytes = (ctx.data_end() - ctx.data()) as u64;
+        // SAFETY: a helper without preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
         reason = rate::admit(&settings, &source, now, bytes, syn);
     }
     Ok((reason, Some(source)))
@@ -102,14 +104,16 @@ fn is_protected(l4: L4) -> bool {
         .is_some_and(|protocols| protocols & bit != 0)
 }
 
-/// A ban matches until its expiry passes; the daemon sweeps expired entries later.
+/// A ban matches until its expiry passes; the daemon sweeps expired entries later. The
+/// clock is only read when a ban matches.
 #[inline(always)]
-fn is_banned(source: &Source, now: u64) -> bool {
+fn is_banned(source: &Source) -> bool {
     let expiry = match source {
         Source::V4(addr) => BANS_V4.get(Key::new(32, *addr)),
         Source::V6(addr) => BANS_V6.get(Key::new(128, *addr)),
     };
-    expiry.is_some_and(|&expiry| now < expiry)
+    // SAFETY: a helper without preconditions.
+    expiry.is_some_and(|&expiry| unsafe { bpf_ktime_get_ns() } < expiry)
 }
 
 /// The most specific matching rule decides; with none, the policy does.
@@ -148,9 +152,13 @@ fn count(ctx: &XdpContext, reason: Reason, source: Option<Source>) {
     }
     if let (true, Some(source)) = (reason.is_drop(), source) {
         let key = source.key();
+        // A shared (not per-CPU) LRU hash: the verifier inlines its lookup, and an atomic
+        // add keeps CPUs counting one source exact.
         match DROPS_BY_SOURCE.get_ptr_mut(key) {
-            // SAFETY: per-CPU value, written only by this CPU.
-            Some(drops) => unsafe { *drops += 1 },
+            // SAFETY: a live map value, updated atomically.
+            Some(drops) => unsafe {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(drops, 1);
+            },
             None => {
                 let _ = DROPS_BY_SOURCE.insert(key, 1, 0);
             }

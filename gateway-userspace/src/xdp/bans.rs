@@ -8,7 +8,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{LpmTrie, MapData, MapError, PerCpuHashMap, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key},
 };
 use gateway_common::{BAN_PERMANENT, maps as map_names};
 use ipnet::IpNet;
@@ -86,7 +86,7 @@ pub(super) fn remove(ebpf: &mut Ebpf, net: IpNet) -> Result<bool, XdpError> {
 }
 
 /// Every entry of both ban tries, expired or not.
-fn entries(ebpf: &Ebpf) -> Result<Vec<(IpNet, u64)>, XdpError> {
+pub(super) fn entries(ebpf: &Ebpf) -> Result<Vec<(IpNet, u64)>, XdpError> {
     let mut out = Vec::new();
     let map = ebpf
         .map(map_names::BANS_V4)
@@ -144,15 +144,17 @@ pub(super) fn top_dropped_sources(
 ) -> Result<Vec<(IpAddr, u64)>, XdpError> {
     let name = map_names::DROPS_BY_SOURCE;
     let map = ebpf.map(name).ok_or(XdpError::MissingMap(name))?;
-    let drops: PerCpuHashMap<&MapData, [u8; 16], u64> =
-        PerCpuHashMap::try_from(map).map_err(|error| XdpError::map(name, error))?;
+    let drops: HashMap<&MapData, [u8; 16], u64> =
+        HashMap::try_from(map).map_err(|error| XdpError::map(name, error))?;
     let mut sources: Vec<(IpAddr, u64)> = drops
         .iter()
         .filter_map(Result::ok)
-        .map(|(key, per_cpu)| {
+        .map(|(key, drops)| {
             let addr = Ipv6Addr::from(key);
-            let addr = addr.to_ipv4_mapped().map_or(IpAddr::V6(addr), IpAddr::V4);
-            (addr, per_cpu.iter().sum())
+            (
+                addr.to_ipv4_mapped().map_or(IpAddr::V6(addr), IpAddr::V4),
+                drops,
+            )
         })
         .collect();
     sources.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));

@@ -15,23 +15,27 @@ use ipnet::IpNet;
 use super::XdpError;
 use crate::config::{Action, FirewallConfig, Limits, Policy, ProtectedPorts};
 
-/// Writes the settings entry; `rate_generation` makes every source pick its class again.
-pub(super) fn write_settings(
-    ebpf: &mut Ebpf,
+/// The settings entry for `firewall`; `rate_generation` makes every source pick its rate
+/// class again, `bans` says whether the ban tries may hold entries.
+pub(super) fn settings_for(
     firewall: &FirewallConfig,
     rate_generation: u32,
-) -> Result<(), XdpError> {
-    let mut settings: Array<&mut MapData, Settings> = map_mut(ebpf, map_names::SETTINGS)?;
-    let value = Settings {
+    bans: bool,
+) -> Settings {
+    Settings {
         policy: match firewall.policy {
             Policy::DenyList => POLICY_DENY_LIST,
             Policy::AllowList => POLICY_ALLOW_LIST,
         },
         port_filter: u8::from(!firewall.protected_ports.is_all()),
         rate_limit: u8::from(firewall.rate_limit.is_some()),
-        _pad: 0,
+        bans: u8::from(bans),
         rate_generation,
-    };
+    }
+}
+
+pub(super) fn write_settings(ebpf: &mut Ebpf, value: Settings) -> Result<(), XdpError> {
+    let mut settings: Array<&mut MapData, Settings> = map_mut(ebpf, map_names::SETTINGS)?;
     settings
         .set(0, value, 0)
         .map_err(|error| XdpError::map(map_names::SETTINGS, error))

@@ -13,7 +13,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
 };
-use gateway_common::{Counter, PROGRAM_NAME, Reason, maps as map_names};
+use gateway_common::{Counter, PROGRAM_NAME, Reason, Settings, maps as map_names};
 use serde::{Deserialize, Serialize};
 
 pub use error::XdpError;
@@ -49,7 +49,8 @@ pub struct XdpFirewall {
     /// Rules as last written, in id order (id = index + 1): changed ids get their hit
     /// counters reset, so a count always belongs to the rule listed with it.
     rules: Vec<(IpNet, Action)>,
-    rate_generation: u32,
+    /// The settings entry as last written.
+    settings: Settings,
 }
 
 /// How many sources the "top dropped sources" table tracks (least recent forgotten first).
@@ -86,7 +87,7 @@ impl XdpFirewall {
             attachments: Vec::new(),
             ports: vec![0; gateway_common::PORT_SLOTS as usize],
             rules: Vec::new(),
-            rate_generation: 0,
+            settings: Settings::default(),
         })
     }
 
@@ -108,8 +109,30 @@ impl XdpFirewall {
         maps::sync_rules(&mut self.ebpf, &rules)?;
         self.rules = rules;
         // Last: sources pick their rate class again against the new prefixes.
-        self.rate_generation = self.rate_generation.wrapping_add(1);
-        maps::write_settings(&mut self.ebpf, firewall, self.rate_generation)
+        let generation = self.settings.rate_generation.wrapping_add(1);
+        self.write_settings(maps::settings_for(
+            firewall,
+            generation,
+            self.settings.bans != 0,
+        ))
+    }
+
+    fn write_settings(&mut self, settings: Settings) -> Result<(), XdpError> {
+        maps::write_settings(&mut self.ebpf, settings)?;
+        self.settings = settings;
+        Ok(())
+    }
+
+    /// Turns the program's ban lookup on or off (it is skipped while no ban exists).
+    fn set_bans_present(&mut self, present: bool) -> Result<(), XdpError> {
+        if (self.settings.bans != 0) == present {
+            return Ok(());
+        }
+        let settings = Settings {
+            bans: u8::from(present),
+            ..self.settings
+        };
+        self.write_settings(settings)
     }
 
     /// Packets matched per rule, in the order `apply` was given them (IPv4 first).
@@ -120,12 +143,17 @@ impl XdpFirewall {
 
     /// Bans `net` until `expires` (monotonic clock, as [`now`]; `None`: until unbanned).
     pub fn ban(&mut self, net: IpNet, expires: Option<Duration>) -> Result<(), XdpError> {
+        // Lookups first, so the ban holds from the moment it is in the map.
+        self.set_bans_present(true)?;
         bans::insert(&mut self.ebpf, net, expires)
     }
 
     /// Lifts a ban; `false` if there was none.
     pub fn unban(&mut self, net: IpNet) -> Result<bool, XdpError> {
-        bans::remove(&mut self.ebpf, net)
+        let lifted = bans::remove(&mut self.ebpf, net)?;
+        let any_left = !bans::entries(&self.ebpf)?.is_empty();
+        self.set_bans_present(any_left)?;
+        Ok(lifted)
     }
 
     /// Current bans with their expiry (monotonic clock; `None`: permanent). Expired ones
@@ -136,7 +164,12 @@ impl XdpFirewall {
 
     /// Deletes expired bans from the maps; returns them.
     pub fn sweep_expired_bans(&mut self) -> Result<Vec<IpNet>, XdpError> {
-        bans::sweep(&mut self.ebpf)
+        let expired = bans::sweep(&mut self.ebpf)?;
+        if !expired.is_empty() {
+            let any_left = !bans::entries(&self.ebpf)?.is_empty();
+            self.set_bans_present(any_left)?;
+        }
+        Ok(expired)
     }
 
     /// The `limit` sources with the most dropped packets, most first.
