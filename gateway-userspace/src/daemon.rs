@@ -3,8 +3,9 @@
 //! Order matters: signals are caught from the start (a SIGTERM during start-up still ends in
 //! a clean stop), a second daemon is refused before it touches any interface, the maps are
 //! filled before the program is attached (the first packet meets the full rule set), the
-//! admin socket is bound last (so a connectable socket means "fully up"), and the program is
-//! detached on the way out.
+//! proxy listeners are bound next, the admin socket is bound last (so a connectable socket
+//! means "fully up", proxy included), and on the way out the proxy drains before the program
+//! is detached.
 
 use std::{
     path::{Path, PathBuf},
@@ -17,6 +18,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::{
     config::{Config, XdpMode},
     control::{AdminServer, DaemonState, ReloadRequest},
+    proxy::Proxy,
     xdp::{XdpFirewall, interface_index},
 };
 
@@ -43,14 +45,18 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         attach_xdp(&config, &state)?;
     }
 
+    // Bound before the admin socket: a ready daemon is a serving proxy. No listeners, no proxy.
+    let proxy = Proxy::start(&config.proxy).await?;
+
     let (reloads, reload_requests) = tokio::sync::mpsc::channel(4);
     let _admin = AdminServer::bind(&config.admin.socket, state.clone(), reloads).await?;
     tracing::info!(socket = %config.admin.socket.display(), "admin API listening");
     let sweeper = tokio::spawn(sweep_expired(state.clone()));
 
     signals
-        .wait_for_shutdown(&config_path, &config, &state, reload_requests)
+        .wait_for_shutdown(&config_path, &config, &state, &proxy, reload_requests)
         .await;
+    proxy.shutdown().await;
     sweeper.abort();
 
     if let Some(mut xdp) = state.take_xdp() {
@@ -107,6 +113,7 @@ impl Signals {
         config_path: &Path,
         running: &Config,
         state: &DaemonState,
+        proxy: &Proxy,
         mut reload_requests: tokio::sync::mpsc::Receiver<ReloadRequest>,
     ) {
         tracing::info!(
@@ -117,10 +124,10 @@ impl Signals {
                 _ = self.interrupt.recv() => break,
                 _ = self.terminate.recv() => break,
                 _ = self.hangup.recv() => {
-                    let _ = reload(config_path, running, state);
+                    let _ = reload(config_path, running, state, proxy);
                 }
                 Some(reply) = reload_requests.recv() => {
-                    let _ = reply.send(reload(config_path, running, state));
+                    let _ = reply.send(reload(config_path, running, state, proxy));
                 }
             }
         }
@@ -129,7 +136,12 @@ impl Signals {
 }
 
 /// Re-reads the config file; says what changed, or why the running config stays.
-fn reload(config_path: &Path, running: &Config, state: &DaemonState) -> Result<String, String> {
+fn reload(
+    config_path: &Path,
+    running: &Config,
+    state: &DaemonState,
+    proxy: &Proxy,
+) -> Result<String, String> {
     let config = match Config::load(config_path) {
         Ok(config) => config,
         Err(error) => {
@@ -145,9 +157,11 @@ fn reload(config_path: &Path, running: &Config, state: &DaemonState) -> Result<S
     match state.reload(config.firewall) {
         Ok(rules) => {
             tracing::info!(rules, "firewall rules reloaded");
+            proxy.reload(&config.proxy);
             Ok(format!(
-                "reloaded {}: {rules} firewall rules",
-                config_path.display()
+                "reloaded {}: {rules} firewall rules, {} routes",
+                config_path.display(),
+                config.proxy.routes.len()
             ))
         }
         Err(failure) => {

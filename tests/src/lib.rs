@@ -16,6 +16,7 @@ pub mod lab;
 pub mod netns;
 pub mod raw;
 pub mod traffic;
+pub mod upstream;
 
 mod process;
 #[cfg(test)]

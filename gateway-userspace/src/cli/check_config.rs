@@ -33,6 +33,13 @@ pub fn run(file: &Path) -> ExitCode {
     }
     println!("{}: OK", file.display());
     println!("  {}", summary(&config));
+    let proxy = &config.proxy;
+    println!(
+        "  proxy: {} listeners, {} upstreams, {} routes",
+        proxy.listeners.len(),
+        proxy.upstreams.len(),
+        proxy.routes.len()
+    );
     ExitCode::SUCCESS
 }
 

@@ -3,6 +3,7 @@
 //! here, and names the offending key and the reason.
 
 mod firewall;
+mod proxy;
 mod rate_limit;
 
 use std::{fmt, path::Path, path::PathBuf};
@@ -10,6 +11,10 @@ use std::{fmt, path::Path, path::PathBuf};
 use serde::Deserialize;
 
 pub use firewall::{Action, CidrRule, FirewallConfig, Policy, ProtectedPorts};
+pub use proxy::{
+    Balance, HeaderOps, HostMatch, HttpLimits, ListenerConfig, ListenerProtocol, PathMatch,
+    ProxyConfig, RouteConfig, RouteMatch, TargetConfig, UpstreamConfig,
+};
 pub use rate_limit::{Limits, RateClassConfig, RateLimitConfig};
 
 /// Where the CLI and the daemon meet when the config does not say otherwise.
@@ -23,6 +28,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub xdp: XdpConfig,
     pub firewall: FirewallConfig,
+    /// Listeners, limits, upstreams and routes of the L7 proxy.
+    pub proxy: ProxyConfig,
     /// Things that are legal but probably not what the operator meant.
     pub warnings: Vec<String>,
     /// Explanations of what the rules do where that is not obvious (overlaps).
@@ -127,6 +134,14 @@ struct RawConfig {
     xdp: RawXdp,
     #[serde(default)]
     firewall: firewall::RawFirewall,
+    #[serde(default)]
+    listeners: Vec<proxy::RawListener>,
+    #[serde(default)]
+    limits: proxy::RawLimits,
+    #[serde(default)]
+    upstreams: Vec<proxy::RawUpstream>,
+    #[serde(default)]
+    routes: Vec<proxy::RawRoute>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,6 +226,13 @@ impl Config {
         let firewall = raw
             .firewall
             .compile(&xdp, &mut problems, &mut warnings, &mut notes);
+        let proxy = proxy::RawProxy {
+            listeners: raw.listeners,
+            limits: raw.limits,
+            upstreams: raw.upstreams,
+            routes: raw.routes,
+        }
+        .compile(&mut problems, &mut warnings);
         let admin = AdminConfig {
             socket: raw
                 .admin
@@ -230,6 +252,7 @@ impl Config {
                 admin,
                 xdp,
                 firewall,
+                proxy,
                 warnings,
                 notes,
             })

@@ -1,0 +1,985 @@
+//! The L7 proxy's config: `[[listeners]]`, `[limits]`, `[[upstreams]]` and `[[routes]]`.
+//!
+//! Routes compile into one list in precedence order (most specific first), so the proxy takes
+//! the first route that matches; routes that can never match are reported as warnings.
+
+use std::{cmp::Ordering, collections::HashMap, net::SocketAddr, time::Duration};
+
+use hyper::{
+    Method,
+    header::{HeaderName, HeaderValue},
+    http::uri::Authority,
+};
+use regex::Regex;
+use serde::Deserialize;
+
+use super::Problems;
+
+// ---- The validated form ----
+
+#[derive(Debug, Clone, Default)]
+pub struct ProxyConfig {
+    pub listeners: Vec<ListenerConfig>,
+    pub limits: HttpLimits,
+    pub upstreams: Vec<UpstreamConfig>,
+    /// In precedence order: the first route that matches a request takes it.
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub protocol: ListenerProtocol,
+}
+
+/// What a listener speaks. HTTPS (with its certificates) becomes a second variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerProtocol {
+    /// HTTP/1.1, and HTTP/2 with prior knowledge (h2c).
+    #[default]
+    Http,
+}
+
+impl ListenerProtocol {
+    /// The scheme clients used, for `X-Forwarded-Proto` and `Forwarded: proto=`.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            ListenerProtocol::Http => "http",
+        }
+    }
+}
+
+/// Client-facing limits, shared by every listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Request line and header fields together (431 beyond).
+    pub max_header_bytes: usize,
+    /// Request body (413 beyond).
+    pub max_body_bytes: u64,
+    /// Time to receive a complete request head; the connection is closed after it.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Client connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: u32,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_http2_streams: u32,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_http2_streams: 100,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub targets: Vec<TargetConfig>,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    /// From sending the request to receiving the response head (504 beyond).
+    pub request_timeout: Duration,
+    /// Pooled keep-alive connections unused this long are closed.
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetConfig {
+    /// `host:port`.
+    pub address: String,
+    /// Share of requests; 0 takes none (drained).
+    pub weight: u32,
+}
+
+/// How an upstream picks a target. Least-outstanding, P2C-EWMA and consistent hashing
+/// become further variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Smooth weighted round robin (as nginx does it).
+    #[default]
+    RoundRobin,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Where it was declared, e.g. `routes[2]`.
+    pub origin: String,
+    pub matcher: RouteMatch,
+    /// Index into [`ProxyConfig::upstreams`].
+    pub upstream: usize,
+    /// Replaces the matched path prefix (empty: strips it).
+    pub rewrite_prefix: Option<String>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatch {
+    pub host: HostMatch,
+    pub path: PathMatch,
+    /// Empty: any method.
+    pub methods: Vec<Method>,
+    /// Every one must be present with exactly this value.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum HostMatch {
+    #[default]
+    Any,
+    /// Lowercase, no port.
+    Exact(String),
+    /// `*.example.com` is stored as `.example.com`: one or more labels before it.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub enum PathMatch {
+    #[default]
+    Any,
+    Exact(String),
+    /// Whole segments: `/v1` matches `/v1` and `/v1/users`, not `/v10`.
+    Prefix(String),
+    /// Must match the whole path (anchored when compiled).
+    Regex(Regex),
+}
+
+impl PathMatch {
+    /// Whether `prefix` (a [`PathMatch::Prefix`]) matches `path`, segment-wise.
+    pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+        match path.strip_prefix(prefix) {
+            Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        }
+    }
+}
+
+/// Header edits, applied in this order: remove, set (replace), add (append).
+#[derive(Debug, Clone, Default)]
+pub struct HeaderOps {
+    pub remove: Vec<HeaderName>,
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+}
+
+// ---- The file's shape ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListener {
+    name: String,
+    address: String,
+    #[serde(default)]
+    protocol: ListenerProtocol,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    max_header_bytes: Option<Size>,
+    max_body_bytes: Option<Size>,
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<u32>,
+    max_http2_streams: Option<u32>,
+    drain_timeout: Option<String>,
+}
+
+/// A byte count: `65536` or `"64KiB"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    name: String,
+    #[serde(default)]
+    targets: Vec<RawTarget>,
+    #[serde(default)]
+    balance: Balance,
+    connect_timeout: Option<String>,
+    request_timeout: Option<String>,
+    idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    address: String,
+    #[serde(default = "default_weight")]
+    weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    name: String,
+    #[serde(rename = "match", default)]
+    matcher: RawMatch,
+    upstream: String,
+    #[serde(default)]
+    strip_prefix: bool,
+    rewrite_prefix: Option<String>,
+    #[serde(default)]
+    request_headers: RawHeaderOps,
+    #[serde(default)]
+    response_headers: RawHeaderOps,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    host: Option<String>,
+    path: Option<String>,
+    path_prefix: Option<String>,
+    path_regex: Option<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    headers: HashMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderOps {
+    #[serde(default)]
+    remove: Vec<String>,
+    #[serde(default)]
+    set: HashMap<String, String>,
+    #[serde(default)]
+    add: HashMap<String, String>,
+}
+
+// ---- Compiling ----
+
+const MAX_HEADER_BYTES: u64 = 16 * 1024 * 1024;
+const MAX_CONNECTIONS: u32 = 1_000_000;
+
+/// The raw sections of the file that belong to the proxy.
+pub(super) struct RawProxy {
+    pub listeners: Vec<RawListener>,
+    pub limits: RawLimits,
+    pub upstreams: Vec<RawUpstream>,
+    pub routes: Vec<RawRoute>,
+}
+
+impl RawProxy {
+    pub(super) fn compile(
+        self,
+        problems: &mut Problems,
+        warnings: &mut Vec<String>,
+    ) -> ProxyConfig {
+        let listeners = compile_listeners(self.listeners, problems);
+        let limits = self.limits.compile(problems);
+        let upstreams = compile_upstreams(self.upstreams, problems, warnings);
+        let mut routes = compile_routes(self.routes, &upstreams, problems);
+        // Stable sort: equally specific routes keep their file order.
+        routes.sort_by(|a, b| precedence(&a.matcher, &b.matcher));
+        report_shadowed(&routes, warnings);
+        if !routes.is_empty() && listeners.is_empty() {
+            warnings.push("routes: no [[listeners]] is configured, so no route is served".into());
+        }
+        ProxyConfig {
+            listeners,
+            limits,
+            upstreams,
+            routes,
+        }
+    }
+}
+
+fn compile_listeners(raw: Vec<RawListener>, problems: &mut Problems) -> Vec<ListenerConfig> {
+    let mut listeners: Vec<ListenerConfig> = Vec::new();
+    for (index, listener) in raw.into_iter().enumerate() {
+        let key = format!("listeners[{index}]");
+        check_name(&listener.name, &format!("{key}.name"), problems);
+        if listeners.iter().any(|other| other.name == listener.name) {
+            problems.add(
+                format!("{key}.name"),
+                format!("{:?} is used twice", listener.name),
+            );
+        }
+        let Ok(address) = listener.address.parse::<SocketAddr>() else {
+            problems.add(
+                format!("{key}.address"),
+                format!(
+                    "{:?} is not an IP:port address (e.g. \"0.0.0.0:8080\", \"[::]:8080\")",
+                    listener.address
+                ),
+            );
+            continue;
+        };
+        if let Some(other) = listeners.iter().find(|other| other.address == address) {
+            problems.add(
+                format!("{key}.address"),
+                format!("{address} is also the address of listener {:?}", other.name),
+            );
+        }
+        listeners.push(ListenerConfig {
+            name: listener.name,
+            address,
+            protocol: listener.protocol,
+        });
+    }
+    listeners
+}
+
+impl RawLimits {
+    fn compile(self, problems: &mut Problems) -> HttpLimits {
+        let defaults = HttpLimits::default();
+        let header_bytes = size(self.max_header_bytes, "limits.max_header_bytes", problems)
+            .unwrap_or(defaults.max_header_bytes as u64);
+        if !(1024..=MAX_HEADER_BYTES).contains(&header_bytes) {
+            problems.add(
+                "limits.max_header_bytes",
+                format!("{header_bytes} bytes is out of range 1KiB..=16MiB"),
+            );
+        }
+        let limits = HttpLimits {
+            max_header_bytes: header_bytes.min(MAX_HEADER_BYTES) as usize,
+            max_body_bytes: size(self.max_body_bytes, "limits.max_body_bytes", problems)
+                .unwrap_or(defaults.max_body_bytes),
+            header_read_timeout: duration(
+                self.header_read_timeout,
+                "limits.header_read_timeout",
+                problems,
+            )
+            .unwrap_or(defaults.header_read_timeout),
+            idle_timeout: duration(self.idle_timeout, "limits.idle_timeout", problems)
+                .unwrap_or(defaults.idle_timeout),
+            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
+            max_http2_streams: self.max_http2_streams.unwrap_or(defaults.max_http2_streams),
+            drain_timeout: duration(self.drain_timeout, "limits.drain_timeout", problems)
+                .unwrap_or(defaults.drain_timeout),
+        };
+        if !(1..=MAX_CONNECTIONS).contains(&limits.max_connections) {
+            problems.add(
+                "limits.max_connections",
+                format!(
+                    "{} is out of range 1..={MAX_CONNECTIONS}",
+                    limits.max_connections
+                ),
+            );
+        }
+        if limits.max_http2_streams == 0 {
+            problems.add("limits.max_http2_streams", "must be at least 1");
+        }
+        limits
+    }
+}
+
+fn compile_upstreams(
+    raw: Vec<RawUpstream>,
+    problems: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> Vec<UpstreamConfig> {
+    let mut upstreams: Vec<UpstreamConfig> = Vec::new();
+    for (index, upstream) in raw.into_iter().enumerate() {
+        let key = format!("upstreams[{index}]");
+        check_name(&upstream.name, &format!("{key}.name"), problems);
+        if upstreams.iter().any(|other| other.name == upstream.name) {
+            problems.add(
+                format!("{key}.name"),
+                format!("{:?} is used twice", upstream.name),
+            );
+        }
+        let mut targets = Vec::new();
+        for (at, target) in upstream.targets.into_iter().enumerate() {
+            let target_key = format!("{key}.targets[{at}]");
+            match target.address.parse::<Authority>() {
+                Ok(authority) if authority.port().is_some() && !target.address.contains('@') => {}
+                _ => problems.add(
+                    format!("{target_key}.address"),
+                    format!(
+                        "{:?} is not host:port (e.g. \"127.0.0.1:9000\", \"users.internal:80\")",
+                        target.address
+                    ),
+                ),
+            }
+            if targets
+                .iter()
+                .any(|other: &TargetConfig| other.address == target.address)
+            {
+                problems.add(
+                    format!("{target_key}.address"),
+                    format!("{:?} is listed twice", target.address),
+                );
+            }
+            if target.weight > 10_000 {
+                problems.add(
+                    format!("{target_key}.weight"),
+                    format!("{} is out of range 0..=10000", target.weight),
+                );
+            }
+            targets.push(TargetConfig {
+                address: target.address,
+                weight: target.weight,
+            });
+        }
+        if targets.iter().all(|target| target.weight == 0) {
+            warnings.push(format!(
+                "{key} ({:?}): no target with a weight above 0: requests routed to it get 503",
+                upstream.name
+            ));
+        }
+        let timeout = |value: Option<String>, name: &str, default: u64, problems: &mut Problems| {
+            duration(value, &format!("{key}.{name}"), problems)
+                .unwrap_or(Duration::from_secs(default))
+        };
+        upstreams.push(UpstreamConfig {
+            connect_timeout: timeout(upstream.connect_timeout, "connect_timeout", 5, problems),
+            request_timeout: timeout(upstream.request_timeout, "request_timeout", 30, problems),
+            idle_timeout: timeout(upstream.idle_timeout, "idle_timeout", 90, problems),
+            name: upstream.name,
+            targets,
+            balance: upstream.balance,
+        });
+    }
+    upstreams
+}
+
+fn compile_routes(
+    raw: Vec<RawRoute>,
+    upstreams: &[UpstreamConfig],
+    problems: &mut Problems,
+) -> Vec<RouteConfig> {
+    let mut routes: Vec<RouteConfig> = Vec::new();
+    for (index, route) in raw.into_iter().enumerate() {
+        let key = format!("routes[{index}]");
+        check_name(&route.name, &format!("{key}.name"), problems);
+        if routes.iter().any(|other| other.name == route.name) {
+            problems.add(
+                format!("{key}.name"),
+                format!("{:?} is used twice", route.name),
+            );
+        }
+        let upstream = upstreams
+            .iter()
+            .position(|upstream| upstream.name == route.upstream);
+        if upstream.is_none() {
+            problems.add(
+                format!("{key}.upstream"),
+                format!("no upstream is named {:?}", route.upstream),
+            );
+        }
+        let matcher = route.matcher.compile(&format!("{key}.match"), problems);
+        let rewrite_prefix = match (route.strip_prefix, route.rewrite_prefix) {
+            (true, Some(_)) => {
+                problems.add(
+                    format!("{key}.rewrite_prefix"),
+                    "set strip_prefix or rewrite_prefix, not both",
+                );
+                None
+            }
+            (true, None) => Some(String::new()),
+            (false, Some(prefix)) => {
+                if !prefix.starts_with('/') {
+                    problems.add(
+                        format!("{key}.rewrite_prefix"),
+                        format!("{prefix:?} must start with \"/\""),
+                    );
+                }
+                Some(prefix)
+            }
+            (false, None) => None,
+        };
+        if rewrite_prefix.is_some() && !matches!(matcher.path, PathMatch::Prefix(_)) {
+            problems.add(
+                format!(
+                    "{key}.{}",
+                    if route.strip_prefix {
+                        "strip_prefix"
+                    } else {
+                        "rewrite_prefix"
+                    }
+                ),
+                "needs match.path_prefix: there is no matched prefix to replace",
+            );
+        }
+        routes.push(RouteConfig {
+            origin: key.clone(),
+            name: route.name,
+            matcher,
+            upstream: upstream.unwrap_or(0),
+            rewrite_prefix,
+            request_headers: route
+                .request_headers
+                .compile(&format!("{key}.request_headers"), problems),
+            response_headers: route
+                .response_headers
+                .compile(&format!("{key}.response_headers"), problems),
+        });
+    }
+    routes
+}
+
+impl RawMatch {
+    fn compile(self, key: &str, problems: &mut Problems) -> RouteMatch {
+        let host = match self.host {
+            None => HostMatch::Any,
+            Some(host) => compile_host(&host, &format!("{key}.host"), problems),
+        };
+        let given = [&self.path, &self.path_prefix, &self.path_regex]
+            .iter()
+            .filter(|value| value.is_some())
+            .count();
+        if given > 1 {
+            problems.add(key, "set at most one of path, path_prefix and path_regex");
+        }
+        let path = if let Some(path) = self.path {
+            check_path(&path, &format!("{key}.path"), problems);
+            PathMatch::Exact(path)
+        } else if let Some(prefix) = self.path_prefix {
+            check_path(&prefix, &format!("{key}.path_prefix"), problems);
+            PathMatch::Prefix(prefix)
+        } else if let Some(pattern) = self.path_regex {
+            match Regex::new(&format!("^(?:{pattern})$")) {
+                Ok(regex) => PathMatch::Regex(regex),
+                Err(error) => {
+                    problems.add(
+                        format!("{key}.path_regex"),
+                        format!("{pattern:?} is not a valid regex: {error}"),
+                    );
+                    PathMatch::Any
+                }
+            }
+        } else {
+            PathMatch::Any
+        };
+        let mut methods = Vec::new();
+        for (index, method) in self.methods.iter().enumerate() {
+            let upper = method.to_ascii_uppercase();
+            match Method::from_bytes(upper.as_bytes()) {
+                Ok(parsed) if !method.is_empty() && !methods.contains(&parsed) => {
+                    methods.push(parsed)
+                }
+                Ok(_) => problems.add(
+                    format!("{key}.methods[{index}]"),
+                    format!("{method:?} is listed twice"),
+                ),
+                Err(_) => problems.add(
+                    format!("{key}.methods[{index}]"),
+                    format!("{method:?} is not an HTTP method"),
+                ),
+            }
+        }
+        let mut headers = sorted_pairs(self.headers, &format!("{key}.headers"), problems);
+        headers.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        RouteMatch {
+            host,
+            path,
+            methods,
+            headers,
+        }
+    }
+}
+
+impl RawHeaderOps {
+    fn compile(self, key: &str, problems: &mut Problems) -> HeaderOps {
+        let mut remove = Vec::new();
+        for (index, name) in self.remove.iter().enumerate() {
+            if let Some(name) = header_name(name, &format!("{key}.remove[{index}]"), problems) {
+                remove.push(name);
+            }
+        }
+        HeaderOps {
+            remove,
+            set: sorted_pairs(self.set, &format!("{key}.set"), problems),
+            add: sorted_pairs(self.add, &format!("{key}.add"), problems),
+        }
+    }
+}
+
+/// Header fields that are the proxy's own business: config may not edit them.
+const RESERVED_HEADERS: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "http2-settings",
+];
+
+fn header_name(name: &str, key: &str, problems: &mut Problems) -> Option<HeaderName> {
+    match HeaderName::from_bytes(name.as_bytes()) {
+        Ok(parsed) if RESERVED_HEADERS.contains(&parsed.as_str()) => {
+            problems.add(
+                key,
+                format!("{name:?} is managed by the proxy (framing or hop-by-hop) and cannot be configured"),
+            );
+            None
+        }
+        Ok(parsed) => Some(parsed),
+        Err(_) => {
+            problems.add(key, format!("{name:?} is not a valid header name"));
+            None
+        }
+    }
+}
+
+/// Name/value pairs in name order (TOML tables have no order we could keep).
+fn sorted_pairs(
+    table: HashMap<String, String>,
+    key: &str,
+    problems: &mut Problems,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut pairs: Vec<(String, String)> = table.into_iter().collect();
+    pairs.sort();
+    let mut compiled = Vec::new();
+    for (name, value) in pairs {
+        let entry_key = format!("{key}.{name:?}");
+        let Some(parsed) = header_name(&name, &entry_key, problems) else {
+            continue;
+        };
+        match HeaderValue::from_str(&value) {
+            Ok(value) => compiled.push((parsed, value)),
+            Err(_) => problems.add(
+                entry_key,
+                format!("{value:?} is not a valid header value (visible ASCII only)"),
+            ),
+        }
+    }
+    compiled
+}
+
+fn compile_host(host: &str, key: &str, problems: &mut Problems) -> HostMatch {
+    let lower = host.to_ascii_lowercase();
+    let (wildcard, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let valid_label = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
+        problems.add(
+            key,
+            format!(
+                "{host:?} is not a host name (e.g. \"api.example.com\" or \"*.example.com\"; no port, no other wildcards)"
+            ),
+        );
+    }
+    if wildcard {
+        HostMatch::Suffix(format!(".{name}"))
+    } else {
+        HostMatch::Exact(lower)
+    }
+}
+
+fn check_path(path: &str, key: &str, problems: &mut Problems) {
+    if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+        problems.add(
+            key,
+            format!("{path:?} must start with \"/\" and hold no query, fragment or space"),
+        );
+    }
+}
+
+fn check_name(name: &str, key: &str, problems: &mut Problems) {
+    if name.is_empty() || name.len() > 64 || name.contains(char::is_whitespace) {
+        problems.add(
+            key,
+            format!("{name:?}: names are 1 to 64 characters without spaces"),
+        );
+    }
+}
+
+fn size(value: Option<Size>, key: &str, problems: &mut Problems) -> Option<u64> {
+    match value? {
+        Size::Bytes(bytes) => Some(bytes),
+        Size::Text(text) => match text.parse::<bytesize::ByteSize>() {
+            Ok(size) => Some(size.as_u64()),
+            Err(_) => {
+                problems.add(
+                    key,
+                    format!("{text:?} is not a size (e.g. 65536, \"64KiB\", \"8MiB\")"),
+                );
+                None
+            }
+        },
+    }
+}
+
+fn duration(value: Option<String>, key: &str, problems: &mut Problems) -> Option<Duration> {
+    let text = value?;
+    match humantime::parse_duration(&text) {
+        Ok(duration) if !duration.is_zero() => Some(duration),
+        Ok(_) => {
+            problems.add(key, "must be longer than 0s");
+            None
+        }
+        Err(_) => {
+            problems.add(
+                key,
+                format!("{text:?} is not a duration (e.g. \"500ms\", \"30s\", \"2m\")"),
+            );
+            None
+        }
+    }
+}
+
+// ---- Precedence and shadowing ----
+
+/// Most specific first: exact host, then longer wildcard suffixes, then any host; within a
+/// host class, exact path, then longer prefixes, then regex, then any path; then more
+/// method/header constraints. `Ordering::Equal` keeps file order (the sort is stable).
+fn precedence(a: &RouteMatch, b: &RouteMatch) -> Ordering {
+    fn host_rank(host: &HostMatch) -> (u8, std::cmp::Reverse<usize>) {
+        match host {
+            HostMatch::Exact(_) => (0, std::cmp::Reverse(0)),
+            HostMatch::Suffix(suffix) => (1, std::cmp::Reverse(suffix.len())),
+            HostMatch::Any => (2, std::cmp::Reverse(0)),
+        }
+    }
+    fn path_rank(path: &PathMatch) -> (u8, std::cmp::Reverse<usize>) {
+        match path {
+            PathMatch::Exact(_) => (0, std::cmp::Reverse(0)),
+            PathMatch::Prefix(prefix) => (1, std::cmp::Reverse(prefix.len())),
+            PathMatch::Regex(_) => (2, std::cmp::Reverse(0)),
+            PathMatch::Any => (3, std::cmp::Reverse(0)),
+        }
+    }
+    let constraints = |m: &RouteMatch| usize::from(!m.methods.is_empty()) + m.headers.len();
+    host_rank(&a.host)
+        .cmp(&host_rank(&b.host))
+        .then(path_rank(&a.path).cmp(&path_rank(&b.path)))
+        .then(constraints(b).cmp(&constraints(a)))
+}
+
+/// Warns about every route that an earlier route (in precedence order) fully covers.
+fn report_shadowed(routes: &[RouteConfig], warnings: &mut Vec<String>) {
+    for (at, route) in routes.iter().enumerate() {
+        if let Some(earlier) = routes[..at]
+            .iter()
+            .find(|earlier| covers(&earlier.matcher, &route.matcher))
+        {
+            warnings.push(format!(
+                "{} ({:?}) can never match: every request it matches goes to {} ({:?}), which takes precedence",
+                route.origin, route.name, earlier.origin, earlier.name
+            ));
+        }
+    }
+}
+
+/// Whether every request `narrow` matches is also matched by `broad`. Conservative: `false`
+/// when it cannot tell (regexes other than identical ones).
+fn covers(broad: &RouteMatch, narrow: &RouteMatch) -> bool {
+    let host = match (&broad.host, &narrow.host) {
+        (HostMatch::Any, _) => true,
+        (HostMatch::Exact(a), HostMatch::Exact(b)) => a == b,
+        (HostMatch::Suffix(a), HostMatch::Exact(b)) => b.ends_with(a.as_str()),
+        (HostMatch::Suffix(a), HostMatch::Suffix(b)) => b.ends_with(a.as_str()),
+        _ => false,
+    };
+    let path = match (&broad.path, &narrow.path) {
+        (PathMatch::Any, _) => true,
+        (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
+        (PathMatch::Prefix(a), PathMatch::Exact(b) | PathMatch::Prefix(b)) => {
+            PathMatch::prefix_matches(a, b)
+        }
+        (PathMatch::Regex(a), PathMatch::Regex(b)) => a.as_str() == b.as_str(),
+        (PathMatch::Regex(a), PathMatch::Exact(b)) => a.is_match(b),
+        _ => false,
+    };
+    let methods = broad.methods.is_empty()
+        || (!narrow.methods.is_empty()
+            && narrow
+                .methods
+                .iter()
+                .all(|method| broad.methods.contains(method)));
+    let headers = broad
+        .headers
+        .iter()
+        .all(|pair| narrow.headers.contains(pair));
+    host && path && methods && headers
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ParseError};
+
+    const BASE: &str = "[xdp]\nmode = \"off\"\n";
+
+    fn parse(text: &str) -> Config {
+        Config::parse(&format!("{BASE}{text}")).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(&format!("{BASE}{text}")) {
+            Err(ParseError::Invalid(problems)) => {
+                problems.iter().map(ToString::to_string).collect()
+            }
+            other => panic!("expected validation problems, got {other:?}"),
+        }
+    }
+
+    const UPSTREAM: &str =
+        "[[upstreams]]\nname = \"u\"\ntargets = [{ address = \"127.0.0.1:9000\" }]\n";
+
+    #[test]
+    fn limits_default_and_accept_human_units() {
+        let config = parse("");
+        assert_eq!(config.proxy.limits.max_header_bytes, 64 * 1024);
+        assert_eq!(config.proxy.limits.max_body_bytes, 1024 * 1024);
+        assert_eq!(config.proxy.limits.header_read_timeout.as_secs(), 10);
+        assert_eq!(config.proxy.limits.drain_timeout.as_secs(), 30);
+        assert!(config.proxy.listeners.is_empty());
+        let config = parse(
+            "[limits]\nmax_header_bytes = \"8KiB\"\nmax_body_bytes = 4096\nheader_read_timeout = \"1500ms\"\n",
+        );
+        assert_eq!(config.proxy.limits.max_header_bytes, 8192);
+        assert_eq!(config.proxy.limits.max_body_bytes, 4096);
+        assert_eq!(config.proxy.limits.header_read_timeout.as_millis(), 1500);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let found = problems(
+            "[limits]\nmax_body_bytes = \"lots\"\nidle_timeout = \"soon\"\nmax_connections = 0\n\
+             [[listeners]]\nname = \"a\"\naddress = \"localhost\"\n\
+             [[upstreams]]\nname = \"u\"\ntargets = [{ address = \"no-port\" }]\n\
+             [[routes]]\nname = \"r\"\nupstream = \"missing\"\nstrip_prefix = true\n\
+             match = { path_regex = \"(\", methods = [\"G ET\"], headers = { \"bad name\" = \"x\" } }\n\
+             request_headers = { set = { connection = \"close\" } }\n",
+        );
+        let expected = [
+            "listeners[0].address: \"localhost\" is not an IP:port address (e.g. \"0.0.0.0:8080\", \"[::]:8080\")",
+            "limits.max_body_bytes: \"lots\" is not a size (e.g. 65536, \"64KiB\", \"8MiB\")",
+            "limits.idle_timeout: \"soon\" is not a duration (e.g. \"500ms\", \"30s\", \"2m\")",
+            "limits.max_connections: 0 is out of range 1..=1000000",
+            "upstreams[0].targets[0].address: \"no-port\" is not host:port (e.g. \"127.0.0.1:9000\", \"users.internal:80\")",
+            "routes[0].upstream: no upstream is named \"missing\"",
+        ];
+        for line in expected {
+            assert!(found.iter().any(|p| p == line), "{line}\nnot in {found:#?}");
+        }
+        for prefix in [
+            "routes[0].match.path_regex: \"(\" is not a valid regex",
+            "routes[0].match.methods[0]: \"G ET\" is not an HTTP method",
+            "routes[0].match.headers.\"bad name\": \"bad name\" is not a valid header name",
+            "routes[0].request_headers.set.\"connection\": \"connection\" is managed by the proxy",
+            "routes[0].strip_prefix: needs match.path_prefix",
+        ] {
+            assert!(
+                found.iter().any(|p| p.starts_with(prefix)),
+                "{prefix}\nnot in {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_route_keys_are_errors() {
+        let text = format!(
+            "{BASE}{UPSTREAM}[[routes]]\nname = \"r\"\nupstream = \"u\"\nmatch = {{ pth = \"/\" }}\n"
+        );
+        let Err(ParseError::Syntax(error)) = Config::parse(&text) else {
+            panic!("expected a syntax error");
+        };
+        assert!(error.to_string().contains("unknown field `pth`"), "{error}");
+    }
+
+    fn route_order(routes: &str) -> Vec<String> {
+        parse(&format!("{UPSTREAM}{routes}"))
+            .proxy
+            .routes
+            .iter()
+            .map(|route| route.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn precedence_is_most_specific_first_then_file_order() {
+        let order = route_order(
+            "[[routes]]\nname = \"any\"\nupstream = \"u\"\n\
+             [[routes]]\nname = \"regex\"\nupstream = \"u\"\nmatch = { path_regex = \"/r/[0-9]+\" }\n\
+             [[routes]]\nname = \"short-prefix\"\nupstream = \"u\"\nmatch = { path_prefix = \"/v1\" }\n\
+             [[routes]]\nname = \"long-prefix\"\nupstream = \"u\"\nmatch = { path_prefix = \"/v1/users\" }\n\
+             [[routes]]\nname = \"prefix-with-header\"\nupstream = \"u\"\nmatch = { path_prefix = \"/v1\", headers = { accept-version = \"2\" } }\n\
+             [[routes]]\nname = \"exact\"\nupstream = \"u\"\nmatch = { path = \"/v1\" }\n\
+             [[routes]]\nname = \"wildcard\"\nupstream = \"u\"\nmatch = { host = \"*.example.com\" }\n\
+             [[routes]]\nname = \"longer-wildcard\"\nupstream = \"u\"\nmatch = { host = \"*.api.example.com\" }\n\
+             [[routes]]\nname = \"host\"\nupstream = \"u\"\nmatch = { host = \"API.example.com\" }\n\
+             [[routes]]\nname = \"regex-2\"\nupstream = \"u\"\nmatch = { path_regex = \"/s/.*\" }\n",
+        );
+        assert_eq!(
+            order,
+            [
+                "host",
+                "longer-wildcard",
+                "wildcard",
+                "exact",
+                "long-prefix",
+                "prefix-with-header",
+                "short-prefix",
+                "regex",
+                "regex-2",
+                "any",
+            ]
+        );
+    }
+
+    #[test]
+    fn shadowed_routes_are_reported() {
+        let config = parse(&format!(
+            "{UPSTREAM}\
+             [[routes]]\nname = \"reads\"\nupstream = \"u\"\nmatch = {{ path_prefix = \"/a\", methods = [\"GET\", \"HEAD\"] }}\n\
+             [[routes]]\nname = \"gets\"\nupstream = \"u\"\nmatch = {{ path_prefix = \"/a\", methods = [\"GET\"] }}\n\
+             [[routes]]\nname = \"dup\"\nupstream = \"u\"\nmatch = {{ path_prefix = \"/a\", methods = [\"HEAD\", \"GET\"] }}\n\
+             [[routes]]\nname = \"sub\"\nupstream = \"u\"\nmatch = {{ host = \"*.example.com\" }}\n\
+             [[routes]]\nname = \"sub-sub\"\nupstream = \"u\"\nmatch = {{ host = \"*.example.com\", path_regex = \"/x\" }}\n\
+             [[routes]]\nname = \"fine\"\nupstream = \"u\"\nmatch = {{ path_prefix = \"/a\", methods = [\"POST\"] }}\n\
+             [[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\n"
+        ));
+        assert_eq!(
+            config.warnings,
+            [
+                "routes[1] (\"gets\") can never match: every request it matches goes to routes[0] (\"reads\"), which takes precedence",
+                "routes[2] (\"dup\") can never match: every request it matches goes to routes[0] (\"reads\"), which takes precedence",
+            ]
+        );
+    }
+
+    #[test]
+    fn versioning_by_prefix_and_header_compiles() {
+        let config = parse(&format!(
+            "{UPSTREAM}\
+             [[routes]]\nname = \"v1\"\nupstream = \"u\"\nmatch = {{ path_prefix = \"/v1\" }}\nstrip_prefix = true\n\
+             [[routes]]\nname = \"v2\"\nupstream = \"u\"\nmatch = {{ path_prefix = \"/v2\" }}\nrewrite_prefix = \"/api/v2\"\n\
+             [[routes]]\nname = \"v2-header\"\nupstream = \"u\"\nmatch = {{ headers = {{ Accept-Version = \"2\" }} }}\n"
+        ));
+        let routes = &config.proxy.routes;
+        assert_eq!(routes[0].rewrite_prefix.as_deref(), Some(""));
+        assert_eq!(routes[1].rewrite_prefix.as_deref(), Some("/api/v2"));
+        assert_eq!(routes[2].matcher.headers[0].0.as_str(), "accept-version");
+    }
+}

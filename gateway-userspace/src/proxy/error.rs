@@ -1,0 +1,246 @@
+//! The one place that turns errors into responses: one JSON shape, one status mapping.
+//!
+//! `{"error":{"status":404,"code":"no_route","message":"...","request_id":"..."}}`
+
+use hyper::{
+    Response, StatusCode,
+    header::{CONTENT_TYPE, HeaderValue},
+};
+
+use super::body::{ProxyBody, full};
+
+/// Who caused a failure: decides the log level and, later, metrics labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    Client,
+    Upstream,
+    Gateway,
+}
+
+/// Everything the pipeline can fail with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No route matches the request.
+    NoRoute,
+    /// The request is malformed in a way the HTTP parser let through.
+    BadRequest,
+    /// The request head is larger than `limits.max_header_bytes`.
+    HeadersTooLarge,
+    /// The request body is larger than `limits.max_body_bytes`.
+    BodyTooLarge,
+    /// The route's upstream has no target to send to.
+    NoTarget,
+    /// Connecting to or talking with the upstream failed.
+    UpstreamFailed,
+    /// The upstream did not connect or answer in time.
+    UpstreamTimeout,
+    /// A bug or an impossible state in the gateway.
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable machine-readable code for clients.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::HeadersTooLarge => "headers_too_large",
+            ErrorKind::BodyTooLarge => "body_too_large",
+            ErrorKind::NoTarget => "no_upstream_target",
+            ErrorKind::UpstreamFailed => "upstream_failed",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::Internal => "internal_error",
+        }
+    }
+
+    pub fn cause(self) -> Cause {
+        match self {
+            ErrorKind::NoRoute
+            | ErrorKind::BadRequest
+            | ErrorKind::HeadersTooLarge
+            | ErrorKind::BodyTooLarge => Cause::Client,
+            ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout => Cause::Upstream,
+            ErrorKind::NoTarget | ErrorKind::Internal => Cause::Gateway,
+        }
+    }
+
+    /// Whether sending the same request again may succeed (for retries and for clients).
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::NoTarget | ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout
+        )
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            ErrorKind::NoRoute => "no route matches this request",
+            ErrorKind::BadRequest => "the request is malformed",
+            ErrorKind::HeadersTooLarge => "the request header fields are too large",
+            ErrorKind::BodyTooLarge => "the request body is too large",
+            ErrorKind::NoTarget => "no upstream target is available",
+            ErrorKind::UpstreamFailed => "the upstream failed to answer",
+            ErrorKind::UpstreamTimeout => "the upstream did not answer in time",
+            ErrorKind::Internal => "internal gateway error",
+        }
+    }
+}
+
+/// A failed request: the kind (for the client) and the detail (for the log only: it may
+/// name internal addresses).
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {detail}", kind.code())]
+pub struct ProxyError {
+    pub kind: ErrorKind,
+    pub detail: String,
+    /// Whether the request may have reached the upstream (a retry is then only safe for
+    /// idempotent methods).
+    pub sent: bool,
+}
+
+impl ProxyError {
+    pub fn new(kind: ErrorKind, detail: impl Into<String>) -> ProxyError {
+        ProxyError {
+            kind,
+            detail: detail.into(),
+            sent: false,
+        }
+    }
+
+    pub fn retry_allowed(&self) -> bool {
+        self.kind.retryable() && !self.sent
+    }
+}
+
+/// The response a client gets for `error`.
+pub fn respond(error: &ProxyError, request_id: &str) -> Response<ProxyBody> {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        error: Fields<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Fields<'a> {
+        status: u16,
+        code: &'a str,
+        message: &'a str,
+        request_id: &'a str,
+    }
+    let status = error.kind.status();
+    let body = Body {
+        error: Fields {
+            status: status.as_u16(),
+            code: error.kind.code(),
+            message: error.kind.message(),
+            request_id,
+        },
+    };
+    let json = serde_json::to_string(&body).expect("plain strings and numbers serialize");
+    let mut response = Response::new(full(json));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    #[test]
+    fn status_mapping_is_pinned() {
+        let table = [
+            (ErrorKind::NoRoute, 404, "no_route", Cause::Client, false),
+            (
+                ErrorKind::BadRequest,
+                400,
+                "bad_request",
+                Cause::Client,
+                false,
+            ),
+            (
+                ErrorKind::HeadersTooLarge,
+                431,
+                "headers_too_large",
+                Cause::Client,
+                false,
+            ),
+            (
+                ErrorKind::BodyTooLarge,
+                413,
+                "body_too_large",
+                Cause::Client,
+                false,
+            ),
+            (
+                ErrorKind::NoTarget,
+                503,
+                "no_upstream_target",
+                Cause::Gateway,
+                true,
+            ),
+            (
+                ErrorKind::UpstreamFailed,
+                502,
+                "upstream_failed",
+                Cause::Upstream,
+                true,
+            ),
+            (
+                ErrorKind::UpstreamTimeout,
+                504,
+                "upstream_timeout",
+                Cause::Upstream,
+                true,
+            ),
+            (
+                ErrorKind::Internal,
+                500,
+                "internal_error",
+                Cause::Gateway,
+                false,
+            ),
+        ];
+        for (kind, status, code, cause, retryable) in table {
+            assert_eq!(kind.status().as_u16(), status, "{kind:?}");
+            assert_eq!(kind.code(), code, "{kind:?}");
+            assert_eq!(kind.cause(), cause, "{kind:?}");
+            assert_eq!(kind.retryable(), retryable, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_sent_request_is_not_retried_blindly() {
+        let mut error = ProxyError::new(ErrorKind::UpstreamTimeout, "slow");
+        assert!(error.retry_allowed());
+        error.sent = true;
+        assert!(!error.retry_allowed());
+    }
+
+    #[tokio::test]
+    async fn one_json_shape() {
+        let response = respond(&ProxyError::new(ErrorKind::NoRoute, "GET /x"), "abc");
+        assert_eq!(response.status(), 404);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"error":{"status":404,"code":"no_route","message":"no route matches this request","request_id":"abc"}}"#
+        );
+    }
+}

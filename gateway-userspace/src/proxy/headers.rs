@@ -1,0 +1,196 @@
+//! The header stages: what the upstream sees (hop-by-hop fields removed, forwarding fields,
+//! the request id, the route's edits) and what the client gets back.
+
+use std::net::IpAddr;
+
+use hyper::{
+    HeaderMap, Request, Response,
+    header::{CONNECTION, HOST, HeaderName, HeaderValue},
+};
+
+use crate::config::HeaderOps;
+
+use super::{Flow, RequestContext, body::ProxyBody, error::ProxyError};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Hop-by-hop fields (RFC 9110 7.6.1), besides those `Connection` names.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+/// Longest client-supplied request id kept; longer ones are replaced.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The client's `X-Request-Id` if it is sane, a new random one otherwise.
+pub fn request_id<B>(req: &Request<B>) -> HeaderValue {
+    if let Some(value) = req.headers().get(X_REQUEST_ID) {
+        let bytes = value.as_bytes();
+        if !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID
+            && bytes.iter().all(|byte| byte.is_ascii_graphic())
+        {
+            return value.clone();
+        }
+    }
+    let id = format!("{:032x}", fastrand::u128(..));
+    HeaderValue::from_str(&id).expect("hex is a valid header value")
+}
+
+/// Prepares the request for the upstream.
+pub fn prepare_request(
+    ctx: &mut RequestContext,
+    req: &mut Request<ProxyBody>,
+) -> Result<Flow, ProxyError> {
+    let headers = req.headers_mut();
+    remove_hop_by_hop(headers);
+
+    let client = ctx.connection.client.ip();
+    let proto = ctx.connection.scheme;
+    let host = ctx.host.as_ref().map(|host| host.as_str().to_owned());
+    append(headers, X_FORWARDED_FOR, &client.to_string());
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    let mut forwarded = format!("for={};proto={proto}", forwarded_node(client));
+    if let Some(host) = &host {
+        if let Ok(value) = HeaderValue::from_str(host) {
+            headers.insert(X_FORWARDED_HOST, value.clone());
+            // HTTP/2 clients send no Host field: the upstream (HTTP/1.1) needs one.
+            headers.insert(HOST, value);
+        }
+        forwarded.push_str(&format!(";host=\"{host}\""));
+    }
+    append(headers, FORWARDED, &forwarded);
+    headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+
+    apply(&ctx.route().request_headers, headers);
+    Ok(Flow::Continue)
+}
+
+/// Prepares the upstream's response for the client.
+pub fn prepare_response(ctx: &RequestContext, response: &mut Response<ProxyBody>) {
+    remove_hop_by_hop(response.headers_mut());
+    apply(&ctx.route().response_headers, response.headers_mut());
+}
+
+/// Every response, the gateway's own errors included, carries the request id.
+pub fn finish_response(ctx: &RequestContext, response: &mut Response<ProxyBody>) {
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID, ctx.request_id.clone());
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Appends to a list-valued field, as one comma-separated line.
+fn append(headers: &mut HeaderMap, name: HeaderName, item: &str) {
+    let joined = match headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .fold(String::new(), |mut joined, value| {
+            if !joined.is_empty() {
+                joined.push_str(", ");
+            }
+            joined.push_str(value);
+            joined
+        }) {
+        existing if existing.is_empty() => item.to_owned(),
+        existing => format!("{existing}, {item}"),
+    };
+    if let Ok(value) = HeaderValue::from_str(&joined) {
+        headers.insert(name, value);
+    }
+}
+
+/// `Forwarded: for=` syntax (RFC 7239): IPv6 addresses are bracketed and quoted.
+fn forwarded_node(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    }
+}
+
+/// The route's edits: remove, then set (replace), then add (append).
+fn apply(ops: &HeaderOps, headers: &mut HeaderMap) {
+    for name in &ops.remove {
+        headers.remove(name);
+    }
+    for (name, value) in &ops.set {
+        headers.insert(name, value.clone());
+    }
+    for (name, value) in &ops.add {
+        headers.append(name, value.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_fields_go() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, HeaderValue::from_static("close, x-private"));
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.insert("upgrade", HeaderValue::from_static("h2c"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(
+            headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["x-kept"]
+        );
+    }
+
+    #[test]
+    fn forwarding_lists_are_appended() {
+        let mut headers = HeaderMap::new();
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.1"));
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.2"));
+        append(&mut headers, X_FORWARDED_FOR, "127.0.0.1");
+        assert_eq!(headers[X_FORWARDED_FOR], "192.0.2.1, 192.0.2.2, 127.0.0.1");
+        assert_eq!(forwarded_node("::1".parse().unwrap()), "\"[::1]\"");
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane() {
+        let req = |id: &str| {
+            Request::builder()
+                .header(X_REQUEST_ID, id)
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(request_id(&req("abc-123")), "abc-123");
+        let replaced = request_id(&req(&"x".repeat(200)));
+        assert_eq!(replaced.len(), 32);
+        let fresh = request_id(&Request::new(()));
+        assert_eq!(fresh.len(), 32);
+        assert_ne!(fresh, request_id(&Request::new(())));
+    }
+}

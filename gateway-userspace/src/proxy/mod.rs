@@ -1,0 +1,222 @@
+//! The L7 proxy. This file is the only place the request stages are put in order:
+//!
+//! `accept` (listener.rs) -> `limits` (headers) -> `route` -> `limits` (body) -> `headers` (request) -> `balance`
+//! -> `forward` -> `headers` (response).
+//!
+//! Each stage is a plain function over a [`RequestContext`] that returns [`Flow::Continue`],
+//! [`Flow::Respond`] with an early answer, or a [`ProxyError`]; error.rs alone turns errors
+//! into responses. Malformed HTTP (bad framing, CL with TE, bad field syntax) is refused by
+//! hyper's parser before any stage runs; the stages check what it lets through (Host).
+
+mod balance;
+mod body;
+mod error;
+mod forward;
+mod headers;
+mod limits;
+mod listener;
+mod route;
+mod snapshot;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use arc_swap::ArcSwap;
+use hyper::http::uri::Authority;
+use hyper::{Request, Response, body::Incoming, header::HeaderValue, http::uri::PathAndQuery};
+use tokio::{
+    sync::{Semaphore, watch},
+    task::JoinSet,
+};
+
+use crate::config::{ProxyConfig, RouteConfig};
+
+pub use body::ProxyBody;
+pub use error::{Cause, ErrorKind, ProxyError};
+use snapshot::{Snapshot, Upstream};
+
+/// What a stage decided.
+pub enum Flow {
+    /// Go on with the next stage.
+    Continue,
+    /// Answer the client now with this response (a later cache hit, a 401, a 429...).
+    Respond(Response<ProxyBody>),
+}
+
+/// One client connection, as the stages see it.
+pub struct ConnectionInfo {
+    pub client: SocketAddr,
+    /// `http` (later also `https`), for the forwarding headers.
+    pub scheme: &'static str,
+}
+
+/// Everything the stages learn about one request.
+pub struct RequestContext {
+    /// The config this request started with; a reload does not change it.
+    pub snapshot: Arc<Snapshot>,
+    pub connection: Arc<ConnectionInfo>,
+    pub request_id: HeaderValue,
+    /// The authority the client addressed (set by `route`).
+    pub host: Option<Authority>,
+    /// Index into `snapshot.routes` (set by `route`).
+    pub route: Option<usize>,
+    /// Path and query for the upstream, after any prefix rewrite (set by `route`).
+    pub upstream_path: Option<PathAndQuery>,
+    /// Index into the upstream's targets (set by `balance`).
+    pub target: Option<usize>,
+}
+
+impl RequestContext {
+    /// The matched route; only stages after `route` may call it.
+    pub fn route(&self) -> &RouteConfig {
+        &self.snapshot.routes[self.route.expect("the route stage ran")]
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.snapshot.upstreams[self.route().upstream]
+    }
+}
+
+/// Runs a stage; returns its early response from the pipeline if it gave one.
+macro_rules! stage {
+    ($stage:expr) => {
+        match $stage? {
+            Flow::Continue => {}
+            Flow::Respond(response) => return Ok(response),
+        }
+    };
+}
+
+async fn pipeline(
+    ctx: &mut RequestContext,
+    mut req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    stage!(limits::limit_headers(ctx, &req));
+    stage!(route::route(ctx, &req));
+    stage!(limits::limit_body(ctx, &mut req));
+    stage!(headers::prepare_request(ctx, &mut req));
+    stage!(balance::pick(ctx));
+    let mut response = forward::forward(ctx, req).await?;
+    headers::prepare_response(ctx, &mut response);
+    Ok(response)
+}
+
+/// Serves one request: the pipeline, then errors turned into responses.
+async fn handle(
+    snapshot: Arc<Snapshot>,
+    connection: Arc<ConnectionInfo>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let mut ctx = RequestContext {
+        request_id: headers::request_id(&req),
+        snapshot,
+        connection,
+        host: None,
+        route: None,
+        upstream_path: None,
+        target: None,
+    };
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let mut response = match pipeline(&mut ctx, req.map(body::boxed)).await {
+        Ok(response) => response,
+        Err(error) => {
+            let request_id = ctx.request_id.to_str().unwrap_or("");
+            let client = ctx.connection.client;
+            match error.kind.cause() {
+                Cause::Client => {
+                    tracing::debug!(%client, %method, path, request_id, "{error}")
+                }
+                Cause::Upstream => tracing::warn!(%client, %method, path, request_id, "{error}"),
+                Cause::Gateway => tracing::error!(%client, %method, path, request_id, "{error}"),
+            }
+            error::respond(&error, request_id)
+        }
+    };
+    headers::finish_response(&ctx, &mut response);
+    response
+}
+
+/// The running proxy: its listeners and the current snapshot.
+pub struct Proxy {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    listeners: Vec<crate::config::ListenerConfig>,
+    shutdown: watch::Sender<bool>,
+    connections: Arc<Semaphore>,
+    max_connections: u32,
+    tasks: JoinSet<()>,
+}
+
+impl Proxy {
+    /// Binds every listener (an address in use is an error naming the listener) and starts
+    /// serving. With no listeners configured it does nothing.
+    pub async fn start(config: &ProxyConfig) -> anyhow::Result<Proxy> {
+        let bound = listener::bind(&config.listeners).await?;
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)));
+        let max_connections = config.limits.max_connections;
+        let connections = Arc::new(Semaphore::new(max_connections as usize));
+        let (shutdown, stop) = watch::channel(false);
+        let shared = Arc::new(listener::Shared {
+            snapshot: snapshot.clone(),
+            connections: connections.clone(),
+            shutdown: stop,
+        });
+        let mut tasks = JoinSet::new();
+        for (config, tcp) in bound {
+            tracing::info!(
+                listener = config.name,
+                address = %tcp.local_addr()?,
+                protocol = config.protocol.scheme(),
+                "proxy listening"
+            );
+            tasks.spawn(listener::accept_loop(config, tcp, shared.clone()));
+        }
+        Ok(Proxy {
+            snapshot,
+            listeners: config.listeners.clone(),
+            shutdown,
+            connections,
+            max_connections,
+            tasks,
+        })
+    }
+
+    /// Swaps in a new, already validated config. Requests in flight finish on the snapshot
+    /// they started with. Listener and connection-limit changes need a restart.
+    pub fn reload(&self, config: &ProxyConfig) {
+        if config.listeners != self.listeners {
+            tracing::warn!("listeners changes take effect at the next restart");
+        }
+        if config.limits.max_connections != self.max_connections {
+            tracing::warn!("limits.max_connections changes take effect at the next restart");
+        }
+        self.snapshot.store(Arc::new(Snapshot::build(config)));
+        tracing::info!(
+            routes = config.routes.len(),
+            upstreams = config.upstreams.len(),
+            "proxy routes reloaded"
+        );
+    }
+
+    /// Stops accepting, then waits up to `limits.drain_timeout` for open connections to
+    /// finish their requests in flight (idle ones close at once).
+    pub async fn shutdown(mut self) {
+        if self.listeners.is_empty() {
+            return;
+        }
+        let deadline = self.snapshot.load().limits.drain_timeout;
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        // Every connection holds a permit: all of them back means all connections closed.
+        let drained = tokio::time::timeout(
+            deadline,
+            self.connections.acquire_many(self.max_connections),
+        )
+        .await;
+        match drained {
+            Ok(_) => tracing::info!("proxy drained"),
+            Err(_) => tracing::warn!(
+                open = self.max_connections as usize - self.connections.available_permits(),
+                "drain deadline ({deadline:?}) passed; closing the remaining connections"
+            ),
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The `route` stage: find the first route (in precedence order) that matches the request,
+//! and work out the path the upstream sees.
+
+use hyper::{
+    HeaderMap, Method, Request, Version,
+    header::HOST,
+    http::uri::{Authority, PathAndQuery},
+};
+
+use crate::config::{HostMatch, PathMatch, RouteConfig, RouteMatch};
+
+use super::{
+    Flow, RequestContext,
+    body::ProxyBody,
+    error::{ErrorKind, ProxyError},
+};
+
+/// Sets `ctx.route`, `ctx.host` and `ctx.upstream_path`; 404 when no route matches.
+pub fn route(ctx: &mut RequestContext, req: &Request<ProxyBody>) -> Result<Flow, ProxyError> {
+    let authority = authority(req)?;
+    let host = authority
+        .as_ref()
+        .map(|authority| authority.host().trim_end_matches('.').to_ascii_lowercase());
+    let path = req.uri().path();
+    let Some(index) = ctx.snapshot.routes.iter().position(|route| {
+        matches(
+            &route.matcher,
+            host.as_deref(),
+            path,
+            req.method(),
+            req.headers(),
+        )
+    }) else {
+        return Err(ProxyError::new(
+            ErrorKind::NoRoute,
+            format!("{} {}{path}", req.method(), host.as_deref().unwrap_or("")),
+        ));
+    };
+    let route = &ctx.snapshot.routes[index];
+    ctx.upstream_path = Some(upstream_path(route, req)?);
+    ctx.host = authority;
+    ctx.route = Some(index);
+    Ok(Flow::Continue)
+}
+
+/// The authority the client addressed: the Host field (exactly one, valid, no userinfo), or
+/// the request target's authority (HTTP/2 `:authority`, absolute-form). HTTP/1.1 needs one.
+fn authority(req: &Request<ProxyBody>) -> Result<Option<Authority>, ProxyError> {
+    let bad = |detail: &str| Err(ProxyError::new(ErrorKind::BadRequest, detail));
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let from_header = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return bad("more than one Host field"),
+        (Some(value), None) => match value.to_str().ok().map(str::parse::<Authority>) {
+            Some(Ok(authority)) if !authority.as_str().contains('@') => Some(authority),
+            _ => return bad("invalid Host field"),
+        },
+        (None, _) => None,
+    };
+    if let Some(authority) = req.uri().authority() {
+        if authority.as_str().contains('@') {
+            return bad("userinfo in the request target");
+        }
+        // The request target wins over Host (RFC 9112 3.2.2, RFC 9113 8.3.1).
+        return Ok(Some(authority.clone()));
+    }
+    if from_header.is_none() && req.version() == Version::HTTP_11 {
+        return bad("HTTP/1.1 request without Host");
+    }
+    Ok(from_header)
+}
+
+/// Whether `matcher` takes a request with this (lowercase, port-less) host, path, method and
+/// headers.
+pub fn matches(
+    matcher: &RouteMatch,
+    host: Option<&str>,
+    path: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> bool {
+    let host_ok = match (&matcher.host, host) {
+        (HostMatch::Any, _) => true,
+        (HostMatch::Exact(exact), Some(host)) => host == exact,
+        (HostMatch::Suffix(suffix), Some(host)) => {
+            host.len() > suffix.len() && host.ends_with(suffix.as_str())
+        }
+        (_, None) => false,
+    };
+    let path_ok = match &matcher.path {
+        PathMatch::Any => true,
+        PathMatch::Exact(exact) => path == exact,
+        PathMatch::Prefix(prefix) => PathMatch::prefix_matches(prefix, path),
+        PathMatch::Regex(regex) => regex.is_match(path),
+    };
+    host_ok
+        && path_ok
+        && (matcher.methods.is_empty() || matcher.methods.contains(method))
+        && matcher
+            .headers
+            .iter()
+            .all(|(name, value)| headers.get_all(name).iter().any(|found| found == value))
+}
+
+/// The path and query sent upstream: the client's, with the matched prefix replaced when the
+/// route says so.
+fn upstream_path(
+    route: &RouteConfig,
+    req: &Request<ProxyBody>,
+) -> Result<PathAndQuery, ProxyError> {
+    let original = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let (Some(replacement), PathMatch::Prefix(prefix)) =
+        (&route.rewrite_prefix, &route.matcher.path)
+    else {
+        return Ok(original);
+    };
+    // What follows the prefix, as "" or "/...": a prefix's trailing slash is a separator.
+    let after = &original.path()[prefix.len()..];
+    let rest = if prefix.ends_with('/') {
+        format!("/{after}")
+    } else {
+        after.to_owned()
+    };
+    let mut path = format!("{}{rest}", replacement.trim_end_matches('/'));
+    if path.is_empty() {
+        path.push('/');
+    }
+    if let Some(query) = original.query() {
+        path.push('?');
+        path.push_str(query);
+    }
+    path.parse().map_err(|_| {
+        ProxyError::new(
+            ErrorKind::Internal,
+            format!("rewritten path {path:?} is invalid"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// `rewrite` "" means `strip_prefix = true`.
+    fn rewrite(prefix: &str, rewrite: &str, target: &str) -> String {
+        let edit = if rewrite.is_empty() {
+            "strip_prefix = true".to_owned()
+        } else {
+            format!("rewrite_prefix = \"{rewrite}\"")
+        };
+        let config = Config::parse(&format!(
+            "[xdp]\nmode = \"off\"\n[[upstreams]]\nname = \"u\"\n\
+             [[routes]]\nname = \"r\"\nupstream = \"u\"\nmatch = {{ path_prefix = \"{prefix}\" }}\n{edit}\n"
+        ))
+        .unwrap();
+        let req = Request::builder()
+            .uri(target)
+            .body(super::super::body::empty())
+            .unwrap();
+        upstream_path(&config.proxy.routes[0], &req)
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn prefix_rewrites() {
+        assert_eq!(rewrite("/v1", "", "/v1/users?id=3"), "/users?id=3");
+        assert_eq!(rewrite("/v1", "", "/v1"), "/");
+        assert_eq!(rewrite("/v1", "", "/v1?x"), "/?x");
+        assert_eq!(rewrite("/v1/", "", "/v1/users"), "/users");
+        assert_eq!(rewrite("/v1", "/api/v1", "/v1/users"), "/api/v1/users");
+        assert_eq!(rewrite("/v1", "/", "/v1/users"), "/users");
+        assert_eq!(rewrite("/v1", "/", "/v1"), "/");
+        assert_eq!(rewrite("/v1", "/api/", "/v1"), "/api");
+        assert_eq!(rewrite("/old/", "/new/", "/old/x"), "/new/x");
+    }
+
+    #[test]
+    fn host_and_path_matching() {
+        let matcher = |text: &str| {
+            let config = Config::parse(&format!(
+                "[xdp]\nmode = \"off\"\n[[upstreams]]\nname = \"u\"\n\
+                 [[routes]]\nname = \"r\"\nupstream = \"u\"\nmatch = {{ {text} }}\n"
+            ))
+            .unwrap();
+            config.proxy.routes[0].matcher.clone()
+        };
+        let headers = HeaderMap::new();
+        let get = Method::GET;
+        let wild = matcher("host = \"*.example.com\"");
+        assert!(matches(&wild, Some("a.example.com"), "/", &get, &headers));
+        assert!(matches(&wild, Some("a.b.example.com"), "/", &get, &headers));
+        assert!(!matches(&wild, Some("example.com"), "/", &get, &headers));
+        assert!(!matches(&wild, Some("badexample.com"), "/", &get, &headers));
+        assert!(!matches(&wild, None, "/", &get, &headers));
+        let prefix = matcher("path_prefix = \"/v1\"");
+        assert!(matches(&prefix, None, "/v1", &get, &headers));
+        assert!(matches(&prefix, None, "/v1/x", &get, &headers));
+        assert!(!matches(&prefix, None, "/v10", &get, &headers));
+        let regex = matcher("path_regex = \"/items/[0-9]+\"");
+        assert!(matches(&regex, None, "/items/42", &get, &headers));
+        assert!(!matches(&regex, None, "/items/42/x", &get, &headers));
+        let methods = matcher("methods = [\"post\"]");
+        assert!(matches(&methods, None, "/", &Method::POST, &headers));
+        assert!(!matches(&methods, None, "/", &get, &headers));
+    }
+}

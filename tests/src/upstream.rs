@@ -1,0 +1,198 @@
+//! A real HTTP/1.1 upstream for proxy tests, on 127.0.0.1 with a port the kernel picks.
+//!
+//! Every response is JSON describing the request it got:
+//! `{"upstream": NAME, "method": "GET", "path": "/a?b", "headers": {"host": "..."}, "body_bytes": 0}`
+//! (repeated header fields are joined with ", "). It counts hits, and can be told to delay
+//! or to answer with another status, for every request ([`Upstream::set_delay`],
+//! [`Upstream::set_status`]) or per request with the `x-upstream-delay-ms` and
+//! `x-upstream-status` request headers. It runs on its own thread and stops when dropped.
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Request, Response, body::Bytes, body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::oneshot;
+
+/// Longest delay a test may ask for: keeps a broken test from hanging.
+const MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// A running upstream; stopped when dropped.
+pub struct Upstream {
+    name: String,
+    address: SocketAddr,
+    state: Arc<State>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+struct State {
+    name: String,
+    hits: AtomicUsize,
+    status: Mutex<u16>,
+    delay: Mutex<Duration>,
+}
+
+impl Upstream {
+    /// Starts an upstream called `name` (echoed in every response as `"upstream"`).
+    pub fn start(name: &str) -> Upstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding an upstream");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let address = listener.local_addr().expect("the upstream's address");
+        let state = Arc::new(State {
+            name: name.to_owned(),
+            hits: AtomicUsize::new(0),
+            status: Mutex::new(200),
+            delay: Mutex::new(Duration::ZERO),
+        });
+        let (stop, stopped) = oneshot::channel();
+        let thread = {
+            let state = state.clone();
+            thread::Builder::new()
+                .name(format!("upstream-{name}"))
+                .spawn(move || serve(listener, state, stopped))
+                .expect("spawning the upstream thread")
+        };
+        Upstream {
+            name: name.to_owned(),
+            address,
+            state,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `127.0.0.1:PORT`, as a config's target address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Requests answered so far (or being answered).
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Status for every following response (200 to start with).
+    pub fn set_status(&self, status: u16) {
+        *self.state.status.lock().unwrap() = status;
+    }
+
+    /// Delay before every following response (none to start with).
+    pub fn set_delay(&self, delay: Duration) {
+        *self.state.delay.lock().unwrap() = delay.min(MAX_DELAY);
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve(listener: std::net::TcpListener, state: Arc<State>, stopped: oneshot::Receiver<()>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("the upstream's runtime");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+        tokio::pin!(stopped);
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => continue,
+                },
+                _ = &mut stopped => break,
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| answer(state.clone(), req));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    // Dropping the runtime here ends every connection task.
+}
+
+async fn answer(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    let header_number = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+    };
+    let delay = header_number("x-upstream-delay-ms")
+        .map(Duration::from_millis)
+        .unwrap_or(*state.delay.lock().unwrap())
+        .min(MAX_DELAY);
+    let status = header_number("x-upstream-status")
+        .and_then(|status| u16::try_from(status).ok())
+        .unwrap_or(*state.status.lock().unwrap());
+
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in req.headers() {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        headers
+            .entry(name.as_str().to_owned())
+            .and_modify(|joined| {
+                joined.push_str(", ");
+                joined.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_owned(), ToString::to_string);
+    let version = format!("{:?}", req.version());
+    let body_bytes = match req.into_body().collect().await {
+        Ok(body) => body.to_bytes().len(),
+        Err(_) => 0,
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let json = serde_json::json!({
+        "upstream": state.name,
+        "method": method,
+        "path": path,
+        "version": version,
+        "headers": headers,
+        "body_bytes": body_bytes,
+    });
+    let response = Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-upstream", state.name.as_str())
+        .body(Full::new(Bytes::from(json.to_string())))
+        .expect("a valid response");
+    Ok(response)
+}
