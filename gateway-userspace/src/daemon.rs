@@ -49,7 +49,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let proxy = Proxy::start(&config.proxy).await?;
 
     let (reloads, reload_requests) = tokio::sync::mpsc::channel(4);
-    let _admin = AdminServer::bind(&config.admin.socket, state.clone(), reloads).await?;
+    let _admin = AdminServer::bind(&config.admin, state.clone(), reloads).await?;
     tracing::info!(socket = %config.admin.socket.display(), "admin API listening");
     let sweeper = tokio::spawn(sweep_expired(state.clone()));
 

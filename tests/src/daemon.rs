@@ -117,10 +117,17 @@ impl Gateway {
     /// the daemon, in `ns` if given, and waits until its admin socket accepts connections.
     /// Panics with the daemon's log if it exits first or takes more than 20 s.
     pub fn start(ns: Option<&NetNs>, config_toml: &str) -> Gateway {
+        Gateway::start_with_env(ns, config_toml, &[])
+    }
+
+    /// Like [`Gateway::start`], with extra environment variables for the daemon (secrets the
+    /// config names by variable, say).
+    pub fn start_with_env(ns: Option<&NetNs>, config_toml: &str, env: &[(&str, &str)]) -> Gateway {
         let config = ConfigDir::new(config_toml);
         let log = config.dir.path().join("gateway.log");
         let child = config
             .run_command(ns, &log)
+            .envs(env.iter().copied())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning the gateway: {e}"));
         let mut gateway = Gateway {

@@ -1,18 +1,18 @@
 //! `gateway ban | unban | bans`: temporary or permanent bans, enforced in the kernel at once.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use crate::control::{
     Client,
     api::{BANS_PATH, Ban, BanList, BanRequest, Done, UNBAN_PATH, UnbanRequest},
 };
 
-pub async fn ban(socket: &Path, cidr: &str, duration: Option<Duration>) -> anyhow::Result<()> {
+pub async fn ban(client: &Client, cidr: &str, duration: Option<Duration>) -> anyhow::Result<()> {
     let request = BanRequest {
         cidr: cidr.to_owned(),
         duration_secs: duration.map(|duration| duration.as_secs_f64()),
     };
-    let ban: Ban = Client::new(socket).post(BANS_PATH, &request).await?;
+    let ban: Ban = client.post(BANS_PATH, &request).await?;
     match ban.expires_in_secs {
         Some(secs) => println!("banned {} for {}", ban.cidr, human(secs)),
         None => println!("banned {} until unbanned", ban.cidr),
@@ -20,17 +20,17 @@ pub async fn ban(socket: &Path, cidr: &str, duration: Option<Duration>) -> anyho
     Ok(())
 }
 
-pub async fn unban(socket: &Path, cidr: &str) -> anyhow::Result<()> {
+pub async fn unban(client: &Client, cidr: &str) -> anyhow::Result<()> {
     let request = UnbanRequest {
         cidr: cidr.to_owned(),
     };
-    let _: Done = Client::new(socket).post(UNBAN_PATH, &request).await?;
+    let _: Done = client.post(UNBAN_PATH, &request).await?;
     println!("unbanned {cidr}");
     Ok(())
 }
 
-pub async fn list(socket: &Path, json: bool) -> anyhow::Result<()> {
-    let bans: BanList = Client::new(socket).get(BANS_PATH).await?;
+pub async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
+    let bans: BanList = client.get(BANS_PATH).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&bans)?);
         return Ok(());

@@ -14,7 +14,7 @@ use crate::control::{
 };
 
 pub async fn add(
-    socket: &Path,
+    client: &Client,
     action: RuleAction,
     cidr: &str,
     ttl: Option<Duration>,
@@ -26,7 +26,7 @@ pub async fn add(
         comment,
         ttl_secs: ttl.map(|ttl| ttl.as_secs_f64()),
     };
-    let rule: RuleEntry = Client::new(socket).post(RULES_PATH, &request).await?;
+    let rule: RuleEntry = client.post(RULES_PATH, &request).await?;
     match ttl {
         Some(ttl) => println!(
             "{} {} for {}",
@@ -39,17 +39,17 @@ pub async fn add(
     Ok(())
 }
 
-pub async fn remove(socket: &Path, cidr: &str) -> anyhow::Result<()> {
+pub async fn remove(client: &Client, cidr: &str) -> anyhow::Result<()> {
     let request = RemoveRuleRequest {
         cidr: cidr.to_owned(),
     };
-    let _: Done = Client::new(socket).post(REMOVE_RULE_PATH, &request).await?;
+    let _: Done = client.post(REMOVE_RULE_PATH, &request).await?;
     println!("removed {cidr}");
     Ok(())
 }
 
 pub async fn import(
-    socket: &Path,
+    client: &Client,
     action: RuleAction,
     file: &Path,
     comment: Option<String>,
@@ -61,7 +61,7 @@ pub async fn import(
         text,
         comment,
     };
-    let result: ImportResult = Client::new(socket)
+    let result: ImportResult = client
         .post(IMPORT_PATH, &request)
         .await
         .with_context(|| format!("importing {}", file.display()))?;
@@ -69,8 +69,8 @@ pub async fn import(
     Ok(())
 }
 
-pub async fn list(socket: &Path, json: bool) -> anyhow::Result<()> {
-    let list: RuleList = Client::new(socket).get(RULES_PATH).await?;
+pub async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
+    let list: RuleList = client.get(RULES_PATH).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());

@@ -176,6 +176,26 @@ struct AdminArgs {
     /// The daemon's admin socket (admin.socket in its config).
     #[arg(long, value_name = "PATH", env = "GATEWAY_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
     socket: PathBuf,
+    /// Use the daemon's loopback TCP admin listener (admin.tcp) instead of the socket.
+    #[arg(long, value_name = "ADDRESS", env = "GATEWAY_ADMIN_ADDRESS")]
+    url: Option<std::net::SocketAddr>,
+    /// Bearer token for --url (the daemon reads it from admin.token_env).
+    #[arg(
+        long,
+        env = "GATEWAY_ADMIN_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    token: String,
+}
+
+impl AdminArgs {
+    fn client(&self) -> crate::control::Client {
+        match &self.url {
+            Some(address) => crate::control::Client::tcp(*address, self.token.clone()),
+            None => crate::control::Client::new(&self.socket),
+        }
+    }
 }
 
 /// Entry point of the `gateway` binary.
@@ -206,18 +226,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { file } => Ok(check_config::run(&file)),
         Command::Stats { json, watch, admin } => {
-            runtime()?.block_on(stats::run(&admin.socket, json, watch))?;
+            runtime()?.block_on(stats::run(&admin.client(), json, watch))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { admin } => {
             use crate::control::api::{RELOAD_PATH, Reloaded};
-            let client = crate::control::Client::new(&admin.socket);
+            let client = admin.client();
             let reloaded: Reloaded = runtime()?.block_on(client.post(RELOAD_PATH, &()))?;
             println!("{}", reloaded.message);
             Ok(ExitCode::SUCCESS)
         }
         Command::Top { iterations, admin } => {
-            runtime()?.block_on(top::run(&admin.socket, iterations))?;
+            runtime()?.block_on(top::run(&admin.client(), iterations))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Ban {
@@ -225,7 +245,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             duration,
             admin,
         } => {
-            runtime()?.block_on(bans::ban(&admin.socket, &cidr, duration))?;
+            runtime()?.block_on(bans::ban(&admin.client(), &cidr, duration))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Firewall(command) => {
@@ -238,11 +258,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Unban { cidr, admin } => {
-            runtime()?.block_on(bans::unban(&admin.socket, &cidr))?;
+            runtime()?.block_on(bans::unban(&admin.client(), &cidr))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bans { json, admin } => {
-            runtime()?.block_on(bans::list(&admin.socket, json))?;
+            runtime()?.block_on(bans::list(&admin.client(), json))?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -258,7 +278,7 @@ async fn run_firewall(command: FirewallCommand) -> anyhow::Result<()> {
                 comment,
                 admin,
             } = rule;
-            firewall::add(&admin.socket, RuleAction::Allow, &cidr, ttl, comment).await
+            firewall::add(&admin.client(), RuleAction::Allow, &cidr, ttl, comment).await
         }
         FirewallCommand::Deny(rule) => {
             let RuleArgs {
@@ -267,10 +287,10 @@ async fn run_firewall(command: FirewallCommand) -> anyhow::Result<()> {
                 comment,
                 admin,
             } = rule;
-            firewall::add(&admin.socket, RuleAction::Deny, &cidr, ttl, comment).await
+            firewall::add(&admin.client(), RuleAction::Deny, &cidr, ttl, comment).await
         }
-        FirewallCommand::Remove { cidr, admin } => firewall::remove(&admin.socket, &cidr).await,
-        FirewallCommand::List { json, admin } => firewall::list(&admin.socket, json).await,
+        FirewallCommand::Remove { cidr, admin } => firewall::remove(&admin.client(), &cidr).await,
+        FirewallCommand::List { json, admin } => firewall::list(&admin.client(), json).await,
         FirewallCommand::Import {
             file,
             action,
@@ -281,7 +301,7 @@ async fn run_firewall(command: FirewallCommand) -> anyhow::Result<()> {
                 ImportAction::Allow => RuleAction::Allow,
                 ImportAction::Deny => RuleAction::Deny,
             };
-            firewall::import(&admin.socket, action, &file, comment).await
+            firewall::import(&admin.client(), action, &file, comment).await
         }
     }
 }

@@ -1,14 +1,13 @@
 //! `gateway stats`: the XDP counters per verdict reason.
 
-use std::{io::IsTerminal as _, path::Path};
+use std::io::IsTerminal as _;
 
 use crate::control::{
     Client,
     api::{STATS_PATH, Stats},
 };
 
-pub async fn run(socket: &Path, json: bool, watch: bool) -> anyhow::Result<()> {
-    let client = Client::new(socket);
+pub async fn run(client: &Client, json: bool, watch: bool) -> anyhow::Result<()> {
     let terminal = std::io::stdout().is_terminal();
     let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {

@@ -2,7 +2,7 @@
 //! second per reason, and the sources dropped most since the last refresh. On a terminal it
 //! redraws in place; in a pipe it prints one frame after another, without escape codes.
 
-use std::{collections::HashMap, io::IsTerminal as _, path::Path, time::Duration};
+use std::{collections::HashMap, io::IsTerminal as _, time::Duration};
 
 use crate::control::{
     Client,
@@ -14,8 +14,7 @@ const REDRAW: &str = "\x1b[2J\x1b[H";
 const INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs until interrupted, or for `iterations` refreshes.
-pub async fn run(socket: &Path, iterations: Option<u64>) -> anyhow::Result<()> {
-    let client = Client::new(socket);
+pub async fn run(client: &Client, iterations: Option<u64>) -> anyhow::Result<()> {
     let terminal = std::io::stdout().is_terminal();
     let mut previous: Stats = client.get(STATS_PATH).await?;
     let mut ticker = tokio::time::interval(INTERVAL);

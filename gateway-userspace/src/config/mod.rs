@@ -41,7 +41,30 @@ pub struct AdminConfig {
     pub socket: PathBuf,
     /// Where the operator's run-time rules and bans are kept across restarts.
     pub state_file: PathBuf,
+    /// Optional loopback TCP listener for the admin API, with its bearer token.
+    pub tcp: Option<AdminTcp>,
 }
+
+#[derive(Clone)]
+pub struct AdminTcp {
+    pub address: std::net::SocketAddr,
+    /// Read from the environment variable `admin.token_env` names; never from the file.
+    pub token: String,
+}
+
+impl fmt::Debug for AdminTcp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminTcp")
+            .field("address", &self.address)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The environment variable holding the admin TCP token unless `admin.token_env` says.
+pub const DEFAULT_TOKEN_ENV: &str = "GATEWAY_ADMIN_TOKEN";
+/// Shorter tokens are refused: they can be guessed.
+const MIN_TOKEN_LEN: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -149,6 +172,8 @@ struct RawConfig {
 struct RawAdmin {
     socket: Option<PathBuf>,
     state_file: Option<PathBuf>,
+    tcp: Option<std::net::SocketAddr>,
+    token_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,6 +267,9 @@ impl Config {
                 .admin
                 .state_file
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE)),
+            tcp: raw.admin.tcp.and_then(|address| {
+                admin_tcp(address, raw.admin.token_env.as_deref(), &mut problems)
+            }),
         };
         if admin.socket.as_os_str().is_empty() {
             problems.add("admin.socket", "must not be empty");
@@ -267,6 +295,41 @@ impl Config {
 pub enum ParseError {
     Syntax(Box<toml::de::Error>),
     Invalid(Vec<Problem>),
+}
+
+/// The admin API over TCP: loopback only, and only with a token from the environment.
+fn admin_tcp(
+    address: std::net::SocketAddr,
+    token_env: Option<&str>,
+    problems: &mut Problems,
+) -> Option<AdminTcp> {
+    if !address.ip().is_loopback() {
+        problems.add(
+            "admin.tcp",
+            format!("{address} is not a loopback address: the admin API is for this host only (use 127.0.0.1 or [::1])"),
+        );
+        return None;
+    }
+    let variable = token_env.unwrap_or(DEFAULT_TOKEN_ENV);
+    match std::env::var(variable) {
+        Ok(token) if token.len() >= MIN_TOKEN_LEN => Some(AdminTcp { address, token }),
+        Ok(_) => {
+            problems.add(
+                "admin.token_env",
+                format!("the token in ${variable} is shorter than {MIN_TOKEN_LEN} characters"),
+            );
+            None
+        }
+        Err(_) => {
+            problems.add(
+                "admin.tcp",
+                format!(
+                    "needs a bearer token in the environment variable ${variable} (admin.token_env)"
+                ),
+            );
+            None
+        }
+    }
 }
 
 fn compile_xdp(raw: RawXdp, problems: &mut Problems) -> XdpConfig {

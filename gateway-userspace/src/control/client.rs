@@ -1,12 +1,12 @@
 //! The CLI side of the admin API.
 
-use std::{io, path::PathBuf};
+use std::{io, net::SocketAddr, path::PathBuf};
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, body::Bytes};
 use hyper_util::rt::TokioIo;
 use serde::{Serialize, de::DeserializeOwned};
-use tokio::net::UnixStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use super::api::ApiError;
 
@@ -27,14 +27,25 @@ pub enum ClientError {
     Api { status: u16, message: String },
 }
 
+/// Where the daemon's admin API is: its unix socket, or its loopback TCP listener.
 pub struct Client {
     socket: PathBuf,
+    tcp: Option<(SocketAddr, String)>,
 }
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
             socket: socket.into(),
+            tcp: None,
+        }
+    }
+
+    /// The loopback TCP listener (`admin.tcp`), with its bearer token.
+    pub fn tcp(address: SocketAddr, token: String) -> Self {
+        Self {
+            socket: PathBuf::from(format!("tcp://{address}")),
+            tcp: Some((address, token)),
         }
     }
 
@@ -60,18 +71,32 @@ impl Client {
         path: &str,
         body: Bytes,
     ) -> Result<T, ClientError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|error| self.connect_error(error))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|error| self.protocol(error))?;
-        tokio::spawn(connection);
+        let mut sender = match &self.tcp {
+            Some((address, _)) => {
+                let stream = TcpStream::connect(address)
+                    .await
+                    .map_err(|error| self.connect_error(error))?;
+                self.handshake(stream).await?
+            }
+            None => {
+                let stream = UnixStream::connect(&self.socket)
+                    .await
+                    .map_err(|error| self.connect_error(error))?;
+                self.handshake(stream).await?
+            }
+        };
         let request = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, "gateway")
             .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(
+                hyper::header::AUTHORIZATION,
+                format!(
+                    "Bearer {}",
+                    self.tcp.as_ref().map_or("", |(_, token)| token)
+                ),
+            )
             .body(Full::new(body))
             .map_err(|error| self.protocol(error))?;
         let response = sender
@@ -95,6 +120,20 @@ impl Client {
             });
         }
         serde_json::from_slice(&body).map_err(|error| self.protocol(error))
+    }
+
+    async fn handshake<S>(
+        &self,
+        stream: S,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| self.protocol(error))?;
+        tokio::spawn(connection);
+        Ok(sender)
     }
 
     fn connect_error(&self, error: io::Error) -> ClientError {

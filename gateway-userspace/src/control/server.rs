@@ -17,7 +17,7 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::{
-    net::UnixListener,
+    net::{TcpListener, UnixListener},
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
@@ -30,6 +30,7 @@ use super::{
     },
     state::{ApiFailure, DaemonState},
 };
+use crate::config::AdminConfig;
 
 /// Largest import accepted (100k CIDRs are about 2 MiB).
 const MAX_IMPORT: usize = 64 << 20;
@@ -39,7 +40,7 @@ const MAX_BODY: usize = 1 << 20;
 /// The listening admin socket; dropping it stops serving and removes the socket file.
 pub struct AdminServer {
     path: PathBuf,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl AdminServer {
@@ -55,14 +56,27 @@ impl AdminServer {
         Ok(())
     }
 
-    /// Binds the socket (root-only: mode 0600) and serves it. A stale socket file from a
-    /// crashed daemon is replaced. Bind it last: a connectable socket means "fully up".
+    /// Binds the socket (root-only: mode 0600), and the loopback TCP listener if configured,
+    /// and serves them. A stale socket file from a crashed daemon is replaced. Bind it last:
+    /// a connectable socket means "fully up".
     pub async fn bind(
-        path: &Path,
+        admin: &AdminConfig,
         state: Arc<DaemonState>,
         reloads: mpsc::Sender<ReloadRequest>,
     ) -> anyhow::Result<AdminServer> {
         use anyhow::Context as _;
+        let path = admin.socket.as_path();
+        let api = Arc::new(Api { state, reloads });
+        let mut tasks = Vec::new();
+        // TCP first: the socket appearing is the "ready" signal.
+        if let Some(tcp) = &admin.tcp {
+            let listener = TcpListener::bind(tcp.address)
+                .await
+                .with_context(|| format!("admin.tcp: binding {}", tcp.address))?;
+            tracing::info!(address = %tcp.address, "admin API listening on TCP (bearer token required)");
+            let token: Arc<str> = tcp.token.as_str().into();
+            tasks.push(tokio::spawn(accept_tcp(listener, api.clone(), token)));
+        }
         Self::ensure_free(path).await?;
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).with_context(|| {
@@ -77,17 +91,17 @@ impl AdminServer {
             .with_context(|| format!("binding the admin socket {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("restricting the admin socket {}", path.display()))?;
-        let task = tokio::spawn(accept_loop(listener, Arc::new(Api { state, reloads })));
+        tasks.push(tokio::spawn(accept_unix(listener, api)));
         Ok(AdminServer {
             path: path.to_owned(),
-            task,
+            tasks,
         })
     }
 }
 
 impl Drop for AdminServer {
     fn drop(&mut self) {
-        self.task.abort();
+        self.tasks.iter().for_each(JoinHandle::abort);
         if let Err(error) = std::fs::remove_file(&self.path)
             && error.kind() != io::ErrorKind::NotFound
         {
@@ -102,30 +116,89 @@ struct Api {
     reloads: mpsc::Sender<ReloadRequest>,
 }
 
-async fn accept_loop(listener: UnixListener, api: Arc<Api>) {
+async fn accept_unix(listener: UnixListener, api: Arc<Api>) {
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "admin socket accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve(stream, api.clone(), None));
             }
-        };
-        let api = api.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let api = api.clone();
-                async move { Ok::<_, Infallible>(handle(&api, request).await) }
-            });
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%error, "admin connection ended with an error");
-            }
-        });
+            Err(error) => accept_failed(error).await,
+        }
     }
+}
+
+async fn accept_tcp(listener: TcpListener, api: Arc<Api>, token: Arc<str>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve(stream, api.clone(), Some(token.clone())));
+            }
+            Err(error) => accept_failed(error).await,
+        }
+    }
+}
+
+async fn accept_failed(error: io::Error) {
+    tracing::warn!(%error, "admin API accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+}
+
+/// One admin connection. Over TCP every request must carry the bearer token; the unix
+/// socket is guarded by its file permissions instead.
+async fn serve<S>(stream: S, api: Arc<Api>, token: Option<Arc<str>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let api = api.clone();
+        let token = token.clone();
+        async move {
+            if let Some(token) = token
+                && !bearer_matches(&request, &token)
+            {
+                return Ok::<_, Infallible>(unauthorized());
+            }
+            Ok(handle(&api, request).await)
+        }
+    });
+    if let Err(error) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(%error, "admin connection ended with an error");
+    }
+}
+
+/// `Authorization: Bearer <token>`, compared in constant time.
+fn bearer_matches<B>(request: &Request<B>, token: &str) -> bool {
+    let Some(given) = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut response = json(&ApiError {
+        error: "the admin API over TCP needs `Authorization: Bearer <token>` with the token \
+                from admin.token_env (the CLI reads $GATEWAY_ADMIN_TOKEN)"
+            .to_owned(),
+    });
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    response.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        hyper::header::HeaderValue::from_static("Bearer"),
+    );
+    response
 }
 
 async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> {
