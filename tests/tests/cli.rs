@@ -180,7 +180,7 @@ fn run_without_privileges_says_what_is_missing() {
     assert!(!output.status.success());
     let text = output_text(&output);
     assert!(
-        text.contains("needs root, or the capabilities CAP_BPF and CAP_NET_ADMIN (missing: CAP_BPF, CAP_NET_ADMIN)"),
+        text.contains("needs root, or the capabilities CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (missing: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON)"),
         "{text}"
     );
     assert!(text.contains("xdp.mode = \"off\""), "{text}");

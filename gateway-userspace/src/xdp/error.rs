@@ -12,8 +12,9 @@ const OFF_HINT: &str = "or set xdp.mode = \"off\" to enforce the rules in usersp
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
     #[error(
-        "loading the XDP program needs root, or the capabilities CAP_BPF and CAP_NET_ADMIN \
-         (missing: {missing}): run as root, grant them (e.g. systemd AmbientCapabilities=), {OFF_HINT}"
+        "loading the XDP program needs root, or the capabilities CAP_BPF, CAP_NET_ADMIN and \
+         CAP_PERFMON (missing: {missing}): run as root, grant them (config/gateway.service \
+         shows how), {OFF_HINT}"
     )]
     Permission { missing: String },
     #[error("BPF is not available in this kernel ({0}): {OFF_HINT}")]
@@ -60,7 +61,8 @@ impl XdpError {
 
     /// The verifier or the kernel rejected the program.
     pub(super) fn from_program_load(error: ProgramError) -> Self {
-        if let Some(libc::EPERM | libc::EACCES) = os_error(&error) {
+        // EACCES here is the verifier refusing something, not a missing privilege: keep the log.
+        if let Some(libc::EPERM) = os_error(&error) {
             return XdpError::Permission {
                 missing: "the kernel said EPERM".into(),
             };
@@ -115,6 +117,7 @@ impl XdpError {
 pub(super) fn check_privileges() -> Result<(), XdpError> {
     const CAP_NET_ADMIN: u32 = 12;
     const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
     let Some(effective) = effective_capabilities() else {
         return Ok(()); // Cannot tell; let the kernel decide.
@@ -126,6 +129,11 @@ pub(super) fn check_privileges() -> Result<(), XdpError> {
     }
     if !has(CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN");
+    }
+    // The verifier only lets a CAP_PERFMON holder subtract packet pointers (frame length)
+    // and add a pointer to a scalar, both of which the compiled program does.
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
     }
     if missing.is_empty() {
         Ok(())
