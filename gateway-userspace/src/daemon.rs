@@ -17,7 +17,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     config::{Config, XdpMode},
-    control::{AdminServer, DaemonState, ReloadRequest},
+    control::{AdminServer, DaemonState, MetricsServer, ReloadRequest},
     proxy::Proxy,
     xdp::{XdpFirewall, interface_index},
 };
@@ -49,8 +49,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let proxy = Proxy::start(&config.proxy).await?;
 
     let (reloads, reload_requests) = tokio::sync::mpsc::channel(4);
+    let _metrics = match config.metrics {
+        Some(address) => Some(MetricsServer::bind(address, state.clone()).await?),
+        None => None,
+    };
     let _admin = AdminServer::bind(&config.admin, state.clone(), reloads).await?;
     tracing::info!(socket = %config.admin.socket.display(), "admin API listening");
+    state.metrics.set_ready();
     let sweeper = tokio::spawn(sweep_expired(state.clone()));
 
     signals
@@ -124,10 +129,13 @@ impl Signals {
                 _ = self.interrupt.recv() => break,
                 _ = self.terminate.recv() => break,
                 _ = self.hangup.recv() => {
-                    let _ = reload(config_path, running, state, proxy);
+                    let result = reload(config_path, running, state, proxy);
+                    state.metrics.reload_finished(result.is_ok());
                 }
                 Some(reply) = reload_requests.recv() => {
-                    let _ = reply.send(reload(config_path, running, state, proxy));
+                    let result = reload(config_path, running, state, proxy);
+                    state.metrics.reload_finished(result.is_ok());
+                    let _ = reply.send(result);
                 }
             }
         }

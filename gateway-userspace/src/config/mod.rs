@@ -30,6 +30,8 @@ pub struct Config {
     pub firewall: FirewallConfig,
     /// Listeners, limits, upstreams and routes of the L7 proxy.
     pub proxy: ProxyConfig,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: not at all.
+    pub metrics: Option<std::net::SocketAddr>,
     /// Things that are legal but probably not what the operator meant.
     pub warnings: Vec<String>,
     /// Explanations of what the rules do where that is not obvious (overlaps).
@@ -157,6 +159,7 @@ struct RawConfig {
     xdp: RawXdp,
     #[serde(default)]
     firewall: firewall::RawFirewall,
+    metrics: Option<RawMetrics>,
     #[serde(default)]
     listeners: Vec<proxy::RawListener>,
     #[serde(default)]
@@ -165,6 +168,12 @@ struct RawConfig {
     upstreams: Vec<proxy::RawUpstream>,
     #[serde(default)]
     routes: Vec<proxy::RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    address: std::net::SocketAddr,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -281,6 +290,7 @@ impl Config {
                 xdp,
                 firewall,
                 proxy,
+                metrics: raw.metrics.map(|metrics| metrics.address),
                 warnings,
                 notes,
             })

@@ -3,10 +3,12 @@
 
 pub mod api;
 mod client;
+mod metrics;
 mod server;
 mod state;
 
 pub use client::{Client, ClientError};
+pub use metrics::MetricsServer;
 pub use server::AdminServer;
 pub use state::DaemonState;
 

@@ -111,6 +111,7 @@ fn is_expired(expires_at: Option<f64>, now: f64) -> bool {
 /// The running daemon's firewall, shared by the admin API, the signal handler and the sweeper.
 pub struct DaemonState {
     inner: Mutex<Inner>,
+    pub metrics: super::metrics::Metrics,
 }
 
 struct Inner {
@@ -157,6 +158,7 @@ impl DaemonState {
         }
         Ok(DaemonState {
             inner: Mutex::new(inner),
+            metrics: Default::default(),
         })
     }
 
@@ -242,6 +244,17 @@ impl DaemonState {
                 top_sources,
             },
         })
+    }
+
+    /// (rules from the config, operator rules, active bans), for metrics.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let inner = self.lock();
+        let bans = inner
+            .xdp
+            .as_ref()
+            .and_then(|xdp| xdp.bans().ok())
+            .map_or(0, |bans| bans.len());
+        (inner.firewall.rules.len(), inner.operator.rules.len(), bans)
     }
 
     // ---- Rules ----

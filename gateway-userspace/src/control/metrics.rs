@@ -1,0 +1,220 @@
+//! Prometheus metrics and health endpoints on their own listener (`[metrics] address`,
+//! localhost): `/metrics`, `/healthz` (alive) and `/readyz` (serving: the XDP program is
+//! attached and the listeners are bound). Kernel counters are read at scrape time, so a
+//! scrape always shows what the kernel counted, with nothing cached in between.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use anyhow::Context as _;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+    },
+    registry::Registry,
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+
+use super::state::DaemonState;
+
+/// Metrics the daemon updates as things happen (the kernel's are read at scrape time).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Config reloads by result ("success", "failure").
+    pub reloads: Family<Vec<(&'static str, &'static str)>, Counter>,
+    ready: AtomicBool,
+}
+
+impl Metrics {
+    pub fn reload_finished(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.reloads.get_or_create(&vec![("result", result)]).inc();
+    }
+
+    /// From now on `/readyz` answers 200.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Reads the kernel counters and the firewall state on each scrape.
+struct KernelCollector {
+    state: Arc<DaemonState>,
+}
+
+impl std::fmt::Debug for KernelCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelCollector")
+    }
+}
+
+impl Collector for KernelCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(stats) = self.state.stats() else {
+            return Ok(());
+        };
+        if stats.xdp.enabled {
+            let help = [
+                (
+                    "gateway_xdp_packets",
+                    "Packets seen by the XDP program, by verdict reason",
+                ),
+                (
+                    "gateway_xdp_bytes",
+                    "Bytes seen by the XDP program, by verdict reason",
+                ),
+            ];
+            for (index, (name, help)) in help.into_iter().enumerate() {
+                let mut family =
+                    encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for reason in &stats.xdp.reasons {
+                    let labels = [
+                        ("reason", reason.reason.as_str()),
+                        ("verdict", reason.verdict.as_str()),
+                    ];
+                    let value = if index == 0 {
+                        reason.packets
+                    } else {
+                        reason.bytes
+                    };
+                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                }
+            }
+            let attached = ConstGauge::new(stats.xdp.interfaces.len() as i64);
+            attached.encode(encoder.encode_descriptor(
+                "gateway_xdp_attached_interfaces",
+                "Interfaces the XDP program is attached to",
+                None,
+                attached.metric_type(),
+            )?)?;
+        }
+        let (config_rules, operator_rules, bans) = self.state.counts();
+        let mut rules = encoder.encode_descriptor(
+            "gateway_firewall_rules",
+            "Source CIDR rules, by origin",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (origin, count) in [("config", config_rules), ("operator", operator_rules)] {
+            ConstGauge::new(count as i64).encode(rules.encode_family(&[("origin", origin)])?)?;
+        }
+        let bans = ConstGauge::new(bans as i64);
+        bans.encode(encoder.encode_descriptor(
+            "gateway_bans_active",
+            "Sources or prefixes banned now",
+            None,
+            bans.metric_type(),
+        )?)
+    }
+}
+
+/// The metrics listener; dropping it stops serving.
+pub struct MetricsServer {
+    task: JoinHandle<()>,
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MetricsServer {
+    pub async fn bind(
+        address: SocketAddr,
+        state: Arc<DaemonState>,
+    ) -> anyhow::Result<MetricsServer> {
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("metrics.address: binding {address}"))?;
+        tracing::info!(address = %listener.local_addr()?, "metrics and health endpoints listening");
+        let mut registry = Registry::default();
+        registry.register(
+            "gateway_config_reloads",
+            "Config reloads (SIGHUP or gateway reload), by result",
+            state.metrics.reloads.clone(),
+        );
+        registry.register_collector(Box::new(KernelCollector {
+            state: state.clone(),
+        }));
+        let shared = Arc::new((registry, state));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(respond(&shared.0, &shared.1, &request)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(MetricsServer { task })
+    }
+}
+
+fn respond<B>(
+    registry: &Registry,
+    state: &DaemonState,
+    request: &Request<B>,
+) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, content_type: &'static str, body: String| {
+        Response::builder()
+            .status(status)
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts are valid")
+    };
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut body = String::new();
+            match prometheus_client::encoding::text::encode(&mut body, registry) {
+                Ok(()) => text(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    body,
+                ),
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "encoding failed\n".into(),
+                ),
+            }
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/readyz") if state.metrics.ready.load(Ordering::Relaxed) => {
+            text(StatusCode::OK, "text/plain", "ready\n".into())
+        }
+        (&Method::GET, "/readyz") => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "starting\n".into(),
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics, /healthz or /readyz\n".into(),
+        ),
+    }
+}

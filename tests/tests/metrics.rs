@@ -1,0 +1,122 @@
+//! Prometheus metrics and health endpoints: known traffic in, exact counters out, parsed with a
+//! Prometheus text-format parser.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use gateway_tests::lab::*;
+
+const METRICS: &str = "127.0.0.1:9100";
+
+/// Scrapes `path` from inside the server namespace (the metrics listener is on its loopback).
+fn get(lab: &Lab, path: &str) -> (String, String) {
+    let output = lab.server.exec(&[
+        "curl",
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        &format!("http://{METRICS}{path}"),
+    ]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').expect("curl printed the status");
+    (body.to_owned(), status.to_owned())
+}
+
+/// `name{labels}` -> value, for every sample of a scrape.
+fn samples(lab: &Lab) -> HashMap<String, f64> {
+    let (body, status) = get(lab, "/metrics");
+    assert_eq!(status, "200", "{body}");
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|line| Ok(line.to_owned())))
+        .expect("a valid Prometheus text exposition");
+    scrape
+        .samples
+        .into_iter()
+        .map(|sample| {
+            let mut labels: Vec<String> = sample
+                .labels
+                .iter()
+                .map(|(key, value)| format!("{key}=\"{value}\""))
+                .collect();
+            labels.sort();
+            let value = match sample.value {
+                prometheus_parse::Value::Counter(value)
+                | prometheus_parse::Value::Gauge(value)
+                | prometheus_parse::Value::Untyped(value) => value,
+                other => panic!("unexpected sample {other:?}"),
+            };
+            (format!("{}{{{}}}", sample.metric, labels.join(",")), value)
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_count_exactly_what_the_kernel_did() {
+    let Some(mut lab) = Lab::new("metrics") else {
+        return;
+    };
+    lab.start(&format!(
+        "deny = [\"{DENIED_V4}\"]\n[metrics]\naddress = \"{METRICS}\""
+    ));
+    assert_eq!(get(&lab, "/healthz"), ("ok\n".to_owned(), "200".to_owned()));
+    assert_eq!(
+        get(&lab, "/readyz"),
+        ("ready\n".to_owned(), "200".to_owned())
+    );
+
+    let receiver = lab.udp_receiver(SERVER_V4, 5000);
+    assert_eq!(
+        lab.udp_exchange(&receiver, (DENIED_V4, 3), (ALLOWED_V4, 0)),
+        Vec::<IpAddr>::new()
+    );
+    let metrics = samples(&lab);
+    let deny = "reason=\"dropped-deny\",verdict=\"drop\"";
+    assert_eq!(
+        metrics[&format!("gateway_xdp_packets_total{{{deny}}}")],
+        3.0,
+        "{metrics:#?}"
+    );
+    assert_eq!(
+        metrics[&format!("gateway_xdp_bytes_total{{{deny}}}")],
+        3.0 * udp_frame_len(false, 8) as f64
+    );
+    assert_eq!(metrics["gateway_firewall_rules{origin=\"config\"}"], 1.0);
+    assert_eq!(metrics["gateway_firewall_rules{origin=\"operator\"}"], 0.0);
+    assert_eq!(metrics["gateway_bans_active{}"], 0.0);
+    assert_eq!(metrics["gateway_xdp_attached_interfaces{}"], 1.0);
+    // Every reason is exported, and no label carries an address or a path.
+    let reasons = metrics
+        .keys()
+        .filter(|key| key.starts_with("gateway_xdp_packets_total"))
+        .count();
+    assert_eq!(reasons, 10);
+    assert!(
+        !metrics.keys().any(|key| key.contains("10.99.")),
+        "{metrics:#?}"
+    );
+
+    assert!(lab.gateway().cli(&["ban", ALLOWED_V4]).status.success());
+    assert!(
+        lab.gateway()
+            .cli(&["firewall", "deny", "192.0.2.0/24"])
+            .status
+            .success()
+    );
+    let config_path = lab.gateway().dir().join("gateway.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(&config_path, config.replace(DENIED_V4, "10.99.0.300")).unwrap();
+    assert!(!lab.gateway().cli(&["reload"]).status.success());
+    std::fs::write(&config_path, &config).unwrap();
+    assert!(lab.gateway().cli(&["reload"]).status.success());
+
+    let metrics = samples(&lab);
+    assert_eq!(metrics["gateway_bans_active{}"], 1.0);
+    assert_eq!(metrics["gateway_firewall_rules{origin=\"operator\"}"], 1.0);
+    assert_eq!(
+        metrics["gateway_config_reloads_total{result=\"failure\"}"], 1.0,
+        "{metrics:#?}"
+    );
+    assert_eq!(
+        metrics["gateway_config_reloads_total{result=\"success\"}"],
+        1.0
+    );
+    assert_eq!(get(&lab, "/nowhere").1, "404");
+}
