@@ -318,3 +318,63 @@ fn completions_and_help() {
     let daemon_down = gateway_cmd(&["firewall", "list", "--socket", "/nonexistent/admin.sock"]);
     assert!(output_text(&daemon_down).contains("the gateway daemon is not running"));
 }
+
+#[test]
+fn explain_says_what_the_kernel_does_and_why() {
+    let Some(mut lab) = Lab::new("explain") else {
+        return;
+    };
+    lab.start(&format!(
+        "deny = [\"{DENIED_V4}\"]\n[firewall.rate_limit]\npackets_per_second = 1\nburst = 5\n\
+         [[firewall.rate_limit.classes]]\nname = \"partners\"\ncidrs = [\"{ALLOWED_V4}\"]\n\
+         packets_per_second = 1\nburst = 50"
+    ));
+    let explain = |address: &str| -> serde_json::Value {
+        serde_json::from_str(&ok(&lab, &["firewall", "explain", address, "--json"])).unwrap()
+    };
+
+    let denied = explain(DENIED_V4);
+    assert_eq!(denied["verdict"], "drop");
+    assert_eq!(denied["reason"], "dropped-deny");
+    assert_eq!(denied["rule"]["key"], "firewall.deny[0]");
+    let text = ok(&lab, &["firewall", "explain", DENIED_V4]);
+    assert!(
+        text.contains("the most specific rule denies it: 10.99.0.3/32 (firewall.deny[0])"),
+        "{text}"
+    );
+
+    ok(&lab, &["ban", DENIED_V4, "--for", "10m"]);
+    let banned = explain(DENIED_V4);
+    assert_eq!(banned["reason"], "dropped-banned");
+    let left = banned["ban"]["expires_in_secs"].as_f64().unwrap();
+    assert!(left > 590.0 && left <= 600.0, "{left}");
+
+    // A rate-limited source: its class and how much of its burst is left.
+    let fresh = explain(ALLOWED_V4);
+    assert_eq!(fresh["verdict"], "pass");
+    assert_eq!(fresh["rate"]["class"], "partners");
+    assert_eq!(fresh["rate"]["packets_available"], 50);
+    assert_eq!(fresh["rate"]["tracked"], false);
+    let receiver = lab.udp_receiver(SERVER_V4, 5000);
+    lab.udp_exchange(&receiver, (ALLOWED_V4, 3), (ALLOWED_V4, 0));
+    let used = explain(ALLOWED_V4);
+    assert_eq!(used["rate"]["tracked"], true);
+    // Four packets spent (three and the sentinel); at most a token or two refilled since.
+    let available = used["rate"]["packets_available"].as_u64().unwrap();
+    assert!((46..=48).contains(&available), "{used}");
+
+    let clean = explain("10.99.0.77");
+    assert_eq!(clean["reason"], "passed");
+    assert_eq!(
+        clean["because"],
+        "no rule matches and the policy is deny-list"
+    );
+    assert_eq!(clean["rate"]["class"], "default");
+    assert_eq!(clean["rate"]["packet_burst"], 5);
+
+    let bad = fails(&lab, &["firewall", "explain", "10.99.0.300"]);
+    assert!(
+        bad.contains("\"10.99.0.300\" is not an IP address"),
+        "{bad}"
+    );
+}

@@ -8,8 +8,9 @@ use anyhow::Context as _;
 use crate::control::{
     Client,
     api::{
-        Done, IMPORT_PATH, ImportRequest, ImportResult, REMOVE_RULE_PATH, RULES_PATH,
-        RemoveRuleRequest, RuleAction, RuleEntry, RuleList, RuleRequest,
+        Done, EXPLAIN_PATH, Explanation, IMPORT_PATH, ImportRequest, ImportResult,
+        REMOVE_RULE_PATH, RULES_PATH, RemoveRuleRequest, RuleAction, RuleEntry, RuleList,
+        RuleRequest,
     },
 };
 
@@ -97,6 +98,66 @@ pub async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
             hits,
             expires,
             rule.comment.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+pub async fn explain(client: &Client, address: &str, json: bool) -> anyhow::Result<()> {
+    let path = format!("{EXPLAIN_PATH}?address={address}");
+    let explanation: Explanation = client.get(&path).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&explanation)?);
+        return Ok(());
+    }
+    let Explanation {
+        address,
+        verdict,
+        reason,
+        because,
+        ban,
+        rule,
+        policy,
+        protected_ports,
+        rate,
+    } = explanation;
+    println!("{address}: {verdict} ({reason})");
+    println!("  because: {because}");
+    if let Some(ban) = ban {
+        let left = ban.expires_in_secs.map_or_else(
+            || "until unbanned".to_owned(),
+            |secs| {
+                let left = Duration::from_secs(secs.ceil() as u64);
+                format!("{} left", humantime::format_duration(left))
+            },
+        );
+        println!("  ban:     {}, {left}", ban.cidr);
+    }
+    match rule {
+        Some(rule) => println!(
+            "  rule:    {} {} ({}){}",
+            rule.cidr,
+            rule.action,
+            rule.key.unwrap_or(rule.origin),
+            rule.comment
+                .map(|comment| format!(": {comment}"))
+                .unwrap_or_default()
+        ),
+        None => println!("  rule:    none matches"),
+    }
+    println!("  policy:  {policy}, {protected_ports}");
+    if let Some(rate) = rate {
+        let budget =
+            |available: Option<u64>, burst: Option<u64>, what: &str| match (available, burst) {
+                (Some(available), Some(burst)) => format!("{available} of {burst} {what}"),
+                _ => format!("unlimited {what}"),
+            };
+        println!(
+            "  rate:    class {}: {}, {} available{}",
+            rate.class,
+            budget(rate.packets_available, rate.packet_burst, "packets"),
+            budget(rate.syns_available, rate.syn_burst, "SYNs"),
+            if rate.tracked { "" } else { " (not seen yet)" }
         );
     }
     Ok(())

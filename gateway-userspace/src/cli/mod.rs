@@ -25,6 +25,7 @@ Examples:
   gateway bans                                list bans and their time left
   gateway firewall deny 198.51.100.0/24 --ttl 1h --comment scanner
   gateway firewall list                       config and operator rules, with hits
+  gateway firewall explain 203.0.113.7        what happens to that source's packets, and why
   gateway firewall import blocklist.txt --action deny   one CIDR per line, all or nothing
   gateway completions bash > /etc/bash_completion.d/gateway";
 
@@ -130,6 +131,17 @@ enum FirewallCommand {
     /// List the rules from the config and from operators, with their hit counts.
     List {
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// What the kernel would do with a packet from ADDRESS, and why: ban, matching rule,
+    /// policy, rate-limit budget.
+    Explain {
+        #[arg(value_name = "ADDRESS")]
+        address: String,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -289,6 +301,11 @@ async fn run_firewall(command: FirewallCommand) -> anyhow::Result<()> {
             } = rule;
             firewall::add(&admin.client(), RuleAction::Deny, &cidr, ttl, comment).await
         }
+        FirewallCommand::Explain {
+            address,
+            json,
+            admin,
+        } => firewall::explain(&admin.client(), &address, json).await,
         FirewallCommand::Remove { cidr, admin } => firewall::remove(&admin.client(), &cidr).await,
         FirewallCommand::List { json, admin } => firewall::list(&admin.client(), json).await,
         FirewallCommand::Import {

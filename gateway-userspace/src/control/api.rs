@@ -151,3 +151,37 @@ pub struct Reloaded {
     /// What was reloaded.
     pub message: String,
 }
+
+/// `GET /v1/explain?address=ADDR`: what the kernel would do with a packet from ADDR, and why.
+pub const EXPLAIN_PATH: &str = "/v1/explain";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Explanation {
+    pub address: String,
+    /// "pass" or "drop", for traffic to a protected port.
+    pub verdict: String,
+    /// The reason counter the packet would be counted under.
+    pub reason: String,
+    /// Why, in words.
+    pub because: String,
+    pub ban: Option<Ban>,
+    /// The most specific rule that matches, if any.
+    pub rule: Option<RuleEntry>,
+    pub policy: String,
+    /// "all ports", or how many are protected (others always pass).
+    pub protected_ports: String,
+    pub rate: Option<RateState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RateState {
+    /// "default" or the class name.
+    pub class: String,
+    /// Packets the source may still send at once (the bucket's tokens), if packets are limited.
+    pub packets_available: Option<u64>,
+    pub packet_burst: Option<u64>,
+    pub syns_available: Option<u64>,
+    pub syn_burst: Option<u64>,
+    /// False when the program has not seen the source (its bucket is full).
+    pub tracked: bool,
+}

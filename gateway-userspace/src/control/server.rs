@@ -207,6 +207,14 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
     let path = request.uri().path().to_owned();
     let result = match (&method, path.as_str()) {
         (&Method::GET, api::STATS_PATH) => state.stats().map(|stats| json(&stats)),
+        (&Method::GET, api::EXPLAIN_PATH) => {
+            let address = request
+                .uri()
+                .query()
+                .and_then(|query| query.strip_prefix("address="))
+                .unwrap_or("");
+            state.explain(address).map(|explanation| json(&explanation))
+        }
         (&Method::GET, api::RULES_PATH) => state.rules().map(|rules| json(&rules)),
         (&Method::POST, api::RULES_PATH) => match body::<RuleRequest>(request, MAX_BODY).await {
             Ok(rule) => state.add_rule(&rule).map(|entry| json(&entry)),

@@ -172,6 +172,23 @@ impl XdpFirewall {
         Ok(expired)
     }
 
+    /// The source's rate-limit state, if the program has seen it since it was last evicted.
+    pub fn rate_bucket(&self, source: IpAddr) -> Result<Option<gateway_common::Bucket>, XdpError> {
+        let name = map_names::RATE_STATE;
+        let map = self.ebpf.map(name).ok_or(XdpError::MissingMap(name))?;
+        let state: aya::maps::HashMap<&aya::maps::MapData, [u8; 16], gateway_common::Bucket> =
+            aya::maps::HashMap::try_from(map).map_err(|error| XdpError::map(name, error))?;
+        let key = match source {
+            IpAddr::V4(addr) => addr.to_ipv6_mapped().octets(),
+            IpAddr::V6(addr) => addr.octets(),
+        };
+        match state.get(&key, 0) {
+            Ok(bucket) => Ok(Some(bucket)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(XdpError::map(name, error)),
+        }
+    }
+
     /// The `limit` sources with the most dropped packets, most first.
     pub fn top_dropped_sources(&self, limit: usize) -> Result<Vec<(IpAddr, u64)>, XdpError> {
         bans::top_dropped_sources(&self.ebpf, limit)
