@@ -125,14 +125,21 @@ pub struct Counter {
 /// What a matching CIDR rule does. The most specific matching prefix wins.
 pub const ACTION_ALLOW: u8 = 1;
 pub const ACTION_DENY: u8 = 2;
+/// A dry-run deny: counted in `RULE_HITS`, while `Rule::fallback` decides.
+pub const ACTION_SHADOW: u8 = 3;
+/// `Rule::fallback` when no enclosing rule decides: the policy does.
+pub const ACTION_POLICY: u8 = 0;
 
 /// Value of a CIDR rule in the LPM tries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rule {
-    /// `ACTION_ALLOW` or `ACTION_DENY`.
+    /// `ACTION_ALLOW`, `ACTION_DENY` or `ACTION_SHADOW`.
     pub action: u8,
-    pub _pad: [u8; 3],
+    /// For a shadow rule: what decides instead (the enclosing rule's action, or
+    /// `ACTION_POLICY`), computed by the daemon.
+    pub fallback: u8,
+    pub _pad: [u8; 2],
     /// The daemon's identifier for the rule (for per-rule statistics).
     pub id: u32,
 }

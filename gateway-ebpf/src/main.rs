@@ -22,8 +22,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    ACTION_DENY, COUNTER_SLOTS, Counter, POLICY_ALLOW_LIST, PORT_SLOTS, PORT_TCP, PORT_UDP, Reason,
-    Rule, Settings,
+    ACTION_ALLOW, ACTION_DENY, ACTION_SHADOW, COUNTER_SLOTS, Counter, POLICY_ALLOW_LIST,
+    PORT_SLOTS, PORT_TCP, PORT_UDP, Reason, Rule, Settings,
 };
 use parse::{L4, Source};
 
@@ -129,14 +129,28 @@ fn classify(settings: &Settings, source: &Source) -> Reason {
                 // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
                 unsafe { *hits += 1 };
             }
-            if rule.action == ACTION_DENY {
-                Reason::DroppedDeny
+            // A shadow rule only counts; the rule it sits in (or the policy) decides.
+            let action = if rule.action == ACTION_SHADOW {
+                rule.fallback
             } else {
-                Reason::Passed
+                rule.action
+            };
+            match action {
+                ACTION_DENY => Reason::DroppedDeny,
+                ACTION_ALLOW => Reason::Passed,
+                _ => by_policy(settings),
             }
         }
-        None if settings.policy == POLICY_ALLOW_LIST => Reason::DroppedNotAllowed,
-        None => Reason::Passed,
+        None => by_policy(settings),
+    }
+}
+
+#[inline(always)]
+fn by_policy(settings: &Settings) -> Reason {
+    if settings.policy == POLICY_ALLOW_LIST {
+        Reason::DroppedNotAllowed
+    } else {
+        Reason::Passed
     }
 }
 

@@ -378,3 +378,47 @@ fn explain_says_what_the_kernel_does_and_why() {
         "{bad}"
     );
 }
+
+#[test]
+fn shadow_rules_count_then_promote_makes_them_drop() {
+    let Some(mut lab) = Lab::new("shadow") else {
+        return;
+    };
+    lab.start("");
+    let receiver = lab.udp_receiver(SERVER_V4, 5000);
+    let added = ok(&lab, &["firewall", "deny", DENIED_V4, "--shadow"]);
+    assert!(added.contains("shadow 10.99.0.3/32"), "{added}");
+    assert_eq!(
+        lab.udp_exchange(&receiver, (DENIED_V4, 4), (ALLOWED_V4, 0)),
+        vec![ip(DENIED_V4); 4]
+    );
+    let listing = rules(&lab);
+    assert_eq!(listing["rules"][0]["shadow"], true);
+    assert_eq!(
+        listing["rules"][0]["hits"], 4,
+        "counted what it would drop: {listing}"
+    );
+    assert!(ok(&lab, &["firewall", "list"]).contains("shadow"));
+    let explained = ok(&lab, &["firewall", "explain", DENIED_V4]);
+    assert!(
+        explained.contains("shadow rule 10.99.0.3/32 would deny it"),
+        "{explained}"
+    );
+    let shadow_allow = fails(&lab, &["firewall", "allow", ALLOWED_V4, "--shadow"]);
+    assert!(
+        shadow_allow.contains("only deny rules can be shadow"),
+        "{shadow_allow}"
+    );
+
+    ok(&lab, &["firewall", "promote", DENIED_V4]);
+    assert_eq!(
+        lab.udp_exchange(&receiver, (DENIED_V4, 2), (ALLOWED_V4, 0)),
+        Vec::<IpAddr>::new()
+    );
+    assert_eq!(lab.count("dropped-deny").0, 2);
+    let again = fails(&lab, &["firewall", "promote", DENIED_V4]);
+    assert!(again.contains("is not a shadow rule"), "{again}");
+    // Persisted as promoted.
+    lab.start("");
+    assert_eq!(rules(&lab)["rules"][0]["shadow"], false);
+}

@@ -609,3 +609,61 @@ fn drops_are_counted_per_rule_and_per_source() {
         [("2001:db8:bad::/48".parse().unwrap(), 0)]
     );
 }
+
+#[test]
+fn shadow_rules_count_without_dropping_and_defer_to_the_rule_around_them() {
+    let Some(mut program) = Program::load(
+        "shadow_rules_count_without_dropping_and_defer_to_the_rule_around_them",
+        DENY_RULES,
+    ) else {
+        return;
+    };
+    let text = format!("[xdp]\nmode = \"off\"\n[firewall]\n{DENY_RULES}");
+    let mut firewall = gateway::config::Config::parse(&text).unwrap().firewall;
+    let shadow = |cidr: &str| gateway::config::CidrRule {
+        net: cidr.parse().unwrap(),
+        action: gateway::config::Action::Deny,
+        origin: "operator".into(),
+        shadow: true,
+    };
+    // Inside a deny range, inside an allow exception, and outside every rule.
+    firewall.rules.push(shadow("203.0.113.5/32"));
+    firewall.rules.push(shadow("2001:db8:bad:1::1/128"));
+    firewall.rules.push(shadow("192.0.2.0/24"));
+    program.xdp.apply(&firewall).unwrap();
+    assert_eq!(
+        program.verdict(&udp(IpAddr::V4(DENIED_V4), 53).build()),
+        Reason::DroppedDeny
+    );
+    assert_eq!(
+        program.verdict(&udp(IpAddr::V6(EXCEPTION_V6), 53).build()),
+        Reason::Passed
+    );
+    assert_eq!(
+        program.verdict(&udp(IpAddr::V4(OTHER_V4), 53).build()),
+        Reason::Passed
+    );
+    assert_eq!(
+        program.verdict(&udp(IpAddr::V4(OTHER_V4), 53).build()),
+        Reason::Passed
+    );
+    let hits: std::collections::HashMap<String, u64> = program
+        .xdp
+        .rule_hits()
+        .unwrap()
+        .into_iter()
+        .map(|(net, hits)| (net.to_string(), hits))
+        .collect();
+    assert_eq!(
+        hits["192.0.2.0/24"], 2,
+        "a shadow rule counts what it would drop"
+    );
+    assert_eq!(hits["2001:db8:bad:1::1/128"], 1);
+    // Promoted: the same rule drops.
+    firewall.rules.last_mut().unwrap().shadow = false;
+    program.xdp.apply(&firewall).unwrap();
+    assert_eq!(
+        program.verdict(&udp(IpAddr::V4(OTHER_V4), 53).build()),
+        Reason::DroppedDeny
+    );
+}

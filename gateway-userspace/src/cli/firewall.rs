@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use crate::control::{
     Client,
     api::{
-        Done, EXPLAIN_PATH, Explanation, IMPORT_PATH, ImportRequest, ImportResult,
+        Done, EXPLAIN_PATH, Explanation, IMPORT_PATH, ImportRequest, ImportResult, PROMOTE_PATH,
         REMOVE_RULE_PATH, RULES_PATH, RemoveRuleRequest, RuleAction, RuleEntry, RuleList,
         RuleRequest,
     },
@@ -20,14 +20,23 @@ pub async fn add(
     cidr: &str,
     ttl: Option<Duration>,
     comment: Option<String>,
+    shadow: bool,
 ) -> anyhow::Result<()> {
     let request = RuleRequest {
         cidr: cidr.to_owned(),
         action,
         comment,
         ttl_secs: ttl.map(|ttl| ttl.as_secs_f64()),
+        shadow,
     };
     let rule: RuleEntry = client.post(RULES_PATH, &request).await?;
+    if rule.shadow {
+        println!(
+            "shadow {} (counts what it would drop; `gateway firewall promote {}` makes it drop)",
+            rule.cidr, rule.cidr
+        );
+        return Ok(());
+    }
     match ttl {
         Some(ttl) => println!(
             "{} {} for {}",
@@ -37,6 +46,15 @@ pub async fn add(
         ),
         None => println!("{} {}", rule.action, rule.cidr),
     }
+    Ok(())
+}
+
+pub async fn promote(client: &Client, cidr: &str) -> anyhow::Result<()> {
+    let request = RemoveRuleRequest {
+        cidr: cidr.to_owned(),
+    };
+    let _: Done = client.post(PROMOTE_PATH, &request).await?;
+    println!("promoted {cidr}: it drops now");
     Ok(())
 }
 
@@ -90,10 +108,11 @@ pub async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
             || "never".to_owned(),
             |secs| humantime::format_duration(Duration::from_secs(secs.ceil() as u64)).to_string(),
         );
+        let action = if rule.shadow { "shadow" } else { &rule.action };
         println!(
             "{:<44} {:<6} {:<20} {:>12} {:>10}  {}",
             rule.cidr,
-            rule.action,
+            action,
             origin,
             hits,
             expires,

@@ -26,6 +26,7 @@ Examples:
   gateway firewall deny 198.51.100.0/24 --ttl 1h --comment scanner
   gateway firewall list                       config and operator rules, with hits
   gateway firewall explain 203.0.113.7        what happens to that source's packets, and why
+  gateway firewall deny 198.51.100.0/24 --shadow   count what it would drop, then `promote` it
   gateway firewall import blocklist.txt --action deny   one CIDR per line, all or nothing
   gateway completions bash > /etc/bash_completion.d/gateway";
 
@@ -121,6 +122,13 @@ enum FirewallCommand {
     Allow(RuleArgs),
     /// Deny a source address or prefix.
     Deny(RuleArgs),
+    /// Make a shadow rule drop, in one atomic step.
+    Promote {
+        #[arg(value_name = "ADDRESS")]
+        cidr: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Remove an operator rule.
     Remove {
         #[arg(value_name = "ADDRESS")]
@@ -178,6 +186,10 @@ struct RuleArgs {
     /// Why the rule exists; shown by `firewall list`.
     #[arg(long)]
     comment: Option<String>,
+    /// Dry run (deny only): count what the rule would drop without dropping; `firewall
+    /// promote` makes it live.
+    #[arg(long)]
+    shadow: bool,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -288,24 +300,43 @@ async fn run_firewall(command: FirewallCommand) -> anyhow::Result<()> {
                 cidr,
                 ttl,
                 comment,
+                shadow,
                 admin,
             } = rule;
-            firewall::add(&admin.client(), RuleAction::Allow, &cidr, ttl, comment).await
+            firewall::add(
+                &admin.client(),
+                RuleAction::Allow,
+                &cidr,
+                ttl,
+                comment,
+                shadow,
+            )
+            .await
         }
         FirewallCommand::Deny(rule) => {
             let RuleArgs {
                 cidr,
                 ttl,
                 comment,
+                shadow,
                 admin,
             } = rule;
-            firewall::add(&admin.client(), RuleAction::Deny, &cidr, ttl, comment).await
+            firewall::add(
+                &admin.client(),
+                RuleAction::Deny,
+                &cidr,
+                ttl,
+                comment,
+                shadow,
+            )
+            .await
         }
         FirewallCommand::Explain {
             address,
             json,
             admin,
         } => firewall::explain(&admin.client(), &address, json).await,
+        FirewallCommand::Promote { cidr, admin } => firewall::promote(&admin.client(), &cidr).await,
         FirewallCommand::Remove { cidr, admin } => firewall::remove(&admin.client(), &cidr).await,
         FirewallCommand::List { json, admin } => firewall::list(&admin.client(), json).await,
         FirewallCommand::Import {

@@ -45,6 +45,8 @@ pub struct CidrRule {
     pub action: Action,
     /// The config key that declared it, e.g. `firewall.deny[3]`.
     pub origin: String,
+    /// A dry-run deny: counted (in its hit counter), never dropping.
+    pub shadow: bool,
 }
 
 /// Destination ports subject to policy. Empty means every packet is.
@@ -153,6 +155,7 @@ impl RawFirewall {
                             net,
                             action,
                             origin,
+                            shadow: false,
                         });
                     }
                 }

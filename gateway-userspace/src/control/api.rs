@@ -96,7 +96,13 @@ pub struct RuleRequest {
     pub comment: Option<String>,
     /// Removed after this many seconds; absent: until removed.
     pub ttl_secs: Option<f64>,
+    /// A dry-run deny rule: counted, not dropping, until promoted.
+    #[serde(default)]
+    pub shadow: bool,
 }
+
+/// `POST` makes a shadow rule drop ([`RemoveRuleRequest`] names it).
+pub const PROMOTE_PATH: &str = "/v1/rules/promote";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RemoveRuleRequest {
@@ -127,8 +133,11 @@ pub struct RuleEntry {
     pub key: Option<String>,
     pub comment: Option<String>,
     pub expires_in_secs: Option<f64>,
-    /// Packets matched by this rule (absent with XDP off).
+    /// Packets matched by this rule (absent with XDP off). For a shadow rule: the packets
+    /// it would have dropped.
     pub hits: Option<u64>,
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

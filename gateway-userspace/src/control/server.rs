@@ -228,6 +228,12 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
                 Err(failure) => Err(failure),
             }
         }
+        (&Method::POST, api::PROMOTE_PATH) => {
+            match body::<RemoveRuleRequest>(request, MAX_BODY).await {
+                Ok(rule) => state.promote(&rule.cidr).map(|()| json(&Done { ok: true })),
+                Err(failure) => Err(failure),
+            }
+        }
         (&Method::POST, api::IMPORT_PATH) => match body::<ImportRequest>(request, MAX_IMPORT).await
         {
             Ok(import) => state

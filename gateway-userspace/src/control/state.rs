@@ -68,6 +68,9 @@ struct OperatorRule {
     /// Wall-clock expiry (Unix seconds); absent: until removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at: Option<f64>,
+    /// A dry run: counted, never dropping, until promoted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    shadow: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -283,13 +286,20 @@ impl DaemonState {
                 }),
             None => None,
         };
-        let rule = effective
-            .rules
-            .iter()
-            .filter(|rule| rule.net.contains(&address))
-            .max_by_key(|rule| rule.net.prefix_len());
+        let matching = |shadow: bool| {
+            effective
+                .rules
+                .iter()
+                .filter(|rule| rule.shadow == shadow && rule.net.contains(&address))
+                .max_by_key(|rule| rule.net.prefix_len())
+        };
+        let rule = matching(false);
+        // A shadow rule decides nothing, but says what it would have done.
+        let shadow = matching(true).filter(|shadow| {
+            rule.is_none_or(|rule| shadow.net.prefix_len() > rule.net.prefix_len())
+        });
         let policy = effective.policy;
-        let (verdict, reason, because) = match (&ban, rule, policy) {
+        let (verdict, reason, mut because) = match (&ban, rule, policy) {
             (Some(ban), ..) => ("drop", "dropped-banned", format!("banned ({})", ban.cidr)),
             (None, Some(rule), _) if rule.action == Action::Deny => (
                 "drop",
@@ -318,6 +328,12 @@ impl DaemonState {
                 "no rule matches and the policy is deny-list".to_owned(),
             ),
         };
+        if let Some(shadow) = shadow {
+            because += &format!(
+                "; shadow rule {} would deny it (dry run, not dropping)",
+                shadow.net
+            );
+        }
         let rate = match (&effective.rate_limit, inner.xdp.as_ref()) {
             (Some(rate), Some(xdp)) if verdict == "pass" => {
                 let class = rate
@@ -383,6 +399,7 @@ impl DaemonState {
                 comment: operator_comment(rule.net),
                 expires_in_secs: None,
                 hits: None,
+                shadow: false,
             }),
             policy: match policy {
                 crate::config::Policy::DenyList => "deny-list",
@@ -416,6 +433,7 @@ impl DaemonState {
             comment: None,
             expires_in_secs: None,
             hits: hits.get(&rule.net).copied(),
+            shadow: false,
         });
         let from_operator = inner.operator.rules.iter().map(|rule| RuleEntry {
             cidr: rule.cidr.to_string(),
@@ -425,6 +443,7 @@ impl DaemonState {
             comment: rule.comment.clone(),
             expires_in_secs: remaining(rule.expires_at, now),
             hits: hits.get(&rule.cidr).copied(),
+            shadow: rule.shadow,
         });
         Ok(RuleList {
             policy: match inner.firewall.policy {
@@ -437,11 +456,18 @@ impl DaemonState {
     }
 
     pub fn add_rule(&self, request: &RuleRequest) -> ApiResult<RuleEntry> {
+        if request.shadow && request.action != RuleAction::Deny {
+            return Err(fail(
+                StatusCode::BAD_REQUEST,
+                "only deny rules can be shadow (dry-run) rules",
+            ));
+        }
         let rule = OperatorRule {
             cidr: parse_net(&request.cidr)?,
             action: request.action,
             comment: request.comment.clone(),
             expires_at: expiry(request.ttl_secs, "ttl_secs")?,
+            shadow: request.shadow,
         };
         let entry = RuleEntry {
             cidr: rule.cidr.to_string(),
@@ -451,6 +477,7 @@ impl DaemonState {
             comment: rule.comment.clone(),
             expires_in_secs: request.ttl_secs,
             hits: Some(0),
+            shadow: rule.shadow,
         };
         self.lock().change(|state, inner| {
             inner.check_new_rules(std::slice::from_ref(&rule))?;
@@ -459,6 +486,29 @@ impl DaemonState {
         })?;
         tracing::info!(cidr = %entry.cidr, action = %entry.action, "operator rule added");
         Ok(entry)
+    }
+
+    /// Makes a shadow rule drop, in one map update.
+    pub fn promote(&self, cidr: &str) -> ApiResult<()> {
+        let net = parse_net(cidr)?;
+        self.lock().change(|state, _| {
+            match state.rules.iter_mut().find(|rule| rule.cidr == net) {
+                Some(rule) if rule.shadow => {
+                    rule.shadow = false;
+                    Ok(())
+                }
+                Some(_) => Err(fail(
+                    StatusCode::CONFLICT,
+                    format!("{net} is not a shadow rule"),
+                )),
+                None => Err(fail(
+                    StatusCode::NOT_FOUND,
+                    format!("no operator rule for {net}"),
+                )),
+            }
+        })?;
+        tracing::info!(%net, "shadow rule promoted: it drops now");
+        Ok(())
     }
 
     pub fn remove_rule(&self, cidr: &str) -> ApiResult<()> {
@@ -509,6 +559,7 @@ impl DaemonState {
                 action: request.action,
                 comment: request.comment.clone(),
                 expires_at: None,
+                shadow: false,
             });
         }
         let count = rules.len();
@@ -657,6 +708,7 @@ impl Inner {
                     net: rule.cidr,
                     action: rule.action.into(),
                     origin: "operator".to_owned(),
+                    shadow: rule.shadow,
                 }),
         );
         firewall
@@ -832,6 +884,7 @@ mod tests {
                 action: RuleAction::Deny,
                 comment: Some("scanner".into()),
                 expires_at: Some(1.0e10),
+                shadow: true,
             }],
             bans: vec![OperatorBan {
                 cidr: "2001:db8::/64".parse().unwrap(),

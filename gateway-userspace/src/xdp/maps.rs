@@ -1,14 +1,14 @@
 //! Reading and writing the program's maps. Layouts come from gateway-common.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use aya::{
     Ebpf, Pod,
     maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use gateway_common::{
-    ACTION_ALLOW, ACTION_DENY, Counter, POLICY_ALLOW_LIST, POLICY_DENY_LIST, RateClass, Reason,
-    Rule, Settings, maps as map_names,
+    ACTION_ALLOW, ACTION_DENY, ACTION_POLICY, ACTION_SHADOW, Counter, POLICY_ALLOW_LIST,
+    POLICY_DENY_LIST, RateClass, Reason, Rule, Settings, maps as map_names,
 };
 use ipnet::IpNet;
 
@@ -62,36 +62,57 @@ pub(super) fn write_ports(
     Ok(())
 }
 
-/// Makes both tries hold exactly `rules`. A rule's id (its slot in `RULE_HITS`) is its
-/// position in `rules`, IPv4 first, from 1.
-pub(super) fn sync_rules(ebpf: &mut Ebpf, rules: &[(IpNet, Action)]) -> Result<(), XdpError> {
-    let with_ids = || {
-        rules
-            .iter()
-            .enumerate()
-            .map(|(index, (net, action))| (*net, rule_value(*action, index)))
+/// A rule as the kernel gets it: network, action, and whether it is a dry run (shadow).
+pub(super) type KernelRule = (IpNet, Action, bool);
+
+/// The trie values for `rules`: a rule's id (its slot in `RULE_HITS`) is its position, from
+/// 1; a shadow rule carries the action of the most specific real rule around it.
+pub(super) fn rule_values(rules: &[KernelRule]) -> Vec<(IpNet, Rule)> {
+    let code = |action| match action {
+        Action::Allow => ACTION_ALLOW,
+        Action::Deny => ACTION_DENY,
     };
-    let v4 = with_ids().filter_map(|(net, rule)| match net {
-        IpNet::V4(net) => Some((net.prefix_len(), net.addr().octets(), rule)),
+    let deciding: HashMap<IpNet, Action> = rules
+        .iter()
+        .filter(|(_, _, shadow)| !shadow)
+        .map(|&(net, action, _)| (net, action))
+        .collect();
+    let enclosing = |net: IpNet| {
+        std::iter::successors(net.supernet(), IpNet::supernet)
+            .find_map(|outer| deciding.get(&outer).copied())
+            .map_or(ACTION_POLICY, code)
+    };
+    rules
+        .iter()
+        .enumerate()
+        .map(|(index, &(net, action, shadow))| {
+            let rule = Rule {
+                action: if shadow { ACTION_SHADOW } else { code(action) },
+                fallback: if shadow {
+                    enclosing(net)
+                } else {
+                    ACTION_POLICY
+                },
+                _pad: [0; 2],
+                id: u32::try_from(index + 1).unwrap_or(u32::MAX),
+            };
+            (net, rule)
+        })
+        .collect()
+}
+
+/// Makes both tries hold exactly `rules`.
+pub(super) fn sync_rules(ebpf: &mut Ebpf, rules: &[(IpNet, Rule)]) -> Result<(), XdpError> {
+    let v4 = rules.iter().filter_map(|(net, rule)| match net {
+        IpNet::V4(net) => Some((net.prefix_len(), net.addr().octets(), *rule)),
         IpNet::V6(_) => None,
     });
     sync_trie(ebpf, map_names::RULES_V4, v4)?;
-    let v6 = with_ids().filter_map(|(net, rule)| match net {
-        IpNet::V6(net) => Some((net.prefix_len(), net.addr().octets(), rule)),
+    let v6 = rules.iter().filter_map(|(net, rule)| match net {
+        IpNet::V6(net) => Some((net.prefix_len(), net.addr().octets(), *rule)),
         IpNet::V4(_) => None,
     });
     sync_trie(ebpf, map_names::RULES_V6, v6)
-}
-
-fn rule_value(action: Action, index: usize) -> Rule {
-    Rule {
-        action: match action {
-            Action::Allow => ACTION_ALLOW,
-            Action::Deny => ACTION_DENY,
-        },
-        _pad: [0; 3],
-        id: u32::try_from(index + 1).unwrap_or(u32::MAX),
-    }
 }
 
 /// Zeroes the hit counters of rule ids `ids` (whose rule changed), on every CPU.

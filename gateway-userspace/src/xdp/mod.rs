@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::XdpError;
 
-use crate::config::{Action, FirewallConfig, XdpConfig, XdpMode};
+use crate::config::{FirewallConfig, XdpConfig, XdpMode};
 pub use bans::now;
 
 /// The compiled XDP program, embedded at build time (see build.rs).
@@ -48,7 +48,7 @@ pub struct XdpFirewall {
     ports: Vec<u8>,
     /// Rules as last written, in id order (id = index + 1): changed ids get their hit
     /// counters reset, so a count always belongs to the rule listed with it.
-    rules: Vec<(IpNet, Action)>,
+    rules: Vec<maps::KernelRule>,
     /// The settings entry as last written.
     settings: Settings,
 }
@@ -95,10 +95,10 @@ impl XdpFirewall {
     /// Takes effect for the next packet, without reloading the program.
     pub fn apply(&mut self, firewall: &FirewallConfig) -> Result<(), XdpError> {
         // IPv4 first, so ids follow the order rule listings use.
-        let rules: Vec<(IpNet, Action)> = firewall
+        let rules: Vec<maps::KernelRule> = firewall
             .rules_v4()
             .chain(firewall.rules_v6())
-            .map(|rule| (rule.net, rule.action))
+            .map(|rule| (rule.net, rule.action, rule.shadow))
             .collect();
         let changed = (0..rules.len().max(self.rules.len()))
             .filter(|&index| rules.get(index) != self.rules.get(index))
@@ -106,7 +106,7 @@ impl XdpFirewall {
         maps::reset_rule_hits(&mut self.ebpf, changed)?;
         maps::write_rate_limits(&mut self.ebpf, firewall)?;
         maps::write_ports(&mut self.ebpf, &mut self.ports, &firewall.protected_ports)?;
-        maps::sync_rules(&mut self.ebpf, &rules)?;
+        maps::sync_rules(&mut self.ebpf, &maps::rule_values(&rules))?;
         self.rules = rules;
         // Last: sources pick their rate class again against the new prefixes.
         let generation = self.settings.rate_generation.wrapping_add(1);
@@ -138,7 +138,7 @@ impl XdpFirewall {
     /// Packets matched per rule, in the order `apply` was given them (IPv4 first).
     pub fn rule_hits(&self) -> Result<Vec<(IpNet, u64)>, XdpError> {
         let hits = maps::read_rule_hits(&self.ebpf, self.rules.len())?;
-        Ok(self.rules.iter().map(|(net, _)| *net).zip(hits).collect())
+        Ok(self.rules.iter().map(|(net, ..)| *net).zip(hits).collect())
     }
 
     /// Bans `net` until `expires` (monotonic clock, as [`now`]; `None`: until unbanned).

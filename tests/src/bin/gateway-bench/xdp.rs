@@ -150,6 +150,7 @@ fn rule_set(count: usize) -> FirewallConfig {
         net,
         action,
         origin: "bench".into(),
+        shadow: false,
     };
     let mut nets = std::collections::HashSet::new();
     let mut rules = vec![
@@ -312,6 +313,7 @@ fn flood_once(dropper: Dropper, seconds: u64) -> anyhow::Result<FloodResult> {
                     net: IpNet::from(IpAddr::V4(FLOODER)),
                     action: Action::Deny,
                     origin: "bench".into(),
+                    shadow: false,
                 }],
                 rate_limit: None,
             };
