@@ -295,42 +295,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 async fn run_firewall(command: FirewallCommand) -> anyhow::Result<()> {
     use crate::control::api::RuleAction;
     match command {
-        FirewallCommand::Allow(rule) => {
-            let RuleArgs {
-                cidr,
-                ttl,
-                comment,
-                shadow,
-                admin,
-            } = rule;
-            firewall::add(
-                &admin.client(),
-                RuleAction::Allow,
-                &cidr,
-                ttl,
-                comment,
-                shadow,
-            )
-            .await
-        }
-        FirewallCommand::Deny(rule) => {
-            let RuleArgs {
-                cidr,
-                ttl,
-                comment,
-                shadow,
-                admin,
-            } = rule;
-            firewall::add(
-                &admin.client(),
-                RuleAction::Deny,
-                &cidr,
-                ttl,
-                comment,
-                shadow,
-            )
-            .await
-        }
+        FirewallCommand::Allow(rule) => add_rule(RuleAction::Allow, rule).await,
+        FirewallCommand::Deny(rule) => add_rule(RuleAction::Deny, rule).await,
         FirewallCommand::Explain {
             address,
             json,
@@ -352,6 +318,19 @@ async fn run_firewall(command: FirewallCommand) -> anyhow::Result<()> {
             firewall::import(&admin.client(), action, &file, comment).await
         }
     }
+}
+
+async fn add_rule(action: crate::control::api::RuleAction, rule: RuleArgs) -> anyhow::Result<()> {
+    let client = rule.admin.client();
+    firewall::add(
+        &client,
+        action,
+        &rule.cidr,
+        rule.ttl,
+        rule.comment,
+        rule.shadow,
+    )
+    .await
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
