@@ -422,3 +422,52 @@ fn shadow_rules_count_then_promote_makes_them_drop() {
     lab.start("");
     assert_eq!(rules(&lab)["rules"][0]["shadow"], false);
 }
+
+#[test]
+fn rate_limits_set_at_run_time_apply_at_once_and_persist() {
+    let Some(mut lab) = Lab::new("ratelimit") else {
+        return;
+    };
+    lab.start("");
+    assert!(ok(&lab, &["firewall", "rate-limit", "show"]).contains("default (off)"));
+    let set = ok(
+        &lab,
+        &[
+            "firewall",
+            "rate-limit",
+            "set",
+            "--packets-per-second",
+            "1",
+            "--burst",
+            "3",
+        ],
+    );
+    assert!(
+        set.contains("default (operator): 1 packets/s (burst 3)"),
+        "{set}"
+    );
+    let receiver = lab.udp_receiver(SERVER_V4, 5000);
+    let arrived = lab.udp_exchange(&receiver, (DENIED_V4, 10), (ALLOWED_V4, 0));
+    assert_eq!(arrived, vec![ip(DENIED_V4); 3], "the burst, then drops");
+    assert_eq!(lab.count("dropped-rate-limited").0, 7);
+
+    let bad = fails(&lab, &["firewall", "rate-limit", "set", "--burst", "3"]);
+    assert!(
+        bad.contains("default.burst: needs packets_per_second as well"),
+        "{bad}"
+    );
+
+    lab.start("");
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&lab, &["firewall", "rate-limit", "show", "--json"])).unwrap();
+    assert_eq!(
+        shown["default_origin"], "operator",
+        "kept across a restart: {shown}"
+    );
+    assert_eq!(shown["default"]["burst"], 3);
+
+    assert!(ok(&lab, &["firewall", "rate-limit", "reset"]).contains("default (off)"));
+    let receiver = lab.udp_receiver(SERVER_V4, 5001);
+    let arrived = lab.udp_exchange(&receiver, (DENIED_V4, 10), (ALLOWED_V4, 0));
+    assert_eq!(arrived.len(), 10);
+}

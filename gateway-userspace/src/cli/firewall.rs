@@ -9,8 +9,8 @@ use crate::control::{
     Client,
     api::{
         Done, EXPLAIN_PATH, Explanation, IMPORT_PATH, ImportRequest, ImportResult, PROMOTE_PATH,
-        REMOVE_RULE_PATH, RULES_PATH, RemoveRuleRequest, RuleAction, RuleEntry, RuleList,
-        RuleRequest,
+        RATE_LIMITS_PATH, RATE_LIMITS_RESET_PATH, REMOVE_RULE_PATH, RULES_PATH, RateLimits,
+        RawLimits, RemoveRuleRequest, RuleAction, RuleEntry, RuleList, RuleRequest,
     },
 };
 
@@ -177,6 +177,54 @@ pub async fn explain(client: &Client, address: &str, json: bool) -> anyhow::Resu
             budget(rate.packets_available, rate.packet_burst, "packets"),
             budget(rate.syns_available, rate.syn_burst, "SYNs"),
             if rate.tracked { "" } else { " (not seen yet)" }
+        );
+    }
+    Ok(())
+}
+
+pub async fn show_rate_limits(client: &Client, json: bool) -> anyhow::Result<()> {
+    let limits: RateLimits = client.get(RATE_LIMITS_PATH).await?;
+    print_rate_limits(&limits, json)
+}
+
+/// `limits: None` goes back to the config's default limits.
+pub async fn set_rate_limits(client: &Client, limits: Option<RawLimits>) -> anyhow::Result<()> {
+    let limits: RateLimits = match limits {
+        Some(limits) => client.post(RATE_LIMITS_PATH, &limits).await?,
+        None => client.post(RATE_LIMITS_RESET_PATH, &()).await?,
+    };
+    print_rate_limits(&limits, false)
+}
+
+fn print_rate_limits(limits: &RateLimits, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(limits)?);
+        return Ok(());
+    }
+    let describe = |limits: &RawLimits| {
+        let pair = |rate: Option<u64>, burst: Option<u64>, unit: &str| match (rate, burst) {
+            (Some(rate), Some(burst)) => format!("{rate} {unit}/s (burst {burst})"),
+            (Some(rate), None) => format!("{rate} {unit}/s"),
+            _ => format!("unlimited {unit}"),
+        };
+        format!(
+            "{}, {}, {}",
+            pair(limits.packets_per_second, limits.burst, "packets"),
+            pair(limits.bytes_per_second, limits.burst_bytes, "bytes"),
+            pair(limits.syn_per_second, limits.syn_burst, "SYNs")
+        )
+    };
+    println!(
+        "default ({}): {}",
+        limits.default_origin,
+        describe(&limits.default)
+    );
+    for class in &limits.classes {
+        println!(
+            "class {} [{}]: {}",
+            class.name,
+            class.cidrs.join(", "),
+            describe(&class.limits)
         );
     }
     Ok(())

@@ -122,6 +122,9 @@ enum FirewallCommand {
     Allow(RuleArgs),
     /// Deny a source address or prefix.
     Deny(RuleArgs),
+    /// Show or change the per-source rate limits of the default class.
+    #[command(subcommand)]
+    RateLimit(RateLimitCommand),
     /// Make a shadow rule drop, in one atomic step.
     Promote {
         #[arg(value_name = "ADDRESS")]
@@ -164,6 +167,40 @@ enum FirewallCommand {
         /// Stored with each rule.
         #[arg(long)]
         comment: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RateLimitCommand {
+    /// The limits in force: the default class (from the config or set here) and the classes.
+    Show {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Replace the default class's limits (kept across restarts; limits left out are off).
+    Set {
+        #[arg(long, value_name = "N")]
+        packets_per_second: Option<u64>,
+        #[arg(long, value_name = "N")]
+        burst: Option<u64>,
+        #[arg(long, value_name = "N")]
+        bytes_per_second: Option<u64>,
+        #[arg(long, value_name = "N")]
+        burst_bytes: Option<u64>,
+        #[arg(long, value_name = "N")]
+        syn_per_second: Option<u64>,
+        #[arg(long, value_name = "N")]
+        syn_burst: Option<u64>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Go back to the config file's default limits.
+    Reset {
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -302,6 +339,31 @@ async fn run_firewall(command: FirewallCommand) -> anyhow::Result<()> {
             json,
             admin,
         } => firewall::explain(&admin.client(), &address, json).await,
+        FirewallCommand::RateLimit(RateLimitCommand::Show { json, admin }) => {
+            firewall::show_rate_limits(&admin.client(), json).await
+        }
+        FirewallCommand::RateLimit(RateLimitCommand::Set {
+            packets_per_second,
+            burst,
+            bytes_per_second,
+            burst_bytes,
+            syn_per_second,
+            syn_burst,
+            admin,
+        }) => {
+            let limits = crate::config::RawLimits {
+                packets_per_second,
+                burst,
+                bytes_per_second,
+                burst_bytes,
+                syn_per_second,
+                syn_burst,
+            };
+            firewall::set_rate_limits(&admin.client(), Some(limits)).await
+        }
+        FirewallCommand::RateLimit(RateLimitCommand::Reset { admin }) => {
+            firewall::set_rate_limits(&admin.client(), None).await
+        }
         FirewallCommand::Promote { cidr, admin } => firewall::promote(&admin.client(), &cidr).await,
         FirewallCommand::Remove { cidr, admin } => firewall::remove(&admin.client(), &cidr).await,
         FirewallCommand::List { json, admin } => firewall::list(&admin.client(), json).await,

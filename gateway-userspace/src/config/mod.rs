@@ -15,7 +15,7 @@ pub use proxy::{
     Balance, HeaderOps, HostMatch, HttpLimits, ListenerConfig, ListenerProtocol, PathMatch,
     ProxyConfig, RouteConfig, RouteMatch, TargetConfig, UpstreamConfig,
 };
-pub use rate_limit::{Limits, RateClassConfig, RateLimitConfig};
+pub use rate_limit::{Limits, RateClassConfig, RateLimitConfig, RawLimits};
 
 /// Where the CLI and the daemon meet when the config does not say otherwise.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/gateway/admin.sock";

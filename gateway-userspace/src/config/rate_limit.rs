@@ -46,15 +46,35 @@ pub(super) struct RawRateLimit {
     classes: Vec<RawClass>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// One class's limits as written in the config (and in the admin API). Absent: no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawLimits {
-    packets_per_second: Option<u64>,
-    burst: Option<u64>,
-    bytes_per_second: Option<u64>,
-    burst_bytes: Option<u64>,
-    syn_per_second: Option<u64>,
-    syn_burst: Option<u64>,
+pub struct RawLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets_per_second: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_second: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syn_per_second: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syn_burst: Option<u64>,
+}
+
+impl From<Limits> for RawLimits {
+    fn from(limits: Limits) -> RawLimits {
+        RawLimits {
+            packets_per_second: limits.packets.map(|(rate, _)| rate),
+            burst: limits.packets.map(|(_, burst)| burst),
+            bytes_per_second: limits.bytes.map(|(rate, _)| rate),
+            burst_bytes: limits.bytes.map(|(_, burst)| burst),
+            syn_per_second: limits.syns.map(|(rate, _)| rate),
+            syn_burst: limits.syns.map(|(_, burst)| burst),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +134,17 @@ impl RawRateLimit {
 }
 
 impl RawLimits {
+    /// Validates limits given at run time (admin API); problems name `key`'s fields.
+    pub fn validate(&self, key: &str) -> Result<Limits, Vec<super::Problem>> {
+        let mut problems = Problems::default();
+        let limits = self.compile(key, &mut problems);
+        if problems.0.is_empty() {
+            Ok(limits)
+        } else {
+            Err(problems.0)
+        }
+    }
+
     fn compile(&self, key: &str, problems: &mut Problems) -> Limits {
         let mut pair = |rate: Option<u64>, burst: Option<u64>, names: (&str, &str)| {
             match (rate, burst) {

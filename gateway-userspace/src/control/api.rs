@@ -194,3 +194,26 @@ pub struct RateState {
     /// False when the program has not seen the source (its bucket is full).
     pub tracked: bool,
 }
+
+/// `GET` shows the rate limits in force, `POST` replaces the default class's limits
+/// ([`RawLimits`], kept across restarts).
+pub const RATE_LIMITS_PATH: &str = "/v1/rate-limits";
+/// `POST` drops the operator's default limits: the config's apply again.
+pub const RATE_LIMITS_RESET_PATH: &str = "/v1/rate-limits/reset";
+
+pub use crate::config::RawLimits;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RateLimits {
+    /// "config", "operator" (set through the API), or "off".
+    pub default_origin: String,
+    pub default: RawLimits,
+    pub classes: Vec<RateClassView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RateClassView {
+    pub name: String,
+    pub cidrs: Vec<String>,
+    pub limits: RawLimits,
+}

@@ -234,6 +234,18 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
                 Err(failure) => Err(failure),
             }
         }
+        (&Method::GET, api::RATE_LIMITS_PATH) => Ok(json(&state.rate_limits())),
+        (&Method::POST, api::RATE_LIMITS_PATH) => {
+            match body::<api::RawLimits>(request, MAX_BODY).await {
+                Ok(limits) => state
+                    .set_rate_limits(Some(limits))
+                    .map(|limits| json(&limits)),
+                Err(failure) => Err(failure),
+            }
+        }
+        (&Method::POST, api::RATE_LIMITS_RESET_PATH) => {
+            state.set_rate_limits(None).map(|limits| json(&limits))
+        }
         (&Method::POST, api::IMPORT_PATH) => match body::<ImportRequest>(request, MAX_IMPORT).await
         {
             Ok(import) => state

@@ -17,8 +17,9 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::api::{
-    Ban, BanList, BanRequest, Explanation, ImportRequest, InterfaceStats, RateState, ReasonStats,
-    RuleEntry, RuleList, RuleRequest, SourceDrops, Stats, XdpStats,
+    Ban, BanList, BanRequest, Explanation, ImportRequest, InterfaceStats, RateClassView,
+    RateLimits, RateState, RawLimits, ReasonStats, RuleEntry, RuleList, RuleRequest, SourceDrops,
+    Stats, XdpStats,
 };
 use crate::{
     config::{Action, CidrRule, FirewallConfig, XdpConfig},
@@ -56,6 +57,9 @@ struct OperatorState {
     version: u32,
     rules: Vec<OperatorRule>,
     bans: Vec<OperatorBan>,
+    /// Default-class rate limits set through the admin API; replace the config's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rate_limit_default: Option<RawLimits>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -572,6 +576,48 @@ impl DaemonState {
         Ok(count)
     }
 
+    // ---- Rate limits ----
+
+    pub fn rate_limits(&self) -> RateLimits {
+        let inner = self.lock();
+        let effective = inner.effective();
+        let origin = match (&inner.operator.rate_limit_default, &effective.rate_limit) {
+            (Some(_), _) => "operator",
+            (None, Some(_)) => "config",
+            (None, None) => "off",
+        };
+        let rate = effective.rate_limit.unwrap_or_default();
+        RateLimits {
+            default_origin: origin.to_owned(),
+            default: rate.default.into(),
+            classes: rate
+                .classes
+                .into_iter()
+                .map(|class| RateClassView {
+                    name: class.name,
+                    cidrs: class.cidrs.iter().map(ToString::to_string).collect(),
+                    limits: class.limits.into(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Replaces the default class's limits (`None`: back to the config's).
+    pub fn set_rate_limits(&self, limits: Option<RawLimits>) -> ApiResult<RateLimits> {
+        if let Some(limits) = &limits {
+            limits.validate("default").map_err(|problems| {
+                let message: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                fail(StatusCode::BAD_REQUEST, message.join("; "))
+            })?;
+        }
+        self.lock().change(|state, _| {
+            state.rate_limit_default = limits.clone();
+            Ok(())
+        })?;
+        tracing::info!(?limits, "default rate limits changed");
+        Ok(self.rate_limits())
+    }
+
     // ---- Bans ----
 
     pub fn bans(&self) -> ApiResult<BanList> {
@@ -698,6 +744,18 @@ impl Inner {
     /// Config rules plus the operator's (a network in both keeps the config's).
     fn effective(&self) -> FirewallConfig {
         let mut firewall = self.firewall.clone();
+        // Validated when set; a state file edited by hand is checked again here.
+        if let Some(limits) = self
+            .operator
+            .rate_limit_default
+            .as_ref()
+            .and_then(|spec| spec.validate("rate_limit_default").ok())
+        {
+            firewall
+                .rate_limit
+                .get_or_insert_with(Default::default)
+                .default = limits;
+        }
         let configured: HashSet<IpNet> = firewall.rules.iter().map(|rule| rule.net).collect();
         firewall.rules.extend(
             self.operator
@@ -890,6 +948,10 @@ mod tests {
                 cidr: "2001:db8::/64".parse().unwrap(),
                 expires_at: None,
             }],
+            rate_limit_default: Some(RawLimits {
+                packets_per_second: Some(10),
+                ..RawLimits::default()
+            }),
         };
         save_state(&path, &state).unwrap();
         assert_eq!(load_state(&path).unwrap(), state);
