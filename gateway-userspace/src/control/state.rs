@@ -685,7 +685,14 @@ impl DaemonState {
     /// removed from the maps here.
     pub fn sweep(&self) {
         let mut inner = self.lock();
-        if let Some(xdp) = inner.xdp.as_mut() {
+        let now = unix_now();
+        // Every ban is in the operator state: look at the kernel only when one has expired.
+        let bans_expired = inner
+            .operator
+            .bans
+            .iter()
+            .any(|ban| is_expired(ban.expires_at, now));
+        if let (true, Some(xdp)) = (bans_expired, inner.xdp.as_mut()) {
             match xdp.sweep_expired_bans() {
                 Ok(expired) => expired
                     .iter()
@@ -693,7 +700,6 @@ impl DaemonState {
                 Err(error) => tracing::warn!(%error, "sweeping expired bans failed"),
             }
         }
-        let now = unix_now();
         let expired = |state: &OperatorState| {
             state
                 .rules
@@ -832,8 +838,12 @@ impl Inner {
                 self.state_file.display()
             ))
         })?;
+        // Bans live in their own maps: only rule and limit changes need the rules rewritten.
+        let rules_changed = next.rules != self.operator.rules
+            || next.rate_limit_default != self.operator.rate_limit_default;
         let previous = std::mem::replace(&mut self.operator, next);
-        if let Err(failure) = self.apply() {
+        let applied = if rules_changed { self.apply() } else { Ok(()) };
+        if let Err(failure) = applied {
             self.operator = previous;
             let _ = save_state(&self.state_file, &self.operator);
             return Err(failure);
