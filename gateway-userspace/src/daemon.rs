@@ -159,6 +159,9 @@ fn reload(
             ));
         }
     };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     if config.xdp.mode != running.xdp.mode || config.xdp.interfaces != running.xdp.interfaces {
         tracing::warn!("xdp.mode and xdp.interfaces changes take effect at the next restart");
     }

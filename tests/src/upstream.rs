@@ -5,7 +5,9 @@
 //! (repeated header fields are joined with ", "). It counts hits, and can be told to delay
 //! or to answer with another status, for every request ([`Upstream::set_delay`],
 //! [`Upstream::set_status`]) or per request with the `x-upstream-delay-ms` and
-//! `x-upstream-status` request headers. It runs on its own thread and stops when dropped.
+//! `x-upstream-status` request headers, or per path ([`Upstream::set_status_on`], e.g. a
+//! failing `/healthz`; [`Upstream::hits_on`] counts one path's requests). It runs on its own
+//! thread and stops when dropped.
 
 use std::{
     collections::BTreeMap,
@@ -41,12 +43,20 @@ struct State {
     hits: AtomicUsize,
     status: Mutex<u16>,
     delay: Mutex<Duration>,
+    /// Per path (without the query): a status that overrides `status`, and hits.
+    path_status: Mutex<BTreeMap<String, u16>>,
+    path_hits: Mutex<BTreeMap<String, usize>>,
 }
 
 impl Upstream {
     /// Starts an upstream called `name` (echoed in every response as `"upstream"`).
     pub fn start(name: &str) -> Upstream {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding an upstream");
+        Self::start_at(name, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Like [`Upstream::start`], on a given address (e.g. a port a test kept free).
+    pub fn start_at(name: &str, address: SocketAddr) -> Upstream {
+        let listener = std::net::TcpListener::bind(address).expect("binding an upstream");
         listener
             .set_nonblocking(true)
             .expect("a non-blocking listener");
@@ -56,6 +66,8 @@ impl Upstream {
             hits: AtomicUsize::new(0),
             status: Mutex::new(200),
             delay: Mutex::new(Duration::ZERO),
+            path_status: Mutex::new(BTreeMap::new()),
+            path_hits: Mutex::new(BTreeMap::new()),
         });
         let (stop, stopped) = oneshot::channel();
         let thread = {
@@ -91,6 +103,18 @@ impl Upstream {
     /// Status for every following response (200 to start with).
     pub fn set_status(&self, status: u16) {
         *self.state.status.lock().unwrap() = status;
+    }
+
+    /// Requests for `path` (without the query) so far.
+    pub fn hits_on(&self, path: &str) -> usize {
+        let hits = self.state.path_hits.lock().unwrap();
+        hits.get(path).copied().unwrap_or(0)
+    }
+
+    /// Status for every following response to `path` (e.g. a health check's).
+    pub fn set_status_on(&self, path: &str, status: u16) {
+        let mut statuses = self.state.path_status.lock().unwrap();
+        statuses.insert(path.to_owned(), status);
     }
 
     /// Delay before every following response (none to start with).
@@ -152,8 +176,19 @@ async fn answer(
         .map(Duration::from_millis)
         .unwrap_or(*state.delay.lock().unwrap())
         .min(MAX_DELAY);
+    let path_status = {
+        let path = req.uri().path().to_owned();
+        *state
+            .path_hits
+            .lock()
+            .unwrap()
+            .entry(path.clone())
+            .or_insert(0) += 1;
+        state.path_status.lock().unwrap().get(&path).copied()
+    };
     let status = header_number("x-upstream-status")
         .and_then(|status| u16::try_from(status).ok())
+        .or(path_status)
         .unwrap_or(*state.status.lock().unwrap());
 
     let mut headers: BTreeMap<String, String> = BTreeMap::new();

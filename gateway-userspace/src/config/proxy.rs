@@ -3,7 +3,9 @@
 //! Routes compile into one list in precedence order (most specific first), so the proxy takes
 //! the first route that matches; routes that can never match are reported as warnings.
 
-use std::{cmp::Ordering, collections::HashMap, net::SocketAddr, time::Duration};
+use std::{
+    cmp::Ordering, collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration,
+};
 
 use hyper::{
     Method,
@@ -31,15 +33,19 @@ pub struct ListenerConfig {
     pub name: String,
     pub address: SocketAddr,
     pub protocol: ListenerProtocol,
+    /// Certificates of an `https` listener (`None` for `http`).
+    pub tls: Option<TlsConfig>,
 }
 
-/// What a listener speaks. HTTPS (with its certificates) becomes a second variant.
+/// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ListenerProtocol {
     /// HTTP/1.1, and HTTP/2 with prior knowledge (h2c).
     #[default]
     Http,
+    /// TLS 1.2/1.3 with the listener's `tls` certificates; HTTP/2 or HTTP/1.1 by ALPN.
+    Https,
 }
 
 impl ListenerProtocol {
@@ -47,7 +53,47 @@ impl ListenerProtocol {
     pub fn scheme(self) -> &'static str {
         match self {
             ListenerProtocol::Http => "http",
+            ListenerProtocol::Https => "https",
         }
+    }
+}
+
+/// An `https` listener's certificates, loaded and checked when the config is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub certificates: Vec<TlsCertificate>,
+    /// Index into `certificates`: served without SNI or for a name no certificate lists.
+    pub default: usize,
+}
+
+#[derive(Clone)]
+pub struct TlsCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// SNI names served with it: exact, or `*.example.com` (one label, as in certificates).
+    pub names: Vec<HostMatch>,
+    /// The chain (leaf first) and its private key, checked to match.
+    pub certified: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl PartialEq for TlsCertificate {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert == other.cert
+            && self.key == other.key
+            && self.names == other.names
+            && self.certified.cert == other.certified.cert
+    }
+}
+
+impl Eq for TlsCertificate {}
+
+impl std::fmt::Debug for TlsCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsCertificate")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("names", &self.names)
+            .finish_non_exhaustive()
     }
 }
 
@@ -60,6 +106,8 @@ pub struct HttpLimits {
     pub max_body_bytes: u64,
     /// Time to receive a complete request head; the connection is closed after it.
     pub header_read_timeout: Duration,
+    /// Time for a TLS client to complete its handshake; the connection is closed after it.
+    pub tls_handshake_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
     /// Client connections open at once; more are closed as soon as they are accepted.
@@ -76,6 +124,7 @@ impl Default for HttpLimits {
             max_header_bytes: 64 * 1024,
             max_body_bytes: 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_http2_streams: 100,
@@ -94,6 +143,39 @@ pub struct UpstreamConfig {
     pub request_timeout: Duration,
     /// Pooled keep-alive connections unused this long are closed.
     pub idle_timeout: Duration,
+    /// For `balance = "consistent-hash"`: hash this request header (client IP when absent).
+    pub hash_header: Option<HeaderName>,
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive ejection: this many failures in a row (connect errors, 5xx) take a target out
+    /// for `ejection_time`; 0 turns it off.
+    pub consecutive_failures: u32,
+    pub ejection_time: Duration,
+    pub retry: Option<RetryConfig>,
+}
+
+/// Active health checks: `GET path` on every target each `interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Successes in a row that bring an unhealthy target back.
+    pub healthy_threshold: u32,
+    /// Failures in a row that take a healthy target out.
+    pub unhealthy_threshold: u32,
+}
+
+/// Retries of idempotent, bodiless requests on another target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Retries after the first try, at most.
+    pub attempts: u32,
+    /// Response statuses that are retried (connect failures always are).
+    pub on_status: Vec<u16>,
+    /// Retries may add at most this percentage to the requests of the last 10 seconds...
+    pub budget_percent: u32,
+    /// ...plus this many retries per second.
+    pub budget_min_per_second: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,14 +186,19 @@ pub struct TargetConfig {
     pub weight: u32,
 }
 
-/// How an upstream picks a target. Least-outstanding, P2C-EWMA and consistent hashing
-/// become further variants.
+/// How an upstream picks a target (see proxy/balance.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Balance {
     /// Smooth weighted round robin (as nginx does it).
     #[default]
     RoundRobin,
+    /// The target with the fewest requests in flight (relative to its weight).
+    LeastOutstanding,
+    /// Power of two random choices, scored by EWMA latency x (requests in flight + 1).
+    P2cEwma,
+    /// A hash ring over the client IP or `hash_header`.
+    ConsistentHash,
 }
 
 #[derive(Debug, Clone)]
@@ -186,6 +273,25 @@ pub(super) struct RawListener {
     address: String,
     #[serde(default)]
     protocol: ListenerProtocol,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    #[serde(default)]
+    certificates: Vec<RawCertificate>,
+    /// A name listed by one of the certificates; without it, the first certificate.
+    default: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    names: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,6 +300,7 @@ pub(super) struct RawLimits {
     max_header_bytes: Option<Size>,
     max_body_bytes: Option<Size>,
     header_read_timeout: Option<String>,
+    tls_handshake_timeout: Option<String>,
     idle_timeout: Option<String>,
     max_connections: Option<u32>,
     max_http2_streams: Option<u32>,
@@ -219,6 +326,62 @@ pub(super) struct RawUpstream {
     connect_timeout: Option<String>,
     request_timeout: Option<String>,
     idle_timeout: Option<String>,
+    hash_header: Option<String>,
+    health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    consecutive_failures: u32,
+    ejection_time: Option<String>,
+    retry: Option<RawRetry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    #[serde(default = "default_health_path")]
+    path: String,
+    interval: Option<String>,
+    timeout: Option<String>,
+    #[serde(default = "default_healthy_threshold")]
+    healthy_threshold: u32,
+    #[serde(default = "default_unhealthy_threshold")]
+    unhealthy_threshold: u32,
+}
+
+fn default_health_path() -> String {
+    "/healthz".into()
+}
+
+fn default_healthy_threshold() -> u32 {
+    2
+}
+
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    #[serde(default = "default_retry_attempts")]
+    attempts: u32,
+    #[serde(default)]
+    on_status: Vec<u16>,
+    #[serde(default = "default_budget_percent")]
+    budget_percent: u32,
+    #[serde(default = "default_budget_min_per_second")]
+    budget_min_per_second: u32,
+}
+
+fn default_retry_attempts() -> u32 {
+    1
+}
+
+fn default_budget_percent() -> u32 {
+    20
+}
+
+fn default_budget_min_per_second() -> u32 {
+    3
 }
 
 #[derive(Debug, Deserialize)]
@@ -292,7 +455,7 @@ impl RawProxy {
         problems: &mut Problems,
         warnings: &mut Vec<String>,
     ) -> ProxyConfig {
-        let listeners = compile_listeners(self.listeners, problems);
+        let listeners = compile_listeners(self.listeners, problems, warnings);
         let limits = self.limits.compile(problems);
         let upstreams = compile_upstreams(self.upstreams, problems, warnings);
         let mut routes = compile_routes(self.routes, &upstreams, problems);
@@ -311,7 +474,11 @@ impl RawProxy {
     }
 }
 
-fn compile_listeners(raw: Vec<RawListener>, problems: &mut Problems) -> Vec<ListenerConfig> {
+fn compile_listeners(
+    raw: Vec<RawListener>,
+    problems: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> Vec<ListenerConfig> {
     let mut listeners: Vec<ListenerConfig> = Vec::new();
     for (index, listener) in raw.into_iter().enumerate() {
         let key = format!("listeners[{index}]");
@@ -338,13 +505,139 @@ fn compile_listeners(raw: Vec<RawListener>, problems: &mut Problems) -> Vec<List
                 format!("{address} is also the address of listener {:?}", other.name),
             );
         }
+        let tls = match (listener.protocol, listener.tls) {
+            (ListenerProtocol::Https, Some(tls)) => {
+                compile_tls(tls, &format!("{key}.tls"), problems, warnings)
+            }
+            (ListenerProtocol::Https, None) => {
+                problems.add(
+                    format!("{key}.tls"),
+                    "protocol = \"https\" needs tls = { certificates = [{ cert = \"...\", key = \"...\" }] }",
+                );
+                None
+            }
+            (ListenerProtocol::Http, Some(_)) => {
+                problems.add(format!("{key}.tls"), "only used with protocol = \"https\"");
+                None
+            }
+            (ListenerProtocol::Http, None) => None,
+        };
         listeners.push(ListenerConfig {
             name: listener.name,
             address,
             protocol: listener.protocol,
+            tls,
         });
     }
     listeners
+}
+
+/// Loads every certificate and key (each problem names the key and the file), checks the
+/// SNI names, and picks the default certificate.
+fn compile_tls(
+    raw: RawTls,
+    key: &str,
+    problems: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> Option<TlsConfig> {
+    if raw.certificates.is_empty() {
+        problems.add(
+            format!("{key}.certificates"),
+            "needs at least one { cert = \"chain.pem\", key = \"key.pem\" }",
+        );
+        return None;
+    }
+    let mut certificates: Vec<TlsCertificate> = Vec::new();
+    let mut complete = true;
+    for (index, certificate) in raw.certificates.into_iter().enumerate() {
+        let entry = format!("{key}.certificates[{index}]");
+        let mut names = Vec::new();
+        for (at, name) in certificate.names.iter().enumerate() {
+            let name_key = format!("{entry}.names[{at}]");
+            let host = compile_host(name, &name_key, problems);
+            let earlier = certificates
+                .iter()
+                .position(|other| other.names.contains(&host))
+                .map(|other| format!("{key}.certificates[{other}]"))
+                .or_else(|| names.contains(&host).then(|| entry.clone()));
+            if let Some(earlier) = earlier {
+                problems.add(name_key, format!("{name:?} is also a name of {earlier}"));
+            }
+            names.push(host);
+        }
+        match crate::proxy::tls::load(&certificate.cert, &certificate.key) {
+            Ok(loaded) => {
+                if let Some(problem) = loaded
+                    .validity
+                    .as_ref()
+                    .and_then(|validity| validity.problem())
+                {
+                    warnings.push(format!(
+                        "{entry}.cert: the certificate in {} {problem}",
+                        certificate.cert.display()
+                    ));
+                }
+                for (at, (name, host)) in certificate.names.iter().zip(&names).enumerate() {
+                    if !loaded.covers(host) {
+                        warnings.push(format!(
+                            "{entry}.names[{at}]: the certificate in {} is not valid for {name:?} \
+                             (see its subject alternative names): clients will refuse it",
+                            certificate.cert.display()
+                        ));
+                    }
+                }
+                certificates.push(TlsCertificate {
+                    cert: certificate.cert,
+                    key: certificate.key,
+                    names,
+                    certified: loaded.key,
+                });
+            }
+            Err(crate::proxy::tls::LoadError::Cert(reason)) => {
+                problems.add(format!("{entry}.cert"), reason);
+                complete = false;
+            }
+            Err(crate::proxy::tls::LoadError::Key(reason)) => {
+                problems.add(format!("{entry}.key"), reason);
+                complete = false;
+            }
+        }
+    }
+    if !complete {
+        return None;
+    }
+    let default = match raw.default {
+        None => 0,
+        Some(name) => {
+            let wanted = name.to_ascii_lowercase();
+            let found = certificates.iter().position(|certificate| {
+                certificate.names.iter().any(|host| match host {
+                    HostMatch::Exact(exact) => *exact == wanted,
+                    HostMatch::Suffix(suffix) => wanted.strip_prefix('*') == Some(suffix),
+                    HostMatch::Any => false,
+                })
+            });
+            let Some(found) = found else {
+                problems.add(
+                    format!("{key}.default"),
+                    format!("{name:?} is not among the certificates' names"),
+                );
+                return None;
+            };
+            found
+        }
+    };
+    for (index, certificate) in certificates.iter().enumerate() {
+        if index != default && certificate.names.is_empty() {
+            warnings.push(format!(
+                "{key}.certificates[{index}]: no names and not the default: it is never served"
+            ));
+        }
+    }
+    Some(TlsConfig {
+        certificates,
+        default,
+    })
 }
 
 impl RawLimits {
@@ -368,6 +661,12 @@ impl RawLimits {
                 problems,
             )
             .unwrap_or(defaults.header_read_timeout),
+            tls_handshake_timeout: duration(
+                self.tls_handshake_timeout,
+                "limits.tls_handshake_timeout",
+                problems,
+            )
+            .unwrap_or(defaults.tls_handshake_timeout),
             idle_timeout: duration(self.idle_timeout, "limits.idle_timeout", problems)
                 .unwrap_or(defaults.idle_timeout),
             max_connections: self.max_connections.unwrap_or(defaults.max_connections),
@@ -449,13 +748,117 @@ fn compile_upstreams(
             duration(value, &format!("{key}.{name}"), problems)
                 .unwrap_or(Duration::from_secs(default))
         };
+        let hash_header = match upstream.hash_header {
+            None => None,
+            Some(name) => {
+                if upstream.balance != Balance::ConsistentHash {
+                    problems.add(
+                        format!("{key}.hash_header"),
+                        "only used with balance = \"consistent-hash\"",
+                    );
+                }
+                match HeaderName::from_bytes(name.as_bytes()) {
+                    Ok(header) => Some(header),
+                    Err(_) => {
+                        problems.add(
+                            format!("{key}.hash_header"),
+                            format!("{name:?} is not a header name"),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let health_check = upstream.health_check.map(|raw| {
+            let check_key = format!("{key}.health_check");
+            if !raw.path.starts_with('/')
+                || raw.path.parse::<hyper::http::uri::PathAndQuery>().is_err()
+            {
+                problems.add(
+                    format!("{check_key}.path"),
+                    format!("{:?} is not a path (e.g. \"/healthz\")", raw.path),
+                );
+            }
+            for (name, value) in [
+                ("healthy_threshold", raw.healthy_threshold),
+                ("unhealthy_threshold", raw.unhealthy_threshold),
+            ] {
+                if !(1..=100).contains(&value) {
+                    problems.add(
+                        format!("{check_key}.{name}"),
+                        format!("{value} is out of range 1..=100"),
+                    );
+                }
+            }
+            let interval = timeout(raw.interval, "health_check.interval", 5, problems);
+            let check_timeout = timeout(raw.timeout, "health_check.timeout", 2, problems);
+            if check_timeout > interval {
+                problems.add(
+                    format!("{check_key}.timeout"),
+                    format!("{check_timeout:?} is longer than the interval ({interval:?})"),
+                );
+            }
+            HealthCheckConfig {
+                path: raw.path,
+                interval,
+                timeout: check_timeout,
+                healthy_threshold: raw.healthy_threshold,
+                unhealthy_threshold: raw.unhealthy_threshold,
+            }
+        });
+        if upstream.consecutive_failures > 1000 {
+            problems.add(
+                format!("{key}.consecutive_failures"),
+                format!("{} is out of range 0..=1000", upstream.consecutive_failures),
+            );
+        }
+        if upstream.ejection_time.is_some() && upstream.consecutive_failures == 0 {
+            problems.add(
+                format!("{key}.ejection_time"),
+                "only used with consecutive_failures above 0",
+            );
+        }
+        let retry = upstream.retry.map(|raw| {
+            let retry_key = format!("{key}.retry");
+            if raw.attempts > 10 {
+                problems.add(
+                    format!("{retry_key}.attempts"),
+                    format!("{} is out of range 0..=10", raw.attempts),
+                );
+            }
+            for (at, status) in raw.on_status.iter().enumerate() {
+                if !(500..=599).contains(status) {
+                    problems.add(
+                        format!("{retry_key}.on_status[{at}]"),
+                        format!("{status} is not a 5xx status"),
+                    );
+                }
+            }
+            if raw.budget_percent > 100 {
+                problems.add(
+                    format!("{retry_key}.budget_percent"),
+                    format!("{} is out of range 0..=100", raw.budget_percent),
+                );
+            }
+            RetryConfig {
+                attempts: raw.attempts,
+                on_status: raw.on_status,
+                budget_percent: raw.budget_percent,
+                budget_min_per_second: raw.budget_min_per_second,
+            }
+        });
         upstreams.push(UpstreamConfig {
             connect_timeout: timeout(upstream.connect_timeout, "connect_timeout", 5, problems),
             request_timeout: timeout(upstream.request_timeout, "request_timeout", 30, problems),
             idle_timeout: timeout(upstream.idle_timeout, "idle_timeout", 90, problems),
+            ejection_time: timeout(upstream.ejection_time, "ejection_time", 10, problems),
             name: upstream.name,
             targets,
             balance: upstream.balance,
+            hash_header,
+            health_check,
+            consecutive_failures: upstream.consecutive_failures,
+            retry,
         });
     }
     upstreams
@@ -847,6 +1250,55 @@ mod tests {
         "[[upstreams]]\nname = \"u\"\ntargets = [{ address = \"127.0.0.1:9000\" }]\n";
 
     #[test]
+    fn balancing_health_and_retry_keys() {
+        let config = parse(
+            "[[upstreams]]\nname = \"u\"\ntargets = [{ address = \"127.0.0.1:9000\" }]\n\
+             balance = \"consistent-hash\"\nhash_header = \"X-User\"\n\
+             health_check = { path = \"/up\", interval = \"2s\", timeout = \"1s\" }\n\
+             consecutive_failures = 3\nejection_time = \"5s\"\n\
+             retry = { attempts = 2, on_status = [502, 503] }\n",
+        );
+        let upstream = &config.proxy.upstreams[0];
+        assert_eq!(upstream.balance, super::Balance::ConsistentHash);
+        assert_eq!(upstream.hash_header.as_ref().unwrap(), "x-user");
+        let check = upstream.health_check.as_ref().unwrap();
+        assert_eq!((check.healthy_threshold, check.unhealthy_threshold), (2, 3));
+        assert_eq!(check.interval.as_secs(), 2);
+        assert_eq!(upstream.consecutive_failures, 3);
+        assert_eq!(upstream.ejection_time.as_secs(), 5);
+        let retry = upstream.retry.as_ref().unwrap();
+        assert_eq!((retry.attempts, retry.budget_percent), (2, 20));
+        assert_eq!(retry.on_status, [502, 503]);
+        let defaults = parse(UPSTREAM);
+        let upstream = &defaults.proxy.upstreams[0];
+        assert!(upstream.health_check.is_none() && upstream.retry.is_none());
+        assert_eq!(upstream.consecutive_failures, 0);
+
+        let found = problems(
+            "[[upstreams]]\nname = \"u\"\ntargets = [{ address = \"127.0.0.1:9000\" }]\n\
+             hash_header = \"bad name\"\nejection_time = \"1s\"\n\
+             health_check = { path = \"up\", interval = \"1s\", timeout = \"2s\", healthy_threshold = 0 }\n\
+             retry = { attempts = 11, on_status = [404], budget_percent = 101 }\n",
+        );
+        for prefix in [
+            "upstreams[0].hash_header: only used with balance = \"consistent-hash\"",
+            "upstreams[0].hash_header: \"bad name\" is not a header name",
+            "upstreams[0].ejection_time: only used with consecutive_failures above 0",
+            "upstreams[0].health_check.path: \"up\" is not a path",
+            "upstreams[0].health_check.healthy_threshold: 0 is out of range",
+            "upstreams[0].health_check.timeout: 2s is longer than the interval",
+            "upstreams[0].retry.attempts: 11 is out of range",
+            "upstreams[0].retry.on_status[0]: 404 is not a 5xx status",
+            "upstreams[0].retry.budget_percent: 101 is out of range",
+        ] {
+            assert!(
+                found.iter().any(|p| p.starts_with(prefix)),
+                "{prefix}\nnot in {found:#?}"
+            );
+        }
+    }
+
+    #[test]
     fn limits_default_and_accept_human_units() {
         let config = parse("");
         assert_eq!(config.proxy.limits.max_header_bytes, 64 * 1024);
@@ -981,5 +1433,49 @@ mod tests {
         assert_eq!(routes[0].rewrite_prefix.as_deref(), Some(""));
         assert_eq!(routes[1].rewrite_prefix.as_deref(), Some("/api/v2"));
         assert_eq!(routes[2].matcher.headers[0].0.as_str(), "accept-version");
+    }
+
+    #[test]
+    fn tls_listener_problems_name_the_key_and_the_file() {
+        let found = problems(
+            "[limits]\ntls_handshake_timeout = \"0s\"\n\
+             [[listeners]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nprotocol = \"https\"\n\
+             [[listeners]]\nname = \"b\"\naddress = \"127.0.0.1:2\"\n\
+             tls = { certificates = [] }\n\
+             [[listeners]]\nname = \"c\"\naddress = \"127.0.0.1:3\"\nprotocol = \"https\"\n\
+             tls = { certificates = [] }\n\
+             [[listeners]]\nname = \"d\"\naddress = \"127.0.0.1:4\"\nprotocol = \"https\"\n\
+             tls = { default = \"x.test\", certificates = [{ cert = \"/nonexistent/d.pem\", \
+             key = \"/nonexistent/d.key\", names = [\"bad name\", \"*.ok.test\", \"*.ok.test\"] }] }\n",
+        );
+        for prefix in [
+            "limits.tls_handshake_timeout: must be longer than 0s",
+            "listeners[0].tls: protocol = \"https\" needs tls",
+            "listeners[1].tls: only used with protocol = \"https\"",
+            "listeners[2].tls.certificates: needs at least one",
+            "listeners[3].tls.certificates[0].names[0]: \"bad name\" is not a host name",
+            "listeners[3].tls.certificates[0].names[2]: \"*.ok.test\" is also a name of listeners[3].tls.certificates[0]",
+            "listeners[3].tls.certificates[0].cert: cannot read /nonexistent/d.pem",
+        ] {
+            assert!(
+                found.iter().any(|p| p.starts_with(prefix)),
+                "{prefix}\nnot in {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_tls_keys_are_errors() {
+        let text = format!(
+            "{BASE}[[listeners]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nprotocol = \"https\"\n\
+             tls = {{ certificates = [{{ cert = \"c\", key = \"k\", name = \"x\" }}] }}\n"
+        );
+        let Err(ParseError::Syntax(error)) = Config::parse(&text) else {
+            panic!("expected a syntax error");
+        };
+        assert!(
+            error.to_string().contains("unknown field `name`"),
+            "{error}"
+        );
     }
 }

@@ -1,7 +1,15 @@
 //! The `forward` stage: send the request to the chosen target over a pooled keep-alive
-//! client, within the upstream's timeouts, and hand back its response.
+//! client, within the upstream's timeouts, and hand back its response; retries (within a
+//! budget) on another target, and feeds target health (health.rs) with each outcome.
 
-use hyper::{Request, Response, Uri, Version, http::uri::Scheme};
+use std::{sync::Mutex, time::Instant};
+
+use http_body_util::BodyExt as _;
+use hyper::{
+    Method, Request, Response, Uri, Version,
+    body::Body as _,
+    http::uri::{PathAndQuery, Scheme},
+};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
@@ -10,10 +18,11 @@ use hyper_util::{
 use crate::config::UpstreamConfig;
 
 use super::{
-    RequestContext,
-    body::{ProxyBody, boxed},
+    RequestContext, balance,
+    body::{ProxyBody, boxed, empty},
     error::{ErrorKind, ProxyError},
     limits::is_body_limit,
+    snapshot::Upstream,
 };
 
 /// One pool per upstream, so each has its own timeouts.
@@ -29,13 +38,90 @@ pub fn client(config: &UpstreamConfig) -> UpstreamClient {
         .build(connector)
 }
 
+/// Sends the request to `ctx.target`; for an upstream with `retry`, an idempotent bodiless
+/// request (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) that could not connect, timed out
+/// connecting, or got one of the `on_status` statuses is sent again to a target it has not
+/// tried, up to `attempts` more times and within the upstream's [`RetryBudget`]. Requests
+/// with a body are never retried (it is streamed, not buffered); POST and PATCH never are.
 pub async fn forward(
-    ctx: &RequestContext,
+    ctx: &mut RequestContext,
+    req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let snapshot = ctx.snapshot.clone();
+    let upstream = &snapshot.upstreams[ctx.route().upstream];
+    let path = ctx.upstream_path.clone().expect("route ran before forward");
+    let retry = upstream.config.retry.as_ref().filter(|retry| {
+        retry.attempts > 0 && is_idempotent(req.method()) && req.body().is_end_stream()
+    });
+    let Some(retry) = retry else {
+        let target = ctx.target.expect("balance ran before forward");
+        return attempt(upstream, target, path, req).await;
+    };
+    upstream.retry_budget.record_request();
+    // What a retry resends: the body is empty, so method, headers and version are all.
+    let (method, headers) = (req.method().clone(), req.headers().clone());
+    let key = balance::request_key(upstream, ctx.connection.client.ip(), &headers);
+    let mut tried = Vec::new();
+    let mut next = Some(req);
+    loop {
+        let target = ctx.target.expect("balance ran before forward");
+        tried.push(target);
+        let req = next.take().unwrap_or_else(|| {
+            let mut req = Request::new(empty());
+            *req.method_mut() = method.clone();
+            *req.headers_mut() = headers.clone();
+            req
+        });
+        let result = attempt(upstream, target, path.clone(), req).await;
+        let failed = match &result {
+            Ok(response) => retry.on_status.contains(&response.status().as_u16()),
+            Err(error) => error.retry_allowed(),
+        };
+        if !failed || tried.len() > retry.attempts as usize {
+            return result;
+        }
+        let Some(other) = balance::choose(upstream, key, &tried) else {
+            return result;
+        };
+        if !upstream.retry_budget.try_retry() {
+            tracing::debug!(
+                upstream = upstream.config.name,
+                "retry budget spent: not retrying"
+            );
+            return result;
+        }
+        tracing::debug!(
+            upstream = upstream.config.name,
+            from = upstream.config.targets[target].address,
+            to = upstream.config.targets[other].address,
+            "retrying on another target"
+        );
+        ctx.target = Some(other);
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+        Method::TRACE,
+    ]
+    .contains(method)
+}
+
+/// One try on one target: counts it in flight, times it, and records the outcome for
+/// passive ejection (connect errors, timeouts and 5xx are failures).
+async fn attempt(
+    upstream: &Upstream,
+    index: usize,
+    path: PathAndQuery,
     mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let upstream = ctx.upstream();
-    let target = &upstream.config.targets[ctx.target.expect("balance ran before forward")];
-    let path = ctx.upstream_path.clone().expect("route ran before forward");
+    let target = &upstream.config.targets[index];
+    let state = &upstream.targets[index];
     *req.uri_mut() = Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(target.address.as_str())
@@ -47,7 +133,9 @@ pub async fn forward(
 
     let timeout = upstream.config.request_timeout;
     let describe = |what: &str| format!("{what} {} ({})", target.address, upstream.config.name);
-    match tokio::time::timeout(timeout, upstream.client.request(req)).await {
+    let started = Instant::now();
+    let in_flight = state.begin();
+    let result = match tokio::time::timeout(timeout, upstream.client.request(req)).await {
         Err(_elapsed) => Err(ProxyError {
             sent: true,
             ..ProxyError::new(
@@ -58,9 +146,104 @@ pub async fn forward(
         Ok(Ok(mut response)) => {
             // The client gets its own protocol version back, not the upstream's.
             *response.version_mut() = Version::HTTP_11;
-            Ok(response.map(boxed))
+            // In flight until the body is streamed (or dropped): the guard lives in it.
+            Ok(response.map(|body| {
+                boxed(body.map_frame(move |frame| {
+                    let _ = &in_flight;
+                    frame
+                }))
+            }))
         }
         Ok(Err(error)) => Err(classify(&error, describe)),
+    };
+    let success = match &result {
+        Ok(response) => {
+            state.observe_latency(started.elapsed());
+            !response.status().is_server_error()
+        }
+        // The client's fault, not the target's.
+        Err(error) if error.kind == ErrorKind::BodyTooLarge => return result,
+        Err(_) => {
+            // A failure counts as slow as the connect timeout, for P2C-EWMA.
+            state.observe_latency(started.elapsed().max(upstream.config.connect_timeout));
+            false
+        }
+    };
+    if state.record(success, &upstream.config) {
+        tracing::warn!(
+            upstream = upstream.config.name,
+            target = target.address,
+            "target ejected for {:?} after {} failures in a row",
+            upstream.config.ejection_time,
+            upstream.config.consecutive_failures
+        );
+    }
+    result
+}
+
+/// Caps retries at `percent` of the requests of the last [`RetryBudget::WINDOW`] seconds,
+/// plus `min_per_second` retries per second of the window (so a quiet upstream can still
+/// retry). Like Finagle's and Envoy's retry budgets: retries cannot multiply load.
+#[derive(Debug)]
+pub struct RetryBudget {
+    percent: u64,
+    min_per_second: u64,
+    /// Per second: (second since `origin`, requests, retries); the slot is the second
+    /// modulo the window.
+    slots: Mutex<[(u64, u64, u64); RetryBudget::WINDOW as usize]>,
+    origin: Instant,
+}
+
+impl RetryBudget {
+    pub const WINDOW: u64 = 10;
+
+    pub fn new(percent: u32, min_per_second: u32) -> RetryBudget {
+        RetryBudget {
+            percent: u64::from(percent),
+            min_per_second: u64::from(min_per_second),
+            slots: Mutex::new([(u64::MAX, 0, 0); Self::WINDOW as usize]),
+            origin: Instant::now(),
+        }
+    }
+
+    /// Counts one first try of a retryable request.
+    pub fn record_request(&self) {
+        let now = self.origin.elapsed().as_secs();
+        Self::slot(&mut *self.lock(), now).1 += 1;
+    }
+
+    /// Takes one retry from the budget, or says there is none left.
+    pub fn try_retry(&self) -> bool {
+        let now = self.origin.elapsed().as_secs();
+        let mut slots = self.lock();
+        let (mut requests, mut retries) = (0, 0);
+        for &(second, slot_requests, slot_retries) in slots.iter() {
+            if second != u64::MAX && now.saturating_sub(second) < Self::WINDOW {
+                requests += slot_requests;
+                retries += slot_retries;
+            }
+        }
+        let allowed = self.min_per_second * Self::WINDOW + requests * self.percent / 100;
+        if retries >= allowed {
+            return false;
+        }
+        Self::slot(&mut *slots, now).2 += 1;
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, [(u64, u64, u64); RetryBudget::WINDOW as usize]> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// This second's slot, emptied first if it last held an older second.
+    fn slot(slots: &mut [(u64, u64, u64)], now: u64) -> &mut (u64, u64, u64) {
+        let slot = &mut slots[(now % Self::WINDOW) as usize];
+        if slot.0 != now {
+            *slot = (now, 0, 0);
+        }
+        slot
     }
 }
 
@@ -101,4 +284,28 @@ fn chain<'a>(
     error: &'a (dyn std::error::Error + 'static),
 ) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
     std::iter::successors(Some(error), |error| error.source())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_budget_caps_retries() {
+        let budget = RetryBudget::new(20, 0);
+        for _ in 0..100 {
+            budget.record_request();
+        }
+        let granted = (0..100).filter(|_| budget.try_retry()).count();
+        assert_eq!(granted, 20);
+        let floor = RetryBudget::new(20, 1);
+        let granted = (0..100).filter(|_| floor.try_retry()).count();
+        assert_eq!(granted, RetryBudget::WINDOW as usize);
+    }
+
+    #[test]
+    fn only_idempotent_methods_retry() {
+        assert!(is_idempotent(&Method::GET) && is_idempotent(&Method::DELETE));
+        assert!(!is_idempotent(&Method::POST) && !is_idempotent(&Method::PATCH));
+    }
 }

@@ -1,5 +1,7 @@
 //! The `accept` stage: bind the listeners, cap concurrent connections, and serve each
 //! connection with HTTP/1.1 or HTTP/2 (prior knowledge) under the configured limits.
+//! On `https` listeners the `tls` stage runs first: a handshake bounded by
+//! `limits.tls_handshake_timeout`, then HTTP/2 or HTTP/1.1 as ALPN chose.
 
 use std::{
     sync::{
@@ -17,14 +19,16 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::{
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, watch},
     time::Instant,
 };
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::{HttpLimits, ListenerConfig};
 
-use super::{ConnectionInfo, handle, snapshot::Snapshot};
+use super::{ConnectionInfo, handle, snapshot::Snapshot, tls};
 
 /// Binds every listener; the error names the one that failed.
 pub async fn bind(
@@ -52,9 +56,27 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// Whether a reload changes what the listening sockets are (name, address, protocol):
+/// that needs a restart. Certificates are not part of it: they reload.
+pub fn sockets_differ(running: &[ListenerConfig], new: &[ListenerConfig]) -> bool {
+    let sockets = |listeners: &[ListenerConfig]| -> Vec<_> {
+        listeners
+            .iter()
+            .map(|listener| (listener.name.clone(), listener.address, listener.protocol))
+            .collect()
+    };
+    sockets(running) != sockets(new)
+}
+
 /// Accepts until shutdown. A connection over `limits.max_connections` is closed at once:
-/// the client learns immediately instead of waiting in the backlog.
-pub async fn accept_loop(config: ListenerConfig, listener: TcpListener, shared: Arc<Shared>) {
+/// the client learns immediately instead of waiting in the backlog. With `tls` (an `https`
+/// listener), each connection takes the rustls config current when it is accepted.
+pub async fn accept_loop(
+    config: ListenerConfig,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<tls::Current>,
+) {
     let mut shutdown = shared.shutdown.clone();
     let scheme = config.protocol.scheme();
     loop {
@@ -75,23 +97,90 @@ pub async fn accept_loop(config: ListenerConfig, listener: TcpListener, shared: 
             drop(stream);
             continue;
         };
+        let _ = stream.set_nodelay(true);
         let connection = Arc::new(ConnectionInfo { client, scheme });
-        tokio::spawn(serve(stream, connection, shared.clone(), permit));
+        match &tls {
+            None => {
+                tokio::spawn(serve(stream, None, connection, shared.clone(), permit));
+            }
+            Some(tls) => {
+                let acceptor = TlsAcceptor::from(tls.load_full());
+                tokio::spawn(serve_tls(
+                    stream,
+                    acceptor,
+                    connection,
+                    shared.clone(),
+                    permit,
+                ));
+            }
+        }
     }
     tracing::info!(listener = config.name, address = %config.address, "listener closed");
 }
 
-async fn serve(
+/// The `tls` stage: the handshake, bounded by `limits.tls_handshake_timeout` (rustls has no
+/// timeout: a client that never finishes would hold its connection slot), then HTTP as
+/// ALPN chose. The permit is held from accept on, so handshakes count as connections.
+async fn serve_tls(
     stream: TcpStream,
+    acceptor: TlsAcceptor,
+    connection: Arc<ConnectionInfo>,
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) {
+    let timeout = shared.snapshot.load().limits.tls_handshake_timeout;
+    let client = connection.client;
+    let mut shutdown = shared.shutdown.clone();
+    let stream = tokio::select! {
+        handshake = tokio::time::timeout(timeout, acceptor.accept(stream)) => match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(%client, "TLS handshake failed: {error}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(
+                    %client,
+                    "TLS handshake not done within limits.tls_handshake_timeout ({timeout:?}); closing"
+                );
+                return;
+            }
+        },
+        () = stopped(&mut shutdown) => return,
+    };
+    let alpn = match stream.get_ref().1.alpn_protocol() {
+        Some(tls::ALPN_H2) => Some(Alpn::Http2),
+        Some(tls::ALPN_HTTP1) => Some(Alpn::Http1),
+        _ => None,
+    };
+    serve(stream, alpn, connection, shared, permit).await;
+}
+
+/// The HTTP version a TLS client and the gateway agreed on.
+#[derive(Clone, Copy)]
+enum Alpn {
+    Http1,
+    Http2,
+}
+
+async fn serve<S>(
+    stream: S,
+    alpn: Option<Alpn>,
     connection: Arc<ConnectionInfo>,
     shared: Arc<Shared>,
     _permit: OwnedSemaphorePermit,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // Limits are read per connection, so a reload applies to new connections.
     let limits = shared.snapshot.load().limits.clone();
     let client = connection.client;
-    let builder = builder(&limits);
+    // Without ALPN (plain listeners, or TLS clients that offer none) the preface decides.
+    let builder = match alpn {
+        None => builder(&limits),
+        Some(Alpn::Http1) => builder(&limits).http1_only(),
+        Some(Alpn::Http2) => builder(&limits).http2_only(),
+    };
     let activity = Arc::new(Activity::new());
     let service = {
         let (snapshot, activity) = (shared.snapshot.clone(), activity.clone());

@@ -1,6 +1,7 @@
 //! The L7 proxy. This file is the only place the request stages are put in order:
 //!
-//! `accept` (listener.rs) -> `limits` (headers) -> `route` -> `limits` (body) -> `headers` (request) -> `balance`
+//! `accept` (listener.rs) -> `tls` (tls.rs; https listeners: handshake, SNI certificate,
+//! ALPN) -> `limits` (headers) -> `route` -> `limits` (body) -> `headers` (request) -> `balance`
 //! -> `forward` -> `headers` (response).
 //!
 //! Each stage is a plain function over a [`RequestContext`] that returns [`Flow::Continue`],
@@ -13,10 +14,12 @@ mod body;
 mod error;
 mod forward;
 mod headers;
+mod health;
 mod limits;
 mod listener;
 mod route;
 mod snapshot;
+pub(crate) mod tls;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -45,7 +48,7 @@ pub enum Flow {
 /// One client connection, as the stages see it.
 pub struct ConnectionInfo {
     pub client: SocketAddr,
-    /// `http` (later also `https`), for the forwarding headers.
+    /// `http` or `https` (a TLS listener), for the forwarding headers.
     pub scheme: &'static str,
 }
 
@@ -94,7 +97,7 @@ async fn pipeline(
     stage!(route::route(ctx, &req));
     stage!(limits::limit_body(ctx, &mut req));
     stage!(headers::prepare_request(ctx, &mut req));
-    stage!(balance::pick(ctx));
+    stage!(balance::pick(ctx, &req));
     let mut response = forward::forward(ctx, req).await?;
     headers::prepare_response(ctx, &mut response);
     Ok(response)
@@ -143,6 +146,8 @@ pub struct Proxy {
     connections: Arc<Semaphore>,
     max_connections: u32,
     tasks: JoinSet<()>,
+    /// The rustls config of each `https` listener, by listener name; a reload swaps it.
+    tls: Vec<(String, tls::Current)>,
 }
 
 impl Proxy {
@@ -160,14 +165,23 @@ impl Proxy {
             shutdown: stop,
         });
         let mut tasks = JoinSet::new();
+        let mut tls_configs = Vec::new();
         for (config, tcp) in bound {
+            let tls = tls::server_config(&config)
+                .map_err(|error| {
+                    anyhow::anyhow!("listener {:?}: TLS setup failed: {error}", config.name)
+                })?
+                .map(|server| Arc::new(ArcSwap::new(server)));
+            if let Some(current) = &tls {
+                tls_configs.push((config.name.clone(), current.clone()));
+            }
             tracing::info!(
                 listener = config.name,
                 address = %tcp.local_addr()?,
                 protocol = config.protocol.scheme(),
                 "proxy listening"
             );
-            tasks.spawn(listener::accept_loop(config, tcp, shared.clone()));
+            tasks.spawn(listener::accept_loop(config, tcp, shared.clone(), tls));
         }
         Ok(Proxy {
             snapshot,
@@ -176,19 +190,39 @@ impl Proxy {
             connections,
             max_connections,
             tasks,
+            tls: tls_configs,
         })
     }
 
     /// Swaps in a new, already validated config. Requests in flight finish on the snapshot
-    /// they started with. Listener and connection-limit changes need a restart.
+    /// they started with; new TLS connections get the new certificates. Listener and
+    /// connection-limit changes need a restart.
     pub fn reload(&self, config: &ProxyConfig) {
-        if config.listeners != self.listeners {
+        if listener::sockets_differ(&self.listeners, &config.listeners) {
             tracing::warn!("listeners changes take effect at the next restart");
         }
         if config.limits.max_connections != self.max_connections {
             tracing::warn!("limits.max_connections changes take effect at the next restart");
         }
-        self.snapshot.store(Arc::new(Snapshot::build(config)));
+        let previous = self.snapshot.load_full();
+        self.snapshot
+            .store(Arc::new(Snapshot::rebuild(config, Some(&previous))));
+        for (name, current) in &self.tls {
+            let Some(listener) = config.listeners.iter().find(|l| &l.name == name) else {
+                continue;
+            };
+            match tls::server_config(listener) {
+                Ok(Some(server)) => {
+                    current.store(server);
+                    tracing::info!(listener = name, "TLS certificates reloaded");
+                }
+                Ok(None) => {}
+                Err(error) => tracing::error!(
+                    listener = name,
+                    "TLS certificates not reloaded, the running ones stay: {error}"
+                ),
+            }
+        }
         tracing::info!(
             routes = config.routes.len(),
             upstreams = config.upstreams.len(),

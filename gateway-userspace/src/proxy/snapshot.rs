@@ -1,12 +1,16 @@
 //! The proxy's compiled runtime config. A snapshot is immutable and shared by `Arc`: a
 //! reload builds a new one and swaps it in, and requests in flight keep the one they began
-//! with.
+//! with. Target health (health.rs) is the exception: it is carried over to the new snapshot
+//! for targets that stay.
+
+use std::sync::Arc;
 
 use crate::config::{HttpLimits, ProxyConfig, RouteConfig, UpstreamConfig};
 
 use super::{
     balance::Balancer,
-    forward::{UpstreamClient, client},
+    forward::{RetryBudget, UpstreamClient, client},
+    health::{self, HealthTask, TargetState},
 };
 
 pub struct Snapshot {
@@ -20,20 +24,58 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     pub balancer: Balancer,
     pub client: UpstreamClient,
+    /// Live state per target, in target order.
+    pub targets: Vec<Arc<TargetState>>,
+    pub retry_budget: RetryBudget,
+    /// The active health checks, stopped with the snapshot (or at the next reload).
+    pub health: Option<HealthTask>,
 }
 
 impl Snapshot {
     /// Cannot fail: the config was validated when it was loaded.
     pub fn build(config: &ProxyConfig) -> Snapshot {
+        Self::rebuild(config, None)
+    }
+
+    /// Like [`Snapshot::build`], keeping the target health of `previous` (the running
+    /// snapshot) for targets that stay, and stopping its health checks.
+    pub fn rebuild(config: &ProxyConfig, previous: Option<&Snapshot>) -> Snapshot {
+        if let Some(previous) = previous {
+            for upstream in &previous.upstreams {
+                if let Some(health) = &upstream.health {
+                    health.stop();
+                }
+            }
+        }
         Snapshot {
             routes: config.routes.clone(),
             upstreams: config
                 .upstreams
                 .iter()
-                .map(|upstream| Upstream {
-                    balancer: Balancer::new(upstream.balance, &upstream.targets),
-                    client: client(upstream),
-                    config: upstream.clone(),
+                .map(|upstream| {
+                    let old = previous.and_then(|previous| {
+                        let old = previous
+                            .upstreams
+                            .iter()
+                            .find(|old| old.config.name == upstream.name)?;
+                        Some((&old.config, old.targets.as_slice()))
+                    });
+                    let targets = health::states(upstream, old);
+                    let client = client(upstream);
+                    Upstream {
+                        balancer: Balancer::new(upstream.balance, &upstream.targets),
+                        health: health::spawn(upstream, &targets, &client),
+                        retry_budget: upstream
+                            .retry
+                            .as_ref()
+                            .map(|retry| {
+                                RetryBudget::new(retry.budget_percent, retry.budget_min_per_second)
+                            })
+                            .unwrap_or_else(|| RetryBudget::new(0, 0)),
+                        targets,
+                        client,
+                        config: upstream.clone(),
+                    }
                 })
                 .collect(),
             limits: config.limits.clone(),
