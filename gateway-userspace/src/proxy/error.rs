@@ -1,13 +1,17 @@
 //! The one place that turns errors into responses: one JSON shape, one status mapping.
 //!
 //! `{"error":{"status":404,"code":"no_route","message":"...","request_id":"..."}}`
+//!
+//! gRPC requests get the gRPC shape instead (a gRPC client reads no JSON): HTTP 200,
+//! `content-type: application/grpc`, no body, and `grpc-status` / `grpc-message` in the
+//! head (a "trailers-only" response).
 
 use hyper::{
     Response, StatusCode,
-    header::{CONTENT_TYPE, HeaderValue},
+    header::{CONTENT_TYPE, HeaderName, HeaderValue},
 };
 
-use super::body::{ProxyBody, full};
+use super::body::{ProxyBody, empty, full};
 
 /// Who caused a failure: decides the log level and, later, metrics labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +89,18 @@ impl ErrorKind {
         )
     }
 
+    /// The gRPC status code clients of gRPC services get for this kind.
+    pub fn grpc_status(self) -> u16 {
+        match self {
+            ErrorKind::BadRequest => 3,      // INVALID_ARGUMENT
+            ErrorKind::UpstreamTimeout => 4, // DEADLINE_EXCEEDED
+            ErrorKind::HeadersTooLarge | ErrorKind::BodyTooLarge => 8, // RESOURCE_EXHAUSTED
+            ErrorKind::NoRoute => 12,        // UNIMPLEMENTED
+            ErrorKind::Internal => 13,       // INTERNAL
+            ErrorKind::NoTarget | ErrorKind::UpstreamFailed => 14, // UNAVAILABLE
+        }
+    }
+
     fn message(self) -> &'static str {
         match self {
             ErrorKind::NoRoute => "no route matches this request",
@@ -155,6 +171,23 @@ pub fn respond(error: &ProxyError, request_id: &str) -> Response<ProxyBody> {
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
+
+/// The response a gRPC client gets for `error`: the same kind and message, gRPC-shaped.
+pub fn respond_grpc(error: &ProxyError, request_id: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(empty());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(GRPC_STATUS, HeaderValue::from(error.kind.grpc_status()));
+    // Printable ASCII: only `%` needs percent-encoding (a client's request id may hold one).
+    let message = format!("{} (request id {request_id})", error.kind.message()).replace('%', "%25");
+    let message = HeaderValue::from_str(&message)
+        .unwrap_or_else(|_| HeaderValue::from_static(error.kind.message()));
+    headers.insert(GRPC_MESSAGE, message);
+    response
+}
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 #[cfg(test)]
 mod tests {
@@ -230,6 +263,31 @@ mod tests {
         assert!(error.retry_allowed());
         error.sent = true;
         assert!(!error.retry_allowed());
+    }
+
+    #[test]
+    fn grpc_errors_are_grpc_shaped() {
+        let table = [
+            (ErrorKind::NoRoute, "12"),
+            (ErrorKind::BadRequest, "3"),
+            (ErrorKind::HeadersTooLarge, "8"),
+            (ErrorKind::BodyTooLarge, "8"),
+            (ErrorKind::NoTarget, "14"),
+            (ErrorKind::UpstreamFailed, "14"),
+            (ErrorKind::UpstreamTimeout, "4"),
+            (ErrorKind::Internal, "13"),
+        ];
+        for (kind, grpc_status) in table {
+            let response = respond_grpc(&ProxyError::new(kind, "detail"), "abc");
+            assert_eq!(response.status(), 200, "{kind:?}");
+            let headers = response.headers();
+            assert_eq!(headers[CONTENT_TYPE], "application/grpc", "{kind:?}");
+            assert_eq!(headers[GRPC_STATUS], grpc_status, "{kind:?}");
+            assert!(
+                headers[GRPC_MESSAGE].to_str().unwrap().contains("abc"),
+                "{kind:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -6,13 +6,14 @@ use std::{sync::Mutex, time::Instant};
 
 use http_body_util::BodyExt as _;
 use hyper::{
-    Method, Request, Response, Uri, Version,
+    Method, Request, Response, StatusCode, Uri, Version,
     body::Body as _,
     http::uri::{PathAndQuery, Scheme},
+    upgrade::OnUpgrade,
 };
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
 };
 
 use crate::config::UpstreamConfig;
@@ -21,6 +22,7 @@ use super::{
     RequestContext, balance,
     body::{ProxyBody, boxed, empty},
     error::{ErrorKind, ProxyError},
+    headers,
     limits::is_body_limit,
     snapshot::Upstream,
 };
@@ -29,13 +31,30 @@ use super::{
 pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
 
 pub fn client(config: &UpstreamConfig) -> UpstreamClient {
+    builder(config).build(connector(config))
+}
+
+/// The pool for gRPC: HTTP/2 with prior knowledge (h2c), so trailers go through.
+pub fn grpc_client(config: &UpstreamConfig) -> UpstreamClient {
+    builder(config)
+        .http2_only(true)
+        .timer(TokioTimer::new())
+        .build(connector(config))
+}
+
+fn connector(config: &UpstreamConfig) -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.connect_timeout));
     connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
+    connector
+}
+
+fn builder(config: &UpstreamConfig) -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_idle_timeout(config.idle_timeout)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
+        .pool_timer(TokioTimer::new());
+    builder
 }
 
 /// Sends the request to `ctx.target`; for an upstream with `retry`, an idempotent bodiless
@@ -43,19 +62,28 @@ pub fn client(config: &UpstreamConfig) -> UpstreamClient {
 /// connecting, or got one of the `on_status` statuses is sent again to a target it has not
 /// tried, up to `attempts` more times and within the upstream's [`RetryBudget`]. Requests
 /// with a body are never retried (it is streamed, not buffered); POST and PATCH never are.
+/// A WebSocket handshake is never retried: on a 101 the two connections are joined.
 pub async fn forward(
     ctx: &mut RequestContext,
-    req: Request<ProxyBody>,
+    mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let snapshot = ctx.snapshot.clone();
     let upstream = &snapshot.upstreams[ctx.route().upstream];
     let path = ctx.upstream_path.clone().expect("route ran before forward");
+    let websocket = headers::is_websocket(&req).then(|| hyper::upgrade::on(&mut req));
     let retry = upstream.config.retry.as_ref().filter(|retry| {
-        retry.attempts > 0 && is_idempotent(req.method()) && req.body().is_end_stream()
+        retry.attempts > 0
+            && is_idempotent(req.method())
+            && req.body().is_end_stream()
+            && websocket.is_none()
     });
     let Some(retry) = retry else {
         let target = ctx.target.expect("balance ran before forward");
-        return attempt(upstream, target, path, req).await;
+        let response = attempt(upstream, target, path, req).await?;
+        return Ok(match websocket {
+            Some(client) => tunnel(client, response),
+            None => response,
+        });
     };
     upstream.retry_budget.record_request();
     // What a retry resends: the body is empty, so method, headers and version are all.
@@ -100,6 +128,30 @@ pub async fn forward(
     }
 }
 
+/// On the upstream's 101, copies bytes both ways between the client's and the upstream's
+/// upgraded connections (once the 101 has reached the client) until either side closes.
+/// Any other answer goes back as it is.
+fn tunnel(client: OnUpgrade, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return response;
+    }
+    let upstream = hyper::upgrade::on(&mut response);
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(both) => both,
+            Err(error) => {
+                tracing::debug!("WebSocket upgrade failed: {error}");
+                return;
+            }
+        };
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!("WebSocket connection ended: {error}");
+        }
+    });
+    response
+}
+
 fn is_idempotent(method: &Method) -> bool {
     [
         Method::GET,
@@ -128,14 +180,27 @@ async fn attempt(
         .path_and_query(path)
         .build()
         .map_err(|error| ProxyError::new(ErrorKind::Internal, format!("upstream URI: {error}")))?;
-    // Upstreams get HTTP/1.1 whatever the client spoke.
-    *req.version_mut() = Version::HTTP_11;
+    // Upstreams get HTTP/1.1 whatever the client spoke; gRPC from an HTTP/2 client goes on
+    // over HTTP/2 (h2c), for its trailers (gRPC-Web works over HTTP/1.1).
+    let grpc = req.version() == Version::HTTP_2
+        && headers::is_grpc(req.headers())
+        && !headers::is_grpc_web(req.headers());
+    *req.version_mut() = if grpc {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let client = if grpc {
+        &upstream.grpc_client
+    } else {
+        &upstream.client
+    };
 
     let timeout = upstream.config.request_timeout;
     let describe = |what: &str| format!("{what} {} ({})", target.address, upstream.config.name);
     let started = Instant::now();
     let in_flight = state.begin();
-    let result = match tokio::time::timeout(timeout, upstream.client.request(req)).await {
+    let result = match tokio::time::timeout(timeout, client.request(req)).await {
         Err(_elapsed) => Err(ProxyError {
             sent: true,
             ..ProxyError::new(

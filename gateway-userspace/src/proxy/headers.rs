@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 
 use hyper::{
-    HeaderMap, Request, Response,
-    header::{CONNECTION, HOST, HeaderName, HeaderValue},
+    HeaderMap, Method, Request, Response, StatusCode, Version,
+    header::{CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, TE, UPGRADE},
 };
 
 use crate::config::HeaderOps;
@@ -48,13 +48,70 @@ pub fn request_id<B>(req: &Request<B>) -> HeaderValue {
     HeaderValue::from_str(&id).expect("hex is a valid header value")
 }
 
+/// Whether this is a gRPC request (`application/grpc`, `+proto`, `-web`...): its errors are
+/// answered the gRPC way (error.rs).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"))
+}
+
+/// gRPC-Web (`application/grpc-web*`): gRPC over HTTP/1.1 as well.
+pub fn is_grpc_web(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc-web"))
+}
+
+/// Whether this is an HTTP/1.1 WebSocket handshake (`GET`, `Connection: upgrade`,
+/// `Upgrade: websocket`): the only upgrade the proxy passes on.
+pub fn is_websocket<B>(req: &Request<B>) -> bool {
+    req.method() == Method::GET
+        && req.version() == Version::HTTP_11
+        && names_websocket(req.headers())
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn names_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(UPGRADE)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Puts back the two fields of a WebSocket handshake after the hop-by-hop removal.
+fn keep_websocket(headers: &mut HeaderMap) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+}
+
 /// Prepares the request for the upstream.
 pub fn prepare_request(
     ctx: &mut RequestContext,
     req: &mut Request<ProxyBody>,
 ) -> Result<Flow, ProxyError> {
+    let websocket = is_websocket(req);
+    // gRPC servers want `TE: trailers`, the one TE value HTTP/2 allows.
+    let te_trailers = is_grpc(req.headers())
+        && req
+            .headers()
+            .get(TE)
+            .is_some_and(|value| value == "trailers");
     let headers = req.headers_mut();
     remove_hop_by_hop(headers);
+    if websocket {
+        keep_websocket(headers);
+    }
+    if te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
 
     let client = ctx.connection.client.ip();
     let proto = ctx.connection.scheme;
@@ -79,7 +136,12 @@ pub fn prepare_request(
 
 /// Prepares the upstream's response for the client.
 pub fn prepare_response(ctx: &RequestContext, response: &mut Response<ProxyBody>) {
+    let websocket =
+        response.status() == StatusCode::SWITCHING_PROTOCOLS && names_websocket(response.headers());
     remove_hop_by_hop(response.headers_mut());
+    if websocket {
+        keep_websocket(response.headers_mut());
+    }
     apply(&ctx.route().response_headers, response.headers_mut());
 }
 
@@ -166,6 +228,21 @@ mod tests {
             headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
             ["x-kept"]
         );
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_recognised() {
+        let req = |upgrade: &str, connection: &str| {
+            Request::builder()
+                .header(UPGRADE, upgrade)
+                .header(CONNECTION, connection)
+                .body(())
+                .unwrap()
+        };
+        assert!(is_websocket(&req("websocket", "keep-alive, Upgrade")));
+        assert!(is_websocket(&req("WebSocket", "upgrade")));
+        assert!(!is_websocket(&req("h2c", "upgrade")));
+        assert!(!is_websocket(&req("websocket", "keep-alive")));
     }
 
     #[test]

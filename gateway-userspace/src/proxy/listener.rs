@@ -195,7 +195,8 @@ async fn serve<S>(
             }
         })
     };
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    // With upgrades: a WebSocket handshake answered 101 hands the connection to forward.rs.
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut shutdown = shared.shutdown.clone();
     let mut closing = false;

@@ -119,6 +119,7 @@ async fn handle(
         target: None,
     };
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let grpc = headers::is_grpc(req.headers());
     let mut response = match pipeline(&mut ctx, req.map(body::boxed)).await {
         Ok(response) => response,
         Err(error) => {
@@ -131,7 +132,10 @@ async fn handle(
                 Cause::Upstream => tracing::warn!(%client, %method, path, request_id, "{error}"),
                 Cause::Gateway => tracing::error!(%client, %method, path, request_id, "{error}"),
             }
-            error::respond(&error, request_id)
+            match grpc {
+                true => error::respond_grpc(&error, request_id),
+                false => error::respond(&error, request_id),
+            }
         }
     };
     headers::finish_response(&ctx, &mut response);

@@ -9,7 +9,7 @@ use crate::config::{HttpLimits, ProxyConfig, RouteConfig, UpstreamConfig};
 
 use super::{
     balance::Balancer,
-    forward::{RetryBudget, UpstreamClient, client},
+    forward::{RetryBudget, UpstreamClient, client, grpc_client},
     health::{self, HealthTask, TargetState},
 };
 
@@ -24,6 +24,8 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     pub balancer: Balancer,
     pub client: UpstreamClient,
+    /// HTTP/2 with prior knowledge (h2c), for gRPC: its own pool.
+    pub grpc_client: UpstreamClient,
     /// Live state per target, in target order.
     pub targets: Vec<Arc<TargetState>>,
     pub retry_budget: RetryBudget,
@@ -74,6 +76,7 @@ impl Snapshot {
                             .unwrap_or_else(|| RetryBudget::new(0, 0)),
                         targets,
                         client,
+                        grpc_client: grpc_client(upstream),
                         config: upstream.clone(),
                     }
                 })
