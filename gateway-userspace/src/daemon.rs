@@ -169,6 +169,7 @@ fn reload(
         Ok(rules) => {
             tracing::info!(rules, "firewall rules reloaded");
             proxy.reload(&config.proxy);
+            crate::proxy::observe::configure(&config.access_log);
             Ok(format!(
                 "reloaded {}: {rules} firewall rules, {} routes",
                 config_path.display(),

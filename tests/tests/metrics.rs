@@ -120,3 +120,58 @@ fn metrics_count_exactly_what_the_kernel_did() {
     );
     assert_eq!(get(&lab, "/nowhere").1, "404");
 }
+
+/// Every metric the Grafana dashboard in config/ queries is one the gateway exports.
+#[test]
+fn the_dashboard_only_queries_exported_metrics() {
+    let Some(mut lab) = Lab::new("dashboard") else {
+        return;
+    };
+    // One proxied request through a route whose upstream is down, so every proxy series
+    // exists; a rule and a ban for the firewall series.
+    lab.start(&format!(
+        "deny = [\"{DENIED_V4}\"]\n[metrics]\naddress = \"{METRICS}\"\n\
+         [[listeners]]\nname = \"public\"\naddress = \"127.0.0.1:8080\"\nprotocol = \"http\"\n\
+         [[upstreams]]\nname = \"down\"\ntargets = [{{ address = \"127.0.0.1:1\" }}]\n\
+         [[routes]]\nname = \"r\"\nupstream = \"down\"\nmatch = {{ path_prefix = \"/\" }}"
+    ));
+    let reply = lab.server.exec(&[
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://127.0.0.1:8080/x",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&reply.stdout), "502");
+    assert!(lab.gateway().cli(&["reload"]).status.success());
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/grafana-dashboard.json"
+        ))
+        .unwrap(),
+    )
+    .expect("the dashboard is valid JSON");
+    let (scrape, _) = get(&lab, "/metrics");
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("gateway_"))
+            {
+                let family = name.trim_end_matches("_bucket");
+                assert!(
+                    scrape.contains(&format!("\n{family}")),
+                    "{family} (panel {:?}) is not exported",
+                    panel["title"]
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 13, "{queried}");
+}

@@ -17,12 +17,15 @@ const HOST_CRATES: [&str; 3] = ["--workspace", "--exclude", "gateway-ebpf"];
 pub enum Bench {
     /// The XDP packet path (`gateway-bench xdp`).
     Xdp,
+    /// The L7 proxy against the upstream directly (`gateway-bench proxy`).
+    Proxy,
 }
 
 impl Bench {
     fn name(self) -> &'static str {
         match self {
             Bench::Xdp => "xdp",
+            Bench::Proxy => "proxy",
         }
     }
 }
@@ -115,6 +118,10 @@ pub fn bench(which: Bench, args: &[String]) -> Result<()> {
         ))
         .step("bench", "rerun as root: `sudo -E cargo xtask bench ...`");
     }
+    // The proxy bench runs the real `gateway` binary, built in the same profile.
+    let mut build = cmd::cargo(["build", "--release", "--package", "gateway-userspace"]);
+    build.args(["--bin", "gateway"]);
+    cmd::run(&mut build).step("bench", "fix the build error above")?;
     let mut bench = cmd::cargo(["run", "--release", "--package", "gateway-tests"]);
     bench
         .args(["--bin", "gateway-bench", "--", which.name()])

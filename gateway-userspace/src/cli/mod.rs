@@ -97,6 +97,9 @@ enum Command {
         /// Print again every second (with --json: one JSON document per line).
         #[arg(long)]
         watch: bool,
+        /// Requests and bytes per consumer and route (metering) instead of XDP counters.
+        #[arg(long)]
+        consumers: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -262,7 +265,6 @@ impl AdminArgs {
 /// Entry point of the `gateway` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(error) => {
@@ -273,9 +275,16 @@ pub fn main() -> ExitCode {
 }
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    if !matches!(command, Command::Run { .. }) {
+        init_logging(None)?;
+    }
     match command {
         Command::Run { config } => {
-            let loaded = Config::load(&config)?;
+            let loaded = Config::load(&config);
+            // The access log's destination comes from the config; errors still get logged.
+            let _access_log = init_logging(loaded.as_ref().ok().map(|config| &config.access_log))?;
+            let loaded = loaded?;
+            crate::proxy::observe::configure(&loaded.access_log);
             for warning in &loaded.warnings {
                 tracing::warn!("{warning}");
             }
@@ -286,7 +295,21 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => Ok(check_config::run(&file)),
-        Command::Stats { json, watch, admin } => {
+        Command::Stats {
+            json,
+            watch: _,
+            consumers: true,
+            admin,
+        } => {
+            runtime()?.block_on(stats::consumers(&admin.client(), json))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats {
+            json,
+            watch,
+            consumers: false,
+            admin,
+        } => {
             runtime()?.block_on(stats::run(&admin.client(), json, watch))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -402,12 +425,55 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+/// Logs to stderr (RUST_LOG, default info) and, for the daemon, access-log lines as JSON to
+/// their own non-blocking writer. Keep the returned guard: dropping it flushes the writer.
+fn init_logging(
+    access_log: Option<&crate::config::AccessLogConfig>,
+) -> anyhow::Result<Option<tracing_appender::non_blocking::WorkerGuard>> {
+    use tracing_subscriber::{
+        Layer as _, filter, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+    };
+    let access_target = crate::proxy::observe::TARGET;
+    let env = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let human = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(env)
+        .with_filter(filter::filter_fn(move |meta| {
+            meta.target() != access_target
+        }));
+    let (access, guard) = match access_log {
+        Some(config) => {
+            let (writer, guard) = match &config.path {
+                Some(path) => {
+                    let file = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .with_context(|| format!("access_log.path: opening {}", path.display()))?;
+                    tracing_appender::non_blocking(file)
+                }
+                None => tracing_appender::non_blocking(std::io::stdout()),
+            };
+            let layer = tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .with_target(false)
+                .with_level(false)
+                .with_writer(writer)
+                .with_filter(filter::filter_fn(move |meta| {
+                    meta.target() == access_target
+                }));
+            (Some(layer), Some(guard))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(human)
+        .with(access)
         .init();
+    Ok(guard)
 }

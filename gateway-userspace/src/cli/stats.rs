@@ -27,6 +27,27 @@ pub async fn run(client: &Client, json: bool, watch: bool) -> anyhow::Result<()>
     }
 }
 
+/// `gateway stats --consumers`: metering per consumer and route.
+pub async fn consumers(client: &Client, json: bool) -> anyhow::Result<()> {
+    let metering: crate::control::api::Metering =
+        client.get(crate::control::api::METERING_PATH).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&metering)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<24} {:>12} {:>16} {:>16}",
+        "CONSUMER", "ROUTE", "REQUESTS", "BYTES IN", "BYTES OUT"
+    );
+    for row in &metering.rows {
+        println!(
+            "{:<24} {:<24} {:>12} {:>16} {:>16}",
+            row.consumer, row.route, row.requests, row.bytes_in, row.bytes_out
+        );
+    }
+    Ok(())
+}
+
 fn table(stats: &Stats) -> String {
     let xdp = &stats.xdp;
     if !xdp.enabled {

@@ -32,6 +32,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: not at all.
     pub metrics: Option<std::net::SocketAddr>,
+    pub access_log: AccessLogConfig,
     /// Things that are legal but probably not what the operator meant.
     pub warnings: Vec<String>,
     /// Explanations of what the rules do where that is not obvious (overlaps).
@@ -161,6 +162,8 @@ struct RawConfig {
     firewall: firewall::RawFirewall,
     metrics: Option<RawMetrics>,
     #[serde(default)]
+    access_log: RawAccessLog,
+    #[serde(default)]
     listeners: Vec<proxy::RawListener>,
     #[serde(default)]
     limits: proxy::RawLimits,
@@ -168,6 +171,44 @@ struct RawConfig {
     upstreams: Vec<proxy::RawUpstream>,
     #[serde(default)]
     routes: Vec<proxy::RawRoute>,
+}
+
+/// `[access_log]`: one JSON line per proxied request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    pub enabled: bool,
+    /// A file to append to; `None`: standard output (the journal, under systemd).
+    pub path: Option<PathBuf>,
+    /// Fraction of requests logged, 0 to 1.
+    pub sample: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    #[serde(default = "yes")]
+    enabled: bool,
+    path: Option<PathBuf>,
+    #[serde(default = "all")]
+    sample: f64,
+}
+
+impl Default for RawAccessLog {
+    fn default() -> Self {
+        RawAccessLog {
+            enabled: true,
+            path: None,
+            sample: 1.0,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn all() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Deserialize)]
@@ -284,6 +325,23 @@ impl Config {
             problems.add("admin.socket", "must not be empty");
         }
 
+        if !(0.0..=1.0).contains(&raw.access_log.sample) {
+            problems.add(
+                "access_log.sample",
+                format!(
+                    "{} is not a fraction between 0 and 1",
+                    raw.access_log.sample
+                ),
+            );
+        }
+        let access_log = AccessLogConfig {
+            enabled: raw.access_log.enabled,
+            path: raw
+                .access_log
+                .path
+                .filter(|path| path.as_os_str() != "stdout"),
+            sample: raw.access_log.sample.clamp(0.0, 1.0),
+        };
         if problems.0.is_empty() {
             Ok(Config {
                 admin,
@@ -291,6 +349,7 @@ impl Config {
                 firewall,
                 proxy,
                 metrics: raw.metrics.map(|metrics| metrics.address),
+                access_log,
                 warnings,
                 notes,
             })

@@ -217,3 +217,22 @@ pub struct RateClassView {
     pub cidrs: Vec<String>,
     pub limits: RawLimits,
 }
+
+/// `GET`: requests and bytes per consumer and route since the daemon started.
+pub const METERING_PATH: &str = "/v1/metering";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Metering {
+    pub rows: Vec<MeteringRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MeteringRow {
+    /// The authenticated identity, or "anonymous".
+    pub consumer: String,
+    /// The route name, or "none" for requests no route took.
+    pub route: String,
+    pub requests: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}

@@ -51,6 +51,13 @@ impl Metrics {
     }
 }
 
+/// A metering series: name, help, and which count it shows.
+type MeteredSeries = (
+    &'static str,
+    &'static str,
+    fn(&crate::proxy::observe::Metered) -> u64,
+);
+
 /// Reads the kernel counters and the firewall state on each scrape.
 struct KernelCollector {
     state: Arc<DaemonState>,
@@ -102,6 +109,32 @@ impl Collector for KernelCollector {
                 attached.metric_type(),
             )?)?;
         }
+        // Metering, bounded: consumers and routes are capped where they are recorded.
+        let metering = crate::proxy::observe::METRICS.metering();
+        let series: [MeteredSeries; 3] = [
+            (
+                "gateway_metered_requests",
+                "Requests by consumer and route",
+                |m| m.requests,
+            ),
+            (
+                "gateway_metered_bytes_in",
+                "Request body bytes by consumer and route",
+                |m| m.bytes_in,
+            ),
+            (
+                "gateway_metered_bytes_out",
+                "Response body bytes by consumer and route",
+                |m| m.bytes_out,
+            ),
+        ];
+        for (name, help, value) in series {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (consumer, route, counts) in &metering {
+                let labels = [("consumer", consumer.as_str()), ("route", route.as_str())];
+                ConstCounter::new(value(counts)).encode(family.encode_family(&labels)?)?;
+            }
+        }
         let (config_rules, operator_rules, bans) = self.state.counts();
         let mut rules = encoder.encode_descriptor(
             "gateway_firewall_rules",
@@ -147,6 +180,22 @@ impl MetricsServer {
             "gateway_config_reloads",
             "Config reloads (SIGHUP or gateway reload), by result",
             state.metrics.reloads.clone(),
+        );
+        let proxy = &crate::proxy::observe::METRICS;
+        registry.register(
+            "gateway_http_requests",
+            "Proxied requests by route, method and status class",
+            proxy.requests.clone(),
+        );
+        registry.register(
+            "gateway_http_request_duration_seconds",
+            "Time from request to the end of the response, by route",
+            proxy.duration.clone(),
+        );
+        registry.register(
+            "gateway_upstream_response_seconds",
+            "Time until the upstream's response head, by upstream",
+            proxy.upstream_duration.clone(),
         );
         registry.register_collector(Box::new(KernelCollector {
             state: state.clone(),

@@ -215,6 +215,7 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
                 .unwrap_or("");
             state.explain(address).map(|explanation| json(&explanation))
         }
+        (&Method::GET, api::METERING_PATH) => Ok(json(&metering())),
         (&Method::GET, api::RULES_PATH) => state.rules().map(|rules| json(&rules)),
         (&Method::POST, api::RULES_PATH) => match body::<RuleRequest>(request, MAX_BODY).await {
             Ok(rule) => state.add_rule(&rule).map(|entry| json(&entry)),
@@ -320,4 +321,19 @@ fn json(body: &impl Serialize) -> Response<Full<Bytes>> {
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
+}
+
+fn metering() -> api::Metering {
+    let rows = crate::proxy::observe::METRICS
+        .metering()
+        .into_iter()
+        .map(|(consumer, route, counts)| api::MeteringRow {
+            consumer,
+            route,
+            requests: counts.requests,
+            bytes_in: counts.bytes_in,
+            bytes_out: counts.bytes_out,
+        })
+        .collect();
+    api::Metering { rows }
 }

@@ -17,6 +17,7 @@ mod headers;
 mod health;
 mod limits;
 mod listener;
+pub mod observe;
 mod route;
 mod snapshot;
 pub(crate) mod tls;
@@ -66,6 +67,8 @@ pub struct RequestContext {
     pub upstream_path: Option<PathAndQuery>,
     /// Index into the upstream's targets (set by `balance`).
     pub target: Option<usize>,
+    /// How long the upstream took to answer with a response head (set by `forward`).
+    pub upstream_ms: Option<f64>,
 }
 
 impl RequestContext {
@@ -98,7 +101,10 @@ async fn pipeline(
     stage!(limits::limit_body(ctx, &mut req));
     stage!(headers::prepare_request(ctx, &mut req));
     stage!(balance::pick(ctx, &req));
-    let mut response = forward::forward(ctx, req).await?;
+    let asked = std::time::Instant::now();
+    let forwarded = forward::forward(ctx, req).await;
+    ctx.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1000.0);
+    let mut response = forwarded?;
     headers::prepare_response(ctx, &mut response);
     Ok(response)
 }
@@ -117,10 +123,30 @@ async fn handle(
         route: None,
         upstream_path: None,
         target: None,
+        upstream_ms: None,
     };
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let grpc = headers::is_grpc(req.headers());
-    let mut response = match pipeline(&mut ctx, req.map(body::boxed)).await {
+    let started = std::time::Instant::now();
+    let logged = observe::sampled();
+    let bytes_in = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let host = req
+        .uri()
+        .authority()
+        .map(|authority| authority.as_str().to_owned())
+        .or_else(|| {
+            let host = req.headers().get(hyper::header::HOST)?;
+            host.to_str().ok().map(str::to_owned)
+        })
+        .unwrap_or_default();
+    // Every request is metered; the access log may sample.
+    let req = req.map(|incoming| {
+        body::boxed(observe::Counted::new(
+            body::boxed(incoming),
+            bytes_in.clone(),
+        ))
+    });
+    let mut response = match pipeline(&mut ctx, req).await {
         Ok(response) => response,
         Err(error) => {
             let request_id = ctx.request_id.to_str().unwrap_or("");
@@ -139,7 +165,25 @@ async fn handle(
         }
     };
     headers::finish_response(&ctx, &mut response);
-    response
+    let record = observe::Record {
+        log_line: logged,
+        upstream: ctx.route.map(|_| ctx.upstream().config.name.clone()),
+        started,
+        request_id: ctx.request_id.to_str().unwrap_or("").to_owned(),
+        client: ctx.connection.client,
+        method: method.to_string(),
+        host,
+        path,
+        route: ctx.route.map(|_| ctx.route().name.clone()),
+        target: ctx
+            .target
+            .zip(ctx.route)
+            .map(|(target, _)| ctx.upstream().config.targets[target].address.clone()),
+        status: response.status().as_u16(),
+        upstream_ms: ctx.upstream_ms,
+        bytes_in,
+    };
+    response.map(|body| body::boxed(observe::Logged::new(body, record)))
 }
 
 /// The running proxy: its listeners and the current snapshot.

@@ -1,0 +1,285 @@
+//! `observe`: what happens after the response, for every request: metrics (requests by route,
+//! method and status class; latency per route and per upstream), metering (requests and bytes
+//! per consumer and route), and the access log. All of it is recorded when the response body
+//! has been sent (or dropped, if the client went away), so bytes out and the total duration are
+//! real. Log lines go through tracing (target `access_log`) to a non-blocking writer set up at
+//! start: a slow disk drops lines rather than stalling requests.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{
+        Arc, LazyLock, Mutex,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use hyper::body::{Body, Bytes, Frame, SizeHint};
+use prometheus_client::metrics::{
+    counter::Counter,
+    family::Family,
+    histogram::{Histogram, exponential_buckets},
+};
+
+use super::body::{BoxError, ProxyBody};
+use crate::config::AccessLogConfig;
+
+/// The tracing target access-log lines use; the log setup routes it to its own writer.
+pub const TARGET: &str = "access_log";
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+/// Fraction of requests logged, in millionths.
+static SAMPLE_PPM: AtomicU32 = AtomicU32::new(1_000_000);
+
+/// Applies `[access_log]` (at start and on reload).
+pub fn configure(config: &AccessLogConfig) {
+    ENABLED.store(config.enabled, Ordering::Relaxed);
+    SAMPLE_PPM.store(
+        (config.sample * 1_000_000.0).round() as u32,
+        Ordering::Relaxed,
+    );
+}
+
+/// Whether this request is logged (the off switch, then sampling).
+pub fn sampled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+        && fastrand::u32(0..1_000_000) < SAMPLE_PPM.load(Ordering::Relaxed)
+}
+
+/// Labels of one series: a few known values each, never addresses or raw paths.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Proxy metrics, shared with the metrics endpoint (control/metrics.rs registers them).
+pub struct ProxyMetrics {
+    /// route, method, status class.
+    pub requests: Family<Labels, Counter>,
+    /// Seconds from request to the end of the response, by route.
+    pub duration: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Seconds until the upstream's response head, by upstream.
+    pub upstream_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    meter: Mutex<HashMap<(String, String), Metered>>,
+}
+
+/// Requests and bytes for one consumer on one route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Metered {
+    pub requests: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// Distinct (consumer, route) pairs metered; beyond, they add up under "other".
+const MAX_METERED: usize = 10_000;
+/// Who made a request, until authentication names consumers.
+const ANONYMOUS: &str = "anonymous";
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+pub static METRICS: LazyLock<ProxyMetrics> = LazyLock::new(|| ProxyMetrics {
+    requests: Family::default(),
+    duration: Family::new_with_constructor(latency_histogram),
+    upstream_duration: Family::new_with_constructor(latency_histogram),
+    meter: Mutex::new(HashMap::new()),
+});
+
+impl ProxyMetrics {
+    /// (consumer, route) -> counts, sorted, for the admin API. Survives reloads.
+    pub fn metering(&self) -> Vec<(String, String, Metered)> {
+        let meter = self
+            .meter
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut rows: Vec<_> = meter
+            .iter()
+            .map(|((consumer, route), counts)| (consumer.clone(), route.clone(), *counts))
+            .collect();
+        rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        rows
+    }
+
+    fn record(&self, record: &Record, bytes_out: u64, seconds: f64) {
+        let route = record.route.clone().unwrap_or_else(|| "none".to_owned());
+        let method = match record.method.as_str() {
+            "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => {
+                record.method.clone()
+            }
+            _ => "other".to_owned(),
+        };
+        let class = format!("{}xx", record.status / 100);
+        self.requests
+            .get_or_create(&vec![
+                ("route", route.clone()),
+                ("method", method),
+                ("status_class", class),
+            ])
+            .inc();
+        self.duration
+            .get_or_create(&vec![("route", route.clone())])
+            .observe(seconds);
+        if let (Some(upstream), Some(ms)) = (&record.upstream, record.upstream_ms) {
+            self.upstream_duration
+                .get_or_create(&vec![("upstream", upstream.clone())])
+                .observe(ms / 1000.0);
+        }
+        let mut meter = self
+            .meter
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut key = (ANONYMOUS.to_owned(), route);
+        if meter.len() >= MAX_METERED && !meter.contains_key(&key) {
+            key = ("other".to_owned(), "other".to_owned());
+        }
+        let counts = meter.entry(key).or_default();
+        counts.requests += 1;
+        counts.bytes_in += record.bytes_in.load(Ordering::Relaxed);
+        counts.bytes_out += bytes_out;
+    }
+}
+
+/// What is known about a request when its response starts; completed as the body is sent.
+pub struct Record {
+    /// Whether this request gets an access-log line (sampling); metrics always count it.
+    pub log_line: bool,
+    /// The upstream's name (metrics label; bounded by the config).
+    pub upstream: Option<String>,
+    pub started: Instant,
+    pub request_id: String,
+    pub client: std::net::SocketAddr,
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub route: Option<String>,
+    pub target: Option<String>,
+    pub status: u16,
+    pub upstream_ms: Option<f64>,
+    /// Request body bytes read so far (the request body may still be streaming).
+    pub bytes_in: Arc<AtomicU64>,
+}
+
+/// Counts the bytes of a body as they pass (the request body, for `bytes_in`).
+pub struct Counted {
+    inner: ProxyBody,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Counted {
+    pub fn new(inner: ProxyBody, bytes: Arc<AtomicU64>) -> Counted {
+        Counted { inner, bytes }
+    }
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The response body, logging its request's line when it ends or is dropped.
+pub struct Logged {
+    inner: ProxyBody,
+    record: Option<Record>,
+    bytes_out: u64,
+}
+
+impl Logged {
+    pub fn new(inner: ProxyBody, record: Record) -> Logged {
+        Logged {
+            inner,
+            record: Some(record),
+            bytes_out: 0,
+        }
+    }
+}
+
+impl Body for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes_out += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => self.write_line(true),
+            Poll::Ready(Some(Err(_))) => self.write_line(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        // Not sent to the end: the client went away, or the body was empty and never polled.
+        let complete = self.inner.is_end_stream();
+        self.write_line(complete);
+    }
+}
+
+impl Logged {
+    fn write_line(&mut self, complete: bool) {
+        let Some(record) = self.record.take() else {
+            return;
+        };
+        let seconds = record.started.elapsed().as_secs_f64();
+        METRICS.record(&record, self.bytes_out, seconds);
+        if !record.log_line {
+            return;
+        }
+        tracing::info!(
+            target: TARGET,
+            request_id = record.request_id,
+            client_ip = %record.client.ip(),
+            method = record.method,
+            host = record.host,
+            path = record.path,
+            route = record.route,
+            upstream_target = record.target,
+            status = record.status,
+            bytes_in = record.bytes_in.load(Ordering::Relaxed),
+            bytes_out = self.bytes_out,
+            duration_ms = seconds * 1000.0,
+            upstream_ms = record.upstream_ms,
+            complete,
+        );
+    }
+}
