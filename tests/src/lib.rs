@@ -5,6 +5,7 @@
 //!   TCP/UDP/ICMP with correct checksums, ARP) for `BPF_PROG_TEST_RUN` and raw sends.
 //! - [`raw`]: an `AF_PACKET` socket that puts such frames on a real interface.
 //! - [`daemon`]: runs the real `gateway` binary and reads its stats.
+//! - [`scrape`]: a Prometheus scrape, parsed.
 //! - [`traffic`]: real TCP/UDP between namespaces, every wait bounded.
 //!
 //! Traffic rule: these helpers only ever send to loopback or to addresses inside namespaces the
@@ -15,6 +16,7 @@ pub mod frames;
 pub mod lab;
 pub mod netns;
 pub mod raw;
+pub mod scrape;
 pub mod traffic;
 pub mod upstream;
 

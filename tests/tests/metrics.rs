@@ -25,27 +25,7 @@ fn get(lab: &Lab, path: &str) -> (String, String) {
 fn samples(lab: &Lab) -> HashMap<String, f64> {
     let (body, status) = get(lab, "/metrics");
     assert_eq!(status, "200", "{body}");
-    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|line| Ok(line.to_owned())))
-        .expect("a valid Prometheus text exposition");
-    scrape
-        .samples
-        .into_iter()
-        .map(|sample| {
-            let mut labels: Vec<String> = sample
-                .labels
-                .iter()
-                .map(|(key, value)| format!("{key}=\"{value}\""))
-                .collect();
-            labels.sort();
-            let value = match sample.value {
-                prometheus_parse::Value::Counter(value)
-                | prometheus_parse::Value::Gauge(value)
-                | prometheus_parse::Value::Untyped(value) => value,
-                other => panic!("unexpected sample {other:?}"),
-            };
-            (format!("{}{{{}}}", sample.metric, labels.join(",")), value)
-        })
-        .collect()
+    gateway_tests::scrape::samples(&body)
 }
 
 #[test]

@@ -13,32 +13,7 @@ use proxy_support::{Proxy, curl, free_port, upstream_toml};
 
 /// `name{labels}` -> value; a histogram's value is its observation count.
 fn scrape(address: &str) -> HashMap<String, f64> {
-    let body = curl(&[&format!("http://{address}/metrics")]).body;
-    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|line| Ok(line.to_owned())))
-        .expect("a valid Prometheus text exposition");
-    scrape
-        .samples
-        .into_iter()
-        .map(|sample| {
-            let mut labels: Vec<String> = sample
-                .labels
-                .iter()
-                .map(|(key, value)| format!("{key}=\"{value}\""))
-                .collect();
-            labels.sort();
-            let value = match sample.value {
-                prometheus_parse::Value::Counter(value)
-                | prometheus_parse::Value::Gauge(value)
-                | prometheus_parse::Value::Untyped(value) => value,
-                prometheus_parse::Value::Histogram(buckets) => buckets
-                    .iter()
-                    .map(|bucket| bucket.count)
-                    .fold(0.0, f64::max),
-                other => panic!("unexpected sample {other:?}"),
-            };
-            (format!("{}{{{}}}", sample.metric, labels.join(",")), value)
-        })
-        .collect()
+    gateway_tests::scrape::samples(&curl(&[&format!("http://{address}/metrics")]).body)
 }
 
 /// Scrapes until `key` reaches `value` (responses are counted as their bodies finish).
