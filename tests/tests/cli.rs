@@ -378,3 +378,43 @@ fn the_admin_tcp_listener_is_loopback_only_and_needs_a_token() {
         output_text(&output)
     );
 }
+
+#[test]
+fn the_demo_upstream_describes_each_request() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let mut demo = Command::new(gateway_bin())
+        .args(["demo-upstream", &address])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo upstream did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let reply = Command::new("curl")
+        .args(["-s", &format!("http://{address}/users/7?x=1")])
+        .output()
+        .unwrap();
+    let _ = demo.kill();
+    let _ = demo.wait();
+    let reply: serde_json::Value = serde_json::from_slice(&reply.stdout).unwrap();
+    assert_eq!(reply["served_by"], address);
+    assert_eq!(reply["path"], "/users/7?x=1");
+    assert_eq!(reply["method"], "GET");
+
+    let refused = gateway_cmd(&["demo-upstream", "0.0.0.0:9"]);
+    assert!(!refused.status.success());
+    assert!(
+        output_text(&refused).contains("only listens on loopback"),
+        "{}",
+        output_text(&refused)
+    );
+}

@@ -56,15 +56,50 @@ pub fn run(release: bool, args: &[String]) -> Result<()> {
     )?;
     if !cmd::is_root() {
         eprintln!(
-            "note: not root: attaching XDP needs root (or CAP_BPF + CAP_NET_ADMIN); \
+            "note: not root: attaching XDP needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON); \
              with xdp.mode = \"off\" the gateway runs unprivileged"
         );
     }
     let profile = if release { "release" } else { "debug" };
     let binary = cmd::target_dir().join(profile).join("gateway");
+    // `gateway run` gets the demo upstream the example config routes to, so a newcomer's
+    // curl through the gateway gets an answer. It stops with the gateway (Ctrl-C reaches both).
+    let _demo = (args.first().map(String::as_str) == Some("run")).then(|| {
+        let mut demo = std::process::Command::new(&binary);
+        demo.args([
+            "demo-upstream",
+            "127.0.0.1:9001",
+            "127.0.0.1:9002",
+            "127.0.0.1:9003",
+        ]);
+        eprintln!(
+            "$ {} demo-upstream 127.0.0.1:9001 127.0.0.1:9002 127.0.0.1:9003 &",
+            binary.display()
+        );
+        demo.spawn().map(KillOnDrop).ok()
+    });
     let mut gateway = std::process::Command::new(&binary);
     gateway.args(args);
-    Err(cmd::exec(&mut gateway)).step("run", "check that the build above produced the binary")
+    eprintln!("$ {} {}", binary.display(), args.join(" "));
+    let status = gateway
+        .status()
+        .map_err(anyhow::Error::from)
+        .step("run", "check that the build above produced the binary")?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("the gateway exited with {status}"))
+    }
+}
+
+/// A child process stopped when this goes out of scope.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Setup checks, a full build (integration tests spawn the `gateway` binary), then every test.

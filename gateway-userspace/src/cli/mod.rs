@@ -2,6 +2,7 @@
 
 mod bans;
 mod check_config;
+mod demo;
 mod firewall;
 mod stats;
 mod top;
@@ -84,6 +85,13 @@ enum Command {
     /// Manage the operator's allow and deny rules (kept across restarts).
     #[command(subcommand)]
     Firewall(FirewallCommand),
+    /// A tiny HTTP service to try the gateway with: answers every request with JSON
+    /// describing it (`cargo xtask run` starts it for the example config).
+    DemoUpstream {
+        /// Loopback addresses to listen on.
+        #[arg(value_name = "ADDRESS", required = true)]
+        addresses: Vec<std::net::SocketAddr>,
+    },
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -334,6 +342,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Firewall(command) => {
             runtime()?.block_on(run_firewall(command))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DemoUpstream { addresses } => {
+            runtime()?.block_on(demo::run(&addresses))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions { shell } => {
