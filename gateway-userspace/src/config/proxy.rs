@@ -1016,22 +1016,15 @@ impl RawHeaderOps {
     }
 }
 
-/// Header fields that are the proxy's own business: config may not edit them.
-const RESERVED_HEADERS: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "http2-settings",
-];
+/// Header fields that are the proxy's own business, so config may not edit them: the
+/// hop-by-hop fields the proxy removes, and the framing it sets.
+fn is_reserved_header(name: &str) -> bool {
+    crate::proxy::HOP_BY_HOP.contains(&name) || name == "content-length"
+}
 
 fn header_name(name: &str, key: &str, problems: &mut Problems) -> Option<HeaderName> {
     match HeaderName::from_bytes(name.as_bytes()) {
-        Ok(parsed) if RESERVED_HEADERS.contains(&parsed.as_str()) => {
+        Ok(parsed) if is_reserved_header(parsed.as_str()) => {
             problems.add(
                 key,
                 format!("{name:?} is managed by the proxy (framing or hop-by-hop) and cannot be configured"),

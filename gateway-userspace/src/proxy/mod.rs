@@ -36,6 +36,7 @@ use crate::config::{ProxyConfig, RouteConfig};
 
 pub use body::ProxyBody;
 pub use error::{Cause, ErrorKind, ProxyError};
+pub use headers::HOP_BY_HOP;
 use snapshot::{Snapshot, Upstream};
 
 /// What a stage decided.
