@@ -54,12 +54,23 @@ pub struct ConnectionInfo {
     pub scheme: &'static str,
 }
 
+/// Who is calling, once authentication has verified it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// A JWT's subject, or the name of the consumer whose API key was presented.
+    pub name: String,
+    /// The consumer's groups (empty for a JWT that names no consumer).
+    pub groups: Vec<String>,
+}
+
 /// Everything the stages learn about one request.
 pub struct RequestContext {
     /// The config this request started with; a reload does not change it.
     pub snapshot: Arc<Snapshot>,
     pub connection: Arc<ConnectionInfo>,
     pub request_id: HeaderValue,
+    /// Who is calling (set by authentication; `None` on routes without it).
+    pub identity: Option<Identity>,
     /// The authority the client addressed (set by `route`).
     pub host: Option<Authority>,
     /// Index into `snapshot.routes` (set by `route`).
@@ -120,6 +131,7 @@ async fn handle(
         request_id: headers::request_id(&req),
         snapshot,
         connection,
+        identity: None,
         host: None,
         route: None,
         upstream_path: None,
@@ -176,6 +188,7 @@ async fn handle(
         host,
         path,
         route: ctx.route.map(|_| ctx.route().name.clone()),
+        identity: ctx.identity.as_ref().map(|identity| identity.name.clone()),
         target: ctx
             .target
             .zip(ctx.route)

@@ -72,7 +72,7 @@ pub struct Metered {
 
 /// Distinct (consumer, route) pairs metered; beyond, they add up under "other".
 const MAX_METERED: usize = 10_000;
-/// Who made a request, until authentication names consumers.
+/// The consumer of requests without a verified identity.
 const ANONYMOUS: &str = "anonymous";
 
 fn latency_histogram() -> Histogram {
@@ -130,7 +130,8 @@ impl ProxyMetrics {
             .meter
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut key = (ANONYMOUS.to_owned(), route);
+        let consumer = record.identity.as_deref().unwrap_or(ANONYMOUS);
+        let mut key = (consumer.to_owned(), route);
         if meter.len() >= MAX_METERED && !meter.contains_key(&key) {
             key = ("other".to_owned(), "other".to_owned());
         }
@@ -154,6 +155,8 @@ pub struct Record {
     pub host: String,
     pub path: String,
     pub route: Option<String>,
+    /// The verified caller (JWT subject or consumer), if the route authenticates.
+    pub identity: Option<String>,
     pub target: Option<String>,
     pub status: u16,
     pub upstream_ms: Option<f64>,
@@ -273,6 +276,7 @@ impl Logged {
             host = record.host,
             path = record.path,
             route = record.route,
+            identity = record.identity,
             upstream_target = record.target,
             status = record.status,
             bytes_in = record.bytes_in.load(Ordering::Relaxed),
