@@ -102,6 +102,53 @@ fn websocket_messages_go_both_ways_through_the_gateway() {
 }
 
 #[test]
+fn a_websocket_tunnel_holds_its_connection_slot_until_it_closes() {
+    let runtime = runtime();
+    let upstream = runtime.block_on(websocket_echo());
+    let proxy = Proxy::start(&format!(
+        "[limits]\nmax_connections = 1\n{}\n[[routes]]\nname = \"ws\"\nupstream = \"ws\"\n",
+        upstream_toml("ws", &[(upstream, 1)], "")
+    ));
+    let url = format!("ws://{}/ws", proxy.address);
+    let request = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    runtime.block_on(async {
+        let (mut socket, _) =
+            tokio::time::timeout(IO_TIMEOUT, tokio_tungstenite::connect_async(url.as_str()))
+                .await
+                .expect("handshake in time")
+                .expect("WebSocket handshake through the gateway");
+        // The tunnel is the one connection allowed: another is closed unanswered.
+        let (raw, closed) =
+            tokio::task::block_in_place(|| raw_exchange(proxy.address, request, IO_TIMEOUT));
+        assert!(closed && raw.is_empty(), "closed={closed} {raw:?}");
+        // The tunnel itself still works.
+        socket
+            .send(Message::Text("still here".into()))
+            .await
+            .unwrap();
+        let echoed = tokio::time::timeout(IO_TIMEOUT, socket.next())
+            .await
+            .unwrap();
+        assert_eq!(echoed.unwrap().unwrap(), Message::Text("still here".into()));
+        socket.close(None).await.expect("closing");
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(IO_TIMEOUT, socket.next()).await {}
+    });
+    // Closed, its slot is free again (once the gateway notices: bounded retries).
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        let (raw, _) = raw_exchange(proxy.address, request, IO_TIMEOUT);
+        if raw_status(&raw).is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slot never freed: {raw:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn other_upgrades_are_not_forwarded() {
     let echo = Upstream::start("plain");
     let proxy = Proxy::start(&format!(

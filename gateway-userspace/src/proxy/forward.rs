@@ -2,7 +2,10 @@
 //! client, within the upstream's timeouts, and hand back its response; retries (within a
 //! budget) on another target, and feeds target health (health.rs) with each outcome.
 
-use std::{sync::Mutex, time::Instant};
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use http_body_util::BodyExt as _;
 use hyper::{
@@ -19,7 +22,7 @@ use hyper_util::{
 use crate::config::UpstreamConfig;
 
 use super::{
-    RequestContext, balance,
+    ConnectionInfo, RequestContext, balance,
     body::{ProxyBody, boxed, empty},
     error::{ErrorKind, ProxyError},
     headers,
@@ -81,7 +84,7 @@ pub async fn forward(
         let target = ctx.target.expect("balance ran before forward");
         let response = attempt(upstream, target, path, req).await?;
         return Ok(match websocket {
-            Some(client) => tunnel(client, response),
+            Some(client) => tunnel(client, response, ctx.connection.clone()),
             None => response,
         });
     };
@@ -130,8 +133,12 @@ pub async fn forward(
 
 /// On the upstream's 101, copies bytes both ways between the client's and the upstream's
 /// upgraded connections (once the 101 has reached the client) until either side closes.
-/// Any other answer goes back as it is.
-fn tunnel(client: OnUpgrade, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+/// Any other answer goes back as it is. The tunnel keeps the client connection's slot.
+fn tunnel(
+    client: OnUpgrade,
+    mut response: Response<ProxyBody>,
+    connection: Arc<ConnectionInfo>,
+) -> Response<ProxyBody> {
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return response;
     }
@@ -148,6 +155,7 @@ fn tunnel(client: OnUpgrade, mut response: Response<ProxyBody>) -> Response<Prox
         if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             tracing::debug!("WebSocket connection ended: {error}");
         }
+        drop(connection);
     });
     response
 }

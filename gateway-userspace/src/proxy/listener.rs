@@ -21,7 +21,7 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore, watch},
+    sync::{Semaphore, watch},
     time::Instant,
 };
 use tokio_rustls::TlsAcceptor;
@@ -98,20 +98,18 @@ pub async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let connection = Arc::new(ConnectionInfo { client, scheme });
+        let connection = Arc::new(ConnectionInfo {
+            client,
+            scheme,
+            _slot: permit,
+        });
         match &tls {
             None => {
-                tokio::spawn(serve(stream, None, connection, shared.clone(), permit));
+                tokio::spawn(serve(stream, None, connection, shared.clone()));
             }
             Some(tls) => {
                 let acceptor = TlsAcceptor::from(tls.load_full());
-                tokio::spawn(serve_tls(
-                    stream,
-                    acceptor,
-                    connection,
-                    shared.clone(),
-                    permit,
-                ));
+                tokio::spawn(serve_tls(stream, acceptor, connection, shared.clone()));
             }
         }
     }
@@ -120,13 +118,12 @@ pub async fn accept_loop(
 
 /// The `tls` stage: the handshake, bounded by `limits.tls_handshake_timeout` (rustls has no
 /// timeout: a client that never finishes would hold its connection slot), then HTTP as
-/// ALPN chose. The permit is held from accept on, so handshakes count as connections.
+/// ALPN chose. The slot is held from accept on, so handshakes count as connections.
 async fn serve_tls(
     stream: TcpStream,
     acceptor: TlsAcceptor,
     connection: Arc<ConnectionInfo>,
     shared: Arc<Shared>,
-    permit: OwnedSemaphorePermit,
 ) {
     let timeout = shared.snapshot.load().limits.tls_handshake_timeout;
     let client = connection.client;
@@ -153,7 +150,7 @@ async fn serve_tls(
         Some(tls::ALPN_HTTP1) => Some(Alpn::Http1),
         _ => None,
     };
-    serve(stream, alpn, connection, shared, permit).await;
+    serve(stream, alpn, connection, shared).await;
 }
 
 /// The HTTP version a TLS client and the gateway agreed on.
@@ -168,7 +165,6 @@ async fn serve<S>(
     alpn: Option<Alpn>,
     connection: Arc<ConnectionInfo>,
     shared: Arc<Shared>,
-    _permit: OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

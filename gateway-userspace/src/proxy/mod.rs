@@ -52,6 +52,10 @@ pub struct ConnectionInfo {
     pub client: SocketAddr,
     /// `http` or `https` (a TLS listener), for the forwarding headers.
     pub scheme: &'static str,
+    /// This connection's `limits.max_connections` slot, released when the last holder of
+    /// the `ConnectionInfo` is gone: the connection and any WebSocket tunnel it became, so
+    /// tunnels count as connections and shutdown drains them too.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Who is calling, once authentication has verified it.
