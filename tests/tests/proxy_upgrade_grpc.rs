@@ -5,7 +5,14 @@
 
 mod proxy_support;
 
-use std::{convert::Infallible, net::SocketAddr};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use gateway_tests::upstream::Upstream;
@@ -164,6 +171,49 @@ fn other_upgrades_are_not_forwarded() {
     let headers = echo["headers"].as_object().unwrap();
     assert!(!headers.contains_key("upgrade"), "{echo}");
     assert_eq!(echo.get("upstream").unwrap(), "plain");
+}
+
+/// A plain (not gRPC) upstream that speaks only HTTP/2 with prior knowledge: it answers
+/// with the protocol version and path it got, and counts its TCP connections.
+async fn h2c_only_upstream(connections: Arc<AtomicUsize>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            connections.fetch_add(1, Ordering::SeqCst);
+            let service = service_fn(|req: Request<Incoming>| async move {
+                let text = format!("{:?} {}", req.version(), req.uri().path());
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    address
+}
+
+#[test]
+fn an_h2c_upstream_gets_http2_over_one_pooled_connection() {
+    let runtime = runtime();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let upstream = runtime.block_on(h2c_only_upstream(connections.clone()));
+    let proxy = Proxy::start(&format!(
+        "{}\n[[routes]]\nname = \"h2\"\nupstream = \"h2\"\n",
+        upstream_toml("h2", &[(upstream, 1)], "protocol = \"h2c\"")
+    ));
+    for i in 0..10 {
+        // The client speaks HTTP/1.1; the upstream gets HTTP/2.
+        let reply = proxy_support::curl(&["--http1.1", &proxy.url(&format!("/item/{i}"))]);
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.body, format!("HTTP/2.0 /item/{i}"));
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "one pooled h2 connection"
+    );
 }
 
 /// A raw gRPC message: compressed flag, 4-byte big-endian length, payload.

@@ -13,7 +13,7 @@ use serde::Deserialize;
 pub use firewall::{Action, CidrRule, FirewallConfig, Policy, ProtectedPorts};
 pub use proxy::{
     Balance, HeaderOps, HostMatch, HttpLimits, ListenerConfig, ListenerProtocol, PathMatch,
-    ProxyConfig, RouteConfig, RouteMatch, TargetConfig, UpstreamConfig,
+    ProxyConfig, RouteConfig, RouteMatch, TargetConfig, UpstreamConfig, UpstreamProtocol,
 };
 pub use rate_limit::{Limits, RateClassConfig, RateLimitConfig, RawLimits};
 

@@ -151,6 +151,18 @@ pub struct UpstreamConfig {
     pub consecutive_failures: u32,
     pub ejection_time: Duration,
     pub retry: Option<RetryConfig>,
+    pub protocol: UpstreamProtocol,
+}
+
+/// What the gateway speaks to an upstream's targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive; gRPC requests still go over h2c (they need trailers).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge, for every request: many requests share one connection.
+    H2c,
 }
 
 /// Active health checks: `GET path` on every target each `interval`.
@@ -332,6 +344,8 @@ pub(super) struct RawUpstream {
     consecutive_failures: u32,
     ejection_time: Option<String>,
     retry: Option<RawRetry>,
+    #[serde(default)]
+    protocol: UpstreamProtocol,
 }
 
 #[derive(Debug, Deserialize)]
@@ -859,6 +873,7 @@ fn compile_upstreams(
             health_check,
             consecutive_failures: upstream.consecutive_failures,
             retry,
+            protocol: upstream.protocol,
         });
     }
     upstreams

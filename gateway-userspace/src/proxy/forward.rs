@@ -19,7 +19,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
 
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamConfig, UpstreamProtocol};
 
 use super::{
     ConnectionInfo, RequestContext, balance,
@@ -33,12 +33,17 @@ use super::{
 /// One pool per upstream, so each has its own timeouts.
 pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
 
+/// The pool for the upstream's `protocol`.
 pub fn client(config: &UpstreamConfig) -> UpstreamClient {
-    builder(config).build(connector(config))
+    match config.protocol {
+        UpstreamProtocol::Http1 => builder(config).build(connector(config)),
+        UpstreamProtocol::H2c => h2c_client(config),
+    }
 }
 
-/// The pool for gRPC: HTTP/2 with prior knowledge (h2c), so trailers go through.
-pub fn grpc_client(config: &UpstreamConfig) -> UpstreamClient {
+/// HTTP/2 with prior knowledge (h2c): for gRPC, so trailers go through, and for upstreams
+/// with `protocol = "h2c"`.
+pub fn h2c_client(config: &UpstreamConfig) -> UpstreamClient {
     builder(config)
         .http2_only(true)
         .timer(TokioTimer::new())
@@ -188,18 +193,19 @@ async fn attempt(
         .path_and_query(path)
         .build()
         .map_err(|error| ProxyError::new(ErrorKind::Internal, format!("upstream URI: {error}")))?;
-    // Upstreams get HTTP/1.1 whatever the client spoke; gRPC from an HTTP/2 client goes on
-    // over HTTP/2 (h2c), for its trailers (gRPC-Web works over HTTP/1.1).
+    // Upstreams get their `protocol` whatever the client spoke; gRPC from an HTTP/2 client
+    // goes on over HTTP/2 (h2c), for its trailers (gRPC-Web works over HTTP/1.1).
     let grpc = req.version() == Version::HTTP_2
         && headers::is_grpc(req.headers())
         && !headers::is_grpc_web(req.headers());
-    *req.version_mut() = if grpc {
+    let h2c = upstream.config.protocol == UpstreamProtocol::H2c;
+    *req.version_mut() = if grpc || h2c {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
-    let client = if grpc {
-        &upstream.grpc_client
+    let client = if grpc && !h2c {
+        &upstream.h2c_client
     } else {
         &upstream.client
     };

@@ -9,7 +9,7 @@ use crate::config::{HttpLimits, ProxyConfig, RouteConfig, UpstreamConfig};
 
 use super::{
     balance::Balancer,
-    forward::{RetryBudget, UpstreamClient, client, grpc_client},
+    forward::{RetryBudget, UpstreamClient, client, h2c_client},
     health::{self, HealthTask, TargetState},
 };
 
@@ -24,8 +24,8 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     pub balancer: Balancer,
     pub client: UpstreamClient,
-    /// HTTP/2 with prior knowledge (h2c), for gRPC: its own pool.
-    pub grpc_client: UpstreamClient,
+    /// HTTP/2 with prior knowledge (h2c), for gRPC to an `http1` upstream: its own pool.
+    pub h2c_client: UpstreamClient,
     /// Live state per target, in target order.
     pub targets: Vec<Arc<TargetState>>,
     pub retry_budget: RetryBudget,
@@ -76,7 +76,7 @@ impl Snapshot {
                             .unwrap_or_else(|| RetryBudget::new(0, 0)),
                         targets,
                         client,
-                        grpc_client: grpc_client(upstream),
+                        h2c_client: h2c_client(upstream),
                         config: upstream.clone(),
                     }
                 })
