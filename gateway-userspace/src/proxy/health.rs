@@ -305,6 +305,7 @@ mod tests {
             consecutive_failures,
             ejection_time: Duration::from_secs(60),
             retry: None,
+            protocol: Default::default(),
         }
     }
 
