@@ -583,3 +583,54 @@ fn a_client_that_never_starts_the_handshake_is_closed_after_the_timeout() {
     // The listener still serves.
     assert_eq!(lab.fetch("api.example.com", &[]).version_status, "2 200");
 }
+
+#[test]
+fn a_self_signed_certificate_serves_https_with_no_files() {
+    let upstream = Upstream::start("echo");
+    let port = free_port();
+    let entry = "[[listeners.tls.certificates]]\nself_signed = true\nnames = [\"localhost\"]\n";
+    let _gateway = Gateway::start(
+        None,
+        &https_config(port, None, entry, &echo_routes(&upstream)),
+    );
+    let url = format!("https://localhost:{port}/tls");
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    // Trusted only when the client is told to: without -k curl refuses it (exit 60).
+    let refused = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--resolve", &resolve, &url])
+        .output()
+        .expect("running curl");
+    assert_eq!(refused.status.code(), Some(60), "{refused:?}");
+    let fetched = fetch(&["-k", "--http2", "--resolve", &resolve, &url]);
+    assert_eq!(fetched.version_status, "2 200");
+    assert_eq!(fetched.subject(), "CN=rcgen self signed cert");
+    assert_eq!(fetched.json()["path"], "/tls");
+}
+
+#[test]
+fn self_signed_is_instead_of_files_and_needs_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "self_signed = true\ncert = \"/etc/a.pem\"\nkey = \"/etc/a.key\"\nnames = [\"a.test\"]\n",
+            "listeners[0].tls.certificates[0].self_signed: give either cert and key, or self_signed = true, not both",
+        ),
+        (
+            "self_signed = true\n",
+            "listeners[0].tls.certificates[0].names: a self_signed certificate needs the names it is for",
+        ),
+        (
+            "cert = \"/etc/a.pem\"\nnames = [\"a.test\"]\n",
+            "listeners[0].tls.certificates[0].key: missing: give cert and key (PEM files), or self_signed = true",
+        ),
+    ];
+    for (entry, expected) in cases {
+        let entry = format!("[[listeners.tls.certificates]]\n{entry}");
+        let (ok, text) = check_config(dir.path(), &https_config(free_port(), None, &entry, ""));
+        assert!(!ok, "{entry} was accepted:\n{text}");
+        assert!(
+            text.contains(expected),
+            "{entry}: wanted {expected:?} in\n{text}"
+        );
+    }
+}

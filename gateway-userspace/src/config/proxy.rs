@@ -68,8 +68,9 @@ pub struct TlsConfig {
 
 #[derive(Clone)]
 pub struct TlsCertificate {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// The PEM files; `None` for a `self_signed` certificate (made in memory at load).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     /// SNI names served with it: exact, or `*.example.com` (one label, as in certificates).
     pub names: Vec<HostMatch>,
     /// The chain (leaf first) and its private key, checked to match.
@@ -300,8 +301,11 @@ struct RawTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCertificate {
-    cert: PathBuf,
-    key: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    /// Instead of cert and key: a certificate for `names` made at load, for trying HTTPS.
+    #[serde(default)]
+    self_signed: bool,
     #[serde(default)]
     names: Vec<String>,
 }
@@ -579,24 +583,60 @@ fn compile_tls(
             }
             names.push(host);
         }
-        match crate::proxy::tls::load(&certificate.cert, &certificate.key) {
+        let loaded = match (&certificate.cert, &certificate.key, certificate.self_signed) {
+            (Some(cert), Some(key), false) => crate::proxy::tls::load(cert, key),
+            (None, None, true) if names.is_empty() => {
+                problems.add(
+                    format!("{entry}.names"),
+                    "a self_signed certificate needs the names it is for, e.g. [\"localhost\"]",
+                );
+                complete = false;
+                continue;
+            }
+            (None, None, true) => {
+                warnings.push(format!(
+                    "{entry}: a self-signed certificate for {:?}: clients will not trust it \
+                     unless told to (curl -k); for trying HTTPS out, not for production",
+                    certificate.names
+                ));
+                crate::proxy::tls::self_signed(&certificate.names)
+            }
+            (_, _, true) => {
+                problems.add(
+                    format!("{entry}.self_signed"),
+                    "give either cert and key, or self_signed = true, not both",
+                );
+                complete = false;
+                continue;
+            }
+            (cert, _, false) => {
+                let missing = if cert.is_none() { "cert" } else { "key" };
+                problems.add(
+                    format!("{entry}.{missing}"),
+                    "missing: give cert and key (PEM files), or self_signed = true",
+                );
+                complete = false;
+                continue;
+            }
+        };
+        let file = certificate.cert.as_ref().map_or_else(
+            || "(self-signed)".to_owned(),
+            |cert| cert.display().to_string(),
+        );
+        match loaded {
             Ok(loaded) => {
                 if let Some(problem) = loaded
                     .validity
                     .as_ref()
                     .and_then(|validity| validity.problem())
                 {
-                    warnings.push(format!(
-                        "{entry}.cert: the certificate in {} {problem}",
-                        certificate.cert.display()
-                    ));
+                    warnings.push(format!("{entry}.cert: the certificate in {file} {problem}"));
                 }
                 for (at, (name, host)) in certificate.names.iter().zip(&names).enumerate() {
                     if !loaded.covers(host) {
                         warnings.push(format!(
-                            "{entry}.names[{at}]: the certificate in {} is not valid for {name:?} \
-                             (see its subject alternative names): clients will refuse it",
-                            certificate.cert.display()
+                            "{entry}.names[{at}]: the certificate in {file} is not valid for \
+                             {name:?} (see its subject alternative names): clients will refuse it"
                         ));
                     }
                 }

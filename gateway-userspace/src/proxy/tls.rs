@@ -118,6 +118,24 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<Loaded, LoadError> {
     })
 }
 
+/// A self-signed certificate for `names`, made in memory (a fresh key at every load): lets
+/// an operator try HTTPS without files. Clients trust it only when told to.
+pub fn self_signed(names: &[String]) -> Result<Loaded, LoadError> {
+    let generated = rcgen::generate_simple_self_signed(names.to_vec()).map_err(|error| {
+        LoadError::Cert(format!(
+            "cannot make a self-signed certificate for {names:?}: {error}"
+        ))
+    })?;
+    let key = PrivateKeyDer::Pkcs8(generated.signing_key.serialize_der().into());
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|error| LoadError::Key(format!("self-signed key: {error}")))?;
+    let chain = vec![generated.cert.der().clone()];
+    Ok(Loaded {
+        validity: validity(&chain[0]),
+        key: Arc::new(CertifiedKey::new(chain, signing_key)),
+    })
+}
+
 /// Builds a listener's rustls config: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`, the
 /// certificate chosen by SNI. `Ok(None)` for a listener without TLS.
 pub fn server_config(
