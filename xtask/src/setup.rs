@@ -20,6 +20,8 @@ use crate::cmd::{self, StepContext as _};
 /// - `iptables`, `nftables`: the kernel firewalls that tests and benchmarks compare against.
 /// - `ethtool`: inspects and tunes the test interfaces (offloads, channels) for native XDP.
 /// - `curl`, `openssl`: real HTTP and TLS clients for the integration tests.
+/// - `nginx-light`, `haproxy`: the proxies `bench proxy` compares the gateway with (started by
+///   the bench on loopback; their system services are not started, see [`apt_packages`]).
 pub const APT_PACKAGES: &[&str] = &[
     "build-essential",
     "pkg-config",
@@ -30,6 +32,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "curl",
     "openssl",
+    "nginx-light",
+    "haproxy",
 ];
 
 /// The bpf-linker release that builds against the LLVM 22 shipped inside the nightly toolchain.
@@ -91,8 +95,43 @@ fn apt_packages() -> Result<Outcome> {
     apt_get(&["update"])?;
     let mut install = vec!["install", "-y", "--no-install-recommends"];
     install.extend(missing.iter().map(String::as_str));
+    let _no_services = NoServiceStarts::new()?;
     apt_get(&install)?;
     Ok(Outcome::Done(format!("installed {list}")))
+}
+
+/// Installing nginx or haproxy would also start them as system services (nginx on port 80);
+/// the benches start their own instances. While this guard lives, Debian's
+/// `/usr/sbin/policy-rc.d` (which invoke-rc.d and deb-systemd-invoke ask first) says no to
+/// every service start. A policy file already there is left as it is.
+struct NoServiceStarts(Option<&'static str>);
+
+impl NoServiceStarts {
+    const POLICY: &'static str = "/usr/sbin/policy-rc.d";
+
+    fn new() -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        if std::path::Path::new(Self::POLICY).exists() {
+            return Ok(NoServiceStarts(None));
+        }
+        std::fs::write(
+            Self::POLICY,
+            "#!/bin/sh\n# cargo xtask setup: no service starts\nexit 101\n",
+        )
+        .and_then(|()| {
+            std::fs::set_permissions(Self::POLICY, std::fs::Permissions::from_mode(0o755))
+        })
+        .with_context(|| format!("writing {}", Self::POLICY))?;
+        Ok(NoServiceStarts(Some(Self::POLICY)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// The packages of [`APT_PACKAGES`] that dpkg does not report as installed.

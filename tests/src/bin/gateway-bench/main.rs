@@ -1,10 +1,13 @@
 //! `gateway-bench`: benchmarks that compare side by side in one run and report ratios.
 //! Run through `cargo xtask bench <which>` (release build, root).
 
+mod peers;
 mod proxy;
+mod versus;
 mod xdp;
 
 fn main() -> anyhow::Result<()> {
+    raise_file_limit();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("xdp") => xdp::run(&args[1..]),
@@ -12,6 +15,30 @@ fn main() -> anyhow::Result<()> {
         _ => {
             eprintln!("usage: gateway-bench xdp [--seconds N] [--repeat N] | proxy [--seconds N]");
             std::process::exit(2);
+        }
+    }
+}
+
+/// Open files for 10,000 idle connections and more, here and in the proxies started from here
+/// (they inherit it). Root may raise the hard limit; otherwise the soft one goes up to it.
+fn raise_file_limit() {
+    const WANTED: libc::rlim_t = 65_536;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: WANTED.max(limit.rlim_cur),
+            rlim_max: WANTED.max(limit.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
 }

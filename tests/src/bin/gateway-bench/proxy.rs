@@ -1,9 +1,8 @@
 //! `bench proxy`: the same keep-alive load (64 and 256 connections) against the upstream
 //! directly, through the gateway with the access log off, and with it on (to a file), in one
-//! run: requests/s, p50 and p99 latency, and each ratio to the direct path.
-//!
-//! Not yet in it: nginx and haproxy as equivalent proxies, TLS, and resident memory with
-//! 10,000 idle connections (issue 3).
+//! run: requests/s, p50 and p99 latency, and each ratio to the direct path. Then the gateway
+//! against nginx and haproxy, plain and TLS, and their memory with 10,000 idle connections
+//! (versus.rs).
 
 use std::{
     net::SocketAddr,
@@ -17,7 +16,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
-const CONNECTIONS: [usize; 2] = [64, 256];
+pub const CONNECTIONS: [usize; 2] = [64, 256];
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut seconds = 5u64;
@@ -73,7 +72,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         for (name, address) in targets {
             let result =
                 runtime.block_on(load(address, connections, Duration::from_secs(seconds)))?;
-            let rate = result.requests as f64 / result.elapsed.as_secs_f64();
+            let rate = result.rate();
             let direct_rate = *direct.get_or_insert(rate);
             println!(
                 "| {connections} | {name} | {rate:.0} | {:.2} | {:.2} | {:.2} |",
@@ -87,28 +86,68 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "\nLoad generator, gateway and upstream share this machine's cores, so the ratios, not the \
          absolute numbers, are the result."
     );
-    Ok(())
+    crate::versus::run(&runtime, &upstream, seconds)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-struct LoadResult {
-    requests: u64,
-    elapsed: Duration,
+pub struct LoadResult {
+    pub requests: u64,
+    pub elapsed: Duration,
     /// Latencies in ms, sorted.
     latencies: Vec<f64>,
 }
 
 impl LoadResult {
-    fn percentile(&self, p: f64) -> f64 {
+    pub fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn percentile(&self, p: f64) -> f64 {
         if self.latencies.is_empty() {
             return 0.0;
         }
         self.latencies[((self.latencies.len() - 1) as f64 * p).round() as usize]
+    }
+}
+
+/// Where the load goes: a plain address, or TLS (HTTP/1.1 by ALPN) to it.
+#[derive(Clone)]
+pub enum Dial {
+    Plain(SocketAddr),
+    Tls(SocketAddr, tokio_rustls::TlsConnector),
+}
+
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+impl Dial {
+    fn address(&self) -> SocketAddr {
+        match self {
+            Dial::Plain(address) | Dial::Tls(address, _) => *address,
+        }
+    }
+
+    /// A connection from `source` (the kernel's choice of port).
+    pub async fn connect(
+        &self,
+        source: std::net::IpAddr,
+    ) -> anyhow::Result<TokioIo<Box<dyn Io + 'static>>> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        let stream = socket.connect(self.address()).await?;
+        stream.set_nodelay(true)?;
+        Ok(TokioIo::new(match self {
+            Dial::Plain(_) => Box::new(stream),
+            Dial::Tls(_, connector) => {
+                let name = rustls_pki_types::ServerName::try_from("localhost")?;
+                Box::new(connector.connect(name, stream).await?)
+            }
+        }))
     }
 }
 
@@ -119,25 +158,41 @@ async fn load(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<LoadResult> {
+    load_dial(Dial::Plain(address), connections, duration).await
+}
+
+/// [`load`] over any [`Dial`].
+pub async fn load_dial(
+    dial: Dial,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<LoadResult> {
+    let address = dial.address();
     let started = Instant::now();
     let deadline = started + duration;
-    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Every failure, with what went wrong: the first few are reported.
+    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut tasks = Vec::new();
     for _ in 0..connections {
-        let errors = errors.clone();
+        let (errors, dial) = (errors.clone(), dial.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            let Ok(stream) = tokio::net::TcpStream::connect(address).await else {
-                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return latencies;
+            let fail = |what: String| errors.lock().expect("not poisoned").push(what);
+            let stream = match dial.connect([127, 0, 0, 1].into()).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    fail(format!("connect: {error:#}"));
+                    return latencies;
+                }
             };
-            let _ = stream.set_nodelay(true);
-            let Ok((mut sender, connection)) =
-                hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-                    .await
-            else {
-                return latencies;
-            };
+            let (mut sender, connection) =
+                match hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(stream).await {
+                    Ok(handshake) => handshake,
+                    Err(error) => {
+                        fail(format!("HTTP/1.1 handshake: {error}"));
+                        return latencies;
+                    }
+                };
             tokio::spawn(connection);
             while Instant::now() < deadline {
                 let request = hyper::Request::get("/bench")
@@ -147,13 +202,18 @@ async fn load(
                 let sent = Instant::now();
                 match sender.send_request(request).await {
                     Ok(response) if response.status() == 200 => {
-                        if response.into_body().collect().await.is_err() {
+                        if let Err(error) = response.into_body().collect().await {
+                            fail(format!("response body: {error}"));
                             break;
                         }
                         latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
                     }
-                    _ => {
-                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok(response) => {
+                        fail(format!("status {}", response.status()));
+                        break;
+                    }
+                    Err(error) => {
+                        fail(format!("request: {error}"));
                         break;
                     }
                 }
@@ -166,9 +226,13 @@ async fn load(
         latencies.extend(task.await?);
     }
     let elapsed = started.elapsed();
-    let failed = errors.load(std::sync::atomic::Ordering::Relaxed);
-    if failed > 0 {
-        bail!("{failed} connections to {address} failed");
+    let errors = errors.lock().expect("not poisoned");
+    if !errors.is_empty() {
+        bail!(
+            "{} connections to {address} failed, e.g.: {}",
+            errors.len(),
+            errors[..errors.len().min(3)].join("; ")
+        );
     }
     latencies.sort_by(f64::total_cmp);
     Ok(LoadResult {
