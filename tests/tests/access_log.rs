@@ -116,3 +116,54 @@ fn the_access_log_can_be_off_or_sampled() {
     );
     assert_eq!(upstream.hits(), 11);
 }
+
+/// `traceparent` as the upstream got it: (trace id, parent id, flags).
+fn upstream_traceparent(reply: &proxy_support::Reply) -> (String, String, String) {
+    let echo: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    let value = echo["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no traceparent upstream: {echo}"));
+    let fields: Vec<&str> = value.split('-').collect();
+    assert_eq!(fields.len(), 4, "{value}");
+    assert_eq!(fields[0], "00", "{value}");
+    assert!(fields[1].len() == 32 && fields[2].len() == 16, "{value}");
+    (fields[1].into(), fields[2].into(), fields[3].into())
+}
+
+#[test]
+fn traceparent_is_continued_or_started_and_logged() {
+    let upstream = Upstream::start("api");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let proxy = Proxy::start(&format!(
+        "[access_log]\npath = \"{}\"\n{}\n[[routes]]\nname = \"api\"\nupstream = \"api\"\n",
+        log.display(),
+        upstream_toml("api", &[(upstream.address(), 1)], "")
+    ));
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let continued = curl(&[
+        &proxy.url("/a"),
+        "-H",
+        &format!("traceparent: {caller}"),
+        "-H",
+        "tracestate: vendor=opaque",
+    ]);
+    let fresh = curl(&[&proxy.url("/b"), "-H", "traceparent: not-a-traceparent"]);
+    assert_eq!((continued.status, fresh.status), (200, 200));
+
+    // The caller's trace goes on, with the gateway's span as the upstream's parent.
+    let (trace, parent, flags) = upstream_traceparent(&continued);
+    assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_ne!(parent, "00f067aa0ba902b7");
+    assert_eq!(flags, "00", "the caller's sampling decision stands");
+    let echo: serde_json::Value = serde_json::from_str(&continued.body).unwrap();
+    assert_eq!(echo["headers"]["tracestate"], "vendor=opaque");
+    // An invalid one starts a new, sampled trace.
+    let (new_trace, _, new_flags) = upstream_traceparent(&fresh);
+    assert_ne!(new_trace, trace);
+    assert_eq!(new_flags, "01");
+
+    let lines = lines(&log, 2);
+    assert_eq!(lines[0]["trace_id"], trace.as_str());
+    assert_eq!(lines[1]["trace_id"], new_trace.as_str());
+}

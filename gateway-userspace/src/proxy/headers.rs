@@ -10,7 +10,7 @@ use hyper::{
 
 use crate::config::HeaderOps;
 
-use super::{Flow, RequestContext, body::ProxyBody, error::ProxyError};
+use super::{Flow, RequestContext, body::ProxyBody, error::ProxyError, trace::TRACEPARENT};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -129,6 +129,7 @@ pub fn prepare_request(
     }
     append(headers, FORWARDED, &forwarded);
     headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+    headers.insert(TRACEPARENT, ctx.trace.traceparent());
 
     apply(&ctx.route().request_headers, headers);
     Ok(Flow::Continue)

@@ -21,6 +21,7 @@ pub mod observe;
 mod route;
 mod snapshot;
 pub(crate) mod tls;
+mod trace;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -73,6 +74,8 @@ pub struct RequestContext {
     pub snapshot: Arc<Snapshot>,
     pub connection: Arc<ConnectionInfo>,
     pub request_id: HeaderValue,
+    /// The W3C trace this request belongs to, and the gateway's span in it.
+    pub trace: trace::TraceContext,
     /// Who is calling (set by authentication; `None` on routes without it).
     pub identity: Option<Identity>,
     /// The authority the client addressed (set by `route`).
@@ -133,6 +136,7 @@ async fn handle(
 ) -> Response<ProxyBody> {
     let mut ctx = RequestContext {
         request_id: headers::request_id(&req),
+        trace: trace::TraceContext::from_headers(req.headers()),
         snapshot,
         connection,
         identity: None,
@@ -187,6 +191,7 @@ async fn handle(
         upstream: ctx.route.map(|_| ctx.upstream().config.name.clone()),
         started,
         request_id: ctx.request_id.to_str().unwrap_or("").to_owned(),
+        trace_id: ctx.trace.trace_id_hex(),
         client: ctx.connection.client,
         method: method.to_string(),
         host,

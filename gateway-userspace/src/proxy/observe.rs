@@ -150,6 +150,8 @@ pub struct Record {
     pub upstream: Option<String>,
     pub started: Instant,
     pub request_id: String,
+    /// The W3C trace id (32 hex digits), also sent upstream in `traceparent`.
+    pub trace_id: String,
     pub client: std::net::SocketAddr,
     pub method: String,
     pub host: String,
@@ -271,6 +273,7 @@ impl Logged {
         tracing::info!(
             target: TARGET,
             request_id = record.request_id,
+            trace_id = record.trace_id,
             client_ip = %record.client.ip(),
             method = record.method,
             host = record.host,
