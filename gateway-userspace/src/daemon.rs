@@ -45,6 +45,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         attach_xdp(&config, &state)?;
     }
 
+    if let Some(otlp) = &config.otlp {
+        crate::proxy::start_otlp(otlp)?;
+    }
     // Bound before the admin socket: a ready daemon is a serving proxy. No listeners, no proxy.
     let proxy = Proxy::start(&config.proxy).await?;
 
@@ -62,6 +65,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         .wait_for_shutdown(&config_path, &config, &state, &proxy, reload_requests)
         .await;
     proxy.shutdown().await;
+    // Blocks until the queued spans are sent (bounded by otlp.timeout).
+    tokio::task::block_in_place(crate::proxy::stop_otlp);
     sweeper.abort();
 
     if let Some(mut xdp) = state.take_xdp() {
@@ -164,6 +169,9 @@ fn reload(
     }
     if config.xdp.mode != running.xdp.mode || config.xdp.interfaces != running.xdp.interfaces {
         tracing::warn!("xdp.mode and xdp.interfaces changes take effect at the next restart");
+    }
+    if config.otlp != running.otlp {
+        tracing::warn!("[otlp] changes take effect at the next restart");
     }
     match state.reload(config.firewall) {
         Ok(rules) => {

@@ -33,6 +33,8 @@ pub struct Config {
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: not at all.
     pub metrics: Option<std::net::SocketAddr>,
     pub access_log: AccessLogConfig,
+    /// Where request spans are exported; `None`: they are not.
+    pub otlp: Option<OtlpConfig>,
     /// Things that are legal but probably not what the operator meant.
     pub warnings: Vec<String>,
     /// Explanations of what the rules do where that is not obvious (overlaps).
@@ -163,6 +165,7 @@ struct RawConfig {
     metrics: Option<RawMetrics>,
     #[serde(default)]
     access_log: RawAccessLog,
+    otlp: Option<RawOtlp>,
     #[serde(default)]
     listeners: Vec<proxy::RawListener>,
     #[serde(default)]
@@ -171,6 +174,69 @@ struct RawConfig {
     upstreams: Vec<proxy::RawUpstream>,
     #[serde(default)]
     routes: Vec<proxy::RawRoute>,
+}
+
+/// `[otlp]`: a server span per proxied request, exported to an OpenTelemetry collector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpConfig {
+    /// The collector's OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Per export request.
+    pub timeout: std::time::Duration,
+}
+
+/// The OTLP/HTTP encodings, named as `OTEL_EXPORTER_OTLP_PROTOCOL` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOtlp {
+    endpoint: String,
+    #[serde(default)]
+    protocol: OtlpProtocol,
+    service_name: Option<String>,
+    timeout: Option<String>,
+}
+
+impl RawOtlp {
+    fn compile(self, problems: &mut Problems) -> Option<OtlpConfig> {
+        let uri = self.endpoint.parse::<hyper::Uri>().ok();
+        match uri.as_ref().map(|uri| (uri.scheme_str(), uri.authority())) {
+            Some((Some("http"), Some(_))) => {}
+            Some((Some("https"), _)) => problems.add(
+                "otlp.endpoint",
+                format!(
+                    "{:?}: https is not supported; export to a collector on this host or network \
+                     over http (e.g. \"http://127.0.0.1:4318/v1/traces\") and let it forward with TLS",
+                    self.endpoint
+                ),
+            ),
+            _ => problems.add(
+                "otlp.endpoint",
+                format!(
+                    "{:?} is not an http:// URL (e.g. \"http://127.0.0.1:4318/v1/traces\")",
+                    self.endpoint
+                ),
+            ),
+        }
+        let timeout = proxy::duration(self.timeout, "otlp.timeout", problems);
+        Some(OtlpConfig {
+            endpoint: self.endpoint,
+            protocol: self.protocol,
+            service_name: self.service_name.unwrap_or_else(|| "gateway".to_owned()),
+            timeout: timeout.unwrap_or(std::time::Duration::from_secs(10)),
+        })
+    }
 }
 
 /// `[access_log]`: one JSON line per proxied request.
@@ -342,6 +408,7 @@ impl Config {
                 .filter(|path| path.as_os_str() != "stdout"),
             sample: raw.access_log.sample.clamp(0.0, 1.0),
         };
+        let otlp = raw.otlp.and_then(|otlp| otlp.compile(&mut problems));
         if problems.0.is_empty() {
             Ok(Config {
                 admin,
@@ -350,6 +417,7 @@ impl Config {
                 proxy,
                 metrics: raw.metrics.map(|metrics| metrics.address),
                 access_log,
+                otlp,
                 warnings,
                 notes,
             })

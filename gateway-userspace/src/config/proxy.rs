@@ -1181,7 +1181,11 @@ fn size(value: Option<Size>, key: &str, problems: &mut Problems) -> Option<u64> 
     }
 }
 
-fn duration(value: Option<String>, key: &str, problems: &mut Problems) -> Option<Duration> {
+pub(super) fn duration(
+    value: Option<String>,
+    key: &str,
+    problems: &mut Problems,
+) -> Option<Duration> {
     let text = value?;
     match humantime::parse_duration(&text) {
         Ok(duration) if !duration.is_zero() => Some(duration),

@@ -18,10 +18,11 @@ mod health;
 mod limits;
 mod listener;
 pub mod observe;
+mod otlp;
 mod route;
 mod snapshot;
 pub(crate) mod tls;
-mod trace;
+pub mod trace;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -38,6 +39,7 @@ use crate::config::{ProxyConfig, RouteConfig};
 pub use body::ProxyBody;
 pub use error::{Cause, ErrorKind, ProxyError};
 pub use headers::HOP_BY_HOP;
+pub use otlp::{start as start_otlp, stop as stop_otlp};
 use snapshot::{Snapshot, Upstream};
 
 /// What a stage decided.
@@ -191,7 +193,7 @@ async fn handle(
         upstream: ctx.route.map(|_| ctx.upstream().config.name.clone()),
         started,
         request_id: ctx.request_id.to_str().unwrap_or("").to_owned(),
-        trace_id: ctx.trace.trace_id_hex(),
+        trace: ctx.trace,
         client: ctx.connection.client,
         method: method.to_string(),
         host,

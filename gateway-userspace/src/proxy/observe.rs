@@ -150,8 +150,8 @@ pub struct Record {
     pub upstream: Option<String>,
     pub started: Instant,
     pub request_id: String,
-    /// The W3C trace id (32 hex digits), also sent upstream in `traceparent`.
-    pub trace_id: String,
+    /// The W3C trace and the gateway's span in it, as sent upstream in `traceparent`.
+    pub trace: super::trace::TraceContext,
     pub client: std::net::SocketAddr,
     pub method: String,
     pub host: String,
@@ -265,15 +265,17 @@ impl Logged {
         let Some(record) = self.record.take() else {
             return;
         };
-        let seconds = record.started.elapsed().as_secs_f64();
+        let elapsed = record.started.elapsed();
+        let seconds = elapsed.as_secs_f64();
         METRICS.record(&record, self.bytes_out, seconds);
+        super::otlp::export(&record, record.status, elapsed);
         if !record.log_line {
             return;
         }
         tracing::info!(
             target: TARGET,
             request_id = record.request_id,
-            trace_id = record.trace_id,
+            trace_id = record.trace.trace_id_hex(),
             client_ip = %record.client.ip(),
             method = record.method,
             host = record.host,
