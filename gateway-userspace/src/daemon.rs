@@ -53,7 +53,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
 
     let (reloads, reload_requests) = tokio::sync::mpsc::channel(4);
     let _metrics = match config.metrics {
-        Some(address) => Some(MetricsServer::bind(address, state.clone()).await?),
+        Some(address) => {
+            Some(MetricsServer::bind(address, state.clone(), proxy.collector()).await?)
+        }
         None => None,
     };
     let _admin = AdminServer::bind(&config.admin, state.clone(), reloads).await?;

@@ -112,6 +112,8 @@ fn the_dashboard_only_queries_exported_metrics() {
     lab.start(&format!(
         "deny = [\"{DENIED_V4}\"]\n[metrics]\naddress = \"{METRICS}\"\n\
          [[listeners]]\nname = \"public\"\naddress = \"127.0.0.1:8080\"\nprotocol = \"http\"\n\
+         [[listeners]]\nname = \"tls\"\naddress = \"127.0.0.1:8443\"\nprotocol = \"https\"\n\
+         [[listeners.tls.certificates]]\nself_signed = true\nnames = [\"localhost\"]\n\
          [[upstreams]]\nname = \"down\"\ntargets = [{{ address = \"127.0.0.1:1\" }}]\n\
          [[routes]]\nname = \"r\"\nupstream = \"down\"\nmatch = {{ path_prefix = \"/\" }}"
     ));
@@ -125,6 +127,9 @@ fn the_dashboard_only_queries_exported_metrics() {
         "http://127.0.0.1:8080/x",
     ]);
     assert_eq!(String::from_utf8_lossy(&reply.stdout), "502");
+    // Plain HTTP to the TLS listener: a failed handshake.
+    lab.server
+        .exec(&["curl", "-s", "--max-time", "5", "http://127.0.0.1:8443/"]);
     assert!(lab.gateway().cli(&["reload"]).status.success());
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(

@@ -71,12 +71,13 @@ fn requests_latency_and_metering_are_counted_exactly() {
         values["gateway_metered_bytes_in_total{consumer=\"anonymous\",route=\"api\"}"],
         10.0
     );
-    // Bounded labels: no paths, no queries, no client addresses.
-    assert!(
-        !values
-            .keys()
-            .any(|key| key.contains("/api") || key.contains("secret") || key.contains("127.0.0.1"))
-    );
+    // Bounded labels: no paths, no queries, no client addresses (target addresses come from
+    // the config).
+    assert!(!values.keys().any(|key| {
+        key.contains("/api")
+            || key.contains("secret")
+            || (key.contains("127.0.0.1") && !key.contains("target="))
+    }));
 
     // The admin API and the CLI see the same metering, and it survives a reload.
     let consumers = proxy.gateway.cli(&["stats", "--consumers", "--json"]);
@@ -101,4 +102,61 @@ fn requests_latency_and_metering_are_counted_exactly() {
         table.contains("anonymous") && table.contains("api"),
         "{table}"
     );
+}
+
+#[test]
+fn target_health_in_flight_requests_connections_and_tls_failures_are_exported() {
+    use std::io::Write as _;
+    let live = Upstream::start("live");
+    let dead = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let tls = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "[metrics]\naddress = \"{metrics}\"\n[access_log]\nenabled = false\n\
+         [[listeners]]\nname = \"tls\"\naddress = \"{tls}\"\nprotocol = \"https\"\n\
+         [[listeners.tls.certificates]]\nself_signed = true\nnames = [\"localhost\"]\n\
+         [[upstreams]]\nname = \"api\"\nconsecutive_failures = 1\nejection_time = \"5m\"\n\
+         targets = [{{ address = \"{}\" }}, {{ address = \"{dead}\" }}]\n\
+         [[routes]]\nname = \"api\"\nupstream = \"api\"\n",
+        live.address()
+    );
+    let proxy = Proxy::start(&config);
+    // Round robin: one of two requests meets the dead target, which is ejected at once.
+    let statuses: Vec<u16> = (0..2).map(|_| curl(&[&proxy.url("/")]).status).collect();
+    assert!(
+        statuses.contains(&502) && statuses.contains(&200),
+        "{statuses:?}"
+    );
+    let up = |target: &str| {
+        format!("gateway_upstream_target_up{{target=\"{target}\",upstream=\"api\"}}")
+    };
+    let values = wait_for(&metrics, &up(&dead), 0.0);
+    assert_eq!(values[&up(&dead)], 0.0, "{values:#?}");
+    assert_eq!(values[&up(&live.address().to_string())], 1.0);
+
+    // A slow request in flight, and an idle connection: two open client connections.
+    let slow_url = proxy.url("/slow");
+    let slow = std::thread::spawn(move || curl(&["-H", "x-upstream-delay-ms: 3000", &slow_url]));
+    let idle = std::net::TcpStream::connect(proxy.address).unwrap();
+    let outstanding = format!(
+        "gateway_upstream_target_outstanding{{target=\"{}\",upstream=\"api\"}}",
+        live.address()
+    );
+    let values = wait_for(&metrics, &outstanding, 1.0);
+    assert_eq!(values[&outstanding], 1.0, "{values:#?}");
+    let values = wait_for(&metrics, "gateway_proxy_connections{}", 2.0);
+    assert_eq!(values["gateway_proxy_connections{}"], 2.0);
+    assert_eq!(slow.join().unwrap().status, 200);
+    drop(idle);
+    let values = wait_for(&metrics, &outstanding, 0.0);
+    assert_eq!(values[&outstanding], 0.0);
+
+    // Not TLS at all: a failed handshake, counted by listener and reason.
+    let mut garbage = std::net::TcpStream::connect(&tls).unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let failures = "gateway_tls_handshake_failures_total{listener=\"tls\",reason=\"error\"}";
+    let values = wait_for(&metrics, failures, 1.0);
+    assert_eq!(values[failures], 1.0, "{values:#?}");
 }

@@ -170,6 +170,7 @@ impl MetricsServer {
     pub async fn bind(
         address: SocketAddr,
         state: Arc<DaemonState>,
+        proxy_state: crate::proxy::observe::ProxyCollector,
     ) -> anyhow::Result<MetricsServer> {
         let listener = TcpListener::bind(address)
             .await
@@ -197,6 +198,12 @@ impl MetricsServer {
             "Time until the upstream's response head, by upstream",
             proxy.upstream_duration.clone(),
         );
+        registry.register(
+            "gateway_tls_handshake_failures",
+            "TLS handshakes that failed (error) or did not finish in time (timeout), by listener",
+            proxy.tls_handshake_failures.clone(),
+        );
+        registry.register_collector(Box::new(proxy_state));
         registry.register_collector(Box::new(KernelCollector {
             state: state.clone(),
         }));

@@ -109,7 +109,13 @@ pub async fn accept_loop(
             }
             Some(tls) => {
                 let acceptor = TlsAcceptor::from(tls.load_full());
-                tokio::spawn(serve_tls(stream, acceptor, connection, shared.clone()));
+                tokio::spawn(serve_tls(
+                    config.name.clone(),
+                    stream,
+                    acceptor,
+                    connection,
+                    shared.clone(),
+                ));
             }
         }
     }
@@ -120,6 +126,7 @@ pub async fn accept_loop(
 /// timeout: a client that never finishes would hold its connection slot), then HTTP as
 /// ALPN chose. The slot is held from accept on, so handshakes count as connections.
 async fn serve_tls(
+    listener: String,
     stream: TcpStream,
     acceptor: TlsAcceptor,
     connection: Arc<ConnectionInfo>,
@@ -133,9 +140,11 @@ async fn serve_tls(
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
                 tracing::debug!(%client, "TLS handshake failed: {error}");
+                handshake_failed(&listener, "error");
                 return;
             }
             Err(_) => {
+                handshake_failed(&listener, "timeout");
                 tracing::debug!(
                     %client,
                     "TLS handshake not done within limits.tls_handshake_timeout ({timeout:?}); closing"
@@ -151,6 +160,16 @@ async fn serve_tls(
         _ => None,
     };
     serve(stream, alpn, connection, shared).await;
+}
+
+fn handshake_failed(listener: &str, reason: &'static str) {
+    super::observe::METRICS
+        .tls_handshake_failures
+        .get_or_create(&vec![
+            ("listener", listener.to_owned()),
+            ("reason", reason.to_owned()),
+        ])
+        .inc();
 }
 
 /// The HTTP version a TLS client and the gateway agreed on.

@@ -267,6 +267,15 @@ impl Proxy {
         })
     }
 
+    /// The proxy's live state for `/metrics`.
+    pub fn collector(&self) -> observe::ProxyCollector {
+        observe::ProxyCollector {
+            snapshot: self.snapshot.clone(),
+            connections: self.connections.clone(),
+            max_connections: self.max_connections,
+        }
+    }
+
     /// Swaps in a new, already validated config. Requests in flight finish on the snapshot
     /// they started with; new TLS connections get the new certificates. Listener and
     /// connection-limit changes need a restart.

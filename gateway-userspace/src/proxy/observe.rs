@@ -17,10 +17,16 @@ use std::{
 };
 
 use hyper::body::{Body, Bytes, Frame, SizeHint};
-use prometheus_client::metrics::{
-    counter::Counter,
-    family::Family,
-    histogram::{Histogram, exponential_buckets},
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{
+        MetricType,
+        counter::Counter,
+        family::Family,
+        gauge::ConstGauge,
+        histogram::{Histogram, exponential_buckets},
+    },
 };
 
 use super::body::{BoxError, ProxyBody};
@@ -59,6 +65,8 @@ pub struct ProxyMetrics {
     pub duration: Family<Labels, Histogram, fn() -> Histogram>,
     /// Seconds until the upstream's response head, by upstream.
     pub upstream_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    /// TLS handshakes that failed, by listener and reason ("error", "timeout").
+    pub tls_handshake_failures: Family<Labels, Counter>,
     meter: Mutex<HashMap<(String, String), Metered>>,
 }
 
@@ -84,6 +92,7 @@ pub static METRICS: LazyLock<ProxyMetrics> = LazyLock::new(|| ProxyMetrics {
     requests: Family::default(),
     duration: Family::new_with_constructor(latency_histogram),
     upstream_duration: Family::new_with_constructor(latency_histogram),
+    tls_handshake_failures: Family::default(),
     meter: Mutex::new(HashMap::new()),
 });
 
@@ -139,6 +148,66 @@ impl ProxyMetrics {
         counts.requests += 1;
         counts.bytes_in += record.bytes_in.load(Ordering::Relaxed);
         counts.bytes_out += bytes_out;
+    }
+}
+
+/// A per-target gauge: name, help, and what it shows.
+type TargetSeries = (
+    &'static str,
+    &'static str,
+    fn(&super::health::TargetState) -> i64,
+);
+
+/// The proxy's live state, read at scrape time: open client connections, and each upstream
+/// target's availability and requests in flight (targets come from the config: bounded).
+pub struct ProxyCollector {
+    pub(super) snapshot: Arc<arc_swap::ArcSwap<super::snapshot::Snapshot>>,
+    pub(super) connections: Arc<tokio::sync::Semaphore>,
+    pub(super) max_connections: u32,
+}
+
+impl std::fmt::Debug for ProxyCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProxyCollector")
+    }
+}
+
+impl Collector for ProxyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let open = self.max_connections as usize - self.connections.available_permits();
+        let open = ConstGauge::new(open as i64);
+        open.encode(encoder.encode_descriptor(
+            "gateway_proxy_connections",
+            "Open client connections (TLS handshakes and WebSocket tunnels included)",
+            None,
+            open.metric_type(),
+        )?)?;
+        let snapshot = self.snapshot.load();
+        let series: [TargetSeries; 2] = [
+            (
+                "gateway_upstream_target_up",
+                "1 if the target takes traffic (healthy and not ejected), else 0",
+                |target| i64::from(target.available()),
+            ),
+            (
+                "gateway_upstream_target_outstanding",
+                "Requests in flight to the target",
+                |target| target.outstanding() as i64,
+            ),
+        ];
+        for (name, help, value) in series {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for upstream in &snapshot.upstreams {
+                for (config, state) in upstream.config.targets.iter().zip(&upstream.targets) {
+                    let labels = [
+                        ("upstream", upstream.config.name.as_str()),
+                        ("target", config.address.as_str()),
+                    ];
+                    ConstGauge::new(value(state)).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
