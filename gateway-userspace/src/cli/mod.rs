@@ -457,17 +457,23 @@ fn init_logging(
         }));
     let (access, guard) = match access_log {
         Some(config) => {
-            let (writer, guard) = match &config.path {
-                Some(path) => {
-                    let file = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)
-                        .with_context(|| format!("access_log.path: opening {}", path.display()))?;
-                    tracing_appender::non_blocking(file)
-                }
-                None => tracing_appender::non_blocking(std::io::stdout()),
+            let file = match &config.path {
+                Some(path) => std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("access_log.path: opening {}", path.display()))?,
+                // Our own handle on stdout: std's Stdout would write every line on its own.
+                None => std::fs::File::from(
+                    std::os::fd::AsFd::as_fd(&std::io::stdout())
+                        .try_clone_to_owned()
+                        .context("access_log: duplicating stdout")?,
+                ),
             };
+            // The writer thread drains every queued line into the buffer, then flushes once
+            // the queue is empty: one write per burst, not per line, and no line waits.
+            let (writer, guard) =
+                tracing_appender::non_blocking(std::io::BufWriter::with_capacity(64 * 1024, file));
             let layer = tracing_subscriber::fmt::layer()
                 .json()
                 .flatten_event(true)
