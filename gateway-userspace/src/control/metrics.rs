@@ -197,6 +197,11 @@ impl MetricsServer {
             "Time until the upstream's response head, by upstream",
             proxy.upstream_duration.clone(),
         );
+        registry.register(
+            "gateway_cache_requests",
+            "Cache lookups by route and result (hit, miss, stale, bypass)",
+            proxy.cache.clone(),
+        );
         registry.register_collector(Box::new(KernelCollector {
             state: state.clone(),
         }));

@@ -1,8 +1,12 @@
 //! The L7 proxy. This file is the only place the request stages are put in order:
 //!
 //! `accept` (listener.rs) -> `tls` (tls.rs; https listeners: handshake, SNI certificate,
-//! ALPN) -> `limits` (headers) -> `route` -> `limits` (body) -> `headers` (request) -> `balance`
-//! -> `forward` -> `headers` (response).
+//! ALPN) -> `limits` (headers) -> `route` -> `limits` (body) -> `headers` (request) -> `cache`
+//! (lookup: hit, 304, stale; coalesce misses) -> `balance` -> `forward` -> `headers`
+//! (response) -> `cache` (store; stale-if-error).
+//!
+//! When authentication lands it goes after `route`, before `cache`: a cached response is
+//! never served to an unauthenticated caller.
 //!
 //! Each stage is a plain function over a [`RequestContext`] that returns [`Flow::Continue`],
 //! [`Flow::Respond`] with an early answer, or a [`ProxyError`]; error.rs alone turns errors
@@ -11,6 +15,7 @@
 
 mod balance;
 mod body;
+pub mod cache;
 mod error;
 mod forward;
 mod headers;
@@ -81,6 +86,10 @@ pub struct RequestContext {
     pub target: Option<usize>,
     /// How long the upstream took to answer with a response head (set by `forward`).
     pub upstream_ms: Option<f64>,
+    /// What the cache lookup left for the store (set by `cache::lookup` on a miss).
+    pub cache: Option<cache::CacheState>,
+    /// The route caches, but this request went around the cache (credentials, no-store).
+    pub cache_bypass: bool,
 }
 
 impl RequestContext {
@@ -112,6 +121,20 @@ async fn pipeline(
     stage!(route::route(ctx, &req));
     stage!(limits::limit_body(ctx, &mut req));
     stage!(headers::prepare_request(ctx, &mut req));
+    stage!(cache::lookup(ctx, &mut req).await);
+    let response = match fetch(ctx, req).await {
+        Ok(response) => response,
+        Err(error) => return cache::on_error(ctx).ok_or(error),
+    };
+    cache::store(ctx, response).await
+}
+
+/// The upstream's answer to a prepared request: `balance` -> `forward` -> `headers`
+/// (response). Also used by the cache's background refresh.
+async fn fetch(
+    ctx: &mut RequestContext,
+    req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
     stage!(balance::pick(ctx, &req));
     let asked = std::time::Instant::now();
     let forwarded = forward::forward(ctx, req).await;
@@ -137,6 +160,8 @@ async fn handle(
         upstream_path: None,
         target: None,
         upstream_ms: None,
+        cache: None,
+        cache_bypass: false,
     };
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let grpc = headers::is_grpc(req.headers());
@@ -218,6 +243,7 @@ impl Proxy {
     pub async fn start(config: &ProxyConfig) -> anyhow::Result<Proxy> {
         let bound = listener::bind(&config.listeners).await?;
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)));
+        snapshot.load().cache.make_current();
         let max_connections = config.limits.max_connections;
         let connections = Arc::new(Semaphore::new(max_connections as usize));
         let (shutdown, stop) = watch::channel(false);

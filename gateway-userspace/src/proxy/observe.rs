@@ -59,6 +59,8 @@ pub struct ProxyMetrics {
     pub duration: Family<Labels, Histogram, fn() -> Histogram>,
     /// Seconds until the upstream's response head, by upstream.
     pub upstream_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Cache lookups by route and result (hit, miss, stale, bypass).
+    pub cache: Family<Labels, Counter>,
     meter: Mutex<HashMap<(String, String), Metered>>,
 }
 
@@ -84,6 +86,7 @@ pub static METRICS: LazyLock<ProxyMetrics> = LazyLock::new(|| ProxyMetrics {
     requests: Family::default(),
     duration: Family::new_with_constructor(latency_histogram),
     upstream_duration: Family::new_with_constructor(latency_histogram),
+    cache: Family::default(),
     meter: Mutex::new(HashMap::new()),
 });
 

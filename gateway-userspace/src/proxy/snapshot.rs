@@ -9,6 +9,7 @@ use crate::config::{HttpLimits, ProxyConfig, RouteConfig, UpstreamConfig};
 
 use super::{
     balance::Balancer,
+    cache::Store,
     forward::{RetryBudget, UpstreamClient, client, grpc_client},
     health::{self, HealthTask, TargetState},
 };
@@ -18,6 +19,8 @@ pub struct Snapshot {
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<Upstream>,
     pub limits: HttpLimits,
+    /// The response cache; one store for the proxy's life, carried over by reloads.
+    pub cache: Arc<Store>,
 }
 
 pub struct Upstream {
@@ -82,6 +85,9 @@ impl Snapshot {
                 })
                 .collect(),
             limits: config.limits.clone(),
+            cache: previous
+                .map(|previous| previous.cache.clone())
+                .unwrap_or_else(|| Store::new(&config.cache)),
         }
     }
 }
