@@ -255,6 +255,12 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
             Err(failure) => Err(failure),
         },
         (&Method::POST, api::RELOAD_PATH) => reload(&api.reloads).await,
+        (&Method::POST, api::CACHE_PURGE_PATH) => {
+            match body::<api::PurgeRequest>(request, MAX_BODY).await {
+                Ok(purge) => purge_cache(purge).await,
+                Err(failure) => Err(failure),
+            }
+        }
         (&Method::GET, api::BANS_PATH) => state.bans().map(|bans| json(&bans)),
         (&Method::POST, api::BANS_PATH) => match body::<BanRequest>(request, MAX_BODY).await {
             Ok(ban) => state.ban(&ban).map(|ban| json(&ban)),
@@ -321,6 +327,29 @@ fn json(body: &impl Serialize) -> Response<Full<Bytes>> {
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
+}
+
+/// Removes cached responses by exact key or by prefix.
+async fn purge_cache(purge: api::PurgeRequest) -> Result<Response<Full<Bytes>>, ApiFailure> {
+    use crate::proxy::cache::PurgeTarget;
+    let bad = |message: &str| ApiFailure {
+        status: StatusCode::BAD_REQUEST,
+        message: message.to_owned(),
+    };
+    let target = match (purge.key, purge.prefix) {
+        (Some(key), None) if !key.trim().is_empty() => PurgeTarget::Key(key),
+        (None, Some(prefix)) if !prefix.is_empty() => PurgeTarget::Prefix(prefix),
+        (Some(_), Some(_)) => return Err(bad("give key or prefix, not both")),
+        _ => {
+            return Err(bad(
+                "give a key (\"GET host/path?query\") or a prefix (\"host/path\" or \"/path\")",
+            ));
+        }
+    };
+    // No proxy running (no listeners): nothing is cached.
+    let purged = crate::proxy::cache::purge(&target).await.unwrap_or(0);
+    tracing::info!(?target, purged, "cache purged");
+    Ok(json(&api::Purged { purged }))
 }
 
 fn metering() -> api::Metering {
