@@ -895,7 +895,22 @@ fn compile_routes(
                 format!("{:?} is used twice", route.name),
             );
         }
-        let matcher = route.matcher.compile(&format!("{key}.match"), problems);
+        let mut matcher = route.matcher.compile(&format!("{key}.match"), problems);
+        if route.aggregate.is_some() {
+            // Calls are GETs: a composite route answers GET and HEAD only.
+            if matcher.methods.is_empty() {
+                matcher.methods = vec![Method::GET, Method::HEAD];
+            } else if matcher
+                .methods
+                .iter()
+                .any(|method| method != Method::GET && method != Method::HEAD)
+            {
+                problems.add(
+                    format!("{key}.match.methods"),
+                    "an aggregate route answers GET and HEAD only",
+                );
+            }
+        }
         let aggregate = route
             .aggregate
             .map(|aggregate| Arc::new(aggregate.compile(&key, &matcher.path, upstreams, problems)));

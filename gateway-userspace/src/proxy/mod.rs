@@ -2,8 +2,8 @@
 //!
 //! `accept` (listener.rs) -> `tls` (tls.rs; https listeners: handshake, SNI certificate,
 //! ALPN) -> `limits` (headers) -> `route` -> `limits` (body) -> `headers` (request) -> `cache`
-//! (lookup: hit, 304, stale; coalesce misses) -> `balance` -> `forward` -> `headers`
-//! (response) -> `cache` (store; stale-if-error).
+//! (lookup: hit, 304, stale; coalesce misses) -> `aggregate` (composite routes) or
+//! `balance` -> `forward` -> `headers` (response) -> `cache` (store; stale-if-error).
 //!
 //! When authentication lands it goes after `route`, before `cache`: a cached response is
 //! never served to an unauthenticated caller.
@@ -13,6 +13,7 @@
 //! into responses. Malformed HTTP (bad framing, CL with TE, bad field syntax) is refused by
 //! hyper's parser before any stage runs; the stages check what it lets through (Host).
 
+mod aggregate;
 mod balance;
 mod body;
 pub mod cache;
@@ -129,15 +130,21 @@ async fn pipeline(
     cache::store(ctx, response).await
 }
 
-/// The upstream's answer to a prepared request: `balance` -> `forward` -> `headers`
-/// (response). Also used by the cache's background refresh.
+/// The upstream's answer to a prepared request: `aggregate`, or `balance` -> `forward`; then
+/// `headers` (response). Also used by the cache's background refresh.
 async fn fetch(
     ctx: &mut RequestContext,
     req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    stage!(balance::pick(ctx, &req));
+    let aggregate = ctx.route().aggregate.is_some();
+    if !aggregate {
+        stage!(balance::pick(ctx, &req));
+    }
     let asked = std::time::Instant::now();
-    let forwarded = forward::forward(ctx, req).await;
+    let forwarded = match aggregate {
+        true => aggregate::respond(ctx, req).await,
+        false => forward::forward(ctx, req).await,
+    };
     ctx.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1000.0);
     let mut response = forwarded?;
     headers::prepare_response(ctx, &mut response);
@@ -205,7 +212,10 @@ async fn handle(
     headers::finish_response(&ctx, &mut response);
     let record = observe::Record {
         log_line: logged,
-        upstream: ctx.route.map(|_| ctx.upstream().config.name.clone()),
+        upstream: ctx
+            .route
+            .filter(|_| ctx.route().aggregate.is_none())
+            .map(|_| ctx.upstream().config.name.clone()),
         started,
         request_id: ctx.request_id.to_str().unwrap_or("").to_owned(),
         client: ctx.connection.client,
