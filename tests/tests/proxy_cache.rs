@@ -350,3 +350,30 @@ fn check_config_rejects_a_shared_cache_on_authenticated_traffic() {
     let output = gateway_cmd(&["check-config", path.to_str().unwrap()]);
     assert!(output.status.success(), "{output:?}");
 }
+
+#[test]
+fn lookups_are_counted_by_route_and_result() {
+    let upstream = Upstream::start("api");
+    let metrics = format!("127.0.0.1:{}", proxy_support::free_port());
+    let proxy = Proxy::start(&format!(
+        "[metrics]\naddress = \"{metrics}\"\n{}[[routes]]\nname = \"api\"\nupstream = \"api\"\n\
+         cache = {{ ttl = \"60s\" }}\n",
+        upstream_toml("api", &[(upstream.address(), 1)], "")
+    ));
+    let client = RustClient::http1();
+    client.get(&proxy.url("/m"), &[]);
+    client.get(&proxy.url("/m"), &[]);
+    client.get(&proxy.url("/m"), &[]);
+    client.get(&proxy.url("/m"), &[("cookie", "a=b")]);
+    let key =
+        |result: &str| format!("gateway_cache_requests_total{{result=\"{result}\",route=\"api\"}}");
+    let mut values = Default::default();
+    wait_until("the cache counters", || {
+        let scraped = proxy_support::curl(&[&format!("http://{metrics}/metrics")]);
+        values = gateway_tests::scrape::samples(&scraped.body);
+        values.get(&key("hit")) == Some(&2.0)
+    });
+    assert_eq!(values[&key("miss")], 1.0, "{values:#?}");
+    assert_eq!(values[&key("bypass")], 1.0, "{values:#?}");
+    assert_eq!(upstream.hits_on("/m"), 2);
+}

@@ -20,6 +20,7 @@ use crate::cmd::{self, StepContext as _};
 /// - `iptables`, `nftables`: the kernel firewalls that tests and benchmarks compare against.
 /// - `ethtool`: inspects and tunes the test interfaces (offloads, channels) for native XDP.
 /// - `curl`, `openssl`: real HTTP and TLS clients for the integration tests.
+/// - `nginx-light`: `bench proxy` compares cache hits with nginx's `proxy_cache` (bench only).
 pub const APT_PACKAGES: &[&str] = &[
     "build-essential",
     "pkg-config",
@@ -30,6 +31,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "curl",
     "openssl",
+    "nginx-light",
 ];
 
 /// The bpf-linker release that builds against the LLVM 22 shipped inside the nightly toolchain.

@@ -350,7 +350,8 @@ pub async fn lookup(
         return Ok(Flow::Continue);
     };
     let head = req.method() == Method::HEAD;
-    if !(head || req.method() == Method::GET) {
+    // A WebSocket handshake is a GET, but never one to answer from (or wait on) the cache.
+    if !(head || req.method() == Method::GET) || super::headers::is_websocket(req) {
         return Ok(Flow::Continue);
     }
     let route_name = route.name.clone();

@@ -1,8 +1,11 @@
 //! `bench proxy`: the same keep-alive load (64 and 256 connections) against the upstream
 //! directly, through the gateway with the access log off, and with it on (to a file), in one
-//! run: requests/s, p50 and p99 latency, and each ratio to the direct path.
+//! run: requests/s, p50 and p99 latency, and each ratio to the direct path. Then cache hits:
+//! the gateway serving a cached response, the same gateway's uncached path, and nginx with
+//! `proxy_cache` serving the same hit (started here with a generated config on loopback,
+//! killed at the end; skipped with a note when nginx is not installed).
 //!
-//! Not yet in it: nginx and haproxy as equivalent proxies, TLS, and resident memory with
+//! Not yet in it: nginx and haproxy as equivalent uncached proxies, TLS, and resident memory with
 //! 10,000 idle connections (issue 3).
 
 use std::{
@@ -36,7 +39,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
              {access_log}\n\
              [[listeners]]\nname = \"bench\"\naddress = \"127.0.0.1:{port}\"\nprotocol = \"http\"\n\
              [[upstreams]]\nname = \"bench\"\ntargets = [{{ address = \"{}\" }}]\n\
-             [[routes]]\nname = \"bench\"\nupstream = \"bench\"\nmatch = {{ path_prefix = \"/\" }}\n",
+             [[routes]]\nname = \"bench\"\nupstream = \"bench\"\nmatch = {{ path_prefix = \"/\" }}\n\
+             [[routes]]\nname = \"cached\"\nupstream = \"bench\"\nmatch = {{ path_prefix = \"/cached\" }}\n\
+             cache = {{ ttl = \"1h\" }}\n",
             upstream.address()
         )
     };
@@ -71,8 +76,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     for connections in CONNECTIONS {
         let mut direct = None;
         for (name, address) in targets {
-            let result =
-                runtime.block_on(load(address, connections, Duration::from_secs(seconds)))?;
+            let result = runtime.block_on(load(
+                address,
+                "/bench",
+                connections,
+                Duration::from_secs(seconds),
+            ))?;
             let rate = result.requests as f64 / result.elapsed.as_secs_f64();
             let direct_rate = *direct.get_or_insert(rate);
             println!(
@@ -83,11 +92,163 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             );
         }
     }
+    let gateway: SocketAddr = format!("127.0.0.1:{quiet_port}").parse()?;
+    let nginx = match Nginx::start(upstream.address()) {
+        Ok(nginx) => Some(nginx),
+        Err(error) => {
+            println!("\n(nginx rows skipped: {error:#})");
+            None
+        }
+    };
+    let mut rows: Vec<(&str, SocketAddr, &str)> = vec![
+        ("gateway, uncached", gateway, "/bench"),
+        ("gateway, cache hit", gateway, "/cached/bench"),
+    ];
+    if let Some(nginx) = &nginx {
+        rows.push((
+            "nginx proxy_cache, cache hit",
+            nginx.address,
+            "/cached/bench",
+        ));
+    }
+    // Warm both caches, and check that the rows measure what they say.
+    for (name, address, path) in &rows[1..] {
+        for _ in 0..3 {
+            runtime.block_on(probe(*address, path))?;
+        }
+        let status = runtime.block_on(probe(*address, path))?;
+        if status != "HIT" {
+            bail!("{name}: a warm request was not a cache hit ({status:?})");
+        }
+    }
+    println!("\n## Cache hits (HTTP/1.1 keep-alive, GET, {seconds} s per row, one run)");
+    println!("| connections | target | requests/s | p50 ms | p99 ms | ratio to gateway uncached |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    for connections in CONNECTIONS {
+        let mut uncached = None;
+        for (name, address, path) in &rows {
+            let result = runtime.block_on(load(
+                *address,
+                path,
+                connections,
+                Duration::from_secs(seconds),
+            ))?;
+            let rate = result.requests as f64 / result.elapsed.as_secs_f64();
+            let base = *uncached.get_or_insert(rate);
+            println!(
+                "| {connections} | {name} | {rate:.0} | {:.2} | {:.2} | {:.2} |",
+                result.percentile(0.50),
+                result.percentile(0.99),
+                rate / base
+            );
+        }
+    }
+    drop(nginx);
     println!(
         "\nLoad generator, gateway and upstream share this machine's cores, so the ratios, not the \
          absolute numbers, are the result."
     );
     Ok(())
+}
+
+/// nginx in the foreground with a generated `proxy_cache` config on a loopback port, as
+/// many workers as the gateway has runtime threads (one per core); killed when dropped.
+struct Nginx {
+    address: SocketAddr,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(upstream: SocketAddr) -> anyhow::Result<Nginx> {
+        let binary = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists())
+            .context("nginx is not installed (cargo xtask setup installs nginx-light)")?;
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let root = dir.path().display();
+        let config = format!(
+            "daemon off;\nmaster_process on;\nworker_processes auto;\nuser root;\n\
+             pid {root}/nginx.pid;\nerror_log {root}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n\
+               client_body_temp_path {root}/body;\n  proxy_temp_path {root}/proxy;\n\
+               fastcgi_temp_path {root}/fastcgi;\n  uwsgi_temp_path {root}/uwsgi;\n\
+               scgi_temp_path {root}/scgi;\n\
+               proxy_cache_path {root}/cache keys_zone=bench:10m max_size=64m;\n\
+               upstream bench {{ server {upstream}; keepalive 64; }}\n\
+               server {{\n    listen 127.0.0.1:{port};\n    keepalive_requests 1000000;\n\
+                 location / {{\n      proxy_pass http://bench;\n      proxy_http_version 1.1;\n\
+                   proxy_set_header Connection \"\";\n      proxy_cache bench;\n\
+                   proxy_cache_valid 200 1h;\n      add_header X-Cache $upstream_cache_status;\n    }}\n  }}\n}}\n"
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, config)?;
+        let child = std::process::Command::new(binary)
+            .arg("-c")
+            .arg(&path)
+            .arg("-p")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        let address: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let mut nginx = Nginx {
+            address,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(address).is_err() {
+            if let Some(status) = nginx.child.try_wait()? {
+                bail!("nginx exited at start ({status})");
+            }
+            if Instant::now() > deadline {
+                bail!("nginx did not listen on {address} within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(nginx)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM to the master (our child, by its pid): it stops its workers.
+        // SAFETY: kill(2) on our own child process.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One GET; the response's `X-Cache` value ("" when absent).
+async fn probe(address: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let stream = tokio::net::TcpStream::connect(address).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, "bench")
+        .body(Empty::new())?;
+    let response = sender.send_request(request).await?;
+    let x_cache = response
+        .headers()
+        .get("x-cache")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    response.into_body().collect().await?;
+    Ok(x_cache)
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -116,6 +277,7 @@ impl LoadResult {
 /// deadline. Every response must be a 200.
 async fn load(
     address: SocketAddr,
+    path: &str,
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<LoadResult> {
@@ -125,6 +287,7 @@ async fn load(
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let errors = errors.clone();
+        let path = path.to_owned();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let Ok(stream) = tokio::net::TcpStream::connect(address).await else {
@@ -140,7 +303,7 @@ async fn load(
             };
             tokio::spawn(connection);
             while Instant::now() < deadline {
-                let request = hyper::Request::get("/bench")
+                let request = hyper::Request::get(path.as_str())
                     .header(hyper::header::HOST, "bench")
                     .body(Empty::new())
                     .expect("a static request");
