@@ -72,6 +72,8 @@ type Entries = moka::future::Cache<Arc<str>, Arc<Stored>>;
 /// The response cache: entries, and the misses being fetched.
 pub struct Store {
     entries: Entries,
+    /// `[cache] max_size` it was built with (a change needs a restart).
+    pub max_size: u64,
     in_flight: Mutex<HashMap<Arc<str>, watch::Receiver<Option<Outcome>>>>,
 }
 
@@ -171,6 +173,7 @@ impl Store {
             .build();
         Arc::new(Store {
             entries,
+            max_size: config.max_size,
             in_flight: Mutex::new(HashMap::new()),
         })
     }
@@ -417,7 +420,11 @@ pub async fn lookup(
     count(&route_name, "miss");
     // HEAD misses go upstream as they are, unstored (their answer has no body to keep).
     if !head {
-        let wait = ctx.upstream().config.request_timeout + Duration::from_secs(1);
+        // How long the leader may take: its upstream's timeout, or the aggregate's.
+        let wait = match &ctx.route().aggregate {
+            Some(aggregate) => aggregate.timeout,
+            None => ctx.upstream().config.request_timeout,
+        } + Duration::from_secs(1);
         match store.lead_or_wait(&base) {
             Ok(leader) => {
                 // A leader that finished between our lookup and now has stored its entry.

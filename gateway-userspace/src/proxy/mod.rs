@@ -299,6 +299,9 @@ impl Proxy {
         if listener::sockets_differ(&self.listeners, &config.listeners) {
             tracing::warn!("listeners changes take effect at the next restart");
         }
+        if config.cache.max_size != self.snapshot.load().cache.max_size {
+            tracing::warn!("cache.max_size changes take effect at the next restart");
+        }
         if config.limits.max_connections != self.max_connections {
             tracing::warn!("limits.max_connections changes take effect at the next restart");
         }
