@@ -237,6 +237,9 @@ fn stale_while_revalidate_serves_stale_and_refreshes_in_the_background() {
         fresh = client.get(&proxy.url("/swr"), &[]);
     }
     assert_eq!(upstream.hits_on("/swr"), 2);
+    // The refresh went upstream like any request: forwarding fields and all.
+    assert_eq!(fresh.json()["headers"]["x-forwarded-proto"], "http");
+    assert!(fresh.json()["headers"]["x-request-id"].is_string());
 }
 
 #[test]

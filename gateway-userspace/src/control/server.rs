@@ -366,3 +366,29 @@ fn metering() -> api::Metering {
         .collect();
     api::Metering { rows }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn purge_needs_exactly_one_of_key_and_prefix() {
+        let both = api::PurgeRequest {
+            key: Some("GET a.test/x".into()),
+            prefix: Some("/x".into()),
+        };
+        let blank = api::PurgeRequest {
+            key: Some("  ".into()),
+            prefix: None,
+        };
+        for request in [api::PurgeRequest::default(), both, blank] {
+            let failure = purge_cache(request.clone()).await.unwrap_err();
+            assert_eq!(failure.status, StatusCode::BAD_REQUEST, "{request:?}");
+        }
+        let fine = api::PurgeRequest {
+            key: None,
+            prefix: Some("/x".into()),
+        };
+        assert_eq!(purge_cache(fine).await.unwrap().status(), StatusCode::OK);
+    }
+}

@@ -63,6 +63,7 @@ use super::{
     error::{ErrorKind, ProxyError},
     observe::METRICS,
 };
+use prometheus_client::metrics::counter::Counter;
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
@@ -332,14 +333,52 @@ pub struct CacheState {
     request_headers: HeaderMap,
 }
 
-fn count(route: &str, result: &'static str) {
-    METRICS
-        .cache
-        .get_or_create(&vec![
-            ("route", route.to_owned()),
-            ("result", result.to_owned()),
-        ])
-        .inc();
+/// A caching route's lookup counters, resolved once per snapshot (no label work per request).
+pub struct Counters {
+    hit: Counter,
+    miss: Counter,
+    stale: Counter,
+    bypass: Counter,
+}
+
+impl Counters {
+    pub fn for_route(route: &str) -> Counters {
+        let counter = |result: &str| {
+            METRICS
+                .cache
+                .get_or_create(&vec![
+                    ("route", route.to_owned()),
+                    ("result", result.to_owned()),
+                ])
+                .clone()
+        };
+        Counters {
+            hit: counter("hit"),
+            miss: counter("miss"),
+            stale: counter("stale"),
+            bypass: counter("bypass"),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Lookup {
+    Hit,
+    Miss,
+    Stale,
+    Bypass,
+}
+
+fn count(ctx: &RequestContext, result: Lookup) {
+    let Some(Some(counters)) = ctx.route.map(|index| &ctx.snapshot.cache_counters[index]) else {
+        return;
+    };
+    match result {
+        Lookup::Hit => counters.hit.inc(),
+        Lookup::Miss => counters.miss.inc(),
+        Lookup::Stale => counters.stale.inc(),
+        Lookup::Bypass => counters.bypass.inc(),
+    };
 }
 
 /// The cache lookup stage. Needs `route` to have run; see the module docs for the rules.
@@ -357,7 +396,6 @@ pub async fn lookup(
     if !(head || req.method() == Method::GET) || super::headers::is_websocket(req) {
         return Ok(Flow::Continue);
     }
-    let route_name = route.name.clone();
     let directives = Directives::parse(req.headers());
     let credentials =
         req.headers().contains_key(AUTHORIZATION) || req.headers().contains_key(COOKIE);
@@ -367,13 +405,13 @@ pub async fn lookup(
         (false, _) if !credentials => None,
         // Credentials, but no verified identity to key them by.
         _ => {
-            count(&route_name, "bypass");
+            count(ctx, Lookup::Bypass);
             ctx.cache_bypass = true;
             return Ok(Flow::Continue);
         }
     };
     if directives.no_store {
-        count(&route_name, "bypass");
+        count(ctx, Lookup::Bypass);
         ctx.cache_bypass = true;
         return Ok(Flow::Continue);
     }
@@ -383,6 +421,7 @@ pub async fn lookup(
         .map(|host| host.host().trim_end_matches('.').to_ascii_lowercase())
         .unwrap_or_default();
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let route_name = &route.name;
     let base: Arc<str> = match identity {
         Some(identity) => format!("GET {host}{target}\n{route_name}\nidentity={identity}"),
         None => format!("GET {host}{target}\n{route_name}"),
@@ -395,7 +434,8 @@ pub async fn lookup(
         head,
         stale: None,
         leader: None,
-        request_headers: req.headers().clone(),
+        // Filled on the way upstream: a hit does not need it.
+        request_headers: HeaderMap::new(),
     };
     let store = snapshot.cache.clone();
     let skip_lookup = directives.no_cache || directives.max_age == Some(0);
@@ -403,12 +443,13 @@ pub async fn lookup(
         let age = entry.age();
         let stale_ok = !entry.must_revalidate();
         if age < entry.fresh_for {
-            count(&route_name, "hit");
+            count(ctx, Lookup::Hit);
             return Ok(Flow::Respond(state.respond(&entry, "HIT")));
         }
         if stale_ok && age < entry.fresh_for + entry.stale_while_revalidate {
-            count(&route_name, "stale");
+            count(ctx, Lookup::Stale);
             if !head && let Ok(leader) = store.lead_or_wait(&base) {
+                state.request_headers = req.headers().clone();
                 refresh(ctx, req, state.clone_for_refresh(leader));
             }
             return Ok(Flow::Respond(state.respond(&entry, "STALE")));
@@ -417,7 +458,6 @@ pub async fn lookup(
             state.stale = Some(entry);
         }
     }
-    count(&route_name, "miss");
     // HEAD misses go upstream as they are, unstored (their answer has no body to keep).
     if !head {
         // How long the leader may take: its upstream's timeout, or the aggregate's.
@@ -433,6 +473,7 @@ pub async fn lookup(
                     && entry.age() < entry.fresh_for
                 {
                     drop(leader);
+                    count(ctx, Lookup::Hit);
                     return Ok(Flow::Respond(state.respond(&entry, "HIT")));
                 }
                 state.leader = Some(leader);
@@ -443,11 +484,14 @@ pub async fn lookup(
                     && let Some(Some(entry)) = outcome.clone()
                     && *entry.key == *variant_key(&base, &vary_names(&entry.headers), req.headers())
                 {
+                    count(ctx, Lookup::Hit);
                     return Ok(Flow::Respond(state.respond(&entry, "HIT")));
                 }
             }
         }
     }
+    count(ctx, Lookup::Miss);
+    state.request_headers = req.headers().clone();
     ctx.cache = Some(state);
     Ok(Flow::Continue)
 }
@@ -470,10 +514,12 @@ fn refresh(ctx: &RequestContext, req: &Request<ProxyBody>, state: CacheState) {
     let mut request = Request::new(empty());
     *request.uri_mut() = req.uri().clone();
     *request.headers_mut() = req.headers().clone();
-    request
-        .headers_mut()
-        .insert(super::headers::X_REQUEST_ID, fresh.request_id.clone());
     tokio::spawn(async move {
+        // What any request gets on its way upstream (forwarding fields, the route's edits).
+        if let Err(error) = super::headers::prepare_request(&mut fresh, &mut request) {
+            tracing::debug!("background cache refresh failed: {error}");
+            return;
+        }
         let fetched = super::fetch(&mut fresh, request).await;
         match fetched {
             Ok(response) => {
@@ -492,7 +538,7 @@ pub fn on_error(ctx: &mut RequestContext) -> Option<Response<ProxyBody>> {
     let state = ctx.cache.as_mut()?;
     let entry = state.stale.take()?;
     let response = state.respond(&entry, "STALE");
-    count(&ctx.route().name, "stale");
+    count(ctx, Lookup::Stale);
     Some(response)
 }
 
@@ -508,7 +554,7 @@ pub async fn store(
     if response.status().is_server_error()
         && let Some(entry) = state.stale.take()
     {
-        count(&ctx.route().name, "stale");
+        count(ctx, Lookup::Stale);
         return Ok(state.respond(&entry, "STALE"));
     }
     let config = ctx

@@ -1,9 +1,10 @@
 //! The L7 proxy. This file is the only place the request stages are put in order:
 //!
 //! `accept` (listener.rs) -> `tls` (tls.rs; https listeners: handshake, SNI certificate,
-//! ALPN) -> `limits` (headers) -> `route` -> `limits` (body) -> `headers` (request) -> `cache`
-//! (lookup: hit, 304, stale; coalesce misses) -> `aggregate` (composite routes) or
-//! `balance` -> `forward` -> `headers` (response) -> `cache` (store; stale-if-error).
+//! ALPN) -> `limits` (headers) -> `route` -> `limits` (body) -> `cache` (lookup: hit, 304,
+//! stale; coalesce misses; on the client's request as it came) -> `headers` (request) ->
+//! `aggregate` (composite routes) or `balance` -> `forward` -> `headers` (response) ->
+//! `cache` (store; stale-if-error).
 //!
 //! When authentication lands it goes after `route`, before `cache`: a cached response is
 //! never served to an unauthenticated caller.
@@ -121,8 +122,8 @@ async fn pipeline(
     stage!(limits::limit_headers(ctx, &req));
     stage!(route::route(ctx, &req));
     stage!(limits::limit_body(ctx, &mut req));
-    stage!(headers::prepare_request(ctx, &mut req));
     stage!(cache::lookup(ctx, &mut req).await);
+    stage!(headers::prepare_request(ctx, &mut req));
     let response = match fetch(ctx, req).await {
         Ok(response) => response,
         Err(error) => return cache::on_error(ctx).ok_or(error),

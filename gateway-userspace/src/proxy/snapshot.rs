@@ -9,7 +9,7 @@ use crate::config::{HttpLimits, ProxyConfig, RouteConfig, UpstreamConfig};
 
 use super::{
     balance::Balancer,
-    cache::Store,
+    cache::{Counters, Store},
     forward::{RetryBudget, UpstreamClient, client, grpc_client},
     health::{self, HealthTask, TargetState},
 };
@@ -21,6 +21,8 @@ pub struct Snapshot {
     pub limits: HttpLimits,
     /// The response cache; one store for the proxy's life, carried over by reloads.
     pub cache: Arc<Store>,
+    /// Per route (in `routes` order): its cache lookup counters, if it caches.
+    pub cache_counters: Vec<Option<Counters>>,
 }
 
 pub struct Upstream {
@@ -85,6 +87,16 @@ impl Snapshot {
                 })
                 .collect(),
             limits: config.limits.clone(),
+            cache_counters: config
+                .routes
+                .iter()
+                .map(|route| {
+                    route
+                        .cache
+                        .as_ref()
+                        .map(|_| Counters::for_route(&route.name))
+                })
+                .collect(),
             cache: previous
                 .map(|previous| previous.cache.clone())
                 .unwrap_or_else(|| Store::new(&config.cache)),
