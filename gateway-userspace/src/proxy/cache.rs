@@ -1080,6 +1080,77 @@ mod tests {
         );
     }
 
+    /// A request context on a one-route snapshot whose route caches with `cache`.
+    fn context(cache: &str, identity: Option<&str>) -> RequestContext {
+        let config = crate::config::Config::parse(&format!(
+            "[xdp]\nmode = \"off\"\n[[upstreams]]\nname = \"u\"\n\
+             [[routes]]\nname = \"r\"\nupstream = \"u\"\ncache = {{ {cache} }}\n"
+        ))
+        .unwrap();
+        RequestContext {
+            snapshot: Arc::new(super::super::snapshot::Snapshot::build(&config.proxy)),
+            connection: Arc::new(super::super::ConnectionInfo {
+                client: "127.0.0.1:1".parse().unwrap(),
+                scheme: "http",
+            }),
+            request_id: HeaderValue::from_static("id"),
+            identity: identity.map(|name| super::super::Identity {
+                name: name.to_owned(),
+                groups: Vec::new(),
+            }),
+            host: Some("a.test".parse().unwrap()),
+            route: Some(0),
+            upstream_path: None,
+            target: None,
+            upstream_ms: None,
+            cache: None,
+            cache_bypass: false,
+        }
+    }
+
+    fn get(authorization: &str) -> Request<ProxyBody> {
+        let mut req = Request::new(empty());
+        *req.uri_mut() = "/me".parse().unwrap();
+        req.headers_mut()
+            .insert(AUTHORIZATION, HeaderValue::from_str(authorization).unwrap());
+        req
+    }
+
+    /// What the pipeline would answer: the cache's response, or `None` (goes upstream).
+    async fn look(ctx: &mut RequestContext, authorization: &str) -> Option<String> {
+        match lookup(ctx, &mut get(authorization)).await.unwrap() {
+            Flow::Respond(response) => {
+                Some(response.headers()[X_CACHE].to_str().unwrap().to_owned())
+            }
+            Flow::Continue => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn identity_keyed_entries_are_per_caller() {
+        // Alice's response is stored under her identity...
+        let mut alice = context("ttl = \"60s\", key_by_identity = true", Some("alice"));
+        assert_eq!(look(&mut alice, "Bearer a").await, None);
+        let stored = store(&mut alice, response(200, &[])).await.unwrap();
+        assert_eq!(stored.headers()[X_CACHE], "MISS");
+        let mut again = context("", Some("alice"));
+        again.snapshot = alice.snapshot.clone();
+        assert_eq!(look(&mut again, "Bearer a").await.as_deref(), Some("HIT"));
+        // ...and never served to Bob, who shares the snapshot and the URL.
+        let mut bob = context("", Some("bob"));
+        bob.snapshot = alice.snapshot.clone();
+        assert_eq!(look(&mut bob, "Bearer b").await, None);
+        assert!(
+            bob.cache.is_some(),
+            "Bob's miss goes upstream and may be stored"
+        );
+        // Credentials without a verified identity are not cached at all.
+        let mut unverified = context("", None);
+        unverified.snapshot = alice.snapshot.clone();
+        assert_eq!(look(&mut unverified, "Bearer a").await, None);
+        assert!(unverified.cache.is_none() && unverified.cache_bypass);
+    }
+
     #[test]
     fn conditional_requests_compare_validators() {
         let entry = Entry {
