@@ -54,6 +54,10 @@ fn miss_then_hit_with_age_and_head_from_the_same_entry() {
     assert_eq!((head.status, x_cache(&head)), (200, "HIT"));
     assert!(head.body.is_empty());
     assert_eq!(upstream.hits_on("/a"), 1);
+    // HTTP/2 clients get the same entry.
+    let h2 = RustClient::http2().get(&proxy.url("/a?x=1"), &[]);
+    assert_eq!((h2.status, x_cache(&h2)), (200, "HIT"));
+    assert_eq!(h2.body, first.body);
     // The query is part of the key.
     let other = client.get(&proxy.url("/a?x=2"), &[]);
     assert_eq!(x_cache(&other), "MISS");

@@ -490,7 +490,10 @@ pub async fn lookup(
             }
         }
     }
-    count(ctx, Lookup::Miss);
+    // With a stale entry in reserve, the answer decides: stale (the upstream failed) or miss.
+    if state.stale.is_none() {
+        count(ctx, Lookup::Miss);
+    }
     state.request_headers = req.headers().clone();
     ctx.cache = Some(state);
     Ok(Flow::Continue)
@@ -556,6 +559,9 @@ pub async fn store(
     {
         count(ctx, Lookup::Stale);
         return Ok(state.respond(&entry, "STALE"));
+    }
+    if state.stale.is_some() {
+        count(ctx, Lookup::Miss);
     }
     let config = ctx
         .route()
