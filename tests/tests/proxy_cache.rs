@@ -384,3 +384,16 @@ fn lookups_are_counted_by_route_and_result() {
     assert_eq!(values[&key("bypass")], 1.0, "{values:#?}");
     assert_eq!(upstream.hits_on("/m"), 2);
 }
+
+#[test]
+fn responses_over_max_entry_size_stream_through_uncached() {
+    // The echo's JSON is a few hundred bytes: over a 64-byte cap.
+    let (upstream, proxy) = cached("ttl = \"60s\", max_entry_size = 64");
+    let client = RustClient::http1();
+    for _ in 0..2 {
+        let reply = client.get(&proxy.url("/big"), &[]);
+        assert_eq!((reply.status, x_cache(&reply)), (200, "MISS"));
+        assert_eq!(reply.json()["path"], "/big", "the whole body arrived");
+    }
+    assert_eq!(upstream.hits_on("/big"), 2);
+}

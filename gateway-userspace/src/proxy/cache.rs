@@ -1157,6 +1157,54 @@ mod tests {
         assert!(unverified.cache.is_none() && unverified.cache_bypass);
     }
 
+    #[tokio::test]
+    async fn responses_over_the_entry_cap_stream_through_whole_and_unstored() {
+        let mut ctx = context("ttl = \"60s\", max_entry_size = 8", None);
+        let plain = || {
+            let mut req = Request::new(empty());
+            *req.uri_mut() = "/big".parse().unwrap();
+            req
+        };
+        assert!(matches!(
+            lookup(&mut ctx, &mut plain()).await.unwrap(),
+            Flow::Continue
+        ));
+        // No Content-Length: the cap is found while buffering, and what was read goes first.
+        let body = Chunks(
+            ["0123", "4567", "89ab", "cdef"]
+                .into_iter()
+                .map(|chunk| Bytes::from_static(chunk.as_bytes()))
+                .collect(),
+        );
+        let mut response = Response::new(body.boxed());
+        *response.status_mut() = StatusCode::OK;
+        let passed = store(&mut ctx, response).await.unwrap();
+        assert_eq!(passed.headers()[X_CACHE], "MISS");
+        let bytes = passed.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"0123456789abcdef");
+        let mut again = context("", None);
+        again.snapshot = ctx.snapshot.clone();
+        assert!(matches!(
+            lookup(&mut again, &mut plain()).await.unwrap(),
+            Flow::Continue
+        ));
+    }
+
+    /// A body of several data frames and no known length, as a streamed upstream response.
+    struct Chunks(std::collections::VecDeque<Bytes>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+        }
+    }
+
     #[test]
     fn conditional_requests_compare_validators() {
         let entry = Entry {
