@@ -8,7 +8,8 @@
 //! `x-upstream-status` request headers, or per path ([`Upstream::set_status_on`], e.g. a
 //! failing `/healthz`; [`Upstream::hits_on`] counts one path's requests). Per path it can
 //! also add response headers ([`Upstream::set_headers_on`]: `Cache-Control`, `ETag`,
-//! `Vary`...) and delay ([`Upstream::set_delay_on`]). It runs on its own thread and stops
+//! `Vary`...) and delay ([`Upstream::set_delay_on`]); a request whose `If-None-Match` names
+//! the `ETag` set for its path is answered 304 with no body (a revalidation). It runs on its own thread and stops
 //! when dropped; [`Upstream::stop`] and [`Upstream::restart`] take it down and bring it back
 //! on the same address (for stale-if-error).
 
@@ -250,6 +251,16 @@ async fn answer(
             })
             .or_insert(value);
     }
+    let etag = extra_headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("etag"))
+        .map(|(_, value)| value.as_str());
+    let not_modified = etag.is_some()
+        && req
+            .headers()
+            .get("if-none-match")
+            .and_then(|value| value.to_str().ok())
+            == etag;
     let method = req.method().to_string();
     let path = req
         .uri()
@@ -272,14 +283,16 @@ async fn answer(
         "body_bytes": body_bytes,
     });
     let mut response = Response::builder()
-        .status(status)
+        .status(if not_modified { 304 } else { status })
         .header("content-type", "application/json")
         .header("x-upstream", state.name.as_str());
     for (name, value) in &extra_headers {
         response = response.header(name.as_str(), value.as_str());
     }
-    let response = response
-        .body(Full::new(Bytes::from(json.to_string())))
-        .expect("a valid response");
+    let body = match not_modified {
+        true => Bytes::new(),
+        false => Bytes::from(json.to_string()),
+    };
+    let response = response.body(Full::new(body)).expect("a valid response");
     Ok(response)
 }

@@ -397,3 +397,48 @@ fn responses_over_max_entry_size_stream_through_uncached() {
     }
     assert_eq!(upstream.hits_on("/big"), 2);
 }
+
+#[test]
+fn stale_and_no_cache_entries_are_revalidated_with_the_upstream() {
+    let (upstream, proxy) = cached("ttl = \"60s\"");
+    upstream.set_headers_on("/rv", &[("etag", "\"v1\""), ("cache-control", "max-age=1")]);
+    let client = RustClient::http1();
+    let first = client.get(&proxy.url("/rv"), &[]);
+    assert_eq!(x_cache(&first), "MISS");
+    std::thread::sleep(Duration::from_millis(1300));
+    // Stale, with a validator: the upstream is asked If-None-Match and answers 304, so the
+    // stored body is served and the entry is fresh again.
+    let revalidated = client.get(&proxy.url("/rv"), &[]);
+    assert_eq!(
+        (revalidated.status, x_cache(&revalidated)),
+        (200, "REVALIDATED")
+    );
+    assert_eq!(revalidated.body, first.body);
+    assert_eq!(upstream.hits_on("/rv"), 2);
+    assert_eq!(x_cache(&client.get(&proxy.url("/rv"), &[])), "HIT");
+    assert_eq!(upstream.hits_on("/rv"), 2);
+    // The client's own conditional is answered from the revalidated entry.
+    std::thread::sleep(Duration::from_millis(1300));
+    let conditional = client.get(&proxy.url("/rv"), &[("if-none-match", "\"v1\"")]);
+    assert_eq!(
+        (conditional.status, x_cache(&conditional)),
+        (304, "REVALIDATED")
+    );
+
+    // no-cache with a validator: stored, but every use asks the upstream first.
+    upstream.set_headers_on("/nc", &[("etag", "\"n1\""), ("cache-control", "no-cache")]);
+    let first = client.get(&proxy.url("/nc"), &[]);
+    assert_eq!(x_cache(&first), "MISS");
+    for round in 2..=3 {
+        let reply = client.get(&proxy.url("/nc"), &[]);
+        assert_eq!((reply.status, x_cache(&reply)), (200, "REVALIDATED"));
+        assert_eq!(reply.body, first.body);
+        assert_eq!(upstream.hits_on("/nc"), round);
+    }
+    // A changed representation (new ETag): the 200 replaces the entry.
+    upstream.set_headers_on("/nc", &[("etag", "\"n2\""), ("cache-control", "no-cache")]);
+    let changed = client.get(&proxy.url("/nc"), &[]);
+    assert_eq!((changed.status, x_cache(&changed)), (200, "MISS"));
+    assert_ne!(changed.body, first.body);
+    assert_eq!(changed.header("etag"), "\"n2\"");
+}

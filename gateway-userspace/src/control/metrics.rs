@@ -199,7 +199,7 @@ impl MetricsServer {
         );
         registry.register(
             "gateway_cache_requests",
-            "Cache lookups by route and result (hit, miss, stale, bypass)",
+            "Cache lookups by route and result (hit, miss, stale, revalidated, bypass)",
             proxy.cache.clone(),
         );
         registry.register_collector(Box::new(KernelCollector {

@@ -13,7 +13,8 @@
 //! the request headers it names are part of the key as well.
 //!
 //! **What is stored** (RFC 9111): only for GET, a status the route lists, and neither
-//! `no-store`, `private`, `no-cache` nor `Set-Cookie` in the response, nor `Vary: *`.
+//! `no-store`, `private` nor `Set-Cookie` in the response, nor `Vary: *`; a `no-cache`
+//! response only with a validator (`ETag` or `Last-Modified`), to be revalidated each time.
 //! Freshness: `s-maxage`, else `max-age`, else `Expires` - `Date`, else the route's `ttl`
 //! (with `override_ttl`, the route's `ttl` always). The response's `Age` counts.
 //!
@@ -21,8 +22,11 @@
 //! `STALE`, while one background request refreshes the entry. Within `stale-if-error`: the
 //! request goes upstream, and if that fails (unreachable, timeout, 5xx) the stale entry is
 //! served (`STALE`). `must-revalidate`, `proxy-revalidate` and `s-maxage` rule out stale
-//! serving. A request's `no-store` bypasses the cache; its `no-cache` or `max-age=0` skips
-//! the lookup (the answer is stored). `If-None-Match` / `If-Modified-Since` are answered
+//! serving. An entry that may not be served as it is (stale, or `no-cache`) but has a
+//! validator is revalidated: the request goes upstream with `If-None-Match` /
+//! `If-Modified-Since`, and a 304 refreshes the entry's head and freshness and serves its
+//! body (`X-Cache: REVALIDATED`). A request's `no-store` bypasses the cache; its `no-cache` or
+//! `max-age=0` skips the lookup (the answer is stored). `If-None-Match` / `If-Modified-Since` are answered
 //! from the entry (304); on a miss they are not sent upstream, so the full response can be
 //! stored, and are evaluated against it.
 //!
@@ -67,6 +71,9 @@ use prometheus_client::metrics::counter::Counter;
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
+/// The shortest time a stale entry with a validator is kept for revalidation.
+const REVALIDATABLE_FOR: Duration = Duration::from_secs(60);
+
 /// Variant records and responses, by internal key.
 type Entries = moka::future::Cache<Arc<str>, Arc<Stored>>;
 
@@ -103,6 +110,10 @@ pub struct Entry {
     fresh_for: Duration,
     stale_while_revalidate: Duration,
     stale_if_error: Duration,
+    /// `no-cache`, `must-revalidate`, `proxy-revalidate` or `s-maxage`: never served stale;
+    /// with `no_cache`, never served without revalidation.
+    must_revalidate: bool,
+    no_cache: bool,
     /// The variant key it is stored under: waiters compare theirs.
     key: Arc<str>,
 }
@@ -112,10 +123,14 @@ impl Entry {
         self.initial_age + self.stored.elapsed()
     }
 
-    /// How long past its storing the entry is worth keeping (fresh, or stale but usable).
+    /// How long past its storing the entry is worth keeping: fresh, or stale but usable,
+    /// or (with a validator) revalidatable for another freshness lifetime, a minute at least.
     fn keep(&self) -> Duration {
-        (self.fresh_for + self.stale_while_revalidate.max(self.stale_if_error))
-            .saturating_sub(self.initial_age)
+        let mut extra = self.stale_while_revalidate.max(self.stale_if_error);
+        if self.has_validators() {
+            extra = extra.max(self.fresh_for.max(REVALIDATABLE_FOR));
+        }
+        (self.fresh_for + extra).saturating_sub(self.initial_age)
     }
 
     fn weight(&self) -> usize {
@@ -331,6 +346,10 @@ pub struct CacheState {
     leader: Option<Leader>,
     /// The request's headers named by a `Vary` (compared again when storing).
     request_headers: HeaderMap,
+    /// The entry this request revalidates (its validators went upstream).
+    revalidate: Option<Arc<Entry>>,
+    /// The lookup's result is counted when the answer is known (stale, revalidated, miss).
+    deferred: bool,
 }
 
 /// A caching route's lookup counters, resolved once per snapshot (no label work per request).
@@ -339,6 +358,7 @@ pub struct Counters {
     miss: Counter,
     stale: Counter,
     bypass: Counter,
+    revalidated: Counter,
 }
 
 impl Counters {
@@ -357,6 +377,7 @@ impl Counters {
             miss: counter("miss"),
             stale: counter("stale"),
             bypass: counter("bypass"),
+            revalidated: counter("revalidated"),
         }
     }
 }
@@ -367,6 +388,7 @@ enum Lookup {
     Miss,
     Stale,
     Bypass,
+    Revalidated,
 }
 
 fn count(ctx: &RequestContext, result: Lookup) {
@@ -378,6 +400,7 @@ fn count(ctx: &RequestContext, result: Lookup) {
         Lookup::Miss => counters.miss.inc(),
         Lookup::Stale => counters.stale.inc(),
         Lookup::Bypass => counters.bypass.inc(),
+        Lookup::Revalidated => counters.revalidated.inc(),
     };
 }
 
@@ -436,13 +459,15 @@ pub async fn lookup(
         leader: None,
         // Filled on the way upstream: a hit does not need it.
         request_headers: HeaderMap::new(),
+        revalidate: None,
+        deferred: false,
     };
     let store = snapshot.cache.clone();
     let skip_lookup = directives.no_cache || directives.max_age == Some(0);
     if !skip_lookup && let Some(entry) = store.find(&base, req.headers()).await {
         let age = entry.age();
-        let stale_ok = !entry.must_revalidate();
-        if age < entry.fresh_for {
+        let stale_ok = !entry.must_revalidate;
+        if entry.fresh() {
             count(ctx, Lookup::Hit);
             return Ok(Flow::Respond(state.respond(&entry, "HIT")));
         }
@@ -450,9 +475,12 @@ pub async fn lookup(
             count(ctx, Lookup::Stale);
             if !head && let Ok(leader) = store.lead_or_wait(&base) {
                 state.request_headers = req.headers().clone();
-                refresh(ctx, req, state.clone_for_refresh(leader));
+                refresh(ctx, req, state.clone_for_refresh(leader, &entry));
             }
             return Ok(Flow::Respond(state.respond(&entry, "STALE")));
+        }
+        if !head && entry.has_validators() {
+            state.revalidate = Some(entry.clone());
         }
         if stale_ok && age < entry.fresh_for + entry.stale_if_error {
             state.stale = Some(entry);
@@ -470,7 +498,7 @@ pub async fn lookup(
                 // A leader that finished between our lookup and now has stored its entry.
                 if !skip_lookup
                     && let Some(entry) = store.find(&base, req.headers()).await
-                    && entry.age() < entry.fresh_for
+                    && entry.fresh()
                 {
                     drop(leader);
                     count(ctx, Lookup::Hit);
@@ -490,9 +518,13 @@ pub async fn lookup(
             }
         }
     }
-    // With a stale entry in reserve, the answer decides: stale (the upstream failed) or miss.
-    if state.stale.is_none() {
+    // With a stale entry in reserve or one to revalidate, the answer decides what to count.
+    state.deferred = state.stale.is_some() || state.revalidate.is_some();
+    if !state.deferred {
         count(ctx, Lookup::Miss);
+    }
+    if let Some(entry) = &state.revalidate {
+        entry.add_validators(req.headers_mut());
     }
     state.request_headers = req.headers().clone();
     ctx.cache = Some(state);
@@ -517,6 +549,13 @@ fn refresh(ctx: &RequestContext, req: &Request<ProxyBody>, state: CacheState) {
     let mut request = Request::new(empty());
     *request.uri_mut() = req.uri().clone();
     *request.headers_mut() = req.headers().clone();
+    if let Some(entry) = fresh
+        .cache
+        .as_ref()
+        .and_then(|state| state.revalidate.as_ref())
+    {
+        entry.add_validators(request.headers_mut());
+    }
     tokio::spawn(async move {
         // What any request gets on its way upstream (forwarding fields, the route's edits).
         if let Err(error) = super::headers::prepare_request(&mut fresh, &mut request) {
@@ -539,7 +578,12 @@ fn refresh(ctx: &RequestContext, req: &Request<ProxyBody>, state: CacheState) {
 /// On an upstream failure: the stale entry, if the request kept one (stale-if-error).
 pub fn on_error(ctx: &mut RequestContext) -> Option<Response<ProxyBody>> {
     let state = ctx.cache.as_mut()?;
-    let entry = state.stale.take()?;
+    let Some(entry) = state.stale.take() else {
+        if state.deferred {
+            count(ctx, Lookup::Miss);
+        }
+        return None;
+    };
     let response = state.respond(&entry, "STALE");
     count(ctx, Lookup::Stale);
     Some(response)
@@ -560,7 +604,13 @@ pub async fn store(
         count(ctx, Lookup::Stale);
         return Ok(state.respond(&entry, "STALE"));
     }
-    if state.stale.is_some() {
+    if response.status() == StatusCode::NOT_MODIFIED
+        && let Some(entry) = state.revalidate.take()
+    {
+        count(ctx, Lookup::Revalidated);
+        return Ok(revalidated(ctx, state, &entry, response).await);
+    }
+    if state.deferred {
         count(ctx, Lookup::Miss);
     }
     let config = ctx
@@ -628,6 +678,8 @@ pub async fn store(
         fresh_for: plan.fresh_for,
         stale_while_revalidate: plan.stale_while_revalidate,
         stale_if_error: plan.stale_if_error,
+        must_revalidate: plan.must_revalidate,
+        no_cache: plan.no_cache,
         key,
     });
     ctx.snapshot
@@ -652,8 +704,71 @@ fn with_x_cache(
     response
 }
 
+/// The upstream's 304 to a revalidation: the entry's head updated with the 304's fields
+/// (RFC 9111 4.3.4), its freshness recomputed, its body kept; stored again if it still may be.
+async fn revalidated(
+    ctx: &mut RequestContext,
+    mut state: CacheState,
+    entry: &Entry,
+    response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    let mut headers = entry.headers.clone();
+    for name in response.headers().keys() {
+        if name == CONTENT_LENGTH {
+            continue;
+        }
+        headers.remove(name);
+        for value in response.headers().get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let mut updated = Response::new(empty());
+    *updated.status_mut() = entry.status;
+    *updated.headers_mut() = headers;
+    let config = ctx
+        .route()
+        .cache
+        .as_ref()
+        .expect("lookup ran: the route caches");
+    let plan = storable(config, &updated, false);
+    let (parts, _) = updated.into_parts();
+    let refreshed = Arc::new(Entry {
+        status: entry.status,
+        headers: parts.headers,
+        body: entry.body.clone(),
+        stored: Instant::now(),
+        initial_age: plan
+            .as_ref()
+            .map_or(Duration::ZERO, |plan| plan.initial_age),
+        fresh_for: plan.as_ref().map_or(Duration::ZERO, |plan| plan.fresh_for),
+        stale_while_revalidate: plan
+            .as_ref()
+            .map_or(Duration::ZERO, |plan| plan.stale_while_revalidate),
+        stale_if_error: plan
+            .as_ref()
+            .map_or(Duration::ZERO, |plan| plan.stale_if_error),
+        must_revalidate: plan.as_ref().is_none_or(|plan| plan.must_revalidate),
+        no_cache: plan.as_ref().is_none_or(|plan| plan.no_cache),
+        key: entry.key.clone(),
+    });
+    match plan {
+        Some(plan) => {
+            ctx.snapshot
+                .cache
+                .insert(&state.base, plan.vary, refreshed.clone())
+                .await;
+            if let Some(leader) = state.leader.take() {
+                leader.finish(Some(refreshed.clone()));
+            }
+        }
+        // It may no longer be stored (no-store now): served this once, then gone.
+        None => ctx.snapshot.cache.entries.invalidate(&entry.key).await,
+    }
+    state.respond(&refreshed, "REVALIDATED")
+}
+
 impl CacheState {
-    fn clone_for_refresh(&self, leader: Leader) -> CacheState {
+    fn clone_for_refresh(&self, leader: Leader, entry: &Arc<Entry>) -> CacheState {
         CacheState {
             base: self.base.clone(),
             if_none_match: None,
@@ -662,6 +777,8 @@ impl CacheState {
             stale: None,
             leader: Some(leader),
             request_headers: self.request_headers.clone(),
+            revalidate: entry.has_validators().then(|| entry.clone()),
+            deferred: false,
         }
     }
 
@@ -720,9 +837,23 @@ impl CacheState {
 }
 
 impl Entry {
-    fn must_revalidate(&self) -> bool {
-        let directives = Directives::parse(&self.headers);
-        directives.must_revalidate || directives.s_maxage.is_some()
+    /// Whether it may be served as it is, without asking the upstream.
+    fn fresh(&self) -> bool {
+        !self.no_cache && self.age() < self.fresh_for
+    }
+
+    /// Its validators, as the conditional fields of a revalidation request.
+    fn add_validators(&self, headers: &mut HeaderMap) {
+        if let Some(etag) = self.headers.get(ETAG) {
+            headers.insert(IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(modified) = self.headers.get(LAST_MODIFIED) {
+            headers.insert(IF_MODIFIED_SINCE, modified.clone());
+        }
+    }
+
+    fn has_validators(&self) -> bool {
+        self.headers.contains_key(ETAG) || self.headers.contains_key(LAST_MODIFIED)
     }
 }
 
@@ -733,6 +864,8 @@ struct Plan {
     fresh_for: Duration,
     stale_while_revalidate: Duration,
     stale_if_error: Duration,
+    must_revalidate: bool,
+    no_cache: bool,
 }
 
 /// Whether (and how long) a response may be stored; `None`: it may not.
@@ -742,9 +875,10 @@ fn storable(config: &CacheConfig, response: &Response<ProxyBody>, head: bool) ->
         return None;
     }
     let directives = Directives::parse(headers);
+    let validators = headers.contains_key(ETAG) || headers.contains_key(LAST_MODIFIED);
     if directives.no_store
         || directives.private
-        || directives.no_cache
+        || (directives.no_cache && !validators)
         || headers.contains_key(SET_COOKIE)
     {
         return None;
@@ -798,6 +932,10 @@ fn storable(config: &CacheConfig, response: &Response<ProxyBody>, head: bool) ->
         fresh_for,
         stale_while_revalidate,
         stale_if_error,
+        must_revalidate: directives.must_revalidate
+            || directives.no_cache
+            || directives.s_maxage.is_some(),
+        no_cache: directives.no_cache,
     };
     let usable = plan.fresh_for + plan.stale_while_revalidate.max(plan.stale_if_error);
     (usable > plan.initial_age).then_some(plan)
@@ -1017,6 +1155,14 @@ mod tests {
                 "{refused}"
             );
         }
+        // no-cache with a validator: kept, to be revalidated on every use.
+        let plan = storable(
+            &route,
+            &response(200, &[("cache-control", "no-cache"), ("etag", "\"1\"")]),
+            false,
+        )
+        .unwrap();
+        assert!(plan.no_cache && plan.must_revalidate);
         assert_eq!(fresh(&route, &[("set-cookie", "a=b")]), None);
         assert_eq!(fresh(&route, &[("vary", "*")]), None);
         assert!(storable(&route, &response(500, &[]), false).is_none());
@@ -1054,6 +1200,8 @@ mod tests {
                 fresh_for: Duration::from_secs(60),
                 stale_while_revalidate: Duration::ZERO,
                 stale_if_error: Duration::ZERO,
+                must_revalidate: false,
+                no_cache: false,
                 key: key.into(),
             })
         };
@@ -1219,6 +1367,8 @@ mod tests {
             fresh_for: Duration::from_secs(60),
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
+            must_revalidate: false,
+            no_cache: false,
             key: "k".into(),
         };
         let state = |inm: Option<&str>, ims: Option<&str>| CacheState {
@@ -1229,6 +1379,8 @@ mod tests {
             stale: None,
             leader: None,
             request_headers: HeaderMap::new(),
+            revalidate: None,
+            deferred: false,
         };
         assert!(state(Some("\"v0\", W/\"v1\""), None).not_modified(&entry));
         assert!(!state(Some("\"v2\""), Some("Sun, 06 Nov 1994 08:49:37 GMT")).not_modified(&entry));

@@ -59,7 +59,7 @@ pub struct ProxyMetrics {
     pub duration: Family<Labels, Histogram, fn() -> Histogram>,
     /// Seconds until the upstream's response head, by upstream.
     pub upstream_duration: Family<Labels, Histogram, fn() -> Histogram>,
-    /// Cache lookups by route and result (hit, miss, stale, bypass).
+    /// Cache lookups by route and result (hit, miss, stale, revalidated, bypass).
     pub cache: Family<Labels, Counter>,
     meter: Mutex<HashMap<(String, String), Metered>>,
 }
