@@ -372,6 +372,9 @@ fn lookups_are_counted_by_route_and_result() {
     client.get(&proxy.url("/m"), &[]);
     client.get(&proxy.url("/m"), &[]);
     client.get(&proxy.url("/m"), &[("cookie", "a=b")]);
+    upstream.set_headers_on("/rv", &[("etag", "\"1\""), ("cache-control", "no-cache")]);
+    client.get(&proxy.url("/rv"), &[]);
+    client.get(&proxy.url("/rv"), &[]);
     let key =
         |result: &str| format!("gateway_cache_requests_total{{result=\"{result}\",route=\"api\"}}");
     let mut values = Default::default();
@@ -380,8 +383,10 @@ fn lookups_are_counted_by_route_and_result() {
         values = gateway_tests::scrape::samples(&scraped.body);
         values.get(&key("hit")) == Some(&2.0)
     });
-    assert_eq!(values[&key("miss")], 1.0, "{values:#?}");
+    assert_eq!(values[&key("miss")], 2.0, "{values:#?}");
     assert_eq!(values[&key("bypass")], 1.0, "{values:#?}");
+    assert_eq!(values[&key("revalidated")], 1.0, "{values:#?}");
+    assert_eq!(values[&key("stale")], 0.0, "{values:#?}");
     assert_eq!(upstream.hits_on("/m"), 2);
 }
 

@@ -607,7 +607,10 @@ pub async fn store(
     if response.status() == StatusCode::NOT_MODIFIED
         && let Some(entry) = state.revalidate.take()
     {
-        count(ctx, Lookup::Revalidated);
+        // A background refresh is no lookup: only the client's request is counted.
+        if state.deferred {
+            count(ctx, Lookup::Revalidated);
+        }
         return Ok(revalidated(ctx, state, &entry, response).await);
     }
     if state.deferred {
