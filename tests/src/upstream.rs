@@ -6,8 +6,12 @@
 //! or to answer with another status, for every request ([`Upstream::set_delay`],
 //! [`Upstream::set_status`]) or per request with the `x-upstream-delay-ms` and
 //! `x-upstream-status` request headers, or per path ([`Upstream::set_status_on`], e.g. a
-//! failing `/healthz`; [`Upstream::hits_on`] counts one path's requests). It runs on its own
-//! thread and stops when dropped.
+//! failing `/healthz`; [`Upstream::hits_on`] counts one path's requests). Per path it can
+//! also add response headers ([`Upstream::set_headers_on`]: `Cache-Control`, `ETag`,
+//! `Vary`...) and delay ([`Upstream::set_delay_on`]); a request whose `If-None-Match` names
+//! the `ETag` set for its path is answered 304 with no body (a revalidation). It runs on its own thread and stops
+//! when dropped; [`Upstream::stop`] and [`Upstream::restart`] take it down and bring it back
+//! on the same address (for stale-if-error).
 
 use std::{
     collections::BTreeMap,
@@ -46,6 +50,8 @@ struct State {
     /// Per path (without the query): a status that overrides `status`, and hits.
     path_status: Mutex<BTreeMap<String, u16>>,
     path_hits: Mutex<BTreeMap<String, usize>>,
+    path_headers: Mutex<BTreeMap<String, Vec<(String, String)>>>,
+    path_delay: Mutex<BTreeMap<String, Duration>>,
 }
 
 impl Upstream {
@@ -68,6 +74,8 @@ impl Upstream {
             delay: Mutex::new(Duration::ZERO),
             path_status: Mutex::new(BTreeMap::new()),
             path_hits: Mutex::new(BTreeMap::new()),
+            path_headers: Mutex::new(BTreeMap::new()),
+            path_delay: Mutex::new(BTreeMap::new()),
         });
         let (stop, stopped) = oneshot::channel();
         let thread = {
@@ -115,6 +123,33 @@ impl Upstream {
     pub fn set_status_on(&self, path: &str, status: u16) {
         let mut statuses = self.state.path_status.lock().unwrap();
         statuses.insert(path.to_owned(), status);
+    }
+
+    /// Response headers for every following response to `path` (replacing earlier ones).
+    pub fn set_headers_on(&self, path: &str, headers: &[(&str, &str)]) {
+        let headers = headers
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        let mut all = self.state.path_headers.lock().unwrap();
+        all.insert(path.to_owned(), headers);
+    }
+
+    /// Delay before every following response to `path`.
+    pub fn set_delay_on(&self, path: &str, delay: Duration) {
+        let mut all = self.state.path_delay.lock().unwrap();
+        all.insert(path.to_owned(), delay.min(MAX_DELAY));
+    }
+
+    /// Stops serving (connections close, the port is released) and returns the address,
+    /// for [`Upstream::restart`].
+    pub fn stop(self) -> SocketAddr {
+        self.address
+    }
+
+    /// A fresh upstream (no hits, no settings) on the address a stopped one had.
+    pub fn restart(name: &str, address: SocketAddr) -> Upstream {
+        Self::start_at(name, address)
     }
 
     /// Delay before every following response (none to start with).
@@ -172,10 +207,24 @@ async fn answer(
             .get(name)
             .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
     };
+    let path_delay = state
+        .path_delay
+        .lock()
+        .unwrap()
+        .get(req.uri().path())
+        .copied();
     let delay = header_number("x-upstream-delay-ms")
         .map(Duration::from_millis)
+        .or(path_delay)
         .unwrap_or(*state.delay.lock().unwrap())
         .min(MAX_DELAY);
+    let extra_headers = state
+        .path_headers
+        .lock()
+        .unwrap()
+        .get(req.uri().path())
+        .cloned()
+        .unwrap_or_default();
     let path_status = {
         let path = req.uri().path().to_owned();
         *state
@@ -202,6 +251,16 @@ async fn answer(
             })
             .or_insert(value);
     }
+    let etag = extra_headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("etag"))
+        .map(|(_, value)| value.as_str());
+    let not_modified = etag.is_some()
+        && req
+            .headers()
+            .get("if-none-match")
+            .and_then(|value| value.to_str().ok())
+            == etag;
     let method = req.method().to_string();
     let path = req
         .uri()
@@ -223,11 +282,17 @@ async fn answer(
         "headers": headers,
         "body_bytes": body_bytes,
     });
-    let response = Response::builder()
-        .status(status)
+    let mut response = Response::builder()
+        .status(if not_modified { 304 } else { status })
         .header("content-type", "application/json")
-        .header("x-upstream", state.name.as_str())
-        .body(Full::new(Bytes::from(json.to_string())))
-        .expect("a valid response");
+        .header("x-upstream", state.name.as_str());
+    for (name, value) in &extra_headers {
+        response = response.header(name.as_str(), value.as_str());
+    }
+    let body = match not_modified {
+        true => Bytes::new(),
+        false => Bytes::from(json.to_string()),
+    };
+    let response = response.body(Full::new(body)).expect("a valid response");
     Ok(response)
 }

@@ -26,6 +26,8 @@ Examples:
   gateway bans                                list bans and their time left
   gateway firewall deny 198.51.100.0/24 --ttl 1h --comment scanner
   gateway firewall list                       config and operator rules, with hits
+  gateway cache purge --prefix /v1/users      drop cached responses under a path (any host)
+  gateway cache purge --key 'GET api.example.com/v1/users/7'
   gateway firewall explain 203.0.113.7        what happens to that source's packets, and why
   gateway firewall deny 198.51.100.0/24 --shadow   count what it would drop, then `promote` it
   gateway firewall import blocklist.txt --action deny   one CIDR per line, all or nothing
@@ -111,6 +113,9 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Manage the response cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Re-read the daemon's config file (as SIGHUP does); an invalid file changes nothing.
     Reload {
         #[command(flatten)]
@@ -121,6 +126,27 @@ enum Command {
         /// Stop after this many refreshes (default: until interrupted).
         #[arg(long, value_name = "N")]
         iterations: Option<u64>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// Remove cached responses: one key, or every key under a prefix.
+    Purge {
+        /// A key as the cache names it: "GET host/path?query" (host lowercase, no port).
+        #[arg(
+            long,
+            value_name = "KEY",
+            conflicts_with = "prefix",
+            required_unless_present = "prefix"
+        )]
+        key: Option<String>,
+        /// A prefix of host/path ("api.example.com/v1/users"), or of the path alone on any
+        /// host ("/v1/users").
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -338,6 +364,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             admin,
         } => {
             runtime()?.block_on(bans::ban(&admin.client(), &cidr, duration))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cache(CacheCommand::Purge { key, prefix, admin }) => {
+            use crate::control::api::{CACHE_PURGE_PATH, PurgeRequest, Purged};
+            let request = PurgeRequest { key, prefix };
+            let purged: Purged =
+                runtime()?.block_on(admin.client().post(CACHE_PURGE_PATH, &request))?;
+            println!("purged {} cached responses", purged.purged);
             Ok(ExitCode::SUCCESS)
         }
         Command::Firewall(command) => {

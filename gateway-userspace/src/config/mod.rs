@@ -2,6 +2,8 @@
 //! `Config`, the validated runtime form the rest of the daemon uses. Validation happens once,
 //! here, and names the offending key and the reason.
 
+mod aggregate;
+mod cache;
 mod firewall;
 mod proxy;
 mod rate_limit;
@@ -10,6 +12,8 @@ use std::{fmt, path::Path, path::PathBuf};
 
 use serde::Deserialize;
 
+pub use aggregate::{AggregateCall, AggregateConfig, Merge, OnError, TemplatePart};
+pub use cache::{CacheConfig, CacheStoreConfig};
 pub use firewall::{Action, CidrRule, FirewallConfig, Policy, ProtectedPorts};
 pub use proxy::{
     Balance, HeaderOps, HostMatch, HttpLimits, ListenerConfig, ListenerProtocol, PathMatch,
@@ -174,6 +178,7 @@ struct RawConfig {
     upstreams: Vec<proxy::RawUpstream>,
     #[serde(default)]
     routes: Vec<proxy::RawRoute>,
+    cache: Option<cache::RawCacheStore>,
 }
 
 /// `[otlp]`: a server span per proxied request, exported to an OpenTelemetry collector.
@@ -372,6 +377,7 @@ impl Config {
             limits: raw.limits,
             upstreams: raw.upstreams,
             routes: raw.routes,
+            cache: raw.cache,
         }
         .compile(&mut problems, &mut warnings);
         let admin = AdminConfig {

@@ -15,7 +15,11 @@ use hyper::{
 use regex::Regex;
 use serde::Deserialize;
 
-use super::Problems;
+use super::{
+    Problems,
+    aggregate::{AggregateConfig, RawAggregate},
+    cache::{CacheConfig, CacheStoreConfig, RawCache, RawCacheStore, check_identity_keying},
+};
 
 // ---- The validated form ----
 
@@ -26,6 +30,8 @@ pub struct ProxyConfig {
     pub upstreams: Vec<UpstreamConfig>,
     /// In precedence order: the first route that matches a request takes it.
     pub routes: Vec<RouteConfig>,
+    /// `[cache]`: the response cache's store.
+    pub cache: CacheStoreConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,8 +226,12 @@ pub struct RouteConfig {
     /// Where it was declared, e.g. `routes[2]`.
     pub origin: String,
     pub matcher: RouteMatch,
-    /// Index into [`ProxyConfig::upstreams`].
+    /// Index into [`ProxyConfig::upstreams`] (for an aggregate route: its first call's).
     pub upstream: usize,
+    /// A composite route: calls several upstreams and merges their JSON (proxy/aggregate.rs).
+    pub aggregate: Option<Arc<AggregateConfig>>,
+    /// Response caching (proxy/cache.rs); `None`: not cached.
+    pub cache: Option<CacheConfig>,
     /// Replaces the matched path prefix (empty: strips it).
     pub rewrite_prefix: Option<String>,
     pub request_headers: HeaderOps,
@@ -326,7 +336,7 @@ pub(super) struct RawLimits {
 /// A byte count: `65536` or `"64KiB"`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum Size {
+pub(super) enum Size {
     Bytes(u64),
     Text(String),
 }
@@ -420,7 +430,9 @@ pub(super) struct RawRoute {
     name: String,
     #[serde(rename = "match", default)]
     matcher: RawMatch,
-    upstream: String,
+    upstream: Option<String>,
+    aggregate: Option<RawAggregate>,
+    cache: Option<RawCache>,
     #[serde(default)]
     strip_prefix: bool,
     rewrite_prefix: Option<String>,
@@ -465,6 +477,7 @@ pub(super) struct RawProxy {
     pub limits: RawLimits,
     pub upstreams: Vec<RawUpstream>,
     pub routes: Vec<RawRoute>,
+    pub cache: Option<RawCacheStore>,
 }
 
 impl RawProxy {
@@ -476,7 +489,8 @@ impl RawProxy {
         let listeners = compile_listeners(self.listeners, problems, warnings);
         let limits = self.limits.compile(problems);
         let upstreams = compile_upstreams(self.upstreams, problems, warnings);
-        let mut routes = compile_routes(self.routes, &upstreams, problems);
+        let cache = RawCacheStore::compile(self.cache, problems);
+        let mut routes = compile_routes(self.routes, &upstreams, &cache, problems);
         // Stable sort: equally specific routes keep their file order.
         routes.sort_by(|a, b| precedence(&a.matcher, &b.matcher));
         report_shadowed(&routes, warnings);
@@ -488,6 +502,7 @@ impl RawProxy {
             limits,
             upstreams,
             routes,
+            cache,
         }
     }
 }
@@ -922,6 +937,7 @@ fn compile_upstreams(
 fn compile_routes(
     raw: Vec<RawRoute>,
     upstreams: &[UpstreamConfig],
+    cache_store: &CacheStoreConfig,
     problems: &mut Problems,
 ) -> Vec<RouteConfig> {
     let mut routes: Vec<RouteConfig> = Vec::new();
@@ -934,16 +950,56 @@ fn compile_routes(
                 format!("{:?} is used twice", route.name),
             );
         }
-        let upstream = upstreams
-            .iter()
-            .position(|upstream| upstream.name == route.upstream);
-        if upstream.is_none() {
-            problems.add(
-                format!("{key}.upstream"),
-                format!("no upstream is named {:?}", route.upstream),
-            );
+        let mut matcher = route.matcher.compile(&format!("{key}.match"), problems);
+        if route.aggregate.is_some() {
+            // Calls are GETs: a composite route answers GET and HEAD only.
+            if matcher.methods.is_empty() {
+                matcher.methods = vec![Method::GET, Method::HEAD];
+            } else if matcher
+                .methods
+                .iter()
+                .any(|method| method != Method::GET && method != Method::HEAD)
+            {
+                problems.add(
+                    format!("{key}.match.methods"),
+                    "an aggregate route answers GET and HEAD only",
+                );
+            }
         }
-        let matcher = route.matcher.compile(&format!("{key}.match"), problems);
+        let aggregate = route
+            .aggregate
+            .map(|aggregate| Arc::new(aggregate.compile(&key, &matcher.path, upstreams, problems)));
+        let upstream = match (&route.upstream, &aggregate) {
+            (Some(name), None) => {
+                let found = upstreams.iter().position(|upstream| &upstream.name == name);
+                if found.is_none() {
+                    problems.add(
+                        format!("{key}.upstream"),
+                        format!("no upstream is named {name:?}"),
+                    );
+                }
+                found
+            }
+            (None, Some(aggregate)) => aggregate.calls.first().map(|call| call.upstream),
+            (Some(_), Some(_)) => {
+                problems.add(&key, "set upstream or aggregate, not both");
+                None
+            }
+            (None, None) => {
+                problems.add(&key, "needs upstream (or aggregate)");
+                None
+            }
+        };
+        let cache = route.cache.map(|cache| {
+            let cache = cache.compile(&key, cache_store, problems);
+            let requires_authorization = matcher
+                .headers
+                .iter()
+                .any(|(name, _)| name == hyper::header::AUTHORIZATION);
+            // Merge point with the auth branch: pass `route.auth.is_some()` here.
+            check_identity_keying(false, requires_authorization, &cache, &key, problems);
+            cache
+        });
         let rewrite_prefix = match (route.strip_prefix, route.rewrite_prefix) {
             (true, Some(_)) => {
                 problems.add(
@@ -964,6 +1020,12 @@ fn compile_routes(
             }
             (false, None) => None,
         };
+        if rewrite_prefix.is_some() && aggregate.is_some() {
+            problems.add(
+                format!("{key}.rewrite_prefix"),
+                "an aggregate route's calls name their own paths",
+            );
+        }
         if rewrite_prefix.is_some() && !matches!(matcher.path, PathMatch::Prefix(_)) {
             problems.add(
                 format!(
@@ -982,6 +1044,8 @@ fn compile_routes(
             name: route.name,
             matcher,
             upstream: upstream.unwrap_or(0),
+            aggregate,
+            cache,
             rewrite_prefix,
             request_headers: route
                 .request_headers
@@ -1165,7 +1229,7 @@ fn check_name(name: &str, key: &str, problems: &mut Problems) {
     }
 }
 
-fn size(value: Option<Size>, key: &str, problems: &mut Problems) -> Option<u64> {
+pub(super) fn size(value: Option<Size>, key: &str, problems: &mut Problems) -> Option<u64> {
     match value? {
         Size::Bytes(bytes) => Some(bytes),
         Size::Text(text) => match text.parse::<bytesize::ByteSize>() {

@@ -236,3 +236,24 @@ pub struct MeteringRow {
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
+
+/// `POST` removes cached responses ([`PurgeRequest`]), answering [`Purged`].
+pub const CACHE_PURGE_PATH: &str = "/v1/cache/purge";
+
+/// Exactly one of `key` and `prefix`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// A cache key as the cache names it: `GET host/path?query` (host lowercase, no port),
+    /// e.g. `GET api.example.com/v1/users/7`.
+    pub key: Option<String>,
+    /// A prefix of `host/path` (`api.example.com/v1/users`), or of the path alone when it
+    /// starts with `/` (`/v1/users`, on any host).
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Purged {
+    /// Responses removed (every variant counts).
+    pub purged: usize,
+}

@@ -203,6 +203,11 @@ impl MetricsServer {
             "TLS handshakes that failed (error) or did not finish in time (timeout), by listener",
             proxy.tls_handshake_failures.clone(),
         );
+        registry.register(
+            "gateway_cache_requests",
+            "Cache lookups by route and result (hit, miss, stale, revalidated, bypass)",
+            proxy.cache.clone(),
+        );
         registry.register_collector(Box::new(proxy_state));
         registry.register_collector(Box::new(KernelCollector {
             state: state.clone(),

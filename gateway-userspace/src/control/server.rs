@@ -255,6 +255,12 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
             Err(failure) => Err(failure),
         },
         (&Method::POST, api::RELOAD_PATH) => reload(&api.reloads).await,
+        (&Method::POST, api::CACHE_PURGE_PATH) => {
+            match body::<api::PurgeRequest>(request, MAX_BODY).await {
+                Ok(purge) => purge_cache(purge).await,
+                Err(failure) => Err(failure),
+            }
+        }
         (&Method::GET, api::BANS_PATH) => state.bans().map(|bans| json(&bans)),
         (&Method::POST, api::BANS_PATH) => match body::<BanRequest>(request, MAX_BODY).await {
             Ok(ban) => state.ban(&ban).map(|ban| json(&ban)),
@@ -323,6 +329,29 @@ fn json(body: &impl Serialize) -> Response<Full<Bytes>> {
         .expect("static response parts are valid")
 }
 
+/// Removes cached responses by exact key or by prefix.
+async fn purge_cache(purge: api::PurgeRequest) -> Result<Response<Full<Bytes>>, ApiFailure> {
+    use crate::proxy::cache::PurgeTarget;
+    let bad = |message: &str| ApiFailure {
+        status: StatusCode::BAD_REQUEST,
+        message: message.to_owned(),
+    };
+    let target = match (purge.key, purge.prefix) {
+        (Some(key), None) if !key.trim().is_empty() => PurgeTarget::Key(key),
+        (None, Some(prefix)) if !prefix.is_empty() => PurgeTarget::Prefix(prefix),
+        (Some(_), Some(_)) => return Err(bad("give key or prefix, not both")),
+        _ => {
+            return Err(bad(
+                "give a key (\"GET host/path?query\") or a prefix (\"host/path\" or \"/path\")",
+            ));
+        }
+    };
+    // No proxy running (no listeners): nothing is cached.
+    let purged = crate::proxy::cache::purge(&target).await.unwrap_or(0);
+    tracing::info!(?target, purged, "cache purged");
+    Ok(json(&api::Purged { purged }))
+}
+
 fn metering() -> api::Metering {
     let rows = crate::proxy::observe::METRICS
         .metering()
@@ -336,4 +365,30 @@ fn metering() -> api::Metering {
         })
         .collect();
     api::Metering { rows }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn purge_needs_exactly_one_of_key_and_prefix() {
+        let both = api::PurgeRequest {
+            key: Some("GET a.test/x".into()),
+            prefix: Some("/x".into()),
+        };
+        let blank = api::PurgeRequest {
+            key: Some("  ".into()),
+            prefix: None,
+        };
+        for request in [api::PurgeRequest::default(), both, blank] {
+            let failure = purge_cache(request.clone()).await.unwrap_err();
+            assert_eq!(failure.status, StatusCode::BAD_REQUEST, "{request:?}");
+        }
+        let fine = api::PurgeRequest {
+            key: None,
+            prefix: Some("/x".into()),
+        };
+        assert_eq!(purge_cache(fine).await.unwrap().status(), StatusCode::OK);
+    }
 }

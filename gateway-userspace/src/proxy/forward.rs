@@ -179,7 +179,7 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// One try on one target: counts it in flight, times it, and records the outcome for
 /// passive ejection (connect errors, timeouts and 5xx are failures).
-async fn attempt(
+pub(super) async fn attempt(
     upstream: &Upstream,
     index: usize,
     path: PathAndQuery,

@@ -1,16 +1,23 @@
 //! The L7 proxy. This file is the only place the request stages are put in order:
 //!
 //! `accept` (listener.rs) -> `tls` (tls.rs; https listeners: handshake, SNI certificate,
-//! ALPN) -> `limits` (headers) -> `route` -> `limits` (body) -> `headers` (request) -> `balance`
-//! -> `forward` -> `headers` (response).
+//! ALPN) -> `limits` (headers) -> `route` -> `limits` (body) -> `cache` (lookup: hit, 304,
+//! stale; coalesce misses; on the client's request as it came) -> `headers` (request) ->
+//! `aggregate` (composite routes) or `balance` -> `forward` -> `headers` (response) ->
+//! `cache` (store; stale-if-error).
+//!
+//! When authentication lands it goes after `route`, before `cache`: a cached response is
+//! never served to an unauthenticated caller.
 //!
 //! Each stage is a plain function over a [`RequestContext`] that returns [`Flow::Continue`],
 //! [`Flow::Respond`] with an early answer, or a [`ProxyError`]; error.rs alone turns errors
 //! into responses. Malformed HTTP (bad framing, CL with TE, bad field syntax) is refused by
 //! hyper's parser before any stage runs; the stages check what it lets through (Host).
 
+mod aggregate;
 mod balance;
 mod body;
+pub mod cache;
 mod error;
 mod forward;
 mod headers;
@@ -90,6 +97,10 @@ pub struct RequestContext {
     pub target: Option<usize>,
     /// How long the upstream took to answer with a response head (set by `forward`).
     pub upstream_ms: Option<f64>,
+    /// What the cache lookup left for the store (set by `cache::lookup` on a miss).
+    pub cache: Option<cache::CacheState>,
+    /// The route caches, but this request went around the cache (credentials, no-store).
+    pub cache_bypass: bool,
 }
 
 impl RequestContext {
@@ -120,10 +131,30 @@ async fn pipeline(
     stage!(limits::limit_headers(ctx, &req));
     stage!(route::route(ctx, &req));
     stage!(limits::limit_body(ctx, &mut req));
+    stage!(cache::lookup(ctx, &mut req).await);
     stage!(headers::prepare_request(ctx, &mut req));
-    stage!(balance::pick(ctx, &req));
+    let response = match fetch(ctx, req).await {
+        Ok(response) => response,
+        Err(error) => return cache::on_error(ctx).ok_or(error),
+    };
+    cache::store(ctx, response).await
+}
+
+/// The upstream's answer to a prepared request: `aggregate`, or `balance` -> `forward`; then
+/// `headers` (response). Also used by the cache's background refresh.
+async fn fetch(
+    ctx: &mut RequestContext,
+    req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let aggregate = ctx.route().aggregate.is_some();
+    if !aggregate {
+        stage!(balance::pick(ctx, &req));
+    }
     let asked = std::time::Instant::now();
-    let forwarded = forward::forward(ctx, req).await;
+    let forwarded = match aggregate {
+        true => aggregate::respond(ctx, req).await,
+        false => forward::forward(ctx, req).await,
+    };
     ctx.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1000.0);
     let mut response = forwarded?;
     headers::prepare_response(ctx, &mut response);
@@ -147,6 +178,8 @@ async fn handle(
         upstream_path: None,
         target: None,
         upstream_ms: None,
+        cache: None,
+        cache_bypass: false,
     };
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let grpc = headers::is_grpc(req.headers());
@@ -190,7 +223,10 @@ async fn handle(
     headers::finish_response(&ctx, &mut response);
     let record = observe::Record {
         log_line: logged,
-        upstream: ctx.route.map(|_| ctx.upstream().config.name.clone()),
+        upstream: ctx
+            .route
+            .filter(|_| ctx.route().aggregate.is_none())
+            .map(|_| ctx.upstream().config.name.clone()),
         started,
         request_id: ctx.request_id.to_str().unwrap_or("").to_owned(),
         trace: ctx.trace,
@@ -229,6 +265,7 @@ impl Proxy {
     pub async fn start(config: &ProxyConfig) -> anyhow::Result<Proxy> {
         let bound = listener::bind(&config.listeners).await?;
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)));
+        snapshot.load().cache.make_current();
         let max_connections = config.limits.max_connections;
         let connections = Arc::new(Semaphore::new(max_connections as usize));
         let (shutdown, stop) = watch::channel(false);
@@ -282,6 +319,9 @@ impl Proxy {
     pub fn reload(&self, config: &ProxyConfig) {
         if listener::sockets_differ(&self.listeners, &config.listeners) {
             tracing::warn!("listeners changes take effect at the next restart");
+        }
+        if config.cache.max_size != self.snapshot.load().cache.max_size {
+            tracing::warn!("cache.max_size changes take effect at the next restart");
         }
         if config.limits.max_connections != self.max_connections {
             tracing::warn!("limits.max_connections changes take effect at the next restart");

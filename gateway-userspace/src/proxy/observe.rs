@@ -67,6 +67,8 @@ pub struct ProxyMetrics {
     pub upstream_duration: Family<Labels, Histogram, fn() -> Histogram>,
     /// TLS handshakes that failed, by listener and reason ("error", "timeout").
     pub tls_handshake_failures: Family<Labels, Counter>,
+    /// Cache lookups by route and result (hit, miss, stale, revalidated, bypass).
+    pub cache: Family<Labels, Counter>,
     meter: Mutex<HashMap<(String, String), Metered>>,
 }
 
@@ -93,6 +95,7 @@ pub static METRICS: LazyLock<ProxyMetrics> = LazyLock::new(|| ProxyMetrics {
     duration: Family::new_with_constructor(latency_histogram),
     upstream_duration: Family::new_with_constructor(latency_histogram),
     tls_handshake_failures: Family::default(),
+    cache: Family::default(),
     meter: Mutex::new(HashMap::new()),
 });
 

@@ -9,6 +9,7 @@ use crate::config::{HttpLimits, ProxyConfig, RouteConfig, UpstreamConfig};
 
 use super::{
     balance::Balancer,
+    cache::{Counters, Store},
     forward::{RetryBudget, UpstreamClient, client, h2c_client},
     health::{self, HealthTask, TargetState},
 };
@@ -18,6 +19,10 @@ pub struct Snapshot {
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<Upstream>,
     pub limits: HttpLimits,
+    /// The response cache; one store for the proxy's life, carried over by reloads.
+    pub cache: Arc<Store>,
+    /// Per route (in `routes` order): its cache lookup counters, if it caches.
+    pub cache_counters: Vec<Option<Counters>>,
 }
 
 pub struct Upstream {
@@ -82,6 +87,19 @@ impl Snapshot {
                 })
                 .collect(),
             limits: config.limits.clone(),
+            cache_counters: config
+                .routes
+                .iter()
+                .map(|route| {
+                    route
+                        .cache
+                        .as_ref()
+                        .map(|_| Counters::for_route(&route.name))
+                })
+                .collect(),
+            cache: previous
+                .map(|previous| previous.cache.clone())
+                .unwrap_or_else(|| Store::new(&config.cache)),
         }
     }
 }

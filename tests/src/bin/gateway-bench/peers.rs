@@ -1,6 +1,6 @@
 //! nginx and haproxy as the gateway's peers in `bench proxy`: each configured as the same
 //! reverse proxy (one upstream with keep-alive to it, a plain and a TLS listener on loopback,
-//! no access log, one worker per core), from a generated config in a temporary directory, in
+//! no access log, one worker per core; nginx also caches under `/cached/` with `proxy_cache`), from a generated config in a temporary directory, in
 //! the foreground. Stopped when dropped.
 
 use std::{
@@ -41,11 +41,14 @@ impl Peer {
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
                fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
                keepalive_timeout {IDLE_SECONDS}s;\n  keepalive_requests 1000000;\n\
+               proxy_cache_path {d}/cache keys_zone=bench:10m max_size=64m;\n\
                upstream bench {{ server {upstream}; keepalive 256; }}\n\
                server {{\n    listen {plain};\n    listen {tls} ssl;\n\
                  ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
                  ssl_protocols TLSv1.2 TLSv1.3;\n\
                  location / {{ proxy_pass http://bench; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n\
+                 location /cached/ {{ proxy_pass http://bench; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+                   proxy_cache bench; proxy_cache_valid 200 1h; add_header X-Cache $upstream_cache_status; }}\n\
                }}\n}}\n",
             cert = cert.display(),
             key = key.display(),

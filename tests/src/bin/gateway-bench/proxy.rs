@@ -1,8 +1,9 @@
 //! `bench proxy`: the same keep-alive load (64 and 256 connections) against the upstream
 //! directly, through the gateway with the access log off, and with it on (to a file), in one
-//! run: requests/s, p50 and p99 latency, and each ratio to the direct path. Then the gateway
-//! against nginx and haproxy, plain and TLS, and their memory with 10,000 idle connections
-//! (versus.rs).
+//! run: requests/s, p50 and p99 latency, and each ratio to the direct path. Then cache hits:
+//! the gateway serving a cached response, its uncached path, and nginx with `proxy_cache`
+//! serving the same hit. Then the gateway against nginx and haproxy, plain and TLS, and their
+//! memory with 10,000 idle connections (versus.rs).
 
 use std::{
     net::SocketAddr,
@@ -12,6 +13,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use gateway_tests::{Gateway, upstream::Upstream};
+
+use crate::peers::{self, Peer};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -35,7 +38,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
              {access_log}\n\
              [[listeners]]\nname = \"bench\"\naddress = \"127.0.0.1:{port}\"\nprotocol = \"http\"\n\
              [[upstreams]]\nname = \"bench\"\ntargets = [{{ address = \"{}\" }}]\n\
-             [[routes]]\nname = \"bench\"\nupstream = \"bench\"\nmatch = {{ path_prefix = \"/\" }}\n",
+             [[routes]]\nname = \"bench\"\nupstream = \"bench\"\nmatch = {{ path_prefix = \"/\" }}\n\
+             [[routes]]\nname = \"cached\"\nupstream = \"bench\"\nmatch = {{ path_prefix = \"/cached\" }}\n\
+             cache = {{ ttl = \"1h\" }}\n",
             upstream.address()
         )
     };
@@ -70,8 +75,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     for connections in CONNECTIONS {
         let mut direct = None;
         for (name, address) in targets {
-            let result =
-                runtime.block_on(load(address, connections, Duration::from_secs(seconds)))?;
+            let result = runtime.block_on(load(
+                address,
+                "/bench",
+                connections,
+                Duration::from_secs(seconds),
+            ))?;
             let rate = result.rate();
             let direct_rate = *direct.get_or_insert(rate);
             println!(
@@ -86,7 +95,78 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "\nLoad generator, gateway and upstream share this machine's cores, so the ratios, not the \
          absolute numbers, are the result."
     );
+    cache_hits(&runtime, &upstream, quiet_port, seconds)?;
     crate::versus::run(&runtime, &upstream, seconds)
+}
+
+/// Cache hits through the gateway, its uncached path, and nginx's `proxy_cache` hit.
+fn cache_hits(
+    runtime: &tokio::runtime::Runtime,
+    upstream: &Upstream,
+    gateway_port: u16,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let gateway: SocketAddr = format!("127.0.0.1:{gateway_port}").parse()?;
+    let (_cert_dir, cert, key) = peers::certificate()?;
+    let nginx = Peer::nginx(upstream.address(), &cert, &key)?;
+    let rows: [(&str, SocketAddr, &str); 3] = [
+        ("gateway, uncached", gateway, "/bench"),
+        ("gateway, cache hit", gateway, "/cached/bench"),
+        ("nginx proxy_cache, cache hit", nginx.plain, "/cached/bench"),
+    ];
+    // Warm both caches, and check that the rows measure what they say.
+    for (name, address, path) in &rows[1..] {
+        for _ in 0..3 {
+            runtime.block_on(probe(*address, path))?;
+        }
+        let status = runtime.block_on(probe(*address, path))?;
+        if status != "HIT" {
+            bail!("{name}: a warm request was not a cache hit ({status:?})");
+        }
+    }
+    println!("\n## Cache hits (HTTP/1.1 keep-alive, GET, {seconds} s per row, one run)");
+    println!("| connections | target | requests/s | p50 ms | p99 ms | ratio to gateway uncached |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    for connections in CONNECTIONS {
+        let mut uncached = None;
+        for (name, address, path) in &rows {
+            let result = runtime.block_on(load(
+                *address,
+                path,
+                connections,
+                Duration::from_secs(seconds),
+            ))?;
+            let rate = result.rate();
+            let base = *uncached.get_or_insert(rate);
+            println!(
+                "| {connections} | {name} | {rate:.0} | {:.2} | {:.2} | {:.2} |",
+                result.percentile(0.50),
+                result.percentile(0.99),
+                rate / base
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One GET; the response's `X-Cache` value ("" when absent).
+async fn probe(address: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let stream = tokio::net::TcpStream::connect(address).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, "bench")
+        .body(Empty::new())?;
+    let response = sender.send_request(request).await?;
+    let x_cache = response
+        .headers()
+        .get("x-cache")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    response.into_body().collect().await?;
+    Ok(x_cache)
 }
 
 pub fn free_port() -> anyhow::Result<u16> {
@@ -155,15 +235,17 @@ impl Dial {
 /// deadline. Every response must be a 200.
 async fn load(
     address: SocketAddr,
+    path: &str,
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<LoadResult> {
-    load_dial(Dial::Plain(address), connections, duration).await
+    load_dial(Dial::Plain(address), path, connections, duration).await
 }
 
 /// [`load`] over any [`Dial`].
 pub async fn load_dial(
     dial: Dial,
+    path: &str,
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<LoadResult> {
@@ -174,7 +256,7 @@ pub async fn load_dial(
     let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut tasks = Vec::new();
     for _ in 0..connections {
-        let (errors, dial) = (errors.clone(), dial.clone());
+        let (errors, dial, path) = (errors.clone(), dial.clone(), path.to_owned());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let fail = |what: String| errors.lock().expect("not poisoned").push(what);
@@ -195,7 +277,7 @@ pub async fn load_dial(
                 };
             tokio::spawn(connection);
             while Instant::now() < deadline {
-                let request = hyper::Request::get("/bench")
+                let request = hyper::Request::get(path.as_str())
                     .header(hyper::header::HOST, "bench")
                     .body(Empty::new())
                     .expect("a static request");

@@ -81,6 +81,7 @@ pub fn run(runtime: &Runtime, upstream: &Upstream, seconds: u64) -> anyhow::Resu
                 };
                 let result = runtime.block_on(load_dial(
                     dial.clone(),
+                    "/bench",
                     connections,
                     Duration::from_secs(seconds),
                 ))?;

@@ -1,0 +1,1403 @@
+//! The `cache` stages: [`lookup`] (before `balance`: serve a hit, a 304, or a stale entry;
+//! coalesce concurrent misses) and [`store`] (on the response: buffer a cacheable response
+//! up to the route's `max_entry_size`, keep it, wake the requests waiting for it).
+//!
+//! The store is a [`moka`] cache bounded by bytes (`[cache] max_size`, each entry weighed by
+//! its key, head and body), shared by every caching route and kept across reloads.
+//!
+//! **Keys.** An entry is named by `GET host/path?query` (lowercase host without port; HEAD
+//! is answered from the GET entry), e.g. `GET api.example.com/v1/users/7?expand=1`. That is
+//! the key the control plane purges by (exactly, or by a prefix of `host/path`, or of the
+//! path alone when the prefix starts with `/`). Internally the route's name, the caller's
+//! identity (routes with `key_by_identity`) and, for a response with `Vary`, the values of
+//! the request headers it names are part of the key as well.
+//!
+//! **What is stored** (RFC 9111): only for GET, a status the route lists, and neither
+//! `no-store`, `private` nor `Set-Cookie` in the response, nor `Vary: *`; a `no-cache`
+//! response only with a validator (`ETag` or `Last-Modified`), to be revalidated each time.
+//! Freshness: `s-maxage`, else `max-age`, else `Expires` - `Date`, else the route's `ttl`
+//! (with `override_ttl`, the route's `ttl` always). The response's `Age` counts.
+//!
+//! **What is served.** Fresh: `X-Cache: HIT` with `Age`. Within `stale-while-revalidate`:
+//! `STALE`, while one background request refreshes the entry. Within `stale-if-error`: the
+//! request goes upstream, and if that fails (unreachable, timeout, 5xx) the stale entry is
+//! served (`STALE`). `must-revalidate`, `proxy-revalidate` and `s-maxage` rule out stale
+//! serving. An entry that may not be served as it is (stale, or `no-cache`) but has a
+//! validator is revalidated: the request goes upstream with `If-None-Match` /
+//! `If-Modified-Since`, and a 304 refreshes the entry's head and freshness and serves its
+//! body (`X-Cache: REVALIDATED`). A request's `no-store` bypasses the cache; its `no-cache` or
+//! `max-age=0` skips the lookup (the answer is stored). `If-None-Match` / `If-Modified-Since` are answered
+//! from the entry (304); on a miss they are not sent upstream, so the full response can be
+//! stored, and are evaluated against it.
+//!
+//! **Never one caller's response to another** (RFC 9111 3.5): a request with
+//! `Authorization` or `Cookie` bypasses a route's cache unless the route keys by identity,
+//! and then only a verified identity (set by authentication) gets an entry.
+//!
+//! **Coalescing.** Concurrent misses for one key wait for the first (the leader): when its
+//! response is stored they are served from it; when it could not be stored (too large,
+//! private, an error) each goes upstream itself.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, Instant, SystemTime},
+};
+
+use arc_swap::ArcSwapOption;
+use http_body_util::BodyExt as _;
+use hyper::{
+    HeaderMap, Method, Request, Response, StatusCode,
+    body::{Body, Bytes, Frame, SizeHint},
+    header::{
+        AGE, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, COOKIE, DATE, ETAG, EXPIRES, HeaderName,
+        HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, PRAGMA, SET_COOKIE, VARY,
+    },
+};
+use moka::Expiry;
+use tokio::sync::watch;
+
+use crate::config::{CacheConfig, CacheStoreConfig};
+
+use super::{
+    Flow, RequestContext,
+    body::{BoxError, ProxyBody, empty, full},
+    error::{ErrorKind, ProxyError},
+    observe::METRICS,
+};
+use prometheus_client::metrics::counter::Counter;
+
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// The shortest time a stale entry with a validator is kept for revalidation.
+const REVALIDATABLE_FOR: Duration = Duration::from_secs(60);
+
+/// Variant records and responses, by internal key.
+type Entries = moka::future::Cache<Arc<str>, Arc<Stored>>;
+
+/// The response cache: entries, and the misses being fetched.
+pub struct Store {
+    entries: Entries,
+    /// `[cache] max_size` it was built with (a change needs a restart).
+    pub max_size: u64,
+    in_flight: Mutex<HashMap<Arc<str>, watch::Receiver<Option<Outcome>>>>,
+}
+
+/// What a leader's fetch came to, for the requests waiting on it.
+type Outcome = Option<Arc<Entry>>;
+
+enum Stored {
+    /// The response varies on these request headers: its entries are under the variant
+    /// keys. Kept as long as the longest-lived variant.
+    Vary {
+        names: Vec<HeaderName>,
+        keep: Duration,
+    },
+    Response(Arc<Entry>),
+}
+
+/// One stored response.
+pub struct Entry {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    stored: Instant,
+    /// Its age when stored (the upstream's `Age`).
+    initial_age: Duration,
+    /// Freshness lifetime.
+    fresh_for: Duration,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+    /// `no-cache`, `must-revalidate`, `proxy-revalidate` or `s-maxage`: never served stale;
+    /// with `no_cache`, never served without revalidation.
+    must_revalidate: bool,
+    no_cache: bool,
+    /// The variant key it is stored under: waiters compare theirs.
+    key: Arc<str>,
+}
+
+impl Entry {
+    fn age(&self) -> Duration {
+        self.initial_age + self.stored.elapsed()
+    }
+
+    /// How long past its storing the entry is worth keeping: fresh, or stale but usable,
+    /// or (with a validator) revalidatable for another freshness lifetime, a minute at least.
+    fn keep(&self) -> Duration {
+        let mut extra = self.stale_while_revalidate.max(self.stale_if_error);
+        if self.has_validators() {
+            extra = extra.max(self.fresh_for.max(REVALIDATABLE_FOR));
+        }
+        (self.fresh_for + extra).saturating_sub(self.initial_age)
+    }
+
+    fn weight(&self) -> usize {
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len() + 32)
+                .sum::<usize>()
+            + 128
+    }
+}
+
+struct KeepFor;
+
+impl Expiry<Arc<str>, Arc<Stored>> for KeepFor {
+    fn expire_after_create(
+        &self,
+        _key: &Arc<str>,
+        value: &Arc<Stored>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(match &**value {
+            Stored::Vary { keep, .. } => *keep,
+            Stored::Response(entry) => entry.keep(),
+        })
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &Arc<str>,
+        value: &Arc<Stored>,
+        updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, value, updated_at)
+    }
+}
+
+/// The running proxy's store, for the control plane ([`purge`]).
+static CURRENT: ArcSwapOption<Store> = ArcSwapOption::const_empty();
+
+impl Store {
+    pub fn new(config: &CacheStoreConfig) -> Arc<Store> {
+        let entries = moka::future::Cache::builder()
+            .max_capacity(config.max_size)
+            .weigher(|key: &Arc<str>, value: &Arc<Stored>| {
+                let size = key.len()
+                    + match &**value {
+                        Stored::Vary { names, .. } => names.len() * 32 + 64,
+                        Stored::Response(entry) => entry.weight(),
+                    };
+                u32::try_from(size).unwrap_or(u32::MAX)
+            })
+            .expire_after(KeepFor)
+            .build();
+        Arc::new(Store {
+            entries,
+            max_size: config.max_size,
+            in_flight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Makes this the store [`purge`] acts on.
+    pub fn make_current(self: &Arc<Store>) {
+        CURRENT.store(Some(self.clone()));
+    }
+
+    /// The entry for `base` that fits these request headers (following a Vary record).
+    async fn find(&self, base: &str, headers: &HeaderMap) -> Option<Arc<Entry>> {
+        match &*self.entries.get(base).await? {
+            Stored::Response(entry) => Some(entry.clone()),
+            Stored::Vary { names, .. } => {
+                let key = variant_key(base, names, headers);
+                match &*self.entries.get(key.as_str()).await? {
+                    Stored::Response(entry) => Some(entry.clone()),
+                    Stored::Vary { .. } => None,
+                }
+            }
+        }
+    }
+
+    /// Becomes the one request fetching `base`, or gets a receiver for that request's
+    /// outcome.
+    fn lead_or_wait(
+        self: &Arc<Store>,
+        base: &Arc<str>,
+    ) -> Result<Leader, watch::Receiver<Option<Outcome>>> {
+        let mut in_flight = self.lock();
+        if let Some(waiting) = in_flight.get(base) {
+            return Err(waiting.clone());
+        }
+        let (done, waiting) = watch::channel(None);
+        in_flight.insert(base.clone(), waiting);
+        Ok(Leader {
+            store: self.clone(),
+            base: base.clone(),
+            done,
+        })
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, watch::Receiver<Option<Outcome>>>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn insert(&self, base: &Arc<str>, vary: Vec<HeaderName>, entry: Arc<Entry>) {
+        if vary.is_empty() {
+            self.entries
+                .insert(base.clone(), Arc::new(Stored::Response(entry)))
+                .await;
+            return;
+        }
+        let keep = match self.entries.get(base).await.as_deref() {
+            Some(Stored::Vary { names, keep }) if *names == vary => (*keep).max(entry.keep()),
+            _ => entry.keep(),
+        };
+        self.entries
+            .insert(entry.key.clone(), Arc::new(Stored::Response(entry)))
+            .await;
+        self.entries
+            .insert(base.clone(), Arc::new(Stored::Vary { names: vary, keep }))
+            .await;
+    }
+
+    /// Removes the entries named by `key` (exactly) or by `prefix`; returns how many
+    /// responses went.
+    pub async fn purge(&self, target: &PurgeTarget) -> usize {
+        let matching: Vec<(Arc<str>, bool)> = self
+            .entries
+            .iter()
+            .filter(|(key, _)| {
+                let visible = key.split('\n').next().unwrap_or("");
+                match target {
+                    PurgeTarget::Key(exact) => visible == exact.trim(),
+                    PurgeTarget::Prefix(prefix) => {
+                        let host_path = visible.strip_prefix("GET ").unwrap_or(visible);
+                        match prefix.starts_with('/') {
+                            true => host_path
+                                .find('/')
+                                .is_some_and(|at| host_path[at..].starts_with(prefix.as_str())),
+                            false => host_path.starts_with(prefix.as_str()),
+                        }
+                    }
+                }
+            })
+            .map(|(key, value)| {
+                let response = matches!(&*value, Stored::Response(_));
+                (Arc::clone(&*key), response)
+            })
+            .collect();
+        let mut purged = 0;
+        for (key, response) in matching {
+            self.entries.invalidate(&key).await;
+            purged += usize::from(response);
+        }
+        purged
+    }
+}
+
+/// What to purge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurgeTarget {
+    /// `GET host/path?query`, as the cache names it.
+    Key(String),
+    /// A prefix of `host/path` (`api.example.com/v1/users`), or of the path alone
+    /// (`/v1/users`, any host).
+    Prefix(String),
+}
+
+/// Purges the running proxy's cache; `None` when no proxy runs.
+pub async fn purge(target: &PurgeTarget) -> Option<usize> {
+    let store = CURRENT.load_full()?;
+    Some(store.purge(target).await)
+}
+
+/// The one request fetching a key: its outcome wakes the waiters; dropped without one
+/// (an error, a cancelled request) it tells them to fetch for themselves.
+pub struct Leader {
+    store: Arc<Store>,
+    base: Arc<str>,
+    done: watch::Sender<Option<Outcome>>,
+}
+
+impl Leader {
+    fn finish(self, outcome: Outcome) {
+        self.done.send_replace(Some(outcome));
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        self.store.lock().remove(&self.base);
+        if self.done.borrow().is_none() {
+            self.done.send_replace(Some(None));
+        }
+    }
+}
+
+/// What `lookup` leaves for `store` and for the error path.
+pub struct CacheState {
+    base: Arc<str>,
+    /// The client's conditional fields, held back from the upstream.
+    if_none_match: Option<HeaderValue>,
+    if_modified_since: Option<HeaderValue>,
+    head: bool,
+    /// A stale entry to serve if the upstream fails.
+    stale: Option<Arc<Entry>>,
+    /// Set when this request fetches for the others.
+    leader: Option<Leader>,
+    /// The request's headers named by a `Vary` (compared again when storing).
+    request_headers: HeaderMap,
+    /// The entry this request revalidates (its validators went upstream).
+    revalidate: Option<Arc<Entry>>,
+    /// The lookup's result is counted when the answer is known (stale, revalidated, miss).
+    deferred: bool,
+}
+
+/// A caching route's lookup counters, resolved once per snapshot (no label work per request).
+pub struct Counters {
+    hit: Counter,
+    miss: Counter,
+    stale: Counter,
+    bypass: Counter,
+    revalidated: Counter,
+}
+
+impl Counters {
+    pub fn for_route(route: &str) -> Counters {
+        let counter = |result: &str| {
+            METRICS
+                .cache
+                .get_or_create(&vec![
+                    ("route", route.to_owned()),
+                    ("result", result.to_owned()),
+                ])
+                .clone()
+        };
+        Counters {
+            hit: counter("hit"),
+            miss: counter("miss"),
+            stale: counter("stale"),
+            bypass: counter("bypass"),
+            revalidated: counter("revalidated"),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Lookup {
+    Hit,
+    Miss,
+    Stale,
+    Bypass,
+    Revalidated,
+}
+
+fn count(ctx: &RequestContext, result: Lookup) {
+    let Some(Some(counters)) = ctx.route.map(|index| &ctx.snapshot.cache_counters[index]) else {
+        return;
+    };
+    match result {
+        Lookup::Hit => counters.hit.inc(),
+        Lookup::Miss => counters.miss.inc(),
+        Lookup::Stale => counters.stale.inc(),
+        Lookup::Bypass => counters.bypass.inc(),
+        Lookup::Revalidated => counters.revalidated.inc(),
+    };
+}
+
+/// The cache lookup stage. Needs `route` to have run; see the module docs for the rules.
+pub async fn lookup(
+    ctx: &mut RequestContext,
+    req: &mut Request<ProxyBody>,
+) -> Result<Flow, ProxyError> {
+    let snapshot = ctx.snapshot.clone();
+    let route = ctx.route();
+    let Some(config) = &route.cache else {
+        return Ok(Flow::Continue);
+    };
+    let head = req.method() == Method::HEAD;
+    // A WebSocket handshake is a GET, but never one to answer from (or wait on) the cache.
+    if !(head || req.method() == Method::GET) || super::headers::is_websocket(req) {
+        return Ok(Flow::Continue);
+    }
+    let directives = Directives::parse(req.headers());
+    let credentials =
+        req.headers().contains_key(AUTHORIZATION) || req.headers().contains_key(COOKIE);
+    let identity = match (config.key_by_identity, &ctx.identity) {
+        (true, Some(identity)) => Some(identity.name.as_str()),
+        (true, None) if !credentials => Some(""),
+        (false, _) if !credentials => None,
+        // Credentials, but no verified identity to key them by.
+        _ => {
+            count(ctx, Lookup::Bypass);
+            ctx.cache_bypass = true;
+            return Ok(Flow::Continue);
+        }
+    };
+    if directives.no_store {
+        count(ctx, Lookup::Bypass);
+        ctx.cache_bypass = true;
+        return Ok(Flow::Continue);
+    }
+    let host = ctx
+        .host
+        .as_ref()
+        .map(|host| host.host().trim_end_matches('.').to_ascii_lowercase())
+        .unwrap_or_default();
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let route_name = &route.name;
+    let base: Arc<str> = match identity {
+        Some(identity) => format!("GET {host}{target}\n{route_name}\nidentity={identity}"),
+        None => format!("GET {host}{target}\n{route_name}"),
+    }
+    .into();
+    let mut state = CacheState {
+        base: base.clone(),
+        if_none_match: req.headers_mut().remove(IF_NONE_MATCH),
+        if_modified_since: req.headers_mut().remove(IF_MODIFIED_SINCE),
+        head,
+        stale: None,
+        leader: None,
+        // Filled on the way upstream: a hit does not need it.
+        request_headers: HeaderMap::new(),
+        revalidate: None,
+        deferred: false,
+    };
+    let store = snapshot.cache.clone();
+    let skip_lookup = directives.no_cache || directives.max_age == Some(0);
+    if !skip_lookup && let Some(entry) = store.find(&base, req.headers()).await {
+        let age = entry.age();
+        let stale_ok = !entry.must_revalidate;
+        if entry.fresh() {
+            count(ctx, Lookup::Hit);
+            return Ok(Flow::Respond(state.respond(&entry, "HIT")));
+        }
+        if stale_ok && age < entry.fresh_for + entry.stale_while_revalidate {
+            count(ctx, Lookup::Stale);
+            if !head && let Ok(leader) = store.lead_or_wait(&base) {
+                state.request_headers = req.headers().clone();
+                refresh(ctx, req, state.clone_for_refresh(leader, &entry));
+            }
+            return Ok(Flow::Respond(state.respond(&entry, "STALE")));
+        }
+        if !head && entry.has_validators() {
+            state.revalidate = Some(entry.clone());
+        }
+        if stale_ok && age < entry.fresh_for + entry.stale_if_error {
+            state.stale = Some(entry);
+        }
+    }
+    // HEAD misses go upstream as they are, unstored (their answer has no body to keep).
+    if !head {
+        // How long the leader may take: its upstream's timeout, or the aggregate's.
+        let wait = match &ctx.route().aggregate {
+            Some(aggregate) => aggregate.timeout,
+            None => ctx.upstream().config.request_timeout,
+        } + Duration::from_secs(1);
+        match store.lead_or_wait(&base) {
+            Ok(leader) => {
+                // A leader that finished between our lookup and now has stored its entry.
+                if !skip_lookup
+                    && let Some(entry) = store.find(&base, req.headers()).await
+                    && entry.fresh()
+                {
+                    drop(leader);
+                    count(ctx, Lookup::Hit);
+                    return Ok(Flow::Respond(state.respond(&entry, "HIT")));
+                }
+                state.leader = Some(leader);
+            }
+            Err(mut waiting) => {
+                let outcome = tokio::time::timeout(wait, waiting.wait_for(Option::is_some)).await;
+                if let Ok(Ok(outcome)) = outcome
+                    && let Some(Some(entry)) = outcome.clone()
+                    && *entry.key == *variant_key(&base, &vary_names(&entry.headers), req.headers())
+                {
+                    count(ctx, Lookup::Hit);
+                    return Ok(Flow::Respond(state.respond(&entry, "HIT")));
+                }
+            }
+        }
+    }
+    // With a stale entry in reserve or one to revalidate, the answer decides what to count.
+    state.deferred = state.stale.is_some() || state.revalidate.is_some();
+    if !state.deferred {
+        count(ctx, Lookup::Miss);
+    }
+    if let Some(entry) = &state.revalidate {
+        entry.add_validators(req.headers_mut());
+    }
+    state.request_headers = req.headers().clone();
+    ctx.cache = Some(state);
+    Ok(Flow::Continue)
+}
+
+/// Starts the background refresh of a stale entry (stale-while-revalidate).
+fn refresh(ctx: &RequestContext, req: &Request<ProxyBody>, state: CacheState) {
+    let mut fresh = RequestContext {
+        snapshot: ctx.snapshot.clone(),
+        connection: ctx.connection.clone(),
+        request_id: super::headers::request_id(&Request::new(())),
+        trace: ctx.trace,
+        identity: ctx.identity.clone(),
+        host: ctx.host.clone(),
+        route: ctx.route,
+        upstream_path: ctx.upstream_path.clone(),
+        target: None,
+        upstream_ms: None,
+        cache: Some(state),
+        cache_bypass: false,
+    };
+    let mut request = Request::new(empty());
+    *request.uri_mut() = req.uri().clone();
+    *request.headers_mut() = req.headers().clone();
+    if let Some(entry) = fresh
+        .cache
+        .as_ref()
+        .and_then(|state| state.revalidate.as_ref())
+    {
+        entry.add_validators(request.headers_mut());
+    }
+    tokio::spawn(async move {
+        // What any request gets on its way upstream (forwarding fields, the route's edits).
+        if let Err(error) = super::headers::prepare_request(&mut fresh, &mut request) {
+            tracing::debug!("background cache refresh failed: {error}");
+            return;
+        }
+        let fetched = super::fetch(&mut fresh, request).await;
+        match fetched {
+            Ok(response) => {
+                if let Ok(response) = store(&mut fresh, response).await {
+                    // Drives nothing: the refreshed entry is buffered, or the body is dropped.
+                    drop(response);
+                }
+            }
+            Err(error) => tracing::debug!("background cache refresh failed: {error}"),
+        }
+    });
+}
+
+/// On an upstream failure: the stale entry, if the request kept one (stale-if-error).
+pub fn on_error(ctx: &mut RequestContext) -> Option<Response<ProxyBody>> {
+    let state = ctx.cache.as_mut()?;
+    let Some(entry) = state.stale.take() else {
+        if state.deferred {
+            count(ctx, Lookup::Miss);
+        }
+        return None;
+    };
+    let response = state.respond(&entry, "STALE");
+    count(ctx, Lookup::Stale);
+    Some(response)
+}
+
+/// The response stage: stores a cacheable response (buffered up to the route's
+/// `max_entry_size`) and answers from the stored entry; anything else streams through.
+pub async fn store(
+    ctx: &mut RequestContext,
+    response: Response<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let Some(mut state) = ctx.cache.take() else {
+        return Ok(with_x_cache(response, ctx.cache_bypass.then_some("BYPASS")));
+    };
+    if response.status().is_server_error()
+        && let Some(entry) = state.stale.take()
+    {
+        count(ctx, Lookup::Stale);
+        return Ok(state.respond(&entry, "STALE"));
+    }
+    if response.status() == StatusCode::NOT_MODIFIED
+        && let Some(entry) = state.revalidate.take()
+    {
+        // A background refresh is no lookup: only the client's request is counted.
+        if state.deferred {
+            count(ctx, Lookup::Revalidated);
+        }
+        return Ok(revalidated(ctx, state, &entry, response).await);
+    }
+    if state.deferred {
+        count(ctx, Lookup::Miss);
+    }
+    let config = ctx
+        .route()
+        .cache
+        .as_ref()
+        .expect("lookup ran: the route caches");
+    let Some(plan) = storable(config, &response, state.head) else {
+        return Ok(with_x_cache(response, Some("MISS")));
+    };
+    let max = config.max_entry_size;
+    let declared = response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max) {
+        return Ok(with_x_cache(response, Some("MISS")));
+    }
+    let (parts, mut body) = response.into_parts();
+    let mut buffered: Vec<Bytes> = Vec::new();
+    let mut size = 0u64;
+    loop {
+        let frame = match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(error)) => {
+                return Err(ProxyError {
+                    sent: true,
+                    ..ProxyError::new(
+                        ErrorKind::UpstreamFailed,
+                        format!("reading the upstream's response body: {error}"),
+                    )
+                });
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers are not kept
+        };
+        size += data.len() as u64;
+        buffered.push(data);
+        if size > max {
+            // Too large to keep: what was read, then the rest, streamed.
+            let body = Prefixed {
+                prefix: buffered.into(),
+                rest: body,
+            };
+            let response = Response::from_parts(parts, body.boxed());
+            return Ok(with_x_cache(response, Some("MISS")));
+        }
+    }
+    let body = match buffered.len() {
+        1 => buffered.pop().expect("one chunk"),
+        _ => Bytes::from(buffered.concat()),
+    };
+    let key: Arc<str> = match plan.vary.is_empty() {
+        true => state.base.clone(),
+        false => variant_key(&state.base, &plan.vary, &state.request_headers).into(),
+    };
+    let entry = Arc::new(Entry {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        stored: Instant::now(),
+        initial_age: plan.initial_age,
+        fresh_for: plan.fresh_for,
+        stale_while_revalidate: plan.stale_while_revalidate,
+        stale_if_error: plan.stale_if_error,
+        must_revalidate: plan.must_revalidate,
+        no_cache: plan.no_cache,
+        key,
+    });
+    ctx.snapshot
+        .cache
+        .insert(&state.base, plan.vary, entry.clone())
+        .await;
+    if let Some(leader) = state.leader.take() {
+        leader.finish(Some(entry.clone()));
+    }
+    Ok(state.respond(&entry, "MISS"))
+}
+
+fn with_x_cache(
+    mut response: Response<ProxyBody>,
+    value: Option<&'static str>,
+) -> Response<ProxyBody> {
+    if let Some(value) = value {
+        response
+            .headers_mut()
+            .insert(X_CACHE, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// The upstream's 304 to a revalidation: the entry's head updated with the 304's fields
+/// (RFC 9111 4.3.4), its freshness recomputed, its body kept; stored again if it still may be.
+async fn revalidated(
+    ctx: &mut RequestContext,
+    mut state: CacheState,
+    entry: &Entry,
+    response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    let mut headers = entry.headers.clone();
+    for name in response.headers().keys() {
+        if name == CONTENT_LENGTH {
+            continue;
+        }
+        headers.remove(name);
+        for value in response.headers().get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let mut updated = Response::new(empty());
+    *updated.status_mut() = entry.status;
+    *updated.headers_mut() = headers;
+    let config = ctx
+        .route()
+        .cache
+        .as_ref()
+        .expect("lookup ran: the route caches");
+    let plan = storable(config, &updated, false);
+    let (parts, _) = updated.into_parts();
+    let refreshed = Arc::new(Entry {
+        status: entry.status,
+        headers: parts.headers,
+        body: entry.body.clone(),
+        stored: Instant::now(),
+        initial_age: plan
+            .as_ref()
+            .map_or(Duration::ZERO, |plan| plan.initial_age),
+        fresh_for: plan.as_ref().map_or(Duration::ZERO, |plan| plan.fresh_for),
+        stale_while_revalidate: plan
+            .as_ref()
+            .map_or(Duration::ZERO, |plan| plan.stale_while_revalidate),
+        stale_if_error: plan
+            .as_ref()
+            .map_or(Duration::ZERO, |plan| plan.stale_if_error),
+        must_revalidate: plan.as_ref().is_none_or(|plan| plan.must_revalidate),
+        no_cache: plan.as_ref().is_none_or(|plan| plan.no_cache),
+        key: entry.key.clone(),
+    });
+    match plan {
+        Some(plan) => {
+            ctx.snapshot
+                .cache
+                .insert(&state.base, plan.vary, refreshed.clone())
+                .await;
+            if let Some(leader) = state.leader.take() {
+                leader.finish(Some(refreshed.clone()));
+            }
+        }
+        // It may no longer be stored (no-store now): served this once, then gone.
+        None => ctx.snapshot.cache.entries.invalidate(&entry.key).await,
+    }
+    state.respond(&refreshed, "REVALIDATED")
+}
+
+impl CacheState {
+    fn clone_for_refresh(&self, leader: Leader, entry: &Arc<Entry>) -> CacheState {
+        CacheState {
+            base: self.base.clone(),
+            if_none_match: None,
+            if_modified_since: None,
+            head: false,
+            stale: None,
+            leader: Some(leader),
+            request_headers: self.request_headers.clone(),
+            revalidate: entry.has_validators().then(|| entry.clone()),
+            deferred: false,
+        }
+    }
+
+    /// The client's answer from `entry`: the response, or 304 when its conditional fields
+    /// match; `Age` and `X-Cache` added.
+    fn respond(&self, entry: &Entry, result: &'static str) -> Response<ProxyBody> {
+        let not_modified = entry.status == StatusCode::OK && self.not_modified(entry);
+        let mut response = if not_modified {
+            let mut response = Response::new(empty());
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            for name in [CACHE_CONTROL, DATE, ETAG, EXPIRES, VARY, LAST_MODIFIED] {
+                for value in entry.headers.get_all(&name) {
+                    response.headers_mut().append(name.clone(), value.clone());
+                }
+            }
+            response
+        } else {
+            let body = match self.head {
+                true => empty(),
+                false => full(entry.body.clone()),
+            };
+            let mut response = Response::new(body);
+            *response.status_mut() = entry.status;
+            *response.headers_mut() = entry.headers.clone();
+            response
+        };
+        let headers = response.headers_mut();
+        headers.insert(AGE, HeaderValue::from(entry.age().as_secs()));
+        headers.insert(X_CACHE, HeaderValue::from_static(result));
+        response
+    }
+
+    /// RFC 9110 13.2.2: If-None-Match decides when present, else If-Modified-Since.
+    fn not_modified(&self, entry: &Entry) -> bool {
+        if let Some(condition) = &self.if_none_match {
+            let Some(etag) = entry.headers.get(ETAG).and_then(|v| v.to_str().ok()) else {
+                return false;
+            };
+            let Ok(condition) = condition.to_str() else {
+                return false;
+            };
+            let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+            return condition.trim() == "*"
+                || condition.split(',').any(|tag| opaque(tag) == opaque(etag));
+        }
+        let since = self
+            .if_modified_since
+            .as_ref()
+            .and_then(|value| httpdate::parse_http_date(value.to_str().ok()?).ok());
+        let modified = entry
+            .headers
+            .get(LAST_MODIFIED)
+            .and_then(|value| httpdate::parse_http_date(value.to_str().ok()?).ok());
+        matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
+    }
+}
+
+impl Entry {
+    /// Whether it may be served as it is, without asking the upstream.
+    fn fresh(&self) -> bool {
+        !self.no_cache && self.age() < self.fresh_for
+    }
+
+    /// Its validators, as the conditional fields of a revalidation request.
+    fn add_validators(&self, headers: &mut HeaderMap) {
+        if let Some(etag) = self.headers.get(ETAG) {
+            headers.insert(IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(modified) = self.headers.get(LAST_MODIFIED) {
+            headers.insert(IF_MODIFIED_SINCE, modified.clone());
+        }
+    }
+
+    fn has_validators(&self) -> bool {
+        self.headers.contains_key(ETAG) || self.headers.contains_key(LAST_MODIFIED)
+    }
+}
+
+/// How a cacheable response is kept.
+struct Plan {
+    vary: Vec<HeaderName>,
+    initial_age: Duration,
+    fresh_for: Duration,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+    must_revalidate: bool,
+    no_cache: bool,
+}
+
+/// Whether (and how long) a response may be stored; `None`: it may not.
+fn storable(config: &CacheConfig, response: &Response<ProxyBody>, head: bool) -> Option<Plan> {
+    let headers = response.headers();
+    if head || !config.statuses.contains(&response.status().as_u16()) {
+        return None;
+    }
+    let directives = Directives::parse(headers);
+    let validators = headers.contains_key(ETAG) || headers.contains_key(LAST_MODIFIED);
+    if directives.no_store
+        || directives.private
+        || (directives.no_cache && !validators)
+        || headers.contains_key(SET_COOKIE)
+    {
+        return None;
+    }
+    let vary = vary_names(headers);
+    if vary.iter().any(|name| name.as_str() == "*")
+        || headers.get_all(VARY).iter().any(|v| v == "*")
+    {
+        return None;
+    }
+    let date = headers
+        .get(DATE)
+        .and_then(|value| httpdate::parse_http_date(value.to_str().ok()?).ok())
+        .unwrap_or_else(SystemTime::now);
+    let expires = headers.get(EXPIRES).map(|value| {
+        value
+            .to_str()
+            .ok()
+            .and_then(|text| httpdate::parse_http_date(text).ok())
+            // An invalid Expires (e.g. "0") means already expired (RFC 9111 5.3).
+            .map_or(Duration::ZERO, |at| {
+                at.duration_since(date).unwrap_or_default()
+            })
+    });
+    let stated = directives
+        .s_maxage
+        .or(directives.max_age)
+        .map(Duration::from_secs)
+        .or(expires);
+    let fresh_for = match config.override_ttl {
+        true => config.ttl,
+        false => stated.or(config.ttl),
+    }?;
+    let initial_age = headers
+        .get(AGE)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let stale_while_revalidate = directives
+        .stale_while_revalidate
+        .map(Duration::from_secs)
+        .or(config.stale_while_revalidate)
+        .unwrap_or_default();
+    let stale_if_error = directives
+        .stale_if_error
+        .map(Duration::from_secs)
+        .or(config.stale_if_error)
+        .unwrap_or_default();
+    let plan = Plan {
+        vary,
+        initial_age,
+        fresh_for,
+        stale_while_revalidate,
+        stale_if_error,
+        must_revalidate: directives.must_revalidate
+            || directives.no_cache
+            || directives.s_maxage.is_some(),
+        no_cache: directives.no_cache,
+    };
+    let usable = plan.fresh_for + plan.stale_while_revalidate.max(plan.stale_if_error);
+    (usable > plan.initial_age).then_some(plan)
+}
+
+/// The request headers a response's `Vary` names, lowercase and sorted.
+fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = headers
+        .get_all(VARY)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| {
+            let name = name.trim();
+            match name {
+                "*" => Some(HeaderName::from_static("*")),
+                _ => HeaderName::from_bytes(name.as_bytes()).ok(),
+            }
+        })
+        .collect();
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    names
+}
+
+/// The key of the variant of `base` for these request headers.
+fn variant_key(base: &str, names: &[HeaderName], headers: &HeaderMap) -> String {
+    let mut key = base.to_owned();
+    for name in names {
+        key.push_str("\nvary:");
+        key.push_str(name.as_str());
+        key.push('=');
+        let values: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .map(str::trim)
+            .collect();
+        key.push_str(&values.join(","));
+    }
+    key
+}
+
+/// The `Cache-Control` directives the cache acts on (request or response).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Directives {
+    no_store: bool,
+    no_cache: bool,
+    private: bool,
+    must_revalidate: bool,
+    max_age: Option<u64>,
+    s_maxage: Option<u64>,
+    stale_while_revalidate: Option<u64>,
+    stale_if_error: Option<u64>,
+}
+
+impl Directives {
+    fn parse(headers: &HeaderMap) -> Directives {
+        let mut directives = Directives::default();
+        for value in headers.get_all(CACHE_CONTROL) {
+            let Ok(value) = value.to_str() else {
+                // Unreadable: take the safe side.
+                directives.no_store = true;
+                continue;
+            };
+            for directive in value.split(',') {
+                let (name, argument) = match directive.split_once('=') {
+                    Some((name, argument)) => {
+                        (name.trim(), Some(argument.trim().trim_matches('"')))
+                    }
+                    None => (directive.trim(), None),
+                };
+                let seconds = || argument.and_then(|text| text.parse::<u64>().ok());
+                match name.to_ascii_lowercase().as_str() {
+                    "no-store" => directives.no_store = true,
+                    "no-cache" => directives.no_cache = true,
+                    "private" => directives.private = true,
+                    "must-revalidate" | "proxy-revalidate" => directives.must_revalidate = true,
+                    // An invalid max-age is stale at once (RFC 9111 4.2.1).
+                    "max-age" => directives.max_age = Some(seconds().unwrap_or(0)),
+                    "s-maxage" => directives.s_maxage = Some(seconds().unwrap_or(0)),
+                    "stale-while-revalidate" => directives.stale_while_revalidate = seconds(),
+                    "stale-if-error" => directives.stale_if_error = seconds(),
+                    _ => {}
+                }
+            }
+        }
+        // HTTP/1.0's `Pragma: no-cache`, for requests without Cache-Control.
+        if headers.get_all(CACHE_CONTROL).iter().next().is_none()
+            && headers
+                .get(PRAGMA)
+                .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"no-cache"))
+        {
+            directives.no_cache = true;
+        }
+        directives
+    }
+}
+
+/// A body whose first chunks were already read.
+struct Prefixed {
+    prefix: std::collections::VecDeque<Bytes>,
+    rest: ProxyBody,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(chunk) = self.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let buffered: u64 = self.prefix.iter().map(|chunk| chunk.len() as u64).sum();
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + buffered);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + buffered);
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn cache_control_parses() {
+        let parsed = Directives::parse(&headers(&[
+            ("cache-control", "public, max-age=60, s-maxage=\"120\""),
+            ("cache-control", "stale-while-revalidate=5, Must-Revalidate"),
+        ]));
+        assert_eq!(
+            parsed,
+            Directives {
+                must_revalidate: true,
+                max_age: Some(60),
+                s_maxage: Some(120),
+                stale_while_revalidate: Some(5),
+                ..Directives::default()
+            }
+        );
+        let invalid = Directives::parse(&headers(&[("cache-control", "max-age=soon")]));
+        assert_eq!(invalid.max_age, Some(0));
+        let pragma = Directives::parse(&headers(&[("pragma", "no-cache")]));
+        assert!(pragma.no_cache);
+    }
+
+    fn config(ttl: Option<u64>, override_ttl: bool) -> CacheConfig {
+        CacheConfig {
+            ttl: ttl.map(Duration::from_secs),
+            override_ttl,
+            max_entry_size: 1024,
+            statuses: vec![200, 404],
+            stale_while_revalidate: None,
+            stale_if_error: Some(Duration::from_secs(30)),
+            key_by_identity: false,
+        }
+    }
+
+    fn response(status: u16, pairs: &[(&'static str, &str)]) -> Response<ProxyBody> {
+        let mut response = Response::new(empty());
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        *response.headers_mut() = headers(pairs);
+        response
+    }
+
+    #[test]
+    fn freshness_follows_rfc_9111() {
+        let fresh = |config: &CacheConfig, pairs: &[(&'static str, &str)]| {
+            storable(config, &response(200, pairs), false).map(|plan| plan.fresh_for.as_secs())
+        };
+        let route = config(Some(10), false);
+        assert_eq!(fresh(&route, &[]), Some(10));
+        assert_eq!(fresh(&route, &[("cache-control", "max-age=60")]), Some(60));
+        assert_eq!(
+            fresh(&route, &[("cache-control", "max-age=60, s-maxage=5")]),
+            Some(5)
+        );
+        let now = SystemTime::now();
+        let date = httpdate::fmt_http_date(now);
+        let expires = httpdate::fmt_http_date(now + Duration::from_secs(100));
+        assert_eq!(
+            fresh(&route, &[("date", &date), ("expires", &expires)]),
+            Some(100)
+        );
+        assert_eq!(fresh(&config(None, false), &[]), None);
+        assert_eq!(
+            fresh(&config(Some(7), true), &[("cache-control", "max-age=60")]),
+            Some(7)
+        );
+        for refused in ["no-store", "private", "no-cache", "private=\"x\""] {
+            assert_eq!(
+                fresh(&route, &[("cache-control", refused)]),
+                None,
+                "{refused}"
+            );
+        }
+        // no-cache with a validator: kept, to be revalidated on every use.
+        let plan = storable(
+            &route,
+            &response(200, &[("cache-control", "no-cache"), ("etag", "\"1\"")]),
+            false,
+        )
+        .unwrap();
+        assert!(plan.no_cache && plan.must_revalidate);
+        assert_eq!(fresh(&route, &[("set-cookie", "a=b")]), None);
+        assert_eq!(fresh(&route, &[("vary", "*")]), None);
+        assert!(storable(&route, &response(500, &[]), false).is_none());
+        assert!(storable(&route, &response(200, &[]), true).is_none());
+        let plan = storable(
+            &route,
+            &response(404, &[("vary", "Accept, accept-language")]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(plan.vary, ["accept", "accept-language"]);
+    }
+
+    #[test]
+    fn variant_keys_name_the_values() {
+        let names = vec![HeaderName::from_static("accept-language")];
+        let key = variant_key("GET h/p\nr", &names, &headers(&[("accept-language", "fr")]));
+        assert_eq!(key, "GET h/p\nr\nvary:accept-language=fr");
+        assert_ne!(
+            key,
+            variant_key("GET h/p\nr", &names, &headers(&[("accept-language", "de")]))
+        );
+    }
+
+    #[tokio::test]
+    async fn purge_by_key_and_prefix() {
+        let store = Store::new(&CacheStoreConfig::default());
+        let entry = |key: &str| {
+            Arc::new(Entry {
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+                body: Bytes::from_static(b"x"),
+                stored: Instant::now(),
+                initial_age: Duration::ZERO,
+                fresh_for: Duration::from_secs(60),
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+                must_revalidate: false,
+                no_cache: false,
+                key: key.into(),
+            })
+        };
+        for key in [
+            "GET a.test/v1/users/1\nr",
+            "GET a.test/v1/users/2?x=1\nr",
+            "GET b.test/v1/users/3\nr",
+            "GET a.test/v1/orders/1\nr",
+        ] {
+            let key: Arc<str> = key.into();
+            store.insert(&key, Vec::new(), entry(&key)).await;
+        }
+        let purged = store
+            .purge(&PurgeTarget::Key("GET a.test/v1/users/1".into()))
+            .await;
+        assert_eq!(purged, 1);
+        assert_eq!(
+            store.purge(&PurgeTarget::Prefix("/v1/users".into())).await,
+            2
+        );
+        assert_eq!(
+            store.purge(&PurgeTarget::Prefix("a.test/v1".into())).await,
+            1
+        );
+        assert!(
+            store
+                .find("GET a.test/v1/orders/1\nr", &HeaderMap::new())
+                .await
+                .is_none()
+        );
+    }
+
+    /// A request context on a one-route snapshot whose route caches with `cache`.
+    fn context(cache: &str, identity: Option<&str>) -> RequestContext {
+        let config = crate::config::Config::parse(&format!(
+            "[xdp]\nmode = \"off\"\n[[upstreams]]\nname = \"u\"\n\
+             [[routes]]\nname = \"r\"\nupstream = \"u\"\ncache = {{ {cache} }}\n"
+        ))
+        .unwrap();
+        RequestContext {
+            snapshot: Arc::new(super::super::snapshot::Snapshot::build(&config.proxy)),
+            connection: Arc::new(super::super::ConnectionInfo {
+                client: "127.0.0.1:1".parse().unwrap(),
+                scheme: "http",
+                _slot: Arc::new(tokio::sync::Semaphore::new(1))
+                    .try_acquire_owned()
+                    .unwrap(),
+            }),
+            request_id: HeaderValue::from_static("id"),
+            trace: super::super::trace::TraceContext::from_headers(&hyper::HeaderMap::new()),
+            identity: identity.map(|name| super::super::Identity {
+                name: name.to_owned(),
+                groups: Vec::new(),
+            }),
+            host: Some("a.test".parse().unwrap()),
+            route: Some(0),
+            upstream_path: None,
+            target: None,
+            upstream_ms: None,
+            cache: None,
+            cache_bypass: false,
+        }
+    }
+
+    fn get(authorization: &str) -> Request<ProxyBody> {
+        let mut req = Request::new(empty());
+        *req.uri_mut() = "/me".parse().unwrap();
+        req.headers_mut()
+            .insert(AUTHORIZATION, HeaderValue::from_str(authorization).unwrap());
+        req
+    }
+
+    /// What the pipeline would answer: the cache's response, or `None` (goes upstream).
+    async fn look(ctx: &mut RequestContext, authorization: &str) -> Option<String> {
+        match lookup(ctx, &mut get(authorization)).await.unwrap() {
+            Flow::Respond(response) => {
+                Some(response.headers()[X_CACHE].to_str().unwrap().to_owned())
+            }
+            Flow::Continue => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn identity_keyed_entries_are_per_caller() {
+        // Alice's response is stored under her identity...
+        let mut alice = context("ttl = \"60s\", key_by_identity = true", Some("alice"));
+        assert_eq!(look(&mut alice, "Bearer a").await, None);
+        let stored = store(&mut alice, response(200, &[])).await.unwrap();
+        assert_eq!(stored.headers()[X_CACHE], "MISS");
+        let mut again = context("", Some("alice"));
+        again.snapshot = alice.snapshot.clone();
+        assert_eq!(look(&mut again, "Bearer a").await.as_deref(), Some("HIT"));
+        // ...and never served to Bob, who shares the snapshot and the URL.
+        let mut bob = context("", Some("bob"));
+        bob.snapshot = alice.snapshot.clone();
+        assert_eq!(look(&mut bob, "Bearer b").await, None);
+        assert!(
+            bob.cache.is_some(),
+            "Bob's miss goes upstream and may be stored"
+        );
+        // Credentials without a verified identity are not cached at all.
+        let mut unverified = context("", None);
+        unverified.snapshot = alice.snapshot.clone();
+        assert_eq!(look(&mut unverified, "Bearer a").await, None);
+        assert!(unverified.cache.is_none() && unverified.cache_bypass);
+    }
+
+    #[tokio::test]
+    async fn responses_over_the_entry_cap_stream_through_whole_and_unstored() {
+        let mut ctx = context("ttl = \"60s\", max_entry_size = 8", None);
+        let plain = || {
+            let mut req = Request::new(empty());
+            *req.uri_mut() = "/big".parse().unwrap();
+            req
+        };
+        assert!(matches!(
+            lookup(&mut ctx, &mut plain()).await.unwrap(),
+            Flow::Continue
+        ));
+        // No Content-Length: the cap is found while buffering, and what was read goes first.
+        let body = Chunks(
+            ["0123", "4567", "89ab", "cdef"]
+                .into_iter()
+                .map(|chunk| Bytes::from_static(chunk.as_bytes()))
+                .collect(),
+        );
+        let mut response = Response::new(body.boxed());
+        *response.status_mut() = StatusCode::OK;
+        let passed = store(&mut ctx, response).await.unwrap();
+        assert_eq!(passed.headers()[X_CACHE], "MISS");
+        let bytes = passed.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"0123456789abcdef");
+        let mut again = context("", None);
+        again.snapshot = ctx.snapshot.clone();
+        assert!(matches!(
+            lookup(&mut again, &mut plain()).await.unwrap(),
+            Flow::Continue
+        ));
+    }
+
+    /// A body of several data frames and no known length, as a streamed upstream response.
+    struct Chunks(std::collections::VecDeque<Bytes>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+        }
+    }
+
+    #[test]
+    fn conditional_requests_compare_validators() {
+        let entry = Entry {
+            status: StatusCode::OK,
+            headers: headers(&[
+                ("etag", "\"v1\""),
+                ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ]),
+            body: Bytes::new(),
+            stored: Instant::now(),
+            initial_age: Duration::ZERO,
+            fresh_for: Duration::from_secs(60),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            must_revalidate: false,
+            no_cache: false,
+            key: "k".into(),
+        };
+        let state = |inm: Option<&str>, ims: Option<&str>| CacheState {
+            base: "k".into(),
+            if_none_match: inm.map(|v| HeaderValue::from_str(v).unwrap()),
+            if_modified_since: ims.map(|v| HeaderValue::from_str(v).unwrap()),
+            head: false,
+            stale: None,
+            leader: None,
+            request_headers: HeaderMap::new(),
+            revalidate: None,
+            deferred: false,
+        };
+        assert!(state(Some("\"v0\", W/\"v1\""), None).not_modified(&entry));
+        assert!(!state(Some("\"v2\""), Some("Sun, 06 Nov 1994 08:49:37 GMT")).not_modified(&entry));
+        assert!(state(None, Some("Sun, 06 Nov 1994 08:49:37 GMT")).not_modified(&entry));
+        assert!(!state(None, Some("Sat, 05 Nov 1994 08:49:37 GMT")).not_modified(&entry));
+        assert!(!state(None, None).not_modified(&entry));
+        let response = state(Some("*"), None).respond(&entry, "HIT");
+        assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(response.headers()[ETAG], "\"v1\"");
+        assert_eq!(response.headers()[X_CACHE], "HIT");
+    }
+}
