@@ -2,6 +2,7 @@
 //! `Config`, the validated runtime form the rest of the daemon uses. Validation happens once,
 //! here, and names the offending key and the reason.
 
+pub mod auth;
 mod firewall;
 mod proxy;
 mod rate_limit;
@@ -171,6 +172,10 @@ struct RawConfig {
     upstreams: Vec<proxy::RawUpstream>,
     #[serde(default)]
     routes: Vec<proxy::RawRoute>,
+    #[serde(default)]
+    auth: auth::RawAuth,
+    #[serde(default)]
+    consumers: Vec<auth::RawConsumer>,
 }
 
 /// `[access_log]`: one JSON line per proxied request.
@@ -306,6 +311,8 @@ impl Config {
             limits: raw.limits,
             upstreams: raw.upstreams,
             routes: raw.routes,
+            auth: raw.auth,
+            consumers: raw.consumers,
         }
         .compile(&mut problems, &mut warnings);
         let admin = AdminConfig {

@@ -15,7 +15,10 @@ use hyper::{
 use regex::Regex;
 use serde::Deserialize;
 
-use super::Problems;
+use super::{
+    Problems,
+    auth::{self, AuthConfig, Authorize, Cors, RateLimitRule, RouteAuth},
+};
 
 // ---- The validated form ----
 
@@ -26,6 +29,8 @@ pub struct ProxyConfig {
     pub upstreams: Vec<UpstreamConfig>,
     /// In precedence order: the first route that matches a request takes it.
     pub routes: Vec<RouteConfig>,
+    /// JWT providers and API-key consumers (config/auth.rs).
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +218,12 @@ pub struct RouteConfig {
     pub rewrite_prefix: Option<String>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// Credentials the route requires (`None`: anyone may call it).
+    pub auth: Option<RouteAuth>,
+    pub authorize: Option<Authorize>,
+    /// Every one applies; empty: no L7 rate limit.
+    pub rate_limits: Vec<RateLimitRule>,
+    pub cors: Option<Cors>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -410,6 +421,11 @@ pub(super) struct RawRoute {
     request_headers: RawHeaderOps,
     #[serde(default)]
     response_headers: RawHeaderOps,
+    auth: Option<auth::RawRouteAuth>,
+    authorize: Option<auth::RawAuthorize>,
+    #[serde(default)]
+    rate_limits: Vec<auth::RawRateLimit>,
+    cors: Option<auth::RawCors>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -447,6 +463,8 @@ pub(super) struct RawProxy {
     pub limits: RawLimits,
     pub upstreams: Vec<RawUpstream>,
     pub routes: Vec<RawRoute>,
+    pub auth: auth::RawAuth,
+    pub consumers: Vec<auth::RawConsumer>,
 }
 
 impl RawProxy {
@@ -458,7 +476,8 @@ impl RawProxy {
         let listeners = compile_listeners(self.listeners, problems, warnings);
         let limits = self.limits.compile(problems);
         let upstreams = compile_upstreams(self.upstreams, problems, warnings);
-        let mut routes = compile_routes(self.routes, &upstreams, problems);
+        let auth = auth::compile(self.auth, self.consumers, problems);
+        let mut routes = compile_routes(self.routes, &upstreams, &auth, problems);
         // Stable sort: equally specific routes keep their file order.
         routes.sort_by(|a, b| precedence(&a.matcher, &b.matcher));
         report_shadowed(&routes, warnings);
@@ -470,6 +489,7 @@ impl RawProxy {
             limits,
             upstreams,
             routes,
+            auth,
         }
     }
 }
@@ -867,6 +887,7 @@ fn compile_upstreams(
 fn compile_routes(
     raw: Vec<RawRoute>,
     upstreams: &[UpstreamConfig],
+    auth: &AuthConfig,
     problems: &mut Problems,
 ) -> Vec<RouteConfig> {
     let mut routes: Vec<RouteConfig> = Vec::new();
@@ -922,7 +943,24 @@ fn compile_routes(
                 "needs match.path_prefix: there is no matched prefix to replace",
             );
         }
+        let route_auth = route
+            .auth
+            .map(|raw| auth::compile_route_auth(raw, &format!("{key}.auth"), auth, problems));
+        let authorize = route.authorize.map(|raw| {
+            let key = format!("{key}.authorize");
+            auth::compile_authorize(raw, &key, route_auth.as_ref(), auth, problems)
+        });
         routes.push(RouteConfig {
+            rate_limits: auth::compile_rate_limits(
+                route.rate_limits,
+                &format!("{key}.rate_limits"),
+                problems,
+            ),
+            cors: route
+                .cors
+                .map(|raw| auth::compile_cors(raw, &format!("{key}.cors"), problems)),
+            auth: route_auth,
+            authorize,
             origin: key.clone(),
             name: route.name,
             matcher,

@@ -197,6 +197,16 @@ impl MetricsServer {
             "Time until the upstream's response head, by upstream",
             proxy.upstream_duration.clone(),
         );
+        registry.register(
+            "gateway_auth_failures",
+            "Requests refused by authentication or authorization, by reason",
+            proxy.auth_failures.clone(),
+        );
+        registry.register(
+            "gateway_rate_limited",
+            "Requests refused by an L7 rate limit, by route",
+            proxy.rate_limited.clone(),
+        );
         registry.register_collector(Box::new(KernelCollector {
             state: state.clone(),
         }));

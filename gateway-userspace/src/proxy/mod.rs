@@ -1,25 +1,31 @@
 //! The L7 proxy. This file is the only place the request stages are put in order:
 //!
 //! `accept` (listener.rs) -> `tls` (tls.rs; https listeners: handshake, SNI certificate,
-//! ALPN) -> `limits` (headers) -> `route` -> `limits` (body) -> `headers` (request) -> `balance`
-//! -> `forward` -> `headers` (response).
+//! ALPN) -> `limits` (headers) -> `route` -> `cors` (a preflight is answered here) ->
+//! `authenticate` -> `authorize` -> `throttle` -> `limits` (body) -> `headers` (request) ->
+//! `balance` -> `forward` -> `headers` (response).
 //!
 //! Each stage is a plain function over a [`RequestContext`] that returns [`Flow::Continue`],
 //! [`Flow::Respond`] with an early answer, or a [`ProxyError`]; error.rs alone turns errors
 //! into responses. Malformed HTTP (bad framing, CL with TE, bad field syntax) is refused by
 //! hyper's parser before any stage runs; the stages check what it lets through (Host).
 
+mod authenticate;
+mod authorize;
 mod balance;
 mod body;
+mod cors;
 mod error;
 mod forward;
 mod headers;
 mod health;
+mod jwt;
 mod limits;
 mod listener;
 pub mod observe;
 mod route;
 mod snapshot;
+mod throttle;
 pub(crate) mod tls;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -71,6 +77,11 @@ pub struct RequestContext {
     pub request_id: HeaderValue,
     /// Who is calling (set by authentication; `None` on routes without it).
     pub identity: Option<Identity>,
+    /// A verified JWT's claims, for `authorize` (set by authentication).
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// Added to the response whatever it is, error or not: CORS, `WWW-Authenticate`,
+    /// `RateLimit-*`.
+    pub response_headers: Vec<(hyper::header::HeaderName, HeaderValue)>,
     /// The authority the client addressed (set by `route`).
     pub host: Option<Authority>,
     /// Index into `snapshot.routes` (set by `route`).
@@ -110,6 +121,10 @@ async fn pipeline(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     stage!(limits::limit_headers(ctx, &req));
     stage!(route::route(ctx, &req));
+    stage!(cors::cors(ctx, &req));
+    stage!(authenticate::authenticate(ctx, &mut req).await);
+    stage!(authorize::authorize(ctx));
+    stage!(throttle::throttle(ctx, &req));
     stage!(limits::limit_body(ctx, &mut req));
     stage!(headers::prepare_request(ctx, &mut req));
     stage!(balance::pick(ctx, &req));
@@ -132,6 +147,8 @@ async fn handle(
         snapshot,
         connection,
         identity: None,
+        claims: None,
+        response_headers: Vec::new(),
         host: None,
         route: None,
         upstream_path: None,
@@ -178,6 +195,12 @@ async fn handle(
         }
     };
     headers::finish_response(&ctx, &mut response);
+    for (name, value) in std::mem::take(&mut ctx.response_headers) {
+        match name == hyper::header::VARY {
+            true => response.headers_mut().append(name, value),
+            false => response.headers_mut().insert(name, value).is_some(),
+        };
+    }
     let record = observe::Record {
         log_line: logged,
         upstream: ctx.route.map(|_| ctx.upstream().config.name.clone()),

@@ -59,6 +59,10 @@ pub struct ProxyMetrics {
     pub duration: Family<Labels, Histogram, fn() -> Histogram>,
     /// Seconds until the upstream's response head, by upstream.
     pub upstream_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Refused credentials and authorizations, by reason (a fixed set of values).
+    pub auth_failures: Family<Labels, Counter>,
+    /// Requests refused by a rate limit, by route.
+    pub rate_limited: Family<Labels, Counter>,
     meter: Mutex<HashMap<(String, String), Metered>>,
 }
 
@@ -84,6 +88,8 @@ pub static METRICS: LazyLock<ProxyMetrics> = LazyLock::new(|| ProxyMetrics {
     requests: Family::default(),
     duration: Family::new_with_constructor(latency_histogram),
     upstream_duration: Family::new_with_constructor(latency_histogram),
+    auth_failures: Family::default(),
+    rate_limited: Family::default(),
     meter: Mutex::new(HashMap::new()),
 });
 

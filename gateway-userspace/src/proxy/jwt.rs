@@ -1,0 +1,348 @@
+//! JWT verification for one `[[auth.jwt]]` provider: its keys (fixed, or a JWKS URL fetched
+//! in the background and on an unknown `kid`), the `jsonwebtoken` validation built from the
+//! config, and a bounded cache of verified tokens so a token is verified once, not on every
+//! request.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind as JwtErrorKind, jwk::JwkSet};
+use serde_json::{Map, Value};
+use sha2::Digest as _;
+
+use crate::config::auth::{JwksUrl, JwtProvider, VerifyKeys, keys_from_jwks};
+
+/// Verified tokens kept per provider; beyond, the least recently used are evicted.
+const TOKEN_CACHE_ENTRIES: usize = 10_000;
+/// A JWKS document larger than this is refused.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a token was refused; also the `reason` label of `gateway_auth_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtError {
+    TooLarge,
+    Malformed,
+    /// `alg: none`, an algorithm the provider does not allow, or one that does not fit the
+    /// key's type (HS256 signed with an RSA public key as the secret).
+    Algorithm,
+    UnknownKid,
+    Signature,
+    Expired,
+    NotYetValid,
+    Issuer,
+    Audience,
+    /// A required claim (`exp`, `sub`, ...) is missing.
+    MissingClaim,
+}
+
+impl JwtError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            JwtError::TooLarge => "token_too_large",
+            JwtError::Malformed => "malformed_token",
+            JwtError::Algorithm => "bad_algorithm",
+            JwtError::UnknownKid => "unknown_kid",
+            JwtError::Signature => "bad_signature",
+            JwtError::Expired => "expired",
+            JwtError::NotYetValid => "not_yet_valid",
+            JwtError::Issuer => "wrong_issuer",
+            JwtError::Audience => "wrong_audience",
+            JwtError::MissingClaim => "missing_claim",
+        }
+    }
+}
+
+/// A token that passed verification.
+pub struct Verified {
+    pub subject: String,
+    pub claims: Arc<Map<String, Value>>,
+    exp: Option<u64>,
+    /// The key set generation it was verified with: a key rotation re-verifies.
+    generation: u64,
+}
+
+/// The keys of a provider, shared across reloads when its key source stays the same.
+struct KeyState {
+    keys: ArcSwap<VerifyKeys>,
+    generation: AtomicU64,
+    url: Option<JwksUrl>,
+    /// When the last fetch started; held while fetching, so concurrent unknown-kid requests
+    /// wait for one fetch instead of each starting their own.
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+/// Aborts the periodic JWKS refresh when the last provider using it is dropped.
+struct RefreshTask(tokio::task::JoinHandle<()>);
+
+impl Drop for RefreshTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub struct Provider {
+    pub config: JwtProvider,
+    keys: Arc<KeyState>,
+    validation: Validation,
+    cache: quick_cache::sync::Cache<[u8; 32], Arc<Verified>>,
+    _refresh: Option<Arc<RefreshTask>>,
+}
+
+impl Provider {
+    /// Builds the runtime for `config`; keeps `previous`'s fetched keys (and its refresh
+    /// task) when both fetch the same JWKS URL the same way, so a reload does not forget
+    /// the last good key set.
+    pub fn new(config: &JwtProvider, previous: Option<&Provider>) -> Provider {
+        let reuse = previous.filter(|previous| {
+            config.jwks_url.is_some() && previous.config.jwks_url == config.jwks_url
+        });
+        let (keys, refresh) = match reuse {
+            Some(previous) => (previous.keys.clone(), previous._refresh.clone()),
+            None => {
+                let keys = Arc::new(KeyState {
+                    keys: ArcSwap::from_pointee(config.keys.clone()),
+                    generation: AtomicU64::new(0),
+                    url: config.jwks_url.clone(),
+                    last_fetch: tokio::sync::Mutex::new(None),
+                    client: Client::builder(TokioExecutor::new()).build_http(),
+                });
+                let refresh = config.jwks_url.as_ref().map(|url| {
+                    let (state, period, name) = (keys.clone(), url.refresh, config.name.clone());
+                    Arc::new(RefreshTask(tokio::spawn(async move {
+                        loop {
+                            state.refetch(&name, Duration::ZERO).await;
+                            tokio::time::sleep(period).await;
+                        }
+                    })))
+                });
+                (keys, refresh)
+            }
+        };
+        Provider {
+            validation: validation(config),
+            config: config.clone(),
+            keys,
+            cache: quick_cache::sync::Cache::new(TOKEN_CACHE_ENTRIES),
+            _refresh: refresh,
+        }
+    }
+
+    /// Verifies `token` (signature, `exp`, `nbf`, `iss`, `aud`), from the cache when it was
+    /// verified before with the current keys and has not expired since.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Verified>, JwtError> {
+        if token.len() > self.config.max_token_bytes {
+            return Err(JwtError::TooLarge);
+        }
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let generation = self.keys.generation.load(Ordering::Acquire);
+        if let Some(hit) = self.cache.get(&digest) {
+            let now = jsonwebtoken::get_current_timestamp();
+            let live = hit
+                .exp
+                .is_none_or(|exp| now <= exp + self.config.leeway.as_secs());
+            if live && hit.generation == generation {
+                return Ok(hit);
+            }
+            self.cache.remove(&digest);
+        }
+        let verified = Arc::new(self.verify_uncached(token, generation).await?);
+        self.cache.insert(digest, verified.clone());
+        Ok(verified)
+    }
+
+    async fn verify_uncached(&self, token: &str, generation: u64) -> Result<Verified, JwtError> {
+        // `alg: none` and unknown algorithms fail here: the header does not parse.
+        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
+        if !self.config.algorithms.contains(&header.alg) {
+            return Err(JwtError::Algorithm);
+        }
+        let mut keys = self.keys.keys.load_full();
+        let mut candidates = matching(&keys, header.kid.as_deref(), header.alg);
+        if let Err(JwtError::UnknownKid) = candidates
+            && self.keys.url.is_some()
+        {
+            // A key rotation we have not seen yet: fetch again (at most once per cooldown).
+            let cooldown = self.keys.url.as_ref().map(|u| u.refetch_cooldown);
+            self.keys
+                .refetch(&self.config.name, cooldown.unwrap_or_default())
+                .await;
+            keys = self.keys.keys.load_full();
+            candidates = matching(&keys, header.kid.as_deref(), header.alg);
+        }
+        let mut last = JwtError::Signature;
+        for key in candidates? {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &self.validation) {
+                Ok(data) => {
+                    let subject = match data.claims.get("sub") {
+                        Some(Value::String(sub)) if !sub.is_empty() => sub.clone(),
+                        _ => return Err(JwtError::MissingClaim),
+                    };
+                    let exp = data.claims.get("exp").and_then(Value::as_u64);
+                    return Ok(Verified {
+                        subject,
+                        claims: Arc::new(data.claims),
+                        exp,
+                        generation,
+                    });
+                }
+                Err(error) => {
+                    last = classify(error.kind());
+                    // Only a bad signature may be another key's token; anything else is final.
+                    if last != JwtError::Signature {
+                        return Err(last);
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// The keys that may have signed a token with this `kid` and `alg`.
+fn matching<'a>(
+    keys: &'a VerifyKeys,
+    kid: Option<&str>,
+    alg: Algorithm,
+) -> Result<Vec<&'a crate::config::auth::VerifyKey>, JwtError> {
+    let by_kid: Vec<_> = keys
+        .0
+        .iter()
+        .filter(|key| match (kid, &key.kid) {
+            (Some(wanted), Some(kid)) => wanted == kid,
+            _ => true,
+        })
+        .collect();
+    if by_kid.is_empty() {
+        return Err(JwtError::UnknownKid);
+    }
+    let fitting: Vec<_> = by_kid
+        .into_iter()
+        .filter(|key| key.algorithms.contains(&alg))
+        .collect();
+    if fitting.is_empty() {
+        // The key exists but is of another type: HS/RS confusion or a mislabelled token.
+        return Err(JwtError::Algorithm);
+    }
+    Ok(fitting)
+}
+
+fn classify(kind: &JwtErrorKind) -> JwtError {
+    match kind {
+        JwtErrorKind::ExpiredSignature => JwtError::Expired,
+        JwtErrorKind::ImmatureSignature => JwtError::NotYetValid,
+        JwtErrorKind::InvalidIssuer => JwtError::Issuer,
+        JwtErrorKind::InvalidAudience => JwtError::Audience,
+        JwtErrorKind::InvalidSignature => JwtError::Signature,
+        JwtErrorKind::InvalidAlgorithm | JwtErrorKind::InvalidAlgorithmName => JwtError::Algorithm,
+        JwtErrorKind::MissingRequiredClaim(_) => JwtError::MissingClaim,
+        _ => JwtError::Malformed,
+    }
+}
+
+/// `jsonwebtoken`'s defaults are lax (60 s leeway, `nbf` unchecked): set everything.
+fn validation(config: &JwtProvider) -> Validation {
+    let mut validation = Validation::new(config.algorithms[0]);
+    validation.algorithms = config.algorithms.clone();
+    validation.leeway = config.leeway.as_secs();
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
+    match &config.issuer {
+        Some(issuer) => {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        None => validation.iss = None,
+    }
+    if config.audiences.is_empty() {
+        validation.validate_aud = false;
+    } else {
+        validation.set_audience(&config.audiences);
+        required.push("aud");
+    }
+    validation.set_required_spec_claims(&required);
+    validation
+}
+
+impl KeyState {
+    /// Fetches the JWKS unless the last fetch started less than `cooldown` ago. A failed
+    /// fetch keeps the last good key set.
+    async fn refetch(&self, provider: &str, cooldown: Duration) {
+        let Some(url) = &self.url else { return };
+        let mut last = self.last_fetch.lock().await;
+        if last.is_some_and(|at| at.elapsed() < cooldown) {
+            return;
+        }
+        *last = Some(Instant::now());
+        match tokio::time::timeout(FETCH_TIMEOUT, self.fetch(&url.url)).await {
+            Ok(Ok(keys)) => {
+                let changed = {
+                    let old = self.keys.load();
+                    fingerprint(&old) != fingerprint(&keys)
+                };
+                if changed {
+                    tracing::info!(provider, keys = keys.0.len(), "JWKS key set updated");
+                    self.keys.store(Arc::new(keys));
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            Ok(Err(error)) => tracing::warn!(
+                provider,
+                url = %url.url,
+                "JWKS fetch failed, keeping the last good key set: {error}"
+            ),
+            Err(_) => tracing::warn!(
+                provider,
+                url = %url.url,
+                "JWKS fetch timed out after {FETCH_TIMEOUT:?}, keeping the last good key set"
+            ),
+        }
+    }
+
+    async fn fetch(&self, url: &hyper::Uri) -> Result<VerifyKeys, String> {
+        let response = self
+            .client
+            .get(url.clone())
+            .await
+            .map_err(|error| error.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
+            .collect()
+            .await
+            .map_err(|error| error.to_string())?
+            .to_bytes();
+        let set: JwkSet = serde_json::from_slice(&body).map_err(|error| error.to_string())?;
+        keys_from_jwks(&set).map(VerifyKeys)
+    }
+}
+
+/// What identifies a key set, to tell whether a fetch changed anything.
+fn fingerprint(keys: &VerifyKeys) -> Vec<(Option<String>, Vec<u8>)> {
+    use jsonwebtoken::DecodingKeyKind;
+    keys.0
+        .iter()
+        .map(|key| {
+            let material = match key.key.kind() {
+                DecodingKeyKind::SecretOrDer(bytes) => bytes.clone(),
+                DecodingKeyKind::RsaModulusExponent { n, e } => [n.as_slice(), e].concat(),
+            };
+            (key.kid.clone(), material)
+        })
+        .collect()
+}
