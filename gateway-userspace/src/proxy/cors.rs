@@ -124,10 +124,7 @@ fn allowed_origin(policy: &Cors, origin: &HeaderValue) -> Option<HeaderValue> {
         None => Some(HeaderValue::from_static("*")),
         Some(origins) => {
             let origin_text = origin.to_str().ok()?.to_ascii_lowercase();
-            origins
-                .iter()
-                .any(|allowed| *allowed == origin_text)
-                .then(|| origin.clone())
+            origins.contains(&origin_text).then(|| origin.clone())
         }
     }
 }

@@ -183,9 +183,13 @@ impl Provider {
             keys = self.keys.keys.load_full();
             candidates = matching(&keys, header.kid.as_deref(), header.alg);
         }
+        // jsonwebtoken wants every listed algorithm to fit the key: list just this one
+        // (already checked against the provider's and the key's algorithms).
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![header.alg];
         let mut last = JwtError::Signature;
         for key in candidates? {
-            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &self.validation) {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation) {
                 Ok(data) => {
                     let subject = match data.claims.get("sub") {
                         Some(Value::String(sub)) if !sub.is_empty() => sub.clone(),
