@@ -149,3 +149,41 @@ fn several_limits_apply_and_state_survives_a_reload() {
     }
     assert_eq!(get("acme").status, 429, "limiter state survived the reload");
 }
+
+#[test]
+fn refusals_and_identities_are_counted_in_metrics() {
+    let upstream = Upstream::start("app");
+    let metrics = format!("127.0.0.1:{}", proxy_support::free_port());
+    let proxy = Proxy::start(&routes(
+        &upstream,
+        &format!("[metrics]\naddress = \"{metrics}\"\n"),
+    ));
+    let client = RustClient::http1();
+    for _ in 0..4 {
+        client.get(&proxy.url("/id"), &[("x-api-key", "alice-key-0001")]);
+    }
+    assert_eq!(
+        client
+            .get(&proxy.url("/id"), &[("x-api-key", "wrong")])
+            .status,
+        401
+    );
+    assert_eq!(client.get(&proxy.url("/id"), &[]).status, 401);
+    let limited = "gateway_rate_limited_total{route=\"by-identity\"}";
+    let bad_key = "gateway_auth_failures_total{reason=\"invalid_api_key\"}";
+    let missing = "gateway_auth_failures_total{reason=\"missing_credential\"}";
+    let metered = "gateway_metered_requests_total{consumer=\"alice\",route=\"by-identity\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let values = loop {
+        let body = proxy_support::curl(&[&format!("http://{metrics}/metrics")]).body;
+        let values = gateway_tests::scrape::samples(&body);
+        if values.get(metered) == Some(&4.0) || Instant::now() >= deadline {
+            break values;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(values.get(limited), Some(&1.0), "{values:#?}");
+    assert_eq!(values.get(bad_key), Some(&1.0), "{values:#?}");
+    assert_eq!(values.get(missing), Some(&1.0), "{values:#?}");
+    assert_eq!(values.get(metered), Some(&4.0), "{values:#?}");
+}
