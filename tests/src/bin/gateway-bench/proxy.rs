@@ -1,6 +1,8 @@
 //! `bench proxy`: the same keep-alive load (64 and 256 connections) against the upstream
 //! directly, through the gateway with the access log off, and with it on (to a file), in one
-//! run: requests/s, p50 and p99 latency, and each ratio to the direct path.
+//! run: requests/s, p50 and p99 latency, and each ratio to the direct path. Then the same
+//! route behind JWT authentication (RS256, one token per connection as a client would send),
+//! with its ratio to the same gateway without auth.
 //!
 //! Not yet in it: nginx and haproxy as equivalent proxies, TLS, and resident memory with
 //! 10,000 idle connections (issue 3).
@@ -12,7 +14,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use gateway_tests::{Gateway, upstream::Upstream};
+use gateway_tests::{
+    Gateway,
+    jwks::{KeyKind, TestKey},
+    upstream::Upstream,
+};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -50,16 +56,45 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         log_dir.path().join("access.log").display()
     );
     let _logging = Gateway::start(None, &gateway_config(&access_log, logging_port));
+    // The same route, JWT-protected: the key is made by openssl, the token signed by
+    // jsonwebtoken, verified by the gateway (then served from its verified-token cache).
+    let key = TestKey::generate(
+        log_dir.path(),
+        KeyKind::Rsa,
+        jsonwebtoken::Algorithm::RS256,
+        "bench",
+    );
+    let jwt_port = free_port()?;
+    let jwt_config = gateway_config("[access_log]\nenabled = false", jwt_port).replace(
+        "match = { path_prefix = \"/\" }\n",
+        &format!(
+            "match = {{ path_prefix = \"/\" }}\nauth = {{ jwt = \"bench\" }}\n\
+             [[auth.jwt]]\nname = \"bench\"\npublic_key = \"{}\"\n",
+            key.public_pem.display()
+        ),
+    );
+    let _jwt = Gateway::start(None, &jwt_config);
+    let token = key.sign(&serde_json::json!({
+        "sub": "bench", "exp": jsonwebtoken::get_current_timestamp() + 3600
+    }));
+    let bearer = Some(format!("Bearer {token}"));
 
-    let targets: [(&str, SocketAddr); 3] = [
-        ("upstream directly", upstream.address()),
+    let targets: [(&str, SocketAddr, Option<String>); 4] = [
+        ("upstream directly", upstream.address(), None),
         (
             "gateway, access log off",
             format!("127.0.0.1:{quiet_port}").parse()?,
+            None,
         ),
         (
             "gateway, access log on (file)",
             format!("127.0.0.1:{logging_port}").parse()?,
+            None,
+        ),
+        (
+            "gateway, JWT route (RS256), access log off",
+            format!("127.0.0.1:{jwt_port}").parse()?,
+            bearer,
         ),
     ];
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -68,13 +103,25 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     println!("## Proxy throughput (HTTP/1.1 keep-alive, GET, {seconds} s per row, one run)");
     println!("| connections | target | requests/s | p50 ms | p99 ms | ratio to direct |");
     println!("|---:|---|---:|---:|---:|---:|");
+    let mut auth_ratios = Vec::new();
     for connections in CONNECTIONS {
         let mut direct = None;
-        for (name, address) in targets {
-            let result =
-                runtime.block_on(load(address, connections, Duration::from_secs(seconds)))?;
+        let mut no_auth = 0.0;
+        for (name, address, authorization) in &targets {
+            let result = runtime.block_on(load(
+                *address,
+                connections,
+                Duration::from_secs(seconds),
+                authorization.clone(),
+            ))?;
             let rate = result.requests as f64 / result.elapsed.as_secs_f64();
             let direct_rate = *direct.get_or_insert(rate);
+            if *name == "gateway, access log off" {
+                no_auth = rate;
+            }
+            if authorization.is_some() {
+                auth_ratios.push((connections, rate / no_auth));
+            }
             println!(
                 "| {connections} | {name} | {rate:.0} | {:.2} | {:.2} | {:.2} |",
                 result.percentile(0.50),
@@ -82,6 +129,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 rate / direct_rate
             );
         }
+    }
+    for (connections, ratio) in auth_ratios {
+        println!(
+            "\nJWT-protected route vs the same route without auth, {connections} connections: {ratio:.2}x"
+        );
     }
     println!(
         "\nLoad generator, gateway and upstream share this machine's cores, so the ratios, not the \
@@ -118,6 +170,7 @@ async fn load(
     address: SocketAddr,
     connections: usize,
     duration: Duration,
+    authorization: Option<String>,
 ) -> anyhow::Result<LoadResult> {
     let started = Instant::now();
     let deadline = started + duration;
@@ -125,6 +178,7 @@ async fn load(
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let errors = errors.clone();
+        let authorization = authorization.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let Ok(stream) = tokio::net::TcpStream::connect(address).await else {
@@ -140,10 +194,12 @@ async fn load(
             };
             tokio::spawn(connection);
             while Instant::now() < deadline {
-                let request = hyper::Request::get("/bench")
-                    .header(hyper::header::HOST, "bench")
-                    .body(Empty::new())
-                    .expect("a static request");
+                let mut request =
+                    hyper::Request::get("/bench").header(hyper::header::HOST, "bench");
+                if let Some(authorization) = &authorization {
+                    request = request.header(hyper::header::AUTHORIZATION, authorization);
+                }
+                let request = request.body(Empty::new()).expect("a static request");
                 let sent = Instant::now();
                 match sender.send_request(request).await {
                     Ok(response) if response.status() == 200 => {
