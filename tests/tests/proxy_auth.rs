@@ -318,6 +318,18 @@ fn jwks_url_is_refetched_on_unknown_kid_and_the_last_good_set_is_kept() {
             .log()
             .contains("keeping the last good key set")
     );
+    // A reload (same provider, the identity provider still down) keeps the fetched keys.
+    proxy.reload(&toml);
+    proxy.wait_for_log("proxy routes reloaded");
+    let after_reload = second.sign(&json!({ "sub": "d", "iss": ISSUER, "exp": now() + 300 }));
+    let reply = client.get(
+        &proxy.url("/"),
+        &[("authorization", &bearer(&after_reload))],
+    );
+    assert_eq!(
+        reply.status, 200,
+        "the key set survived the reload: {reply:?}"
+    );
 }
 
 #[test]

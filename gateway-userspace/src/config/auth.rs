@@ -455,7 +455,10 @@ fn compile_provider(raw: RawJwt, key: &str, problems: &mut Problems) -> Option<J
     let mut forward_claims: Vec<(String, HeaderName)> = Vec::new();
     for (claim, header) in raw.forward_claims {
         match HeaderName::from_bytes(header.as_bytes()) {
-            Ok(name) if !crate::proxy::HOP_BY_HOP.contains(&name.as_str()) => {
+            Ok(name)
+                if !crate::proxy::HOP_BY_HOP.contains(&name.as_str())
+                    && !RESERVED_FORWARD.contains(&name.as_str()) =>
+            {
                 forward_claims.push((claim, name))
             }
             _ => problems.add(
@@ -478,6 +481,18 @@ fn compile_provider(raw: RawJwt, key: &str, problems: &mut Problems) -> Option<J
         max_token_bytes: raw.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES),
     })
 }
+
+/// Header fields a claim may not be forwarded in: the proxy sets them itself.
+const RESERVED_FORWARD: [&str; 8] = [
+    "host",
+    "content-length",
+    "authorization",
+    "cookie",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+];
 
 pub const ALL_ALGORITHMS: [Algorithm; 12] = [
     Algorithm::HS256,
@@ -595,11 +610,11 @@ pub(super) fn compile_route_auth(
         found
     });
     let api_key = raw.api_key.map(|source| {
-        match source.compile(&format!("{key}.api_key"), problems) {
-            // `api_key = {}`: the usual header.
-            TokenSource::Bearer => TokenSource::Header(HeaderName::from_static("x-api-key")),
-            other => other,
+        // `api_key = {}`: the usual header (`{ header = "authorization" }`: a Bearer key).
+        if source.header.is_none() && source.cookie.is_none() && source.query.is_none() {
+            return TokenSource::Header(HeaderName::from_static("x-api-key"));
         }
+        source.compile(&format!("{key}.api_key"), problems)
     });
     if api_key.is_some() && auth.consumers.is_empty() {
         problems.add(
@@ -727,6 +742,8 @@ pub(super) fn compile_rate_limits(
     rules
 }
 
+const MAX_PERIOD: Duration = Duration::from_secs(366 * 86_400);
+
 /// `10/s`, `100/min`, `10000/day`, `5/10s`.
 pub fn parse_rate(text: &str) -> Option<(u32, Duration)> {
     let (count, per) = text.split_once('/')?;
@@ -739,8 +756,9 @@ pub fn parse_rate(text: &str) -> Option<(u32, Duration)> {
         "d" | "day" => Duration::from_secs(86_400),
         other => humantime::parse_duration(other).ok()?,
     };
-    // GCRA needs a non-zero interval between two requests.
-    (period.as_nanos() / u128::from(count) > 0).then_some((count, period))
+    // GCRA needs a non-zero interval between two requests, and its arithmetic (nanoseconds
+    // in a u64) a period far below 584 years: a year is plenty.
+    (period.as_nanos() / u128::from(count) > 0 && period <= MAX_PERIOD).then_some((count, period))
 }
 
 pub(super) fn compile_cors(raw: RawCors, key: &str, problems: &mut Problems) -> Cors {
@@ -848,7 +866,16 @@ mod tests {
         );
         assert_eq!(parse_rate("100/min"), Some((100, Duration::from_secs(60))));
         assert_eq!(parse_rate("5/10s"), Some((5, Duration::from_secs(10))));
-        for bad in ["", "10", "0/s", "x/s", "10/fortnight", "-1/s", "10/"] {
+        for bad in [
+            "",
+            "10",
+            "0/s",
+            "x/s",
+            "10/fortnight",
+            "-1/s",
+            "10/",
+            "1/1000years",
+        ] {
             assert_eq!(parse_rate(bad), None, "{bad:?}");
         }
     }

@@ -20,12 +20,14 @@ use hyper_util::{
 };
 use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind as JwtErrorKind, jwk::JwkSet};
 use serde_json::{Map, Value};
-use sha2::Digest as _;
 
 use crate::config::auth::{JwksUrl, JwtProvider, VerifyKeys, keys_from_jwks};
 
-/// Verified tokens kept per provider; beyond, the least recently used are evicted.
-const TOKEN_CACHE_ENTRIES: usize = 10_000;
+/// Memory for verified tokens per provider (the token, its claims and bookkeeping, estimated);
+/// beyond, the least recently used are evicted.
+const TOKEN_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// A guess at the number of entries, for sizing the cache's tables.
+const TOKEN_CACHE_ENTRIES: usize = 16_384;
 /// A JWKS document larger than this is refused.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,6 +76,17 @@ pub struct Verified {
     generation: u64,
 }
 
+/// An entry's weight: the token, and its claims (decoded from about 3/4 of the token), with a
+/// fixed overhead.
+#[derive(Clone)]
+struct TokenWeight;
+
+impl quick_cache::Weighter<Box<str>, Arc<Verified>> for TokenWeight {
+    fn weight(&self, token: &Box<str>, _: &Arc<Verified>) -> u64 {
+        token.len() as u64 * 2 + 256
+    }
+}
+
 /// The keys of a provider, shared across reloads when its key source stays the same.
 struct KeyState {
     keys: ArcSwap<VerifyKeys>,
@@ -98,7 +111,8 @@ pub struct Provider {
     pub config: JwtProvider,
     keys: Arc<KeyState>,
     validation: Validation,
-    cache: quick_cache::sync::Cache<[u8; 32], Arc<Verified>>,
+    /// Keyed by the whole token: a hit is the same token, byte for byte.
+    cache: quick_cache::sync::Cache<Box<str>, Arc<Verified>, TokenWeight>,
     _refresh: Option<Arc<RefreshTask>>,
 }
 
@@ -136,7 +150,11 @@ impl Provider {
             validation: validation(config),
             config: config.clone(),
             keys,
-            cache: quick_cache::sync::Cache::new(TOKEN_CACHE_ENTRIES),
+            cache: quick_cache::sync::Cache::with_weighter(
+                TOKEN_CACHE_ENTRIES,
+                TOKEN_CACHE_BYTES,
+                TokenWeight,
+            ),
             _refresh: refresh,
         }
     }
@@ -147,9 +165,8 @@ impl Provider {
         if token.len() > self.config.max_token_bytes {
             return Err(JwtError::TooLarge);
         }
-        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
         let generation = self.keys.generation.load(Ordering::Acquire);
-        if let Some(hit) = self.cache.get(&digest) {
+        if let Some(hit) = self.cache.get(token) {
             let now = jsonwebtoken::get_current_timestamp();
             let live = hit
                 .exp
@@ -157,10 +174,10 @@ impl Provider {
             if live && hit.generation == generation {
                 return Ok(hit);
             }
-            self.cache.remove(&digest);
+            self.cache.remove(token);
         }
         let verified = Arc::new(self.verify_uncached(token, generation).await?);
-        self.cache.insert(digest, verified.clone());
+        self.cache.insert(token.into(), verified.clone());
         Ok(verified)
     }
 

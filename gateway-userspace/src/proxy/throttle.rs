@@ -151,10 +151,9 @@ pub fn throttle(ctx: &mut RequestContext, req: &Request<ProxyBody>) -> Result<Fl
         let key = key(ctx, req, &limit.rule.key);
         match limit.check(&key) {
             Outcome::Allowed { remaining } => {
-                let reset = (limit.interval()
-                    * (limit.rule.burst - remaining.min(limit.rule.burst)))
-                .as_secs_f64()
-                .ceil() as u64;
+                let used = limit.rule.burst - remaining.min(limit.rule.burst);
+                let reset = limit.interval().as_secs_f64() * f64::from(used);
+                let reset = reset.ceil() as u64;
                 if tightest.is_none_or(|(_, left, _)| remaining < left) {
                     tightest = Some((limit.rule.burst, remaining, reset));
                 }
