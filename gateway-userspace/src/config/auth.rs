@@ -880,6 +880,89 @@ mod tests {
         }
     }
 
+    /// The problems `Config::parse` reports for a config with one upstream and `extra`.
+    fn problems(extra: &str) -> Vec<String> {
+        let text = format!("[xdp]\nmode = \"off\"\n[[upstreams]]\nname = \"u\"\n{extra}");
+        match crate::config::Config::parse(&text) {
+            Ok(_) => Vec::new(),
+            Err(crate::config::ParseError::Invalid(problems)) => {
+                problems.iter().map(ToString::to_string).collect()
+            }
+            Err(error) => panic!("{error:?}"),
+        }
+    }
+
+    fn assert_problem(extra: &str, expected: &str) {
+        let found = problems(extra);
+        assert!(
+            found.iter().any(|problem| problem.contains(expected)),
+            "{expected:?} not in {found:#?}"
+        );
+    }
+
+    #[test]
+    fn route_policies_are_checked() {
+        let route = "[[routes]]\nname = \"r\"\nupstream = \"u\"\n";
+        assert_problem(
+            &format!("{route}cors = {{ origins = [\"*\"], credentials = true }}"),
+            "routes[0].cors.origins: \"*\" cannot be used with credentials",
+        );
+        assert_problem(
+            &format!("{route}cors = {{ origins = [\"https://a.example/x\"] }}"),
+            "routes[0].cors.origins[0]",
+        );
+        assert_problem(
+            &format!("{route}auth = {{ api_key = {{}} }}"),
+            "routes[0].auth.api_key: no [[consumers]]",
+        );
+        assert_problem(
+            &format!("{route}auth = {{}}"),
+            "routes[0].auth: accepts no credential",
+        );
+        assert_problem(
+            &format!("{route}authorize = {{ scopes = [\"a\"] }}"),
+            "routes[0].authorize: scopes and claims need a token",
+        );
+        assert_problem(
+            &format!("{route}authorize = {{ sources = {{ allow = [\"10.0.0.0/33\"] }} }}"),
+            "routes[0].authorize.sources.allow[0]",
+        );
+        assert_problem(
+            &format!("{route}rate_limits = [{{ key = \"cookie\", rate = \"1/s\" }}]"),
+            "routes[0].rate_limits[0].key",
+        );
+        assert_problem(
+            &format!("{route}rate_limits = [{{ key = \"ip\", rate = \"1/s\", burst = 0 }}]"),
+            "routes[0].rate_limits[0].burst",
+        );
+        assert_problem(
+            "[[auth.jwt]]\nname = \"a\"\npublic_key = \"/x.pem\"\nsecret_env = \"X\"",
+            "auth.jwt[0]: set exactly one of",
+        );
+        assert_problem(
+            "[[auth.jwt]]\nname = \"a\"\njwks_url = \"https://idp.example/jwks\"",
+            "auth.jwt[0].jwks_url: \"https://idp.example/jwks\": only http://",
+        );
+        assert_problem(
+            "[[auth.jwt]]\nname = \"a\"\njwks_url = \"http://127.0.0.1:1/j\"\nalgorithms = [\"none\"]",
+            "auth.jwt[0].algorithms[0]",
+        );
+        assert_problem(
+            "[[auth.jwt]]\nname = \"a\"\njwks_url = \"http://127.0.0.1:1/j\"\nforward_claims = { sub = \"host\" }",
+            "auth.jwt[0].forward_claims.sub",
+        );
+        // A complete, valid policy parses.
+        let valid = format!(
+            "[[auth.jwt]]\nname = \"a\"\njwks_url = \"http://127.0.0.1:1/j\"\n\
+             [[consumers]]\nname = \"c\"\ngroups = [\"g\"]\napi_keys = [\"{}\"]\n{route}\
+             auth = {{ jwt = \"a\", api_key = {{}} }}\nauthorize = {{ groups = [\"g\"], scopes = [\"s\"] }}\n\
+             rate_limits = [{{ key = \"header:x-t\", rate = \"5/10s\" }}]\n\
+             cors = {{ origins = [\"https://app.example.com\"] }}\n",
+            hash_api_key("k")
+        );
+        assert_eq!(problems(&valid), Vec::<String>::new());
+    }
+
     #[test]
     fn api_key_hashes() {
         let hash = hash_api_key("secret-key");

@@ -367,3 +367,85 @@ fn fingerprint(keys: &VerifyKeys) -> Vec<(Option<String>, Vec<u8>)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::auth::{ALL_ALGORITHMS, TokenSource, VerifyKey};
+
+    const SECRET: &[u8] = b"a-test-secret-that-is-32-bytes-long!";
+
+    fn provider() -> Provider {
+        Provider::new(
+            &JwtProvider {
+                name: "t".into(),
+                issuer: Some("iss".into()),
+                audiences: vec![],
+                algorithms: ALL_ALGORITHMS.to_vec(),
+                keys: VerifyKeys(vec![VerifyKey {
+                    kid: None,
+                    key: jsonwebtoken::DecodingKey::from_secret(SECRET),
+                    algorithms: vec![Algorithm::HS256],
+                }]),
+                jwks_url: None,
+                leeway: Duration::from_secs(5),
+                token: TokenSource::Bearer,
+                forward_claims: vec![],
+                max_token_bytes: 4096,
+            },
+            None,
+        )
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_served_from_the_cache() {
+        let provider = provider();
+        let now = jsonwebtoken::get_current_timestamp();
+        let good = token(json!({ "sub": "a", "iss": "iss", "exp": now + 60 }));
+        let first = provider.verify(&good).await.unwrap();
+        let second = provider.verify(&good).await.unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &second),
+            "the second check is a cache hit"
+        );
+        assert_eq!(first.subject, "a");
+        // An entry whose `exp` (plus leeway) has passed is not served: the token is
+        // verified again (here it is still valid, so a fresh entry replaces it).
+        let stale = Arc::new(Verified {
+            subject: "stale".into(),
+            claims: first.claims.clone(),
+            exp: Some(now - 60),
+            generation: 0,
+        });
+        provider.cache.insert(good.as_str().into(), stale.clone());
+        let again = provider.verify(&good).await.unwrap();
+        assert!(!Arc::ptr_eq(&again, &stale) && again.subject == "a");
+        // So is an entry verified with an older key set.
+        let rotated = Arc::new(Verified {
+            subject: "old-keys".into(),
+            claims: first.claims.clone(),
+            exp: Some(now + 60),
+            generation: 7,
+        });
+        provider.cache.insert(good.as_str().into(), rotated);
+        assert_eq!(provider.verify(&good).await.unwrap().subject, "a");
+        // Refusals are never cached.
+        let wrong = token(json!({ "sub": "c", "iss": "other", "exp": now + 60 }));
+        assert_eq!(provider.verify(&wrong).await.err(), Some(JwtError::Issuer));
+        assert!(provider.cache.get(wrong.as_str()).is_none());
+    }
+}
