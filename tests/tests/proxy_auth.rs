@@ -491,3 +491,46 @@ fn auth_config_errors_name_the_key() {
         "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
 }
+
+#[test]
+fn tokens_from_a_header_or_the_query_with_keys_from_a_jwks_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start("app");
+    let key = TestKey::generate(dir.path(), KeyKind::P384, Algorithm::ES384, "file-key");
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, jwks(&[&key])).unwrap();
+    let toml = format!(
+        "{}[[auth.jwt]]\nname = \"by-header\"\njwks_file = \"{file}\"\ntoken = {{ header = \"x-token\" }}\n\
+         [[auth.jwt]]\nname = \"by-query\"\njwks_file = \"{file}\"\ntoken = {{ query = \"access_token\" }}\n\
+         algorithms = [\"ES384\"]\n\
+         [[routes]]\nname = \"header\"\nupstream = \"app\"\nmatch = {{ path_prefix = \"/h\" }}\n\
+         auth = {{ jwt = \"by-header\", strip_credential = true }}\n\
+         [[routes]]\nname = \"query\"\nupstream = \"app\"\nmatch = {{ path_prefix = \"/q\" }}\n\
+         auth = {{ jwt = \"by-query\", strip_credential = true }}\n",
+        upstream_toml("app", &[(upstream.address(), 1)], ""),
+        file = jwks_file.display()
+    );
+    let proxy = start(&toml, &[]);
+    let client = RustClient::http1();
+    let token = key.sign(&claims("carol"));
+    let reply = client.get(&proxy.url("/h/x"), &[("x-token", &token)]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.json()["headers"].get("x-token").is_none(), "stripped");
+    // A Bearer token is not where this provider looks.
+    let reply = client.get(&proxy.url("/h/x"), &[("authorization", &bearer(&token))]);
+    assert_eq!(reply.status, 401);
+    let reply = client.get(
+        &proxy.url(&format!("/q/x?a=1&access_token={token}&b=2")),
+        &[],
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.json()["path"],
+        "/q/x?a=1&b=2",
+        "the token left the query"
+    );
+    let reply = client.get(&proxy.url(&format!("/q/x?access_token={token}")), &[]);
+    assert_eq!(reply.json()["path"], "/q/x");
+    let reply = client.get(&proxy.url("/q/x?access_token="), &[]);
+    assert_eq!(reply.status, 401);
+}
