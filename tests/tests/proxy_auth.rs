@@ -534,3 +534,149 @@ fn tokens_from_a_header_or_the_query_with_keys_from_a_jwks_file() {
     let reply = client.get(&proxy.url("/q/x?access_token="), &[]);
     assert_eq!(reply.status, 401);
 }
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl_in(dir: &std::path::Path, args: &[&str]) {
+    let output = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `openssl s_server -WWW` serving `dir` over TLS; killed on drop.
+struct HttpsFiles(std::process::Child);
+
+impl Drop for HttpsFiles {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn jwks_over_https_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    openssl_in(
+        path,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=JWKS Test CA",
+        ],
+    );
+    std::fs::write(
+        path.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl_in(
+        path,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    openssl_in(
+        path,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "leaf.pem",
+        ],
+    );
+    let key = TestKey::generate(path, KeyKind::Rsa, Algorithm::RS256, "tls-key");
+    std::fs::write(path.join("jwks.json"), jwks(&[&key])).unwrap();
+    let port = free_port();
+    let server = HttpsFiles(
+        std::process::Command::new("openssl")
+            .args([
+                "s_server", "-WWW", "-quiet", "-cert", "leaf.pem", "-key", "leaf.key",
+            ])
+            .args(["-accept", &format!("127.0.0.1:{port}")])
+            .current_dir(path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting openssl s_server"),
+    );
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "openssl s_server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let upstream = Upstream::start("app");
+    let provider = |name: &str, ca: &str| {
+        format!(
+            "[[auth.jwt]]\nname = \"{name}\"\njwks_url = \"https://127.0.0.1:{port}/jwks.json\"\n{ca}\n\
+             [[routes]]\nname = \"{name}\"\nupstream = \"app\"\nmatch = {{ path_prefix = \"/{name}\" }}\n\
+             auth = {{ jwt = \"{name}\" }}\n"
+        )
+    };
+    let toml = format!(
+        "{}{}{}",
+        upstream_toml("app", &[(upstream.address(), 1)], ""),
+        provider(
+            "private-ca",
+            &format!("jwks_ca = \"{}\"", path.join("ca.pem").display())
+        ),
+        // Without the CA the server's certificate is not trusted: no keys, every token 401.
+        provider("system-roots", ""),
+    );
+    let proxy = start(&toml, &[]);
+    let client = RustClient::http1();
+    let token = key.sign(&claims("dave"));
+    let reply = client.get(
+        &proxy.url("/private-ca"),
+        &[("authorization", &bearer(&token))],
+    );
+    assert_eq!(reply.status, 200, "{reply:?}\n{}", proxy.gateway.log());
+    let reply = client.get(
+        &proxy.url("/system-roots"),
+        &[("authorization", &bearer(&token))],
+    );
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert!(proxy.gateway.log().contains("JWKS fetch failed"));
+    drop(server);
+}

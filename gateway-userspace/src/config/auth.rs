@@ -14,6 +14,7 @@ use jsonwebtoken::{
     Algorithm, AlgorithmFamily, DecodingKey,
     jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse},
 };
+use rustls_pki_types::{CertificateDer, pem::PemObject as _};
 use serde::Deserialize;
 
 use super::{Problems, firewall::parse_cidr};
@@ -55,6 +56,8 @@ pub struct JwksUrl {
     /// At most one fetch per this long on unknown `kid`s: a flood of made-up kids must not
     /// turn into a flood of fetches.
     pub refetch_cooldown: Duration,
+    /// https: trust only these CA certificates (`jwks_ca`); `None`: the system's roots.
+    pub ca: Option<Vec<CertificateDer<'static>>>,
 }
 
 /// One key a token may be verified with.
@@ -170,6 +173,7 @@ struct RawJwt {
     secret_env: Option<String>,
     jwks_file: Option<PathBuf>,
     jwks_url: Option<String>,
+    jwks_ca: Option<PathBuf>,
     leeway: Option<String>,
     refresh: Option<String>,
     refetch_cooldown: Option<String>,
@@ -412,8 +416,28 @@ fn compile_provider(raw: RawJwt, key: &str, problems: &mut Problems) -> Option<J
         }
     } else if let Some(url) = &raw.jwks_url {
         match url.parse::<hyper::Uri>() {
-            Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.authority().is_some() =>
+            {
+                let ca = raw.jwks_ca.as_ref().and_then(|path| {
+                    let key = format!("{key}.jwks_ca");
+                    let pem = std::fs::read(path)
+                        .map_err(|error| {
+                            problems.add(&key, format!("cannot read {}: {error}", path.display()))
+                        })
+                        .ok()?;
+                    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+                        .filter_map(Result::ok)
+                        .collect();
+                    if certs.is_empty() {
+                        problems.add(key, format!("{} holds no PEM certificate", path.display()));
+                        return None;
+                    }
+                    Some(certs)
+                });
                 jwks_url = Some(JwksUrl {
+                    ca,
                     url: uri,
                     refresh: duration(raw.refresh.clone(), &format!("{key}.refresh"), problems)
                         .unwrap_or(DEFAULT_REFRESH),
@@ -427,15 +451,17 @@ fn compile_provider(raw: RawJwt, key: &str, problems: &mut Problems) -> Option<J
             }
             Ok(_) => problems.add(
                 format!("{key}.jwks_url"),
-                format!("{url:?}: only http:// URLs are supported (fetch from a local sidecar or use jwks_file)"),
+                format!("{url:?} is not an http:// or https:// URL"),
             ),
             Err(_) => problems.add(format!("{key}.jwks_url"), format!("{url:?} is not a URL")),
         }
     }
-    if jwks_url.is_none() && (raw.refresh.is_some() || raw.refetch_cooldown.is_some()) {
+    if jwks_url.is_none()
+        && (raw.refresh.is_some() || raw.refetch_cooldown.is_some() || raw.jwks_ca.is_some())
+    {
         problems.add(
             format!("{key}.refresh"),
-            "refresh and refetch_cooldown need jwks_url",
+            "refresh, refetch_cooldown and jwks_ca need jwks_url",
         );
     }
     let leeway = match raw.leeway {
@@ -940,8 +966,12 @@ mod tests {
             "auth.jwt[0]: set exactly one of",
         );
         assert_problem(
-            "[[auth.jwt]]\nname = \"a\"\njwks_url = \"https://idp.example/jwks\"",
-            "auth.jwt[0].jwks_url: \"https://idp.example/jwks\": only http://",
+            "[[auth.jwt]]\nname = \"a\"\njwks_url = \"ftp://idp.example/jwks\"",
+            "auth.jwt[0].jwks_url: \"ftp://idp.example/jwks\" is not an http:// or https:// URL",
+        );
+        assert_problem(
+            "[[auth.jwt]]\nname = \"a\"\njwks_url = \"https://idp.example/jwks\"\njwks_ca = \"/nonexistent.pem\"",
+            "auth.jwt[0].jwks_ca: cannot read /nonexistent.pem",
         );
         assert_problem(
             "[[auth.jwt]]\nname = \"a\"\njwks_url = \"http://127.0.0.1:1/j\"\nalgorithms = [\"none\"]",

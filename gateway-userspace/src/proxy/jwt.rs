@@ -14,6 +14,7 @@ use std::{
 use arc_swap::ArcSwap;
 use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper::body::Bytes;
+use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
@@ -95,7 +96,7 @@ struct KeyState {
     /// When the last fetch started; held while fetching, so concurrent unknown-kid requests
     /// wait for one fetch instead of each starting their own.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
 }
 
 /// Aborts the periodic JWKS refresh when the last provider using it is dropped.
@@ -132,7 +133,8 @@ impl Provider {
                     generation: AtomicU64::new(0),
                     url: config.jwks_url.clone(),
                     last_fetch: tokio::sync::Mutex::new(None),
-                    client: Client::builder(TokioExecutor::new()).build_http(),
+                    client: Client::builder(TokioExecutor::new())
+                        .build(connector(config.jwks_url.as_ref(), &config.name)),
                 });
                 let refresh = config.jwks_url.as_ref().map(|url| {
                     let (state, period, name) = (keys.clone(), url.refresh, config.name.clone());
@@ -351,6 +353,46 @@ impl KeyState {
         let set: JwkSet = serde_json::from_slice(&body).map_err(|error| error.to_string())?;
         keys_from_jwks(&set).map(VerifyKeys)
     }
+}
+
+/// http and https (TLS 1.2/1.3 on ring), trusting `jwks_ca` when given, else the system's
+/// root certificates.
+fn connector(url: Option<&JwksUrl>, provider: &str) -> HttpsConnector<HttpConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    match url.and_then(|url| url.ca.as_ref()) {
+        Some(ca) => {
+            let (added, _) = roots.add_parsable_certificates(ca.iter().cloned());
+            if added == 0 {
+                tracing::error!(provider, "jwks_ca holds no usable CA certificate");
+            }
+        }
+        None if url.is_some_and(|url| url.url.scheme_str() == Some("https")) => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                tracing::error!(
+                    provider,
+                    "no system root certificates found for the https JWKS URL: set jwks_ca"
+                );
+            }
+        }
+        None => {}
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(FETCH_TIMEOUT));
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
 }
 
 /// What identifies a key set, to tell whether a fetch changed anything.
