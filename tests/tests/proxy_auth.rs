@@ -389,6 +389,9 @@ fn scopes_claims_and_sources_are_enforced() {
          [[routes]]\nname = \"orders\"\nupstream = \"app\"\nmatch = {{ path_prefix = \"/orders\" }}\n\
          auth = {{ jwt = \"hmac\", strip_credential = true }}\n\
          authorize = {{ scopes = [\"orders:read\"], claims = {{ tenant = \"acme\" }} }}\n\
+         [[auth.jwt]]\nname = \"grouped\"\nsecret_env = \"TEST_JWT_SECRET\"\ngroups_claim = \"groups\"\n\
+         [[routes]]\nname = \"staff\"\nupstream = \"app\"\nmatch = {{ path_prefix = \"/staff\" }}\n\
+         auth = {{ jwt = \"grouped\" }}\nauthorize = {{ groups = [\"staff\"] }}\n\
          [[routes]]\nname = \"admin\"\nupstream = \"app\"\nmatch = {{ path_prefix = \"/admin\" }}\n\
          authorize = {{ sources = {{ allow = [\"10.0.0.0/8\"] }} }}\n\
          [[routes]]\nname = \"local\"\nupstream = \"app\"\nmatch = {{ path_prefix = \"/local\" }}\n\
@@ -439,6 +442,20 @@ fn scopes_claims_and_sources_are_enforced() {
         &[("cookie", &token(json!("orders:read"), "globex"))],
     );
     assert_eq!(reply.status, 403, "wrong tenant: {reply:?}");
+    // Groups from the token's groups claim.
+    let grouped = |groups: serde_json::Value| {
+        let token = sign_hmac(
+            Algorithm::HS256,
+            SECRET.as_bytes(),
+            &json!({ "sub": "erin", "exp": now() + 600, "groups": groups }),
+        );
+        client
+            .get(&proxy.url("/staff"), &[("authorization", &bearer(&token))])
+            .status
+    };
+    assert_eq!(grouped(json!(["staff", "x"])), 200);
+    assert_eq!(grouped(json!("x staff")), 200);
+    assert_eq!(grouped(json!(["partners"])), 403);
     let reply = client.get(&proxy.url("/admin"), &[]);
     assert_eq!(reply.status, 403, "{reply:?}");
     assert_eq!(reply.json()["error"]["code"], "source_denied");

@@ -46,6 +46,9 @@ pub struct JwtProvider {
     pub token: TokenSource,
     /// Claim -> header sent upstream.
     pub forward_claims: Vec<(String, HeaderName)>,
+    /// A claim (an array of strings, or a space-separated string) holding the caller's
+    /// groups, for `authorize.groups`.
+    pub groups_claim: Option<String>,
     pub max_token_bytes: usize,
 }
 
@@ -180,6 +183,7 @@ struct RawJwt {
     token: Option<RawTokenSource>,
     #[serde(default)]
     forward_claims: HashMap<String, String>,
+    groups_claim: Option<String>,
     max_token_bytes: Option<usize>,
 }
 
@@ -504,6 +508,7 @@ fn compile_provider(raw: RawJwt, key: &str, problems: &mut Problems) -> Option<J
         leeway,
         token,
         forward_claims,
+        groups_claim: raw.groups_claim,
         max_token_bytes: raw.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES),
     })
 }
@@ -685,8 +690,12 @@ pub(super) fn compile_authorize(
             "groups need an authenticated caller: set auth on this route",
         );
     }
+    // Groups can come from a token's groups claim; otherwise only consumers have them.
+    let token_groups = route_auth
+        .and_then(|a| a.jwt)
+        .is_some_and(|index| auth.providers[index].groups_claim.is_some());
     for (index, group) in raw.groups.iter().enumerate() {
-        if !auth.consumers.iter().any(|c| c.groups.contains(group)) {
+        if !token_groups && !auth.consumers.iter().any(|c| c.groups.contains(group)) {
             problems.add(
                 format!("{key}.groups[{index}]"),
                 format!("no consumer is in group {group:?}"),

@@ -83,7 +83,7 @@ pub async fn authenticate(
     }
     ctx.identity = Some(Identity {
         name: verified.subject.clone(),
-        groups: Vec::new(),
+        groups: verified.groups.clone(),
     });
     ctx.claims = Some(verified.claims.clone());
     if auth.strip_credential {

@@ -71,6 +71,8 @@ impl JwtError {
 /// A token that passed verification.
 pub struct Verified {
     pub subject: String,
+    /// From the provider's `groups_claim`.
+    pub groups: Vec<String>,
     pub claims: Arc<Map<String, Value>>,
     exp: Option<u64>,
     /// The key set generation it was verified with: a key rotation re-verifies.
@@ -215,8 +217,25 @@ impl Provider {
                         _ => return Err(JwtError::MissingClaim),
                     };
                     let exp = data.claims.get("exp").and_then(Value::as_u64);
+                    let groups = match self
+                        .config
+                        .groups_claim
+                        .as_ref()
+                        .and_then(|claim| data.claims.get(claim))
+                    {
+                        Some(Value::Array(items)) => items
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect(),
+                        Some(Value::String(text)) => {
+                            text.split_whitespace().map(str::to_owned).collect()
+                        }
+                        _ => Vec::new(),
+                    };
                     return Ok(Verified {
                         subject,
+                        groups,
                         claims: Arc::new(data.claims),
                         exp,
                         generation,
@@ -438,6 +457,7 @@ mod tests {
                 leeway: Duration::from_secs(5),
                 token: TokenSource::Bearer,
                 forward_claims: vec![],
+                groups_claim: None,
                 max_token_bytes: 4096,
             },
             None,
@@ -468,6 +488,7 @@ mod tests {
         // An entry whose `exp` (plus leeway) has passed is not served: the token is
         // verified again (here it is still valid, so a fresh entry replaces it).
         let stale = Arc::new(Verified {
+            groups: vec![],
             subject: "stale".into(),
             claims: first.claims.clone(),
             exp: Some(now - 60),
@@ -478,6 +499,7 @@ mod tests {
         assert!(!Arc::ptr_eq(&again, &stale) && again.subject == "a");
         // So is an entry verified with an older key set.
         let rotated = Arc::new(Verified {
+            groups: vec![],
             subject: "old-keys".into(),
             claims: first.claims.clone(),
             exp: Some(now + 60),
