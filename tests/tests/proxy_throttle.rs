@@ -30,7 +30,7 @@ fn routes(upstream: &Upstream, extra: &str) -> String {
         "{}[[consumers]]\nname = \"alice\"\napi_keys = [\"{}\"]\n\
          [[consumers]]\nname = \"bob\"\napi_keys = [\"{}\"]\n\
          [[routes]]\nname = \"by-ip\"\nupstream = \"app\"\nmatch = {{ path_prefix = \"/ip\" }}\n\
-         rate_limits = [{{ key = \"ip\", rate = \"5/s\" }}]\n\
+         rate_limits = [{{ key = \"ip\", rate = \"5/10s\" }}]\n\
          [[routes]]\nname = \"by-identity\"\nupstream = \"app\"\nmatch = {{ path_prefix = \"/id\" }}\n\
          auth = {{ api_key = {{}} }}\n\
          rate_limits = [{{ key = \"identity\", rate = \"3/min\" }}]\n\
@@ -48,7 +48,8 @@ fn a_burst_gets_429_with_headers_and_capacity_comes_back() {
     let upstream = Upstream::start("app");
     let proxy = Proxy::start(&routes(&upstream, ""));
     let client = RustClient::http1();
-    // 5/s: a burst of 5, then one more every 200 ms.
+    // 5/10s: a burst of 5, then one more every 2 s (slow enough that a loaded machine still
+    // sends the burst faster than it refills).
     let mut remaining = Vec::new();
     let mut refused = None;
     for _ in 0..8 {
@@ -65,12 +66,15 @@ fn a_burst_gets_429_with_headers_and_capacity_comes_back() {
             other => panic!("unexpected {other}: {reply:?}"),
         }
     }
-    let refused = refused.expect("8 requests at once on a 5/s limit: one is refused");
+    let refused = refused.expect("8 requests at once on a 5/10s limit: one is refused");
     assert!(remaining.len() >= 5, "{remaining:?}");
     assert_eq!(remaining[..4], [4, 3, 2, 1], "counts down: {remaining:?}");
     assert_eq!(refused.json()["error"]["code"], "rate_limited");
     assert_eq!(refused.json()["error"]["status"], 429);
-    assert_eq!(number(&refused, "retry-after"), 1);
+    assert!(
+        (1..=2).contains(&number(&refused, "retry-after")),
+        "{refused:?}"
+    );
     assert_eq!(number(&refused, "ratelimit-limit"), 5);
     assert_eq!(number(&refused, "ratelimit-remaining"), 0);
     assert!(number(&refused, "ratelimit-reset") >= 1);
@@ -80,13 +84,13 @@ fn a_burst_gets_429_with_headers_and_capacity_comes_back() {
         remaining.len(),
         "refused requests never reach the upstream"
     );
-    // Capacity comes back: within ~1 s all 5 again (polling bounded to 5 s).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    std::thread::sleep(Duration::from_millis(1100));
+    // Capacity comes back: one request per 2 s (polling bounded to 8 s).
+    let deadline = Instant::now() + Duration::from_secs(8);
+    std::thread::sleep(Duration::from_millis(2100));
     loop {
         let reply = client.get(&proxy.url("/ip"), &[]);
         if reply.status == 200 {
-            assert!(number(&reply, "ratelimit-remaining") >= 3, "{reply:?}");
+            assert_eq!(number(&reply, "ratelimit-limit"), 5);
             break;
         }
         assert!(Instant::now() < deadline, "still limited: {reply:?}");
