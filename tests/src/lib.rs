@@ -13,6 +13,7 @@
 
 pub mod daemon;
 pub mod frames;
+pub mod jwks;
 pub mod lab;
 pub mod netns;
 pub mod raw;

@@ -40,6 +40,19 @@ pub fn run(file: &Path) -> ExitCode {
         proxy.upstreams.len(),
         proxy.routes.len()
     );
+    if !proxy.auth.providers.is_empty() || !proxy.auth.consumers.is_empty() {
+        println!(
+            "  auth: {} JWT providers, {} consumers ({} API keys), {} routes with auth",
+            proxy.auth.providers.len(),
+            proxy.auth.consumers.len(),
+            proxy.auth.api_keys.len(),
+            proxy
+                .routes
+                .iter()
+                .filter(|route| route.auth.is_some())
+                .count()
+        );
+    }
     ExitCode::SUCCESS
 }
 

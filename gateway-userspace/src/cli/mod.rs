@@ -58,6 +58,9 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Print the hash of an API key (read from standard input, one line) in the form
+    /// `[[consumers]] api_keys` takes: the config never holds the key itself.
+    HashKey,
     /// Ban a source address or prefix: its packets are dropped in the kernel at once.
     Ban {
         /// Address or CIDR, e.g. 203.0.113.7 or 2001:db8:bad::/64.
@@ -329,6 +332,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => Ok(check_config::run(&file)),
+        Command::HashKey => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let key = line.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!key.is_empty(), "give the API key on standard input");
+            println!("{}", crate::config::auth::hash_api_key(key));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Stats {
             json,
             watch: _,

@@ -3,6 +3,7 @@
 //! here, and names the offending key and the reason.
 
 mod aggregate;
+pub mod auth;
 mod cache;
 mod firewall;
 mod proxy;
@@ -179,6 +180,10 @@ struct RawConfig {
     #[serde(default)]
     routes: Vec<proxy::RawRoute>,
     cache: Option<cache::RawCacheStore>,
+    #[serde(default)]
+    auth: auth::RawAuth,
+    #[serde(default)]
+    consumers: Vec<auth::RawConsumer>,
 }
 
 /// `[otlp]`: a server span per proxied request, exported to an OpenTelemetry collector.
@@ -378,6 +383,8 @@ impl Config {
             upstreams: raw.upstreams,
             routes: raw.routes,
             cache: raw.cache,
+            auth: raw.auth,
+            consumers: raw.consumers,
         }
         .compile(&mut problems, &mut warnings);
         let admin = AdminConfig {

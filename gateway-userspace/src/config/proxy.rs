@@ -18,6 +18,7 @@ use serde::Deserialize;
 use super::{
     Problems,
     aggregate::{AggregateConfig, RawAggregate},
+    auth::{self, AuthConfig, Authorize, Cors, RateLimitRule, RouteAuth},
     cache::{CacheConfig, CacheStoreConfig, RawCache, RawCacheStore, check_identity_keying},
 };
 
@@ -32,6 +33,8 @@ pub struct ProxyConfig {
     pub routes: Vec<RouteConfig>,
     /// `[cache]`: the response cache's store.
     pub cache: CacheStoreConfig,
+    /// JWT providers and API-key consumers (config/auth.rs).
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +239,12 @@ pub struct RouteConfig {
     pub rewrite_prefix: Option<String>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// Credentials the route requires (`None`: anyone may call it).
+    pub auth: Option<RouteAuth>,
+    pub authorize: Option<Authorize>,
+    /// Every one applies; empty: no L7 rate limit.
+    pub rate_limits: Vec<RateLimitRule>,
+    pub cors: Option<Cors>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -440,6 +449,11 @@ pub(super) struct RawRoute {
     request_headers: RawHeaderOps,
     #[serde(default)]
     response_headers: RawHeaderOps,
+    auth: Option<auth::RawRouteAuth>,
+    authorize: Option<auth::RawAuthorize>,
+    #[serde(default)]
+    rate_limits: Vec<auth::RawRateLimit>,
+    cors: Option<auth::RawCors>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -478,6 +492,8 @@ pub(super) struct RawProxy {
     pub upstreams: Vec<RawUpstream>,
     pub routes: Vec<RawRoute>,
     pub cache: Option<RawCacheStore>,
+    pub auth: auth::RawAuth,
+    pub consumers: Vec<auth::RawConsumer>,
 }
 
 impl RawProxy {
@@ -490,7 +506,8 @@ impl RawProxy {
         let limits = self.limits.compile(problems);
         let upstreams = compile_upstreams(self.upstreams, problems, warnings);
         let cache = RawCacheStore::compile(self.cache, problems);
-        let mut routes = compile_routes(self.routes, &upstreams, &cache, problems);
+        let auth = auth::compile(self.auth, self.consumers, problems);
+        let mut routes = compile_routes(self.routes, &upstreams, &cache, &auth, problems);
         // Stable sort: equally specific routes keep their file order.
         routes.sort_by(|a, b| precedence(&a.matcher, &b.matcher));
         report_shadowed(&routes, warnings);
@@ -503,6 +520,7 @@ impl RawProxy {
             upstreams,
             routes,
             cache,
+            auth,
         }
     }
 }
@@ -938,6 +956,7 @@ fn compile_routes(
     raw: Vec<RawRoute>,
     upstreams: &[UpstreamConfig],
     cache_store: &CacheStoreConfig,
+    auth: &AuthConfig,
     problems: &mut Problems,
 ) -> Vec<RouteConfig> {
     let mut routes: Vec<RouteConfig> = Vec::new();
@@ -990,14 +1009,22 @@ fn compile_routes(
                 None
             }
         };
+        let route_auth = route
+            .auth
+            .map(|raw| auth::compile_route_auth(raw, &format!("{key}.auth"), auth, problems));
         let cache = route.cache.map(|cache| {
             let cache = cache.compile(&key, cache_store, problems);
             let requires_authorization = matcher
                 .headers
                 .iter()
                 .any(|(name, _)| name == hyper::header::AUTHORIZATION);
-            // Merge point with the auth branch: pass `route.auth.is_some()` here.
-            check_identity_keying(false, requires_authorization, &cache, &key, problems);
+            check_identity_keying(
+                route_auth.is_some(),
+                requires_authorization,
+                &cache,
+                &key,
+                problems,
+            );
             cache
         });
         let rewrite_prefix = match (route.strip_prefix, route.rewrite_prefix) {
@@ -1039,7 +1066,21 @@ fn compile_routes(
                 "needs match.path_prefix: there is no matched prefix to replace",
             );
         }
+        let authorize = route.authorize.map(|raw| {
+            let key = format!("{key}.authorize");
+            auth::compile_authorize(raw, &key, route_auth.as_ref(), auth, problems)
+        });
         routes.push(RouteConfig {
+            rate_limits: auth::compile_rate_limits(
+                route.rate_limits,
+                &format!("{key}.rate_limits"),
+                problems,
+            ),
+            cors: route
+                .cors
+                .map(|raw| auth::compile_cors(raw, &format!("{key}.cors"), problems)),
+            auth: route_auth,
+            authorize,
             origin: key.clone(),
             name: route.name,
             matcher,

@@ -208,6 +208,16 @@ impl MetricsServer {
             "Cache lookups by route and result (hit, miss, stale, revalidated, bypass)",
             proxy.cache.clone(),
         );
+        registry.register(
+            "gateway_auth_failures",
+            "Requests refused by authentication or authorization, by reason",
+            proxy.auth_failures.clone(),
+        );
+        registry.register(
+            "gateway_rate_limited",
+            "Requests refused by an L7 rate limit, by route",
+            proxy.rate_limited.clone(),
+        );
         registry.register_collector(Box::new(proxy_state));
         registry.register_collector(Box::new(KernelCollector {
             state: state.clone(),

@@ -38,6 +38,16 @@ pub enum ErrorKind {
     UpstreamFailed,
     /// The upstream did not connect or answer in time.
     UpstreamTimeout,
+    /// No valid credential (401; `WWW-Authenticate` says why, RFC 6750).
+    Unauthorized,
+    /// Authenticated, but not allowed here: scopes, claims, groups (403).
+    InsufficientScope,
+    /// The client's address may not use this route (403).
+    SourceDenied,
+    /// A CORS preflight the route's policy does not allow (403).
+    CorsRejected,
+    /// Over a rate limit (429; `Retry-After` and `RateLimit-*` say when to come back).
+    RateLimited,
     /// A bug or an impossible state in the gateway.
     Internal,
 }
@@ -52,6 +62,11 @@ impl ErrorKind {
             ErrorKind::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::InsufficientScope | ErrorKind::SourceDenied | ErrorKind::CorsRejected => {
+                StatusCode::FORBIDDEN
+            }
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -66,6 +81,11 @@ impl ErrorKind {
             ErrorKind::NoTarget => "no_upstream_target",
             ErrorKind::UpstreamFailed => "upstream_failed",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::Unauthorized => "invalid_token",
+            ErrorKind::InsufficientScope => "insufficient_scope",
+            ErrorKind::SourceDenied => "source_denied",
+            ErrorKind::CorsRejected => "cors_rejected",
+            ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Internal => "internal_error",
         }
     }
@@ -75,7 +95,12 @@ impl ErrorKind {
             ErrorKind::NoRoute
             | ErrorKind::BadRequest
             | ErrorKind::HeadersTooLarge
-            | ErrorKind::BodyTooLarge => Cause::Client,
+            | ErrorKind::BodyTooLarge
+            | ErrorKind::Unauthorized
+            | ErrorKind::InsufficientScope
+            | ErrorKind::SourceDenied
+            | ErrorKind::CorsRejected
+            | ErrorKind::RateLimited => Cause::Client,
             ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout => Cause::Upstream,
             ErrorKind::NoTarget | ErrorKind::Internal => Cause::Gateway,
         }
@@ -94,9 +119,11 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest => 3,      // INVALID_ARGUMENT
             ErrorKind::UpstreamTimeout => 4, // DEADLINE_EXCEEDED
-            ErrorKind::HeadersTooLarge | ErrorKind::BodyTooLarge => 8, // RESOURCE_EXHAUSTED
-            ErrorKind::NoRoute => 12,        // UNIMPLEMENTED
-            ErrorKind::Internal => 13,       // INTERNAL
+            ErrorKind::HeadersTooLarge | ErrorKind::BodyTooLarge | ErrorKind::RateLimited => 8, // RESOURCE_EXHAUSTED
+            ErrorKind::InsufficientScope | ErrorKind::SourceDenied | ErrorKind::CorsRejected => 7, // PERMISSION_DENIED
+            ErrorKind::Unauthorized => 16, // UNAUTHENTICATED
+            ErrorKind::NoRoute => 12,      // UNIMPLEMENTED
+            ErrorKind::Internal => 13,     // INTERNAL
             ErrorKind::NoTarget | ErrorKind::UpstreamFailed => 14, // UNAVAILABLE
         }
     }
@@ -110,6 +137,11 @@ impl ErrorKind {
             ErrorKind::NoTarget => "no upstream target is available",
             ErrorKind::UpstreamFailed => "the upstream failed to answer",
             ErrorKind::UpstreamTimeout => "the upstream did not answer in time",
+            ErrorKind::Unauthorized => "a valid credential is required",
+            ErrorKind::InsufficientScope => "the credential does not allow this request",
+            ErrorKind::SourceDenied => "this route is not open to your address",
+            ErrorKind::CorsRejected => "this cross-origin request is not allowed",
+            ErrorKind::RateLimited => "too many requests; retry later",
             ErrorKind::Internal => "internal gateway error",
         }
     }
@@ -248,6 +280,41 @@ mod tests {
                 Cause::Gateway,
                 false,
             ),
+            (
+                ErrorKind::Unauthorized,
+                401,
+                "invalid_token",
+                Cause::Client,
+                false,
+            ),
+            (
+                ErrorKind::InsufficientScope,
+                403,
+                "insufficient_scope",
+                Cause::Client,
+                false,
+            ),
+            (
+                ErrorKind::SourceDenied,
+                403,
+                "source_denied",
+                Cause::Client,
+                false,
+            ),
+            (
+                ErrorKind::CorsRejected,
+                403,
+                "cors_rejected",
+                Cause::Client,
+                false,
+            ),
+            (
+                ErrorKind::RateLimited,
+                429,
+                "rate_limited",
+                Cause::Client,
+                false,
+            ),
         ];
         for (kind, status, code, cause, retryable) in table {
             assert_eq!(kind.status().as_u16(), status, "{kind:?}");
@@ -276,6 +343,11 @@ mod tests {
             (ErrorKind::UpstreamFailed, "14"),
             (ErrorKind::UpstreamTimeout, "4"),
             (ErrorKind::Internal, "13"),
+            (ErrorKind::Unauthorized, "16"),
+            (ErrorKind::InsufficientScope, "7"),
+            (ErrorKind::SourceDenied, "7"),
+            (ErrorKind::CorsRejected, "7"),
+            (ErrorKind::RateLimited, "8"),
         ];
         for (kind, grpc_status) in table {
             let response = respond_grpc(&ProxyError::new(kind, "detail"), "abc");

@@ -1,13 +1,12 @@
 //! The L7 proxy. This file is the only place the request stages are put in order:
 //!
 //! `accept` (listener.rs) -> `tls` (tls.rs; https listeners: handshake, SNI certificate,
-//! ALPN) -> `limits` (headers) -> `route` -> `limits` (body) -> `cache` (lookup: hit, 304,
-//! stale; coalesce misses; on the client's request as it came) -> `headers` (request) ->
+//! ALPN) -> `limits` (headers) -> `route` -> `cors` (a preflight is answered here) ->
+//! `authenticate` -> `authorize` -> `throttle` -> `limits` (body) -> `cache` (lookup: hit,
+//! 304, stale; coalesce misses; on the client's request as it came) -> `headers` (request) ->
 //! `aggregate` (composite routes) or `balance` -> `forward` -> `headers` (response) ->
-//! `cache` (store; stale-if-error).
-//!
-//! When authentication lands it goes after `route`, before `cache`: a cached response is
-//! never served to an unauthenticated caller.
+//! `cache` (store; stale-if-error). Authentication runs before the cache: a cached response
+//! is never served to an unauthenticated caller.
 //!
 //! Each stage is a plain function over a [`RequestContext`] that returns [`Flow::Continue`],
 //! [`Flow::Respond`] with an early answer, or a [`ProxyError`]; error.rs alone turns errors
@@ -15,19 +14,24 @@
 //! hyper's parser before any stage runs; the stages check what it lets through (Host).
 
 mod aggregate;
+mod authenticate;
+mod authorize;
 mod balance;
 mod body;
 pub mod cache;
+mod cors;
 mod error;
 mod forward;
 mod headers;
 mod health;
+mod jwt;
 mod limits;
 mod listener;
 pub mod observe;
 mod otlp;
 mod route;
 mod snapshot;
+mod throttle;
 pub(crate) mod tls;
 pub mod trace;
 
@@ -87,6 +91,11 @@ pub struct RequestContext {
     pub trace: trace::TraceContext,
     /// Who is calling (set by authentication; `None` on routes without it).
     pub identity: Option<Identity>,
+    /// A verified JWT's claims, for `authorize` (set by authentication).
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// Added to the response whatever it is, error or not: CORS, `WWW-Authenticate`,
+    /// `RateLimit-*`.
+    pub response_headers: Vec<(hyper::header::HeaderName, HeaderValue)>,
     /// The authority the client addressed (set by `route`).
     pub host: Option<Authority>,
     /// Index into `snapshot.routes` (set by `route`).
@@ -130,6 +139,10 @@ async fn pipeline(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     stage!(limits::limit_headers(ctx, &req));
     stage!(route::route(ctx, &req));
+    stage!(cors::cors(ctx, &req));
+    stage!(authenticate::authenticate(ctx, &mut req).await);
+    stage!(authorize::authorize(ctx));
+    stage!(throttle::throttle(ctx, &req));
     stage!(limits::limit_body(ctx, &mut req));
     stage!(cache::lookup(ctx, &mut req).await);
     stage!(headers::prepare_request(ctx, &mut req));
@@ -173,6 +186,8 @@ async fn handle(
         snapshot,
         connection,
         identity: None,
+        claims: None,
+        response_headers: Vec::new(),
         host: None,
         route: None,
         upstream_path: None,
@@ -221,6 +236,12 @@ async fn handle(
         }
     };
     headers::finish_response(&ctx, &mut response);
+    for (name, value) in std::mem::take(&mut ctx.response_headers) {
+        match name == hyper::header::VARY {
+            true => response.headers_mut().append(name, value),
+            false => response.headers_mut().insert(name, value).is_some(),
+        };
+    }
     let record = observe::Record {
         log_line: logged,
         upstream: ctx

@@ -69,6 +69,10 @@ pub struct ProxyMetrics {
     pub tls_handshake_failures: Family<Labels, Counter>,
     /// Cache lookups by route and result (hit, miss, stale, revalidated, bypass).
     pub cache: Family<Labels, Counter>,
+    /// Refused credentials and authorizations, by reason (a fixed set of values).
+    pub auth_failures: Family<Labels, Counter>,
+    /// Requests refused by a rate limit, by route.
+    pub rate_limited: Family<Labels, Counter>,
     meter: Mutex<HashMap<(String, String), Metered>>,
 }
 
@@ -96,6 +100,8 @@ pub static METRICS: LazyLock<ProxyMetrics> = LazyLock::new(|| ProxyMetrics {
     upstream_duration: Family::new_with_constructor(latency_histogram),
     tls_handshake_failures: Family::default(),
     cache: Family::default(),
+    auth_failures: Family::default(),
+    rate_limited: Family::default(),
     meter: Mutex::new(HashMap::new()),
 });
 

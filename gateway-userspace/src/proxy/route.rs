@@ -22,12 +22,17 @@ pub fn route(ctx: &mut RequestContext, req: &Request<ProxyBody>) -> Result<Flow,
         .as_ref()
         .map(|authority| authority.host().trim_end_matches('.').to_ascii_lowercase());
     let path = req.uri().path();
+    // A CORS preflight is matched by the method it asks about (cors.rs answers it).
+    let method = super::cors::is_preflight(req)
+        .then(|| req.headers()[hyper::header::ACCESS_CONTROL_REQUEST_METHOD].as_bytes())
+        .and_then(|method| Method::from_bytes(method).ok())
+        .unwrap_or_else(|| req.method().clone());
     let Some(index) = ctx.snapshot.routes.iter().position(|route| {
         matches(
             &route.matcher,
             host.as_deref(),
             path,
-            req.method(),
+            &method,
             req.headers(),
         )
     }) else {

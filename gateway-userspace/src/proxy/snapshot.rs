@@ -5,13 +5,15 @@
 
 use std::sync::Arc;
 
-use crate::config::{HttpLimits, ProxyConfig, RouteConfig, UpstreamConfig};
+use crate::config::{HttpLimits, ProxyConfig, RouteConfig, UpstreamConfig, auth::AuthConfig};
 
 use super::{
     balance::Balancer,
     cache::{Counters, Store},
     forward::{RetryBudget, UpstreamClient, client, h2c_client},
     health::{self, HealthTask, TargetState},
+    jwt::Provider,
+    throttle::RouteLimits,
 };
 
 pub struct Snapshot {
@@ -23,6 +25,12 @@ pub struct Snapshot {
     pub cache: Arc<Store>,
     /// Per route (in `routes` order): its cache lookup counters, if it caches.
     pub cache_counters: Vec<Option<Counters>>,
+    /// Providers and consumers (API keys), as configured.
+    pub auth: AuthConfig,
+    /// Per `auth.providers` entry: keys, the verified-token cache, the JWKS refresh.
+    pub providers: Vec<Arc<Provider>>,
+    /// Per route: its rate limiters (`None`: no limits).
+    pub throttles: Vec<Option<Arc<RouteLimits>>>,
 }
 
 pub struct Upstream {
@@ -100,6 +108,36 @@ impl Snapshot {
             cache: previous
                 .map(|previous| previous.cache.clone())
                 .unwrap_or_else(|| Store::new(&config.cache)),
+            auth: config.auth.clone(),
+            // JWKS key sets and limiter state survive a reload where nothing changed.
+            providers: config
+                .auth
+                .providers
+                .iter()
+                .map(|provider| {
+                    let old = previous.and_then(|previous| {
+                        previous
+                            .providers
+                            .iter()
+                            .find(|old| old.config.name == provider.name)
+                    });
+                    Arc::new(Provider::new(provider, old.map(|old| &**old)))
+                })
+                .collect(),
+            throttles: config
+                .routes
+                .iter()
+                .map(|route| {
+                    let old = previous.and_then(|previous| {
+                        previous
+                            .throttles
+                            .iter()
+                            .flatten()
+                            .find(|old| old.route() == route.name)
+                    });
+                    RouteLimits::build(route, old)
+                })
+                .collect(),
         }
     }
 }

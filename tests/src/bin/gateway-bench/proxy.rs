@@ -2,8 +2,10 @@
 //! directly, through the gateway with the access log off, and with it on (to a file), in one
 //! run: requests/s, p50 and p99 latency, and each ratio to the direct path. Then cache hits:
 //! the gateway serving a cached response, its uncached path, and nginx with `proxy_cache`
-//! serving the same hit. Then the gateway against nginx and haproxy, plain and TLS, and their
-//! memory with 10,000 idle connections (versus.rs).
+//! serving the same hit. Then the same route behind JWT authentication (RS256, the same
+//! token on every request, as a client sends it) against the same request to the route
+//! without auth, in alternating rounds. Then the gateway against nginx and haproxy, plain and
+//! TLS, and their memory with 10,000 idle connections (versus.rs).
 
 use std::{
     net::SocketAddr,
@@ -12,7 +14,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use gateway_tests::{Gateway, upstream::Upstream};
+use gateway_tests::{
+    Gateway,
+    jwks::{KeyKind, TestKey},
+    upstream::Upstream,
+};
 
 use crate::peers::{self, Peer};
 use http_body_util::{BodyExt as _, Empty};
@@ -20,6 +26,8 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
 pub const CONNECTIONS: [usize; 2] = [64, 256];
+/// Alternating rounds of the auth comparison.
+const AUTH_ROUNDS: usize = 3;
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut seconds = 5u64;
@@ -54,6 +62,28 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         log_dir.path().join("access.log").display()
     );
     let _logging = Gateway::start(None, &gateway_config(&access_log, logging_port));
+    // The same route, JWT-protected: the key is made by openssl, the token signed by
+    // jsonwebtoken, verified by the gateway (then served from its verified-token cache).
+    let key = TestKey::generate(
+        log_dir.path(),
+        KeyKind::Rsa,
+        jsonwebtoken::Algorithm::RS256,
+        "bench",
+    );
+    let jwt_port = free_port()?;
+    let jwt_config = gateway_config("[access_log]\nenabled = false", jwt_port).replace(
+        "match = { path_prefix = \"/\" }\n",
+        &format!(
+            "match = {{ path_prefix = \"/\" }}\nauth = {{ jwt = \"bench\" }}\n\
+             [[auth.jwt]]\nname = \"bench\"\npublic_key = \"{}\"\n",
+            key.public_pem.display()
+        ),
+    );
+    let _jwt = Gateway::start(None, &jwt_config);
+    let token = key.sign(&serde_json::json!({
+        "sub": "bench", "exp": jsonwebtoken::get_current_timestamp() + 3600
+    }));
+    let bearer = Some(format!("Bearer {token}"));
 
     let targets: [(&str, SocketAddr); 3] = [
         ("upstream directly", upstream.address()),
@@ -78,6 +108,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             let result = runtime.block_on(load(
                 address,
                 "/bench",
+                None,
                 connections,
                 Duration::from_secs(seconds),
             ))?;
@@ -96,7 +127,57 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
          absolute numbers, are the result."
     );
     cache_hits(&runtime, &upstream, quiet_port, seconds)?;
+    let no_auth: SocketAddr = format!("127.0.0.1:{quiet_port}").parse()?;
+    let jwt: SocketAddr = format!("127.0.0.1:{jwt_port}").parse()?;
+    auth_cost(&runtime, no_auth, jwt, &bearer, seconds)?;
     crate::versus::run(&runtime, &upstream, seconds)
+}
+
+/// The JWT route against the same request (token included) on the route without auth. The
+/// cost is small next to this machine's noise: the two alternate in rounds and the median
+/// ratio is the result, so a burst of other work cannot decide it.
+fn auth_cost(
+    runtime: &tokio::runtime::Runtime,
+    no_auth: SocketAddr,
+    jwt: SocketAddr,
+    bearer: &Option<String>,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    println!(
+        "\n## JWT-protected route (RS256) vs the same request without auth \
+         ({AUTH_ROUNDS} alternating rounds of {seconds} s)"
+    );
+    println!("| connections | no auth requests/s | JWT requests/s | ratio |");
+    println!("|---:|---:|---:|---:|");
+    for connections in CONNECTIONS {
+        let mut ratios = Vec::new();
+        for _ in 0..AUTH_ROUNDS {
+            let mut rates = [0.0; 2];
+            for (rate, address) in rates.iter_mut().zip([no_auth, jwt]) {
+                let result = runtime.block_on(load(
+                    address,
+                    "/bench",
+                    bearer.clone(),
+                    connections,
+                    Duration::from_secs(seconds),
+                ))?;
+                *rate = result.rate();
+            }
+            println!(
+                "| {connections} | {:.0} | {:.0} | {:.2} |",
+                rates[0],
+                rates[1],
+                rates[1] / rates[0]
+            );
+            ratios.push(rates[1] / rates[0]);
+        }
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "| {connections} | | median | **{:.2}x** |",
+            ratios[ratios.len() / 2]
+        );
+    }
+    Ok(())
 }
 
 /// Cache hits through the gateway, its uncached path, and nginx's `proxy_cache` hit.
@@ -133,6 +214,7 @@ fn cache_hits(
             let result = runtime.block_on(load(
                 *address,
                 path,
+                None,
                 connections,
                 Duration::from_secs(seconds),
             ))?;
@@ -236,16 +318,25 @@ impl Dial {
 async fn load(
     address: SocketAddr,
     path: &str,
+    authorization: Option<String>,
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<LoadResult> {
-    load_dial(Dial::Plain(address), path, connections, duration).await
+    load_dial(
+        Dial::Plain(address),
+        path,
+        authorization,
+        connections,
+        duration,
+    )
+    .await
 }
 
-/// [`load`] over any [`Dial`].
+/// [`load`] over any [`Dial`], with `authorization` on every request if given.
 pub async fn load_dial(
     dial: Dial,
     path: &str,
+    authorization: Option<String>,
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<LoadResult> {
@@ -257,6 +348,7 @@ pub async fn load_dial(
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let (errors, dial, path) = (errors.clone(), dial.clone(), path.to_owned());
+        let authorization = authorization.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let fail = |what: String| errors.lock().expect("not poisoned").push(what);
@@ -277,10 +369,12 @@ pub async fn load_dial(
                 };
             tokio::spawn(connection);
             while Instant::now() < deadline {
-                let request = hyper::Request::get(path.as_str())
-                    .header(hyper::header::HOST, "bench")
-                    .body(Empty::new())
-                    .expect("a static request");
+                let mut request =
+                    hyper::Request::get(path.as_str()).header(hyper::header::HOST, "bench");
+                if let Some(authorization) = &authorization {
+                    request = request.header(hyper::header::AUTHORIZATION, authorization);
+                }
+                let request = request.body(Empty::new()).expect("a static request");
                 let sent = Instant::now();
                 match sender.send_request(request).await {
                     Ok(response) if response.status() == 200 => {

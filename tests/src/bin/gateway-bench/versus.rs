@@ -82,6 +82,7 @@ pub fn run(runtime: &Runtime, upstream: &Upstream, seconds: u64) -> anyhow::Resu
                 let result = runtime.block_on(load_dial(
                     dial.clone(),
                     "/bench",
+                    None,
                     connections,
                     Duration::from_secs(seconds),
                 ))?;
