@@ -447,3 +447,51 @@ fn stale_and_no_cache_entries_are_revalidated_with_the_upstream() {
     assert_ne!(changed.body, first.body);
     assert_eq!(changed.header("etag"), "\"n2\"");
 }
+
+/// `sha256:<hex>`, the form consumers' API keys take in the config.
+fn key_hash(key: &str) -> String {
+    use sha2::Digest as _;
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(key.as_bytes()))
+    )
+}
+
+#[test]
+fn an_authenticated_route_caches_per_caller_and_never_across_callers() {
+    let upstream = Upstream::start("api");
+    let proxy = Proxy::start(&format!(
+        "{}[[consumers]]\nname = \"alice\"\napi_keys = [\"{}\"]\n\
+         [[consumers]]\nname = \"bob\"\napi_keys = [\"{}\"]\n\
+         [[routes]]\nname = \"me\"\nupstream = \"api\"\n\
+         auth = {{ api_key = {{ header = \"x-api-key\" }}, strip_credential = true }}\n\
+         cache = {{ ttl = \"60s\", key_by_identity = true }}\n",
+        upstream_toml("api", &[(upstream.address(), 1)], ""),
+        key_hash("alice-key"),
+        key_hash("bob-key"),
+    ));
+    let client = RustClient::http1();
+    let as_alice = [("x-api-key", "alice-key")];
+    let as_bob = [("x-api-key", "bob-key")];
+    let first = client.get(&proxy.url("/me"), &as_alice);
+    assert_eq!((first.status, x_cache(&first)), (200, "MISS"));
+    let again = client.get(&proxy.url("/me"), &as_alice);
+    assert_eq!((again.status, x_cache(&again)), (200, "HIT"));
+    // Bob never gets Alice's entry: his own miss, then his own hit.
+    let bob = client.get(&proxy.url("/me"), &as_bob);
+    assert_eq!((bob.status, x_cache(&bob)), (200, "MISS"));
+    assert_eq!(x_cache(&client.get(&proxy.url("/me"), &as_bob)), "HIT");
+    // No credential, or a wrong one: refused before the cache is looked at.
+    assert_eq!(client.get(&proxy.url("/me"), &[]).status, 401);
+    assert_eq!(
+        client
+            .get(&proxy.url("/me"), &[("x-api-key", "nope")])
+            .status,
+        401
+    );
+    assert_eq!(
+        upstream.hits_on("/me"),
+        2,
+        "one upstream request per caller"
+    );
+}
