@@ -519,17 +519,9 @@ fn init_logging(
             // the queue is empty: one write per burst, not per line, and no line waits.
             let (writer, guard) =
                 tracing_appender::non_blocking(std::io::BufWriter::with_capacity(64 * 1024, file));
-            let layer = tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_span_list(false)
-                .with_target(false)
-                .with_level(false)
-                .with_writer(writer)
-                .with_filter(filter::filter_fn(move |meta| {
-                    meta.target() == access_target
-                }));
+            let layer = crate::proxy::AccessLogLayer::new(writer).with_filter(filter::filter_fn(
+                move |meta| meta.target() == access_target,
+            ));
             (Some(layer), Some(guard))
         }
         None => (None, None),

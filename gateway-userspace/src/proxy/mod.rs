@@ -13,6 +13,7 @@
 //! into responses. Malformed HTTP (bad framing, CL with TE, bad field syntax) is refused by
 //! hyper's parser before any stage runs; the stages check what it lets through (Host).
 
+mod access_log;
 mod aggregate;
 mod authenticate;
 mod authorize;
@@ -47,6 +48,7 @@ use tokio::{
 
 use crate::config::{ProxyConfig, RouteConfig};
 
+pub use access_log::AccessLogLayer;
 pub use body::ProxyBody;
 pub use error::{Cause, ErrorKind, ProxyError};
 pub use headers::HOP_BY_HOP;
