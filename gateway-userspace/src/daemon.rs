@@ -28,7 +28,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
 
     let xdp = if config.xdp.mode == XdpMode::Off {
         tracing::warn!(
-            "xdp.mode is \"off\": no packet is filtered in the kernel; the firewall rules are not enforced"
+            "xdp.mode is \"off\": no packet is filtered in the kernel; the firewall rules are not enforced, bans are enforced at accept"
         );
         None
     } else {
@@ -44,6 +44,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     if config.xdp.mode != XdpMode::Off {
         attach_xdp(&config, &state)?;
     }
+
+    // Before the proxy: its first request may already be a signal.
+    let _defender = crate::defend::start(config.defend.clone(), state.clone());
 
     // Bound before the admin socket: a ready daemon is a serving proxy. No listeners, no proxy.
     let proxy = Proxy::start(&config.proxy).await?;
@@ -169,6 +172,9 @@ fn reload(
         Ok(rules) => {
             tracing::info!(rules, "firewall rules reloaded");
             proxy.reload(&config.proxy);
+            if let Some(defender) = crate::defend::running() {
+                defender.reconfigure(config.defend.clone());
+            }
             crate::proxy::observe::configure(&config.access_log);
             Ok(format!(
                 "reloaded {}: {rules} firewall rules, {} routes",

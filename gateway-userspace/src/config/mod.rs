@@ -2,6 +2,7 @@
 //! `Config`, the validated runtime form the rest of the daemon uses. Validation happens once,
 //! here, and names the offending key and the reason.
 
+mod defend;
 mod firewall;
 mod proxy;
 mod rate_limit;
@@ -10,6 +11,7 @@ use std::{fmt, path::Path, path::PathBuf};
 
 use serde::Deserialize;
 
+pub use defend::{DefendConfig, Signal, TrapPath, Trigger};
 pub use firewall::{Action, CidrRule, FirewallConfig, Policy, ProtectedPorts};
 pub use proxy::{
     Balance, HeaderOps, HostMatch, HttpLimits, ListenerConfig, ListenerProtocol, PathMatch,
@@ -33,6 +35,8 @@ pub struct Config {
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: not at all.
     pub metrics: Option<std::net::SocketAddr>,
     pub access_log: AccessLogConfig,
+    /// `[defend]`: L7 signals that ban sources.
+    pub defend: DefendConfig,
     /// Things that are legal but probably not what the operator meant.
     pub warnings: Vec<String>,
     /// Explanations of what the rules do where that is not obvious (overlaps).
@@ -163,6 +167,8 @@ struct RawConfig {
     metrics: Option<RawMetrics>,
     #[serde(default)]
     access_log: RawAccessLog,
+    #[serde(default)]
+    defend: defend::RawDefend,
     #[serde(default)]
     listeners: Vec<proxy::RawListener>,
     #[serde(default)]
@@ -308,6 +314,7 @@ impl Config {
             routes: raw.routes,
         }
         .compile(&mut problems, &mut warnings);
+        let defend = raw.defend.compile(&mut problems);
         let admin = AdminConfig {
             socket: raw
                 .admin
@@ -350,6 +357,7 @@ impl Config {
                 proxy,
                 metrics: raw.metrics.map(|metrics| metrics.address),
                 access_log,
+                defend,
                 warnings,
                 notes,
             })

@@ -57,6 +57,9 @@ pub struct BanRequest {
     pub cidr: String,
     /// How long; absent means until unbanned.
     pub duration_secs: Option<f64>,
+    /// Why (shown by `gateway bans`).
+    #[serde(default)]
+    pub comment: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +72,9 @@ pub struct Ban {
     pub cidr: String,
     /// Seconds left; absent for a ban without expiry.
     pub expires_in_secs: Option<f64>,
+    /// Why: the operator's comment, or an auto-ban's trigger ("auto: 5 auth failures in 1m").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -180,6 +186,10 @@ pub struct Explanation {
     /// "all ports", or how many are protected (others always pass).
     pub protected_ports: String,
     pub rate: Option<RateState>,
+    /// What the defender saw from this source: trigger progress and recent L7 decisions
+    /// (absent when no defender runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7: Option<crate::defend::SourceView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -182,6 +182,14 @@ async fn handle(
         }
     };
     headers::finish_response(&ctx, &mut response);
+    // L7 signals for the defender (auto-bans, known-good sources): a non-blocking report.
+    crate::defend::report(
+        ctx.connection.client.ip(),
+        response.status().as_u16(),
+        &path,
+        ctx.route.map(|_| ctx.route().name.as_str()),
+        ctx.identity.as_ref().map(|identity| identity.name.as_str()),
+    );
     let record = observe::Record {
         log_line: logged,
         upstream: ctx.route.map(|_| ctx.upstream().config.name.clone()),
