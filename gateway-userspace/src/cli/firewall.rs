@@ -140,6 +140,8 @@ pub async fn explain(client: &Client, address: &str, json: bool) -> anyhow::Resu
         protected_ports,
         rate,
         l7,
+        known_good_expires_in_secs,
+        under_attack,
     } = explanation;
     println!("{address}: {verdict} ({reason})");
     println!("  because: {because}");
@@ -184,6 +186,19 @@ pub async fn explain(client: &Client, address: &str, json: bool) -> anyhow::Resu
             if rate.tracked { "" } else { " (not seen yet)" }
         );
     }
+    let known = match known_good_expires_in_secs {
+        Some(secs) => format!(
+            "known-good, {} left",
+            humantime::format_duration(Duration::from_secs(secs.ceil() as u64))
+        ),
+        None => "not known-good".to_owned(),
+    };
+    let mode = if under_attack {
+        "under-attack mode ON"
+    } else {
+        "under-attack mode off"
+    };
+    println!("  attack:  {mode}; {known}");
     if let Some(l7) = l7 {
         print_l7(&l7);
     }

@@ -2,6 +2,7 @@
 
 mod bans;
 mod check_config;
+mod defend;
 mod demo;
 mod firewall;
 mod stats;
@@ -85,6 +86,9 @@ enum Command {
     /// Manage the operator's allow and deny rules (kept across restarts).
     #[command(subcommand)]
     Firewall(FirewallCommand),
+    /// Under-attack mode and known-good sources (see `[defend]`).
+    #[command(subcommand)]
+    Defend(DefendCommand),
     /// A tiny HTTP service to try the gateway with: answers every request with JSON
     /// describing it (`cargo xtask run` starts it for the example config).
     DemoUpstream {
@@ -121,6 +125,34 @@ enum Command {
         /// Stop after this many refreshes (default: until interrupted).
         #[arg(long, value_name = "N")]
         iterations: Option<u64>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DefendCommand {
+    /// Under-attack mode: XDP admits known-good sources and a small budget of new ones.
+    UnderAttack {
+        #[arg(value_enum)]
+        action: defend::Switch,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Known-good sources (admitted under attack).
+    #[command(subcommand)]
+    KnownGood(KnownGoodCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KnownGoodCommand {
+    /// Mark a source known-good, e.g. a partner's address, before an attack.
+    Add {
+        #[arg(value_name = "ADDRESS")]
+        address: String,
+        /// How long (default: defend.under_attack.known_good_ttl).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -338,6 +370,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             admin,
         } => {
             runtime()?.block_on(bans::ban(&admin.client(), &cidr, duration))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Defend(DefendCommand::UnderAttack { action, admin }) => {
+            runtime()?.block_on(defend::under_attack(&admin.client(), action))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Defend(DefendCommand::KnownGood(KnownGoodCommand::Add {
+            address,
+            ttl,
+            admin,
+        })) => {
+            runtime()?.block_on(defend::known_good(&admin.client(), &address, ttl))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Firewall(command) => {

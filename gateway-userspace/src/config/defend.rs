@@ -110,6 +110,7 @@ pub struct DefendConfig {
     pub triggers: Vec<Trigger>,
     /// Sources whose signals are counted at once; the least recently seen are forgotten.
     pub max_tracked_sources: usize,
+    pub under_attack: UnderAttackConfig,
 }
 
 impl Default for DefendConfig {
@@ -118,8 +119,62 @@ impl Default for DefendConfig {
             never_ban: Vec::new(),
             triggers: Vec::new(),
             max_tracked_sources: DEFAULT_MAX_TRACKED,
+            under_attack: UnderAttackConfig::default(),
         }
     }
+}
+
+/// `[defend.under_attack]`: who passes XDP while under attack, and when it switches itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnderAttackConfig {
+    /// Unknown sources admitted per second (and at once) while under attack.
+    pub new_sources_per_second: u32,
+    pub new_source_burst: u32,
+    /// How long an admitted unknown source stays admitted (to finish handshake and request).
+    pub probation: Duration,
+    /// How long a source stays known-good after authenticating successfully.
+    pub known_good_ttl: Duration,
+    /// Switch on and off by load; `None`: only by `gateway defend under-attack on|off`.
+    pub auto: Option<AutoSwitch>,
+}
+
+impl Default for UnderAttackConfig {
+    fn default() -> Self {
+        UnderAttackConfig {
+            new_sources_per_second: 20,
+            new_source_burst: 40,
+            probation: Duration::from_secs(10),
+            known_good_ttl: Duration::from_secs(3600),
+            auto: None,
+        }
+    }
+}
+
+/// The load signal sampled every second for the automatic switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadSignal {
+    /// Packets XDP dropped per second, all drop reasons.
+    DroppedPacketsPerSecond,
+    /// Connections the proxy's listeners accepted per second.
+    ConnectionsPerSecond,
+}
+
+impl LoadSignal {
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadSignal::DroppedPacketsPerSecond => "dropped_packets_per_second",
+            LoadSignal::ConnectionsPerSecond => "connections_per_second",
+        }
+    }
+}
+
+/// On when the signal reaches `on_at`; off once it has stayed below `off_below` for `hold`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AutoSwitch {
+    pub signal: LoadSignal,
+    pub on_at: u64,
+    pub off_below: u64,
+    pub hold: Duration,
 }
 
 impl DefendConfig {
@@ -136,6 +191,29 @@ pub(super) struct RawDefend {
     #[serde(default)]
     triggers: Vec<RawTrigger>,
     max_tracked_sources: Option<usize>,
+    #[serde(default)]
+    under_attack: RawUnderAttack,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUnderAttack {
+    new_sources_per_second: Option<u32>,
+    new_source_burst: Option<u32>,
+    probation: Option<String>,
+    known_good_ttl: Option<String>,
+    #[serde(default)]
+    auto: bool,
+    on_when: Option<RawOnWhen>,
+    off_below: Option<u64>,
+    hold: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOnWhen {
+    dropped_packets_per_second: Option<u64>,
+    connections_per_second: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +259,101 @@ impl RawDefend {
             never_ban,
             triggers,
             max_tracked_sources,
+            under_attack: self.under_attack.compile(problems),
+        }
+    }
+}
+
+impl RawUnderAttack {
+    fn compile(self, problems: &mut Problems) -> UnderAttackConfig {
+        const KEY: &str = "defend.under_attack";
+        let defaults = UnderAttackConfig::default();
+        let mut span = |text: Option<String>, name: &str, default: Duration| {
+            text.and_then(|text| duration(&text, &format!("{KEY}.{name}"), problems))
+                .unwrap_or(default)
+        };
+        let probation = span(self.probation, "probation", defaults.probation);
+        let known_good_ttl = span(
+            self.known_good_ttl,
+            "known_good_ttl",
+            defaults.known_good_ttl,
+        );
+        let hold = span(self.hold, "hold", Duration::from_secs(30));
+        let new_sources_per_second = self
+            .new_sources_per_second
+            .unwrap_or(defaults.new_sources_per_second);
+        let new_source_burst = self
+            .new_source_burst
+            .unwrap_or(new_sources_per_second.saturating_mul(2).max(1));
+        if new_source_burst == 0 {
+            problems.add(format!("{KEY}.new_source_burst"), "must be at least 1");
+        }
+        let auto = match (self.auto, self.on_when) {
+            (false, None) => None,
+            (false, Some(_)) => {
+                problems.add(
+                    format!("{KEY}.on_when"),
+                    "only used with auto = true: set it, or remove on_when",
+                );
+                None
+            }
+            (true, None) => {
+                problems.add(
+                    format!("{KEY}.on_when"),
+                    "auto = true needs a load signal, e.g. on_when = { dropped_packets_per_second = 50000 } \
+                     or { connections_per_second = 2000 }",
+                );
+                None
+            }
+            (true, Some(on_when)) => {
+                let signal = match (
+                    on_when.dropped_packets_per_second,
+                    on_when.connections_per_second,
+                ) {
+                    (Some(on_at), None) => Some((LoadSignal::DroppedPacketsPerSecond, on_at)),
+                    (None, Some(on_at)) => Some((LoadSignal::ConnectionsPerSecond, on_at)),
+                    _ => {
+                        problems.add(
+                            format!("{KEY}.on_when"),
+                            "name exactly one of dropped_packets_per_second, connections_per_second",
+                        );
+                        None
+                    }
+                };
+                signal.and_then(|(signal, on_at)| {
+                    let off_below = self.off_below.unwrap_or(on_at / 2);
+                    if on_at == 0 {
+                        problems.add(
+                            format!("{KEY}.on_when.{}", signal.name()),
+                            "must be above 0",
+                        );
+                        return None;
+                    }
+                    if off_below > on_at {
+                        problems.add(
+                            format!("{KEY}.off_below"),
+                            format!(
+                                "{off_below} is above on_when's {on_at}: it would switch off \
+                                 while still over the threshold (hysteresis needs off_below <= on)"
+                            ),
+                        );
+                        return None;
+                    }
+                    Some(AutoSwitch {
+                        signal,
+                        on_at,
+                        off_below,
+                        hold,
+                    })
+                })
+            }
+        };
+        UnderAttackConfig {
+            new_sources_per_second,
+            new_source_burst,
+            probation,
+            known_good_ttl,
+            auto,
         }
     }
 }
@@ -332,6 +505,21 @@ mod tests {
             unknown[0].contains("unknown variant `too-many`"),
             "{unknown:?}"
         );
+        let auto = parse(
+            "[defend.under_attack]\nauto = true\non_when = { connections_per_second = 100 }\noff_below = 200\n",
+        )
+        .unwrap_err();
+        assert!(
+            auto[0].starts_with("defend.under_attack.off_below: 200 is above on_when's 100"),
+            "{auto:?}"
+        );
+        let ok = parse(
+            "[defend.under_attack]\nauto = true\non_when = { dropped_packets_per_second = 5000 }\nhold = \"5s\"\n",
+        )
+        .unwrap();
+        let auto = ok.under_attack.auto.unwrap();
+        assert_eq!((auto.on_at, auto.off_below), (5000, 2500));
+        assert_eq!(auto.signal, super::LoadSignal::DroppedPacketsPerSecond);
         let typo = parse("[defend]\nnever_bam = []\n").unwrap_err();
         assert!(typo[0].contains("unknown field `never_bam`"), "{typo:?}");
     }

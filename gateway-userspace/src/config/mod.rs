@@ -11,7 +11,9 @@ use std::{fmt, path::Path, path::PathBuf};
 
 use serde::Deserialize;
 
-pub use defend::{DefendConfig, Signal, TrapPath, Trigger};
+pub use defend::{
+    AutoSwitch, DefendConfig, LoadSignal, Signal, TrapPath, Trigger, UnderAttackConfig,
+};
 pub use firewall::{Action, CidrRule, FirewallConfig, Policy, ProtectedPorts};
 pub use proxy::{
     Balance, HeaderOps, HostMatch, HttpLimits, ListenerConfig, ListenerProtocol, PathMatch,

@@ -264,6 +264,53 @@ impl DaemonState {
         (inner.firewall.rules.len(), inner.operator.rules.len(), bans)
     }
 
+    // ---- Under attack ----
+
+    /// Switches XDP's under-attack mode (known-good sources and `budget` new ones pass).
+    pub fn set_under_attack(&self, on: bool, budget: &xdp::NewSources) -> ApiResult<()> {
+        let mut inner = self.lock();
+        let xdp = inner.xdp.as_mut().ok_or_else(|| {
+            fail(
+                StatusCode::CONFLICT,
+                "under-attack mode filters in XDP, and xdp.mode is \"off\": set xdp.mode and restart",
+            )
+        })?;
+        xdp.set_under_attack(on, budget).map_err(internal)
+    }
+
+    /// Whether XDP is in under-attack mode (`None`: XDP is off).
+    pub fn under_attack(&self) -> Option<bool> {
+        self.lock().xdp.as_ref().map(XdpFirewall::under_attack)
+    }
+
+    /// Marks `source` known-good for `ttl` (admitted under attack). With XDP off there is
+    /// nothing to admit: a no-op.
+    pub fn mark_known_good(&self, source: IpAddr, ttl: Duration) -> ApiResult<bool> {
+        let mut inner = self.lock();
+        match inner.xdp.as_mut() {
+            Some(xdp) => {
+                let source = crate::defend::guard::canonical(source);
+                xdp.mark_known_good(source, xdp::now() + ttl)
+                    .map_err(internal)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Packets XDP dropped so far, all reasons (`None`: XDP is off).
+    pub fn dropped_packets(&self) -> Option<u64> {
+        let inner = self.lock();
+        let counters = inner.xdp.as_ref()?.counters().ok()?;
+        Some(
+            counters
+                .iter()
+                .filter(|(reason, _)| reason.is_drop())
+                .map(|(_, counter)| counter.packets)
+                .sum(),
+        )
+    }
+
     // ---- Rules ----
 
     /// What the kernel would do with a packet from `address` to a protected port, and why.
@@ -299,6 +346,14 @@ impl DaemonState {
             rule.is_none_or(|rule| shadow.net.prefix_len() > rule.net.prefix_len())
         });
         let policy = effective.policy;
+        let known_good = match inner.xdp.as_ref() {
+            Some(xdp) => xdp
+                .known_good(crate::defend::guard::canonical(address))
+                .map_err(internal)?
+                .map(|until| until.saturating_sub(now).as_secs_f64()),
+            None => None,
+        };
+        let under_attack = inner.xdp.as_ref().is_some_and(XdpFirewall::under_attack);
         let (verdict, reason, mut because) = match (&ban, rule, policy) {
             (Some(ban), ..) => ("drop", "dropped-banned", format!("banned ({})", ban.cidr)),
             (None, Some(rule), _) if rule.action == Action::Deny => (
@@ -327,6 +382,16 @@ impl DaemonState {
                 "passed",
                 "no rule matches and the policy is deny-list".to_owned(),
             ),
+        };
+        let (verdict, reason) = if under_attack && verdict == "pass" && known_good.is_none() {
+            because += "; under-attack mode: not known-good, so it passes only within the \
+                        new-source budget";
+            ("drop", "dropped-under-attack")
+        } else {
+            if under_attack && verdict == "pass" {
+                because += "; under-attack mode: known-good, admitted";
+            }
+            (verdict, reason)
         };
         if let Some(shadow) = shadow {
             because += &format!(
@@ -416,6 +481,8 @@ impl DaemonState {
             },
             rate,
             l7: crate::defend::running().map(|defender| defender.view(address)),
+            known_good_expires_in_secs: known_good,
+            under_attack,
         })
     }
 

@@ -76,6 +76,17 @@ pub fn canonical(address: IpAddr) -> IpAddr {
 
 static BANS: LazyLock<ArcSwap<BanSet>> = LazyLock::new(Default::default);
 static REFUSED: AtomicU64 = AtomicU64::new(0);
+static ACCEPTED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a connection the proxy accepted (the `connections_per_second` load signal).
+pub fn count_accept() {
+    ACCEPTED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Connections accepted since start.
+pub fn accepted() -> u64 {
+    ACCEPTED.load(Ordering::Relaxed)
+}
 
 /// Replaces the bans the accept stage enforces (empty while XDP enforces them).
 pub fn publish(set: BanSet) {

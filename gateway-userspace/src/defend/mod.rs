@@ -8,6 +8,7 @@
 //! recently seen are forgotten first), each with at most `count` timestamps per trigger and a
 //! short ring of recent decisions that `gateway firewall explain` shows.
 
+pub mod attack;
 pub mod guard;
 
 use std::{
@@ -25,7 +26,14 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::{config::DefendConfig, control::DaemonState};
+use crate::{
+    config::DefendConfig,
+    control::{
+        ApiFailure, ApiResult, DaemonState,
+        api::{KnownGood, UnderAttackStatus},
+    },
+    xdp::NewSources,
+};
 
 /// Reports waiting for the defender; beyond, reports are dropped (and counted), never waited on.
 const QUEUE: usize = 8192;
@@ -256,6 +264,11 @@ pub struct Defender {
     config: ArcSwap<DefendConfig>,
     dropped: AtomicU64,
     bans: AtomicU64,
+    state: Arc<DaemonState>,
+    /// Sources marked known-good, and when (so a busy client is not re-marked per request).
+    marked: Mutex<HashMap<IpAddr, Instant>>,
+    last_switch: Mutex<attack::LastSwitch>,
+    last_sample: Mutex<Option<u64>>,
 }
 
 static DEFENDER: OnceLock<Arc<Defender>> = OnceLock::new();
@@ -269,12 +282,75 @@ pub fn start(config: DefendConfig, state: Arc<DaemonState>) -> Arc<Defender> {
         config: ArcSwap::from_pointee(config),
         dropped: AtomicU64::new(0),
         bans: AtomicU64::new(0),
+        state: state.clone(),
+        marked: Mutex::new(HashMap::new()),
+        last_switch: Mutex::new(attack::LastSwitch::default()),
+        last_sample: Mutex::new(None),
     });
     if DEFENDER.set(defender.clone()).is_err() {
         tracing::warn!("the defender was already running; keeping the first one");
     }
     tokio::spawn(run(defender.clone(), events, state));
+    tokio::spawn(auto_switch(defender.clone()));
     defender
+}
+
+/// Samples the load signal every second and switches under-attack mode with hysteresis.
+async fn auto_switch(defender: Arc<Defender>) {
+    let mut every = tokio::time::interval(attack::SAMPLE_EVERY);
+    let mut memory: Option<(crate::config::AutoSwitch, attack::Hysteresis)> = None;
+    let mut previous: Option<(crate::config::LoadSignal, u64)> = None;
+    loop {
+        every.tick().await;
+        let Some(switch) = defender.config.load().under_attack.auto else {
+            memory = None;
+            previous = None;
+            *defender
+                .last_sample
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = None;
+            continue;
+        };
+        if memory.as_ref().is_none_or(|(config, _)| *config != switch) {
+            memory = Some((switch, attack::Hysteresis::new(switch)));
+        }
+        let total = match switch.signal {
+            crate::config::LoadSignal::DroppedPacketsPerSecond => {
+                let state = defender.state.clone();
+                match tokio::task::spawn_blocking(move || state.dropped_packets()).await {
+                    Ok(Some(total)) => total,
+                    _ => continue,
+                }
+            }
+            crate::config::LoadSignal::ConnectionsPerSecond => guard::accepted(),
+        };
+        let sample = match previous {
+            Some((signal, before)) if signal == switch.signal => total.saturating_sub(before),
+            _ => {
+                previous = Some((switch.signal, total));
+                continue;
+            }
+        };
+        previous = Some((switch.signal, total));
+        *defender
+            .last_sample
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(sample);
+        let Some(on) = defender.state.under_attack() else {
+            continue;
+        };
+        let (_, hysteresis) = memory.as_mut().expect("set above");
+        if let Some(next) = hysteresis.step(on, sample, Instant::now()) {
+            let by = format!(
+                "auto: {} = {sample} ({})",
+                switch.signal.name(),
+                hysteresis.describe()
+            );
+            if let Err(failure) = defender.switch_under_attack(next, by) {
+                tracing::error!("under-attack mode not switched: {}", failure.message);
+            }
+        }
+    }
 }
 
 /// The process's defender, if the daemon started one.
@@ -318,6 +394,96 @@ impl Defender {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn budget(&self) -> NewSources {
+        let config = &self.config.load().under_attack;
+        NewSources {
+            per_second: config.new_sources_per_second,
+            burst: config.new_source_burst,
+            probation: config.probation,
+        }
+    }
+
+    /// Switches under-attack mode in XDP; `by` says who (the operator, or the auto switch).
+    pub fn switch_under_attack(&self, on: bool, by: String) -> ApiResult<UnderAttackStatus> {
+        self.state.set_under_attack(on, &self.budget())?;
+        tracing::warn!(
+            switched_by = by,
+            "under-attack mode {}",
+            if on { "on" } else { "off" }
+        );
+        *self.last_switch.lock().unwrap_or_else(|p| p.into_inner()) = attack::LastSwitch {
+            by,
+            at: Instant::now(),
+        };
+        Ok(self.under_attack_status())
+    }
+
+    pub fn under_attack_status(&self) -> UnderAttackStatus {
+        let config = self.config.load();
+        let last = self
+            .last_switch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        UnderAttackStatus {
+            on: self.state.under_attack().unwrap_or(false),
+            switched_by: last.by,
+            since_secs: last.at.elapsed().as_secs_f64(),
+            new_sources_per_second: config.under_attack.new_sources_per_second,
+            new_source_burst: config.under_attack.new_source_burst,
+            auto: config.under_attack.auto.map_or_else(
+                || "off".to_owned(),
+                |switch| attack::Hysteresis::new(switch).describe(),
+            ),
+            last_sample: *self.last_sample.lock().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// Marks `address` known-good for `ttl` (default `known_good_ttl`): the operator's
+    /// pre-seeding, or a successful authenticated request.
+    pub fn mark_known_good(&self, address: &str, ttl: Option<Duration>) -> ApiResult<KnownGood> {
+        let parsed: IpAddr = address.parse().map_err(|_| ApiFailure {
+            status: hyper::StatusCode::BAD_REQUEST,
+            message: format!("{address:?} is not an IP address (e.g. 192.0.2.7, 2001:db8::7)"),
+        })?;
+        let ttl = ttl.unwrap_or(self.config.load().under_attack.known_good_ttl);
+        if !self.state.mark_known_good(parsed, ttl)? {
+            return Err(ApiFailure {
+                status: hyper::StatusCode::CONFLICT,
+                message: "known-good sources are admitted by XDP, and xdp.mode is \"off\": \
+                          set xdp.mode and restart"
+                    .to_owned(),
+            });
+        }
+        tracing::info!(source = %parsed, ttl = %humantime::format_duration(ttl), "source marked known-good");
+        Ok(KnownGood {
+            address: guard::canonical(parsed).to_string(),
+            expires_in_secs: ttl.as_secs_f64(),
+        })
+    }
+
+    /// After a successful authenticated request: known-good, re-marked at most every half TTL.
+    fn authenticated(&self, address: IpAddr) {
+        let ttl = self.config.load().under_attack.known_good_ttl;
+        let now = Instant::now();
+        {
+            let mut marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());
+            if marked
+                .get(&address)
+                .is_some_and(|&at| now.duration_since(at) < ttl / 2)
+            {
+                return;
+            }
+            if marked.len() >= self.config.load().max_tracked_sources {
+                marked.clear();
+            }
+            marked.insert(address, now);
+        }
+        if let Err(failure) = self.state.mark_known_good(address, ttl) {
+            tracing::warn!(source = %address, "marking known-good failed: {}", failure.message);
+        }
+    }
+
     pub fn view(&self, address: IpAddr) -> SourceView {
         self.lock().view(address, Instant::now())
     }
@@ -338,6 +504,11 @@ async fn run(
     state: Arc<DaemonState>,
 ) {
     while let Some(event) = events.recv().await {
+        if event.identity.is_some() && event.status < 400 {
+            let defender = defender.clone();
+            let client = event.client;
+            let _ = tokio::task::spawn_blocking(move || defender.authenticated(client)).await;
+        }
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |since| since.as_secs_f64());

@@ -92,6 +92,7 @@ pub async fn accept_loop(
             },
             () = stopped(&mut shutdown) => break,
         };
+        crate::defend::guard::count_accept();
         // Bans when XDP is off (with XDP on, a banned source never gets this far).
         if crate::defend::guard::refuses(client.ip()) {
             tracing::debug!(%client, "connection refused: the source is banned");

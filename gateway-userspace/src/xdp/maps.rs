@@ -31,6 +31,8 @@ pub(super) fn settings_for(
         rate_limit: u8::from(firewall.rate_limit.is_some()),
         bans: u8::from(bans),
         rate_generation,
+        under_attack: 0,
+        _pad: [0; 3],
     }
 }
 

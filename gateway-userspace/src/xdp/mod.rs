@@ -1,6 +1,7 @@
 //! The kernel half: load the XDP program, size and fill its maps, attach it to interfaces,
 //! read its counters. Userspace owns the maps; the program only reads rules and counts.
 
+mod attack;
 mod bans;
 mod error;
 mod maps;
@@ -16,6 +17,7 @@ use aya::{
 use gateway_common::{Counter, PROGRAM_NAME, Reason, Settings, maps as map_names};
 use serde::{Deserialize, Serialize};
 
+pub use attack::NewSources;
 pub use error::XdpError;
 
 use crate::config::{FirewallConfig, XdpConfig, XdpMode};
@@ -78,6 +80,7 @@ impl XdpFirewall {
             .map_max_entries(map_names::RATE_PREFIXES_V4, MAX_RATE_PREFIXES)
             .map_max_entries(map_names::RATE_PREFIXES_V6, MAX_RATE_PREFIXES)
             .map_max_entries(map_names::DROPS_BY_SOURCE, TRACKED_DROP_SOURCES)
+            .map_max_entries(map_names::KNOWN_GOOD, config.max_sources)
             .load(PROGRAM_OBJECT)
             .map_err(XdpError::from_load)?;
         let program: &mut Xdp = program_mut(&mut ebpf)?;
@@ -110,11 +113,37 @@ impl XdpFirewall {
         self.rules = rules;
         // Last: sources pick their rate class again against the new prefixes.
         let generation = self.settings.rate_generation.wrapping_add(1);
-        self.write_settings(maps::settings_for(
-            firewall,
-            generation,
-            self.settings.bans != 0,
-        ))
+        self.write_settings(Settings {
+            under_attack: self.settings.under_attack,
+            ..maps::settings_for(firewall, generation, self.settings.bans != 0)
+        })
+    }
+
+    /// Switches under-attack mode: only known-good sources and `budget` new ones pass.
+    pub fn set_under_attack(&mut self, on: bool, budget: &NewSources) -> Result<(), XdpError> {
+        if on {
+            // The budget first, so the first packet under attack meets it.
+            attack::write_budget(&mut self.ebpf, budget)?;
+        }
+        let settings = Settings {
+            under_attack: u8::from(on),
+            ..self.settings
+        };
+        self.write_settings(settings)
+    }
+
+    pub fn under_attack(&self) -> bool {
+        self.settings.under_attack != 0
+    }
+
+    /// Marks `source` known-good until `expires` (monotonic clock, as [`now`]).
+    pub fn mark_known_good(&mut self, source: IpAddr, expires: Duration) -> Result<(), XdpError> {
+        attack::mark(&mut self.ebpf, source, expires)
+    }
+
+    /// Until when `source` is known-good (monotonic clock), if it is.
+    pub fn known_good(&self, source: IpAddr) -> Result<Option<Duration>, XdpError> {
+        attack::known_good(&self.ebpf, source)
     }
 
     fn write_settings(&mut self, settings: Settings) -> Result<(), XdpError> {
