@@ -17,7 +17,7 @@ use std::{
 use gateway_tests::{
     Gateway, Side,
     lab::*,
-    traffic::{tcp_connect_attempt, tcp_connect_from},
+    traffic::{tcp_connect_attempt, tcp_connect_from, udp_sender},
     upstream::Upstream,
 };
 
@@ -309,4 +309,133 @@ fn with_xdp_off_bans_are_enforced_at_accept() {
     let unban = lab.gateway().cli(&["unban", DENIED_V4]);
     assert!(unban.status.success(), "{}", output_text(&unban));
     served(&lab, DENIED_V4, "/hello", 200);
+}
+
+fn cli_ok(gateway: &Gateway, args: &[&str]) -> String {
+    let output = gateway.cli(args);
+    assert!(
+        output.status.success(),
+        "gateway {args:?}: {}",
+        output_text(&output)
+    );
+    output_text(&output)
+}
+
+#[test]
+fn under_attack_admits_a_known_good_source_and_drops_new_ones_beyond_the_budget() {
+    let Some(mut lab) = Lab::new("defendua") else {
+        return;
+    };
+    add_trusted_client(&lab);
+    let upstream = lab.server.enter(|| Upstream::start("api"));
+    // One new source a second: the test's second new source comes well within that second.
+    let defend = "[defend.under_attack]\nnew_sources_per_second = 1\nnew_source_burst = 1\n\
+                  probation = \"1m\"\n";
+    lab.start(&format!(
+        "protected_ports = [\"{PORT}/tcp\"]\n{}",
+        proxy_config(&upstream, defend)
+    ));
+    let added = cli_ok(
+        lab.gateway(),
+        &["defend", "known-good", "add", ALLOWED_V4, "--ttl", "10m"],
+    );
+    assert!(added.contains("10.99.0.2 is known-good for 10m"), "{added}");
+    let status = cli_ok(lab.gateway(), &["defend", "under-attack", "on"]);
+    assert!(
+        status.contains("under-attack mode: ON (switched by operator"),
+        "{status}"
+    );
+    for _ in 0..3 {
+        served(&lab, ALLOWED_V4, "/hello", 200);
+    }
+    // The budget's one new source gets in, and stays in (probation).
+    served(&lab, DENIED_V4, "/hello", 200);
+    served(&lab, DENIED_V4, "/hello", 200);
+    let before = lab.count("dropped-under-attack").0;
+    connect_dropped(&lab, TRUSTED_V4);
+    assert!(lab.count("dropped-under-attack").0 > before, "counted");
+    served(&lab, ALLOWED_V4, "/hello", 200);
+
+    let known = cli_json(
+        lab.gateway(),
+        &["firewall", "explain", ALLOWED_V4, "--json"],
+    );
+    assert_eq!(known["verdict"], "pass", "{known}");
+    assert_eq!(known["under_attack"], true, "{known}");
+    let left = known["known_good_expires_in_secs"].as_f64().unwrap();
+    assert!((500.0..=600.0).contains(&left), "{known}");
+    let new = cli_json(
+        lab.gateway(),
+        &["firewall", "explain", TRUSTED_V4, "--json"],
+    );
+    assert_eq!(new["reason"], "dropped-under-attack", "{new}");
+    assert!(new["known_good_expires_in_secs"].is_null(), "{new}");
+    let text = cli_ok(lab.gateway(), &["firewall", "explain", ALLOWED_V4]);
+    assert!(
+        text.contains("under-attack mode ON; known-good, ") && text.contains("m left"),
+        "{text}"
+    );
+
+    let status = cli_ok(lab.gateway(), &["defend", "under-attack", "off"]);
+    assert!(status.contains("under-attack mode: off"), "{status}");
+    served(&lab, TRUSTED_V4, "/hello", 200);
+}
+
+#[test]
+fn under_attack_turns_itself_on_and_off_with_a_flood() {
+    let Some(mut lab) = Lab::new("defendauto") else {
+        return;
+    };
+    let upstream = lab.server.enter(|| Upstream::start("api"));
+    let defend = "[defend.under_attack]\nauto = true\n\
+                  on_when = { dropped_packets_per_second = 2000 }\noff_below = 100\nhold = \"2s\"\n";
+    lab.start(&format!(
+        "protected_ports = [\"{PORT}/tcp\", \"9999/udp\"]\ndeny = [\"{DENIED_V4}\"]\n{}",
+        proxy_config(&upstream, defend)
+    ));
+    let status = || cli_ok(lab.gateway(), &["defend", "under-attack", "status"]);
+    assert!(status().contains("under-attack mode: off"), "{}", status());
+    // A flood from a denied source: every packet a drop, thousands a second.
+    let flooder = udp_sender(&lab.client, addr(DENIED_V4, 0));
+    let target = addr(SERVER_V4, 9999);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut switched_on = false;
+    let mut sent = 0u64;
+    'flood: while Instant::now() < deadline && sent < 20_000_000 {
+        for _ in 0..5000 {
+            if flooder.send_to(b"flood", target).is_ok() {
+                sent += 1;
+            }
+        }
+        // Every few thousand datagrams, look (cheaply) whether it switched.
+        if sent % 50_000 < 5000 && status().contains("under-attack mode: ON") {
+            switched_on = true;
+            break 'flood;
+        }
+    }
+    assert!(
+        switched_on,
+        "not switched on after {sent} flood packets: {}\n{}",
+        status(),
+        lab.gateway().log()
+    );
+    let on = status();
+    assert!(
+        on.contains("switched by auto: dropped_packets_per_second"),
+        "{on}"
+    );
+    // The flood stops: after holding below off_below for 2 s, it switches itself off.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status().contains("under-attack mode: ON") {
+        assert!(
+            Instant::now() < deadline,
+            "still on 15 s after the flood: {}",
+            status()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = lab.gateway().log();
+    assert!(log.contains("under-attack mode on"), "{log}");
+    assert!(log.contains("under-attack mode off"), "{log}");
+    served(&lab, ALLOWED_V4, "/hello", 200);
 }
