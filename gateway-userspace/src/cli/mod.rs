@@ -51,7 +51,14 @@ enum Command {
             default_value = "/etc/gateway/gateway.toml"
         )]
         config: PathBuf,
+        /// Detach the XDP program and remove its pins when the daemon stops. Without it the
+        /// pinned program keeps filtering while the daemon is down (see `gateway xdp detach`).
+        #[arg(long)]
+        detach_on_exit: bool,
     },
+    /// The pinned XDP program, without a running daemon.
+    #[command(subcommand)]
+    Xdp(XdpCommand),
     /// Validate a configuration file without starting anything.
     CheckConfig {
         #[arg(value_name = "FILE")]
@@ -127,6 +134,21 @@ enum Command {
         iterations: Option<u64>,
         #[command(flatten)]
         admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum XdpCommand {
+    /// Detach the pinned XDP program from the config's interfaces and remove its maps: the
+    /// firewall is open until the next `gateway run`. Stop the daemon first.
+    Detach {
+        #[arg(
+            short,
+            long,
+            value_name = "FILE",
+            default_value = "/etc/gateway/gateway.toml"
+        )]
+        config: PathBuf,
     },
 }
 
@@ -319,7 +341,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         init_logging(None)?;
     }
     match command {
-        Command::Run { config } => {
+        Command::Xdp(XdpCommand::Detach { config }) => {
+            let loaded = Config::load(&config)?;
+            crate::daemon::detach_pinned(&loaded)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            config,
+            detach_on_exit,
+        } => {
             let loaded = Config::load(&config);
             // The access log's destination comes from the config; errors still get logged.
             let _access_log = init_logging(loaded.as_ref().ok().map(|config| &config.access_log))?;
@@ -331,7 +361,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             for note in &loaded.notes {
                 tracing::info!("{note}");
             }
-            runtime()?.block_on(crate::daemon::run(config, loaded))?;
+            runtime()?.block_on(crate::daemon::run(config, loaded, detach_on_exit))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => Ok(check_config::run(&file)),

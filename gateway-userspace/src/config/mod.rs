@@ -31,6 +31,9 @@ pub const DEFAULT_STATE_FILE: &str = "/var/lib/gateway/state.json";
 pub struct Config {
     pub admin: AdminConfig,
     pub xdp: XdpConfig,
+    /// Where the maps and links are pinned in bpffs (`xdp.pin_dir`), so the gate stays shut
+    /// while the daemon is down; `None`: not pinned (`xdp.pin = false`, or XDP off).
+    pub xdp_pin_dir: Option<PathBuf>,
     pub firewall: FirewallConfig,
     /// Listeners, limits, upstreams and routes of the L7 proxy.
     pub proxy: ProxyConfig,
@@ -249,7 +252,13 @@ struct RawXdp {
     max_sources: u32,
     #[serde(default = "default_max_rules")]
     max_bans: u32,
+    #[serde(default = "yes")]
+    pin: bool,
+    pin_dir: Option<PathBuf>,
 }
+
+/// Where pins go unless `xdp.pin_dir` says.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gateway";
 
 impl Default for RawXdp {
     fn default() -> Self {
@@ -260,6 +269,8 @@ impl Default for RawXdp {
             max_rules_v6: default_max_rules(),
             max_sources: default_max_sources(),
             max_bans: default_max_rules(),
+            pin: true,
+            pin_dir: None,
         }
     }
 }
@@ -305,6 +316,20 @@ impl Config {
         let mut problems = Problems::default();
         let (mut warnings, mut notes) = (Vec::new(), Vec::new());
 
+        let xdp_pin_dir = match (&raw.xdp.pin_dir, raw.xdp.pin, raw.xdp.mode) {
+            (_, false, _) | (_, _, XdpMode::Off) => None,
+            (Some(dir), true, _) if !dir.is_absolute() => {
+                problems.add(
+                    "xdp.pin_dir",
+                    format!("{} must be an absolute path (on bpffs)", dir.display()),
+                );
+                None
+            }
+            (dir, true, _) => Some(
+                dir.clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR)),
+            ),
+        };
         let xdp = compile_xdp(raw.xdp, &mut problems);
         let firewall = raw
             .firewall
@@ -355,6 +380,7 @@ impl Config {
             Ok(Config {
                 admin,
                 xdp,
+                xdp_pin_dir,
                 firewall,
                 proxy,
                 metrics: raw.metrics.map(|metrics| metrics.address),

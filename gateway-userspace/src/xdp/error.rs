@@ -38,6 +38,8 @@ pub enum XdpError {
     },
     #[error("xdp.mode is \"off\": nothing to attach")]
     Off,
+    #[error("{0}")]
+    Pin(String),
 }
 
 impl XdpError {

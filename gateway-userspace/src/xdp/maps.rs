@@ -43,6 +43,17 @@ pub(super) fn write_settings(ebpf: &mut Ebpf, value: Settings) -> Result<(), Xdp
         .map_err(|error| XdpError::map(map_names::SETTINGS, error))
 }
 
+pub(super) fn read_settings(ebpf: &Ebpf) -> Result<Settings, XdpError> {
+    let map = ebpf
+        .map(map_names::SETTINGS)
+        .ok_or(XdpError::MissingMap(map_names::SETTINGS))?;
+    let settings: Array<&MapData, Settings> =
+        Array::try_from(map).map_err(|error| XdpError::map(map_names::SETTINGS, error))?;
+    settings
+        .get(&0, 0)
+        .map_err(|error| XdpError::map(map_names::SETTINGS, error))
+}
+
 pub(super) fn write_ports(
     ebpf: &mut Ebpf,
     applied: &mut [u8],
