@@ -439,3 +439,114 @@ fn under_attack_turns_itself_on_and_off_with_a_flood() {
     assert!(log.contains("under-attack mode off"), "{log}");
     served(&lab, ALLOWED_V4, "/hello", 200);
 }
+
+/// A bpffs mounted in the host's mount namespace, which `ip netns exec` keeps (it only
+/// replaces /sys): pins made there outlive the daemon's own mount namespace.
+fn persistent_bpffs() -> std::path::PathBuf {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let dir = std::path::PathBuf::from("/run/gateway-tests-bpffs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+    // SAFETY: a valid path and a zeroed statfs the kernel fills.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    let is_bpffs = unsafe { libc::statfs(path.as_ptr(), &mut stat) } == 0
+        && stat.f_type as i64 == BPF_FS_MAGIC;
+    if !is_bpffs {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf", dir.to_str().unwrap()])
+            .status()
+            .expect("running mount");
+        assert!(status.success(), "mount -t bpf bpf {}", dir.display());
+    }
+    dir
+}
+
+#[test]
+fn kill_9_leaves_drops_in_force_and_a_restart_adopts_the_maps() {
+    let Some(lab) = Lab::new("defendpin") else {
+        return;
+    };
+    let pins = persistent_bpffs();
+    let config = |socket: &str| {
+        format!(
+            "[admin]\nsocket = \"{socket}\"\nstate_file = \"{}\"\n[xdp]\nmode = \"native\"\n\
+             interfaces = [\"{}\"]\npin_dir = \"{}\"\n[firewall]\ndeny = [\"{DENIED_V4}\"]\n",
+            lab.state_file().display(),
+            lab.link.a.name,
+            pins.display()
+        )
+    };
+    let receiver = lab.udp_receiver(SERVER_V4, 5000);
+    let exchange = |lab: &Lab| lab.udp_exchange(&receiver, (DENIED_V4, 5), (ALLOWED_V4, 3));
+    let from_denied =
+        |sources: &[std::net::IpAddr]| sources.iter().filter(|s| **s == ip(DENIED_V4)).count();
+
+    let first = Gateway::start_pinned(Some(&lab.server), &config("{admin_socket}"));
+    let sources = exchange(&lab);
+    assert_eq!(from_denied(&sources), 0, "{sources:?}");
+    assert_eq!(first.reason("dropped-deny").0, 5);
+    assert!(first.cli(&["ban", DENIED_V6]).status.success());
+    let log = first.kill();
+    assert!(log.contains("XDP maps pinned"), "{log}");
+
+    // The daemon is gone: the kernel keeps dropping.
+    let sources = exchange(&lab);
+    assert_eq!(from_denied(&sources), 0, "dropped while the daemon is down");
+    assert_eq!(sources.len(), 3, "{sources:?}");
+
+    // A restart adopts the pinned maps: counters include what was dropped meanwhile.
+    let second = Gateway::start_pinned(Some(&lab.server), &config("{admin_socket}"));
+    assert!(
+        second.log().contains("adopted the pinned XDP maps"),
+        "{}",
+        second.log()
+    );
+    assert!(second.log().contains("adopted the pinned XDP link"));
+    assert_eq!(second.reason("dropped-deny").0, 10, "counters intact");
+    let bans = cli_json(&second, &["bans", "--json"]);
+    assert_eq!(bans["bans"][0]["cidr"], "fd00:99::3/128", "{bans}");
+    let sources = exchange(&lab);
+    assert_eq!(from_denied(&sources), 0);
+    assert_eq!(second.reason("dropped-deny").0, 15);
+
+    // SIGTERM keeps it attached too.
+    let (status, log) = second.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("stays attached"), "{log}");
+    let sources = exchange(&lab);
+    assert_eq!(from_denied(&sources), 0, "dropped after a clean stop");
+
+    // `gateway xdp detach`, without a daemon, opens it.
+    let file = lab.state_dir.path().join("gateway.toml");
+    let socket = lab.state_dir.path().join("gone.sock");
+    std::fs::write(&file, config(socket.to_str().unwrap())).unwrap();
+    let bin = gateway_tests::gateway_bin();
+    let detached = lab.server.exec(&[
+        bin.to_str().unwrap(),
+        "xdp",
+        "detach",
+        "--config",
+        file.to_str().unwrap(),
+    ]);
+    assert!(detached.status.success(), "{}", output_text(&detached));
+    assert!(
+        output_text(&detached).contains("detached: removed"),
+        "{}",
+        output_text(&detached)
+    );
+    let sources = exchange(&lab);
+    assert_eq!(from_denied(&sources), 5, "open after detach: {sources:?}");
+    // Nothing left pinned for this namespace.
+    let again = lab.server.exec(&[
+        bin.to_str().unwrap(),
+        "xdp",
+        "detach",
+        "--config",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        output_text(&again).contains("nothing pinned"),
+        "{}",
+        output_text(&again)
+    );
+}
