@@ -288,15 +288,9 @@ impl RawUnderAttack {
         if new_source_burst == 0 {
             problems.add(format!("{KEY}.new_source_burst"), "must be at least 1");
         }
+        // on_when is checked even with auto = false, so switching auto on later just works.
         let auto = match (self.auto, self.on_when) {
             (false, None) => None,
-            (false, Some(_)) => {
-                problems.add(
-                    format!("{KEY}.on_when"),
-                    "only used with auto = true: set it, or remove on_when",
-                );
-                None
-            }
             (true, None) => {
                 problems.add(
                     format!("{KEY}.on_when"),
@@ -305,7 +299,7 @@ impl RawUnderAttack {
                 );
                 None
             }
-            (true, Some(on_when)) => {
+            (auto, Some(on_when)) => {
                 let signal = match (
                     on_when.dropped_packets_per_second,
                     on_when.connections_per_second,
@@ -320,32 +314,34 @@ impl RawUnderAttack {
                         None
                     }
                 };
-                signal.and_then(|(signal, on_at)| {
-                    let off_below = self.off_below.unwrap_or(on_at / 2);
-                    if on_at == 0 {
-                        problems.add(
-                            format!("{KEY}.on_when.{}", signal.name()),
-                            "must be above 0",
-                        );
-                        return None;
-                    }
-                    if off_below > on_at {
-                        problems.add(
-                            format!("{KEY}.off_below"),
-                            format!(
-                                "{off_below} is above on_when's {on_at}: it would switch off \
+                signal
+                    .and_then(|(signal, on_at)| {
+                        let off_below = self.off_below.unwrap_or(on_at / 2);
+                        if on_at == 0 {
+                            problems.add(
+                                format!("{KEY}.on_when.{}", signal.name()),
+                                "must be above 0",
+                            );
+                            return None;
+                        }
+                        if off_below > on_at {
+                            problems.add(
+                                format!("{KEY}.off_below"),
+                                format!(
+                                    "{off_below} is above on_when's {on_at}: it would switch off \
                                  while still over the threshold (hysteresis needs off_below <= on)"
-                            ),
-                        );
-                        return None;
-                    }
-                    Some(AutoSwitch {
-                        signal,
-                        on_at,
-                        off_below,
-                        hold,
+                                ),
+                            );
+                            return None;
+                        }
+                        Some(AutoSwitch {
+                            signal,
+                            on_at,
+                            off_below,
+                            hold,
+                        })
                     })
-                })
+                    .filter(|_| auto)
             }
         };
         UnderAttackConfig {
