@@ -108,7 +108,15 @@ fn load_xdp(config: &Config) -> anyhow::Result<XdpFirewall> {
         interface_index(interface).with_context(|| format!("xdp.interfaces[{index}]"))?;
     }
     let xdp = match &config.xdp_pin_dir {
-        Some(pin_dir) => XdpFirewall::load_pinned(&config.xdp, pin_dir)?,
+        Some(pin_dir) => match XdpFirewall::load_pinned(&config.xdp, pin_dir) {
+            Err(crate::xdp::XdpError::PinUnavailable(reason)) => {
+                tracing::warn!(
+                    "the XDP program is not pinned, so it detaches when the daemon stops: {reason}"
+                );
+                XdpFirewall::load(&config.xdp)?
+            }
+            pinned => pinned?,
+        },
         None => XdpFirewall::load(&config.xdp)?,
     };
     if let Some(dir) = xdp.pin_dir() {

@@ -462,23 +462,27 @@ impl Defender {
         })
     }
 
-    /// After a successful authenticated request: known-good, re-marked at most every half TTL.
-    fn authenticated(&self, address: IpAddr) {
+    /// After a successful authenticated request: whether to (re-)mark the source known-good,
+    /// at most every half TTL, so a busy client costs no map write per request.
+    fn due_for_mark(&self, address: IpAddr) -> bool {
         let ttl = self.config.load().under_attack.known_good_ttl;
         let now = Instant::now();
+        let mut marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());
+        if marked
+            .get(&address)
+            .is_some_and(|&at| now.duration_since(at) < ttl / 2)
         {
-            let mut marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());
-            if marked
-                .get(&address)
-                .is_some_and(|&at| now.duration_since(at) < ttl / 2)
-            {
-                return;
-            }
-            if marked.len() >= self.config.load().max_tracked_sources {
-                marked.clear();
-            }
-            marked.insert(address, now);
+            return false;
         }
+        if marked.len() >= self.config.load().max_tracked_sources {
+            marked.clear();
+        }
+        marked.insert(address, now);
+        true
+    }
+
+    fn authenticated(&self, address: IpAddr) {
+        let ttl = self.config.load().under_attack.known_good_ttl;
         if let Err(failure) = self.state.mark_known_good(address, ttl) {
             tracing::warn!(source = %address, "marking known-good failed: {}", failure.message);
         }
@@ -504,7 +508,7 @@ async fn run(
     state: Arc<DaemonState>,
 ) {
     while let Some(event) = events.recv().await {
-        if event.identity.is_some() && event.status < 400 {
+        if event.identity.is_some() && event.status < 400 && defender.due_for_mark(event.client) {
             let defender = defender.clone();
             let client = event.client;
             let _ = tokio::task::spawn_blocking(move || defender.authenticated(client)).await;

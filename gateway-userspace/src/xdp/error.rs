@@ -40,6 +40,10 @@ pub enum XdpError {
     Off,
     #[error("{0}")]
     Pin(String),
+    /// bpffs cannot be mounted or written here (permissions, a read-only /sys): the daemon
+    /// runs unpinned and says so.
+    #[error("{0}")]
+    PinUnavailable(String),
 }
 
 impl XdpError {

@@ -135,7 +135,7 @@ pub(super) fn prepare(pin_dir: &Path, dir: &Path) -> Result<(), XdpError> {
             )
         };
         if mounted != 0 {
-            return Err(XdpError::Pin(format!(
+            return Err(XdpError::PinUnavailable(format!(
                 "mounting bpffs at {BPFFS_ROOT} failed ({}): mount it (`mount -t bpf bpf \
                  {BPFFS_ROOT}`), or set xdp.pin = false",
                 io::Error::last_os_error()
@@ -144,10 +144,15 @@ pub(super) fn prepare(pin_dir: &Path, dir: &Path) -> Result<(), XdpError> {
         tracing::info!("mounted bpffs at {BPFFS_ROOT}");
     }
     std::fs::create_dir_all(dir).map_err(|error| {
-        XdpError::Pin(format!(
-            "creating the pin directory {} failed ({error}): check xdp.pin_dir",
+        let message = format!(
+            "creating the pin directory {} failed ({error}): make xdp.pin_dir writable for the \
+             daemon (config/gateway.service shows how), or set xdp.pin = false",
             dir.display()
-        ))
+        );
+        match error.raw_os_error() {
+            Some(libc::EACCES | libc::EPERM | libc::EROFS) => XdpError::PinUnavailable(message),
+            _ => XdpError::Pin(message),
+        }
     })?;
     if !is_bpffs(dir) {
         return Err(XdpError::Pin(format!(
