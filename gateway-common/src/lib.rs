@@ -32,6 +32,12 @@ pub mod maps {
     pub const DROPS_BY_SOURCE: &str = "DROPS_BY_SOURCE";
     /// `PerCpuArray<u64>`: packets matched per rule id (`Rule::id`).
     pub const RULE_HITS: &str = "RULE_HITS";
+    /// `LruHashMap<[u8; 16], u64>`: known-good sources (IPv4 as `::ffff:a.b.c.d`) -> expiry
+    /// (ns, `bpf_ktime_get_ns` clock). Admitted under attack.
+    pub const KNOWN_GOOD: &str = "KNOWN_GOOD";
+    /// `Array<NewSourceBudget>` with one entry: how many unknown sources are admitted per
+    /// second under attack.
+    pub const NEW_SOURCES: &str = "NEW_SOURCES";
 }
 
 /// Name of the XDP program in the eBPF object.
@@ -65,11 +71,13 @@ pub enum Reason {
     DroppedRateLimited = 8,
     /// A TCP SYN over the source's SYN rate.
     DroppedSynRateLimited = 9,
+    /// Under-attack mode: the source is not known-good and the new-source budget is spent.
+    DroppedUnderAttack = 10,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Passed,
         Reason::PassedUnprotected,
         Reason::PassedNotIp,
@@ -80,6 +88,7 @@ impl Reason {
         Reason::DroppedBanned,
         Reason::DroppedRateLimited,
         Reason::DroppedSynRateLimited,
+        Reason::DroppedUnderAttack,
     ];
 
     /// Stable name used in the CLI, JSON and metrics.
@@ -95,6 +104,7 @@ impl Reason {
             Reason::DroppedBanned => "dropped-banned",
             Reason::DroppedRateLimited => "dropped-rate-limited",
             Reason::DroppedSynRateLimited => "dropped-syn-rate-limited",
+            Reason::DroppedUnderAttack => "dropped-under-attack",
         }
     }
 
@@ -106,6 +116,7 @@ impl Reason {
                 | Reason::DroppedBanned
                 | Reason::DroppedRateLimited
                 | Reason::DroppedSynRateLimited
+                | Reason::DroppedUnderAttack
         )
     }
 }
@@ -168,6 +179,22 @@ pub struct Settings {
     pub bans: u8,
     /// Bumped by the daemon when rate classes change, so sources are classified again.
     pub rate_generation: u32,
+    /// 1: under-attack mode: only known-good sources and the new-source budget pass.
+    pub under_attack: u8,
+    pub _pad: [u8; 3],
+}
+
+/// The new-source budget under attack, GCRA as [`RateClass`]: each unknown source admitted
+/// advances `tat` by `interval_ns`, while it stays within `burst_ns` of now. An admitted
+/// source is known-good for `probation_ns`, to finish its handshake and prove itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NewSourceBudget {
+    pub tat: u64,
+    /// 1e9 / new sources per second; 0 admits none.
+    pub interval_ns: u64,
+    pub burst_ns: u64,
+    pub probation_ns: u64,
 }
 
 /// Rate classes: 0 is the default, the others are named by `RATE_PREFIXES_*`.
@@ -218,4 +245,5 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::RateClass {}
     unsafe impl aya::Pod for super::Bucket {}
+    unsafe impl aya::Pod for super::NewSourceBudget {}
 }

@@ -9,6 +9,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod attack;
 mod parse;
 mod rate;
 
@@ -81,6 +82,11 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<(Reason, Option<Source>), Reason>
     } else {
         classify(&settings, &source)
     };
+    if reason == Reason::Passed && settings.under_attack != 0 {
+        // SAFETY: a helper without preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        reason = attack::admit(&source, now);
+    }
     if reason == Reason::Passed && settings.rate_limit != 0 {
         let syn = matches!(l4, Some(Ok(L4::Tcp { syn: true, .. })));
         let bytes = (ctx.data_end() - ctx.data()) as u64;

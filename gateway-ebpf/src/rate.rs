@@ -89,7 +89,7 @@ pub fn admit(settings: &Settings, source: &Source, now: u64, bytes: u64, syn: bo
 /// The BPF target has no `AtomicU64::compare_exchange` (its spec says no CAS), but the
 /// kernel has had BPF_CMPXCHG since 5.12: the intrinsic emits it.
 #[inline(always)]
-fn conform(tat: *mut u64, now: u64, cost: u64, burst: u64) -> bool {
+pub fn conform(tat: *mut u64, now: u64, cost: u64, burst: u64) -> bool {
     if cost == 0 {
         return true;
     }

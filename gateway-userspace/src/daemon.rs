@@ -22,13 +22,13 @@ use crate::{
     xdp::{XdpFirewall, interface_index},
 };
 
-pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
+pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     AdminServer::ensure_free(&config.admin.socket).await?;
 
     let xdp = if config.xdp.mode == XdpMode::Off {
         tracing::warn!(
-            "xdp.mode is \"off\": no packet is filtered in the kernel; the firewall rules are not enforced"
+            "xdp.mode is \"off\": no packet is filtered in the kernel; the firewall rules are not enforced, bans are enforced at accept"
         );
         None
     } else {
@@ -41,6 +41,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         &config.xdp,
         config.admin.state_file.clone(),
     )?);
+    // From here on, however `run` ends (a stop, or a failed start), the program is either
+    // detached or deliberately left pinned.
+    let _xdp_exit = XdpExit {
+        state: state.clone(),
+        detach: detach_on_exit,
+    };
     if config.xdp.mode != XdpMode::Off {
         attach_xdp(&config, &state)?;
     }
@@ -48,6 +54,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     if let Some(otlp) = &config.otlp {
         crate::proxy::start_otlp(otlp)?;
     }
+    // Before the proxy: its first request may already be a signal.
+    let _defender = crate::defend::start(config.defend.clone(), state.clone());
+
     // Bound before the admin socket: a ready daemon is a serving proxy. No listeners, no proxy.
     let proxy = Proxy::start(&config.proxy).await?;
 
@@ -71,11 +80,33 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     tokio::task::block_in_place(crate::proxy::stop_otlp);
     sweeper.abort();
 
-    if let Some(mut xdp) = state.take_xdp() {
-        xdp.detach_all();
-    }
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// What happens to the XDP program when the daemon ends.
+struct XdpExit {
+    state: Arc<DaemonState>,
+    /// `--detach-on-exit`: detach and remove the pins. Otherwise a pinned program stays.
+    detach: bool,
+}
+
+impl Drop for XdpExit {
+    fn drop(&mut self) {
+        let Some(mut xdp) = self.state.take_xdp() else {
+            return;
+        };
+        match xdp.pin_dir().map(Path::to_owned) {
+            Some(dir) if !self.detach => {
+                xdp.release();
+                tracing::info!(
+                    pins = %dir.display(),
+                    "the XDP program stays attached and keeps filtering; `gateway xdp detach` removes it"
+                );
+            }
+            _ => xdp.detach_all(),
+        }
+    }
 }
 
 fn load_xdp(config: &Config) -> anyhow::Result<XdpFirewall> {
@@ -83,7 +114,60 @@ fn load_xdp(config: &Config) -> anyhow::Result<XdpFirewall> {
     for (index, interface) in config.xdp.interfaces.iter().enumerate() {
         interface_index(interface).with_context(|| format!("xdp.interfaces[{index}]"))?;
     }
-    Ok(XdpFirewall::load(&config.xdp)?)
+    let xdp = match &config.xdp_pin_dir {
+        Some(pin_dir) => match XdpFirewall::load_pinned(&config.xdp, pin_dir) {
+            Err(crate::xdp::XdpError::PinUnavailable(reason)) => {
+                tracing::warn!(
+                    "the XDP program is not pinned, so it detaches when the daemon stops: {reason}"
+                );
+                XdpFirewall::load(&config.xdp)?
+            }
+            pinned => pinned?,
+        },
+        None => XdpFirewall::load(&config.xdp)?,
+    };
+    if let Some(dir) = xdp.pin_dir() {
+        if xdp.adopted() {
+            tracing::info!(pins = %dir.display(), "adopted the pinned XDP maps: counters, bans and known-good sources kept");
+        } else {
+            tracing::info!(pins = %dir.display(), "XDP maps pinned");
+        }
+    }
+    Ok(xdp)
+}
+
+/// `gateway xdp detach`: removes the pinned links and maps of the config's interfaces. With
+/// no process holding them any more, the kernel detaches the program.
+pub fn detach_pinned(config: &Config) -> anyhow::Result<()> {
+    let Some(pin_dir) = &config.xdp_pin_dir else {
+        anyhow::bail!(
+            "this config does not pin the XDP program (xdp.pin = false or xdp.mode = \"off\"): \
+             nothing to detach; a running daemon detaches its program when it stops"
+        );
+    };
+    if std::os::unix::net::UnixStream::connect(&config.admin.socket).is_ok() {
+        anyhow::bail!(
+            "a daemon is running on {}: it holds the program; stop it first (or restart it \
+             with `gateway run --detach-on-exit` and stop it)",
+            config.admin.socket.display()
+        );
+    }
+    let dir = crate::xdp::pin::instance_dir(pin_dir, &config.xdp.interfaces);
+    let removed = crate::xdp::pin::clear(&dir);
+    if removed.is_empty() {
+        println!(
+            "nothing pinned in {} (for interfaces {}): nothing to detach",
+            dir.display(),
+            config.xdp.interfaces.join(", ")
+        );
+    } else {
+        println!(
+            "detached: removed {} pins from {}; the firewall is open until the next `gateway run`",
+            removed.len(),
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn attach_xdp(config: &Config, state: &DaemonState) -> anyhow::Result<()> {
@@ -179,6 +263,9 @@ fn reload(
         Ok(rules) => {
             tracing::info!(rules, "firewall rules reloaded");
             proxy.reload(&config.proxy);
+            if let Some(defender) = crate::defend::running() {
+                defender.reconfigure(config.defend.clone());
+            }
             crate::proxy::observe::configure(&config.access_log);
             Ok(format!(
                 "reloaded {}: {rules} firewall rules, {} routes",

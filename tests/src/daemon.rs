@@ -76,12 +76,16 @@ impl ConfigDir {
         }
     }
 
-    /// `[ip netns exec NS] gateway run --config FILE`, output appended to `log`.
-    fn run_command(&self, ns: Option<&NetNs>, log: &Path) -> Command {
+    /// `[ip netns exec NS] gateway run --config FILE [--detach-on-exit]`, output appended to
+    /// `log`.
+    fn run_command(&self, ns: Option<&NetNs>, log: &Path, detach_on_exit: bool) -> Command {
         let bin = gateway_bin();
         let bin = bin.to_string_lossy();
         let config = self.config.to_string_lossy();
-        let args = [&*bin, "run", "--config", &*config];
+        let mut args = vec![&*bin, "run", "--config", &*config];
+        if detach_on_exit {
+            args.push("--detach-on-exit");
+        }
         let mut cmd = match ns {
             // `ip netns exec` execs the program in place: the child *is* the gateway, so
             // signals reach it directly.
@@ -123,10 +127,26 @@ impl Gateway {
     /// Like [`Gateway::start`], with extra environment variables for the daemon (secrets the
     /// config names by variable, say).
     pub fn start_with_env(ns: Option<&NetNs>, config_toml: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::spawn(ns, config_toml, env, true)
+    }
+
+    /// Like [`Gateway::start`], without `--detach-on-exit`: when this daemon stops (or is
+    /// killed) its pinned XDP program keeps filtering. Tests start every other daemon with
+    /// `--detach-on-exit`, so nothing they attach outlives them.
+    pub fn start_pinned(ns: Option<&NetNs>, config_toml: &str) -> Gateway {
+        Gateway::spawn(ns, config_toml, &[], false)
+    }
+
+    fn spawn(
+        ns: Option<&NetNs>,
+        config_toml: &str,
+        env: &[(&str, &str)],
+        detach_on_exit: bool,
+    ) -> Gateway {
         let config = ConfigDir::new(config_toml);
         let log = config.dir.path().join("gateway.log");
         let child = config
-            .run_command(ns, &log)
+            .run_command(ns, &log, detach_on_exit)
             .envs(env.iter().copied())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning the gateway: {e}"));
@@ -219,6 +239,20 @@ impl Gateway {
         reason_counts(&self.stats(), name)
     }
 
+    /// SIGKILL, as a crash: nothing of the daemon's own shutdown runs.
+    pub fn kill(mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.log()
+    }
+
+    /// The config file the daemon was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+
     /// Stops the daemon (SIGTERM, SIGKILL after 5 s) and returns its exit status and log.
     pub fn stop(mut self) -> (ExitStatus, String) {
         let status = self.terminate().expect("the gateway was already reaped");
@@ -272,7 +306,7 @@ pub fn run_expect_failure(ns: Option<&NetNs>, config_toml: &str) -> String {
     let config = ConfigDir::new(config_toml);
     let log = config.dir.path().join("gateway.log");
     let mut child = config
-        .run_command(ns, &log)
+        .run_command(ns, &log, true)
         .spawn()
         .unwrap_or_else(|e| panic!("spawning the gateway: {e}"));
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();

@@ -224,6 +224,7 @@ fn stats_table_json_and_permissions() {
         "dropped-banned",
         "dropped-rate-limited",
         "dropped-syn-rate-limited",
+        "dropped-under-attack",
     ] {
         assert!(
             table.contains(&format!("\n{reason} ")),
@@ -234,7 +235,7 @@ fn stats_table_json_and_permissions() {
     assert_eq!(stats["xdp"]["enabled"], true);
     assert_eq!(
         stats["xdp"]["reasons"].as_array().unwrap().len(),
-        10,
+        11,
         "{stats}"
     );
 

@@ -67,7 +67,7 @@ fn metrics_count_exactly_what_the_kernel_did() {
         .keys()
         .filter(|key| key.starts_with("gateway_xdp_packets_total"))
         .count();
-    assert_eq!(reasons, 10);
+    assert_eq!(reasons, 11);
     assert!(
         !metrics.keys().any(|key| key.contains("10.99.")),
         "{metrics:#?}"

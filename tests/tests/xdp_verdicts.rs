@@ -667,3 +667,75 @@ fn shadow_rules_count_without_dropping_and_defer_to_the_rule_around_them() {
         Reason::DroppedDeny
     );
 }
+
+#[test]
+fn under_attack_admits_known_good_and_a_budget_of_new_sources() {
+    let Some(mut program) = Program::load(
+        "under_attack_admits_known_good_and_a_budget_of_new_sources",
+        "protected_ports = [\"80/tcp\"]\ndeny = [\"203.0.113.0/24\"]",
+    ) else {
+        return;
+    };
+    let known = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
+    let known_v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x600d, 0, 0, 0, 0, 7));
+    let now = gateway::xdp::now();
+    for source in [known, known_v6] {
+        program
+            .xdp
+            .mark_known_good(source, now + Duration::from_secs(60))
+            .unwrap();
+    }
+    // An expired mark admits nothing.
+    let stale = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2));
+    program.xdp.mark_known_good(stale, now).unwrap();
+    // One new source a second, two at once: the 1 s interval is far longer than this test.
+    let budget = gateway::xdp::NewSources {
+        per_second: 1,
+        burst: 2,
+        probation: Duration::from_secs(60),
+    };
+    program.xdp.set_under_attack(true, &budget).unwrap();
+    assert_eq!(program.verdict(&tcp(known, 80).build()), Reason::Passed);
+    assert_eq!(program.verdict(&tcp(known_v6, 80).build()), Reason::Passed);
+    // Unprotected ports are not affected, and denied sources stay denied.
+    assert_eq!(
+        program.verdict(&tcp(stale, 22).build()),
+        Reason::PassedUnprotected
+    );
+    assert_eq!(
+        program.verdict(&tcp(IpAddr::V4(DENIED_V4), 80).build()),
+        Reason::DroppedDeny
+    );
+    // The budget: two new sources pass (and then stay admitted), the third is dropped.
+    let new = |n: u8| IpAddr::V4(Ipv4Addr::new(192, 0, 2, n));
+    assert_eq!(program.verdict(&tcp(stale, 80).build()), Reason::Passed);
+    assert_eq!(program.verdict(&tcp(new(1), 80).build()), Reason::Passed);
+    assert_eq!(
+        program.verdict(&tcp(new(2), 80).build()),
+        Reason::DroppedUnderAttack
+    );
+    assert_eq!(program.verdict(&tcp(new(1), 80).build()), Reason::Passed);
+    assert_eq!(program.verdict(&tcp(stale, 80).build()), Reason::Passed);
+    assert_eq!(
+        program.verdict(&udp(new(3), 80).build()),
+        Reason::PassedUnprotected,
+        "80 is protected for TCP only"
+    );
+    assert!(
+        program.xdp.known_good(new(1)).unwrap().is_some(),
+        "on probation"
+    );
+    assert!(program.xdp.known_good(new(2)).unwrap().is_none());
+    // Off: everyone passes again.
+    program.xdp.set_under_attack(false, &budget).unwrap();
+    assert_eq!(program.verdict(&tcp(new(2), 80).build()), Reason::Passed);
+    // Rules re-applied keep the mode.
+    program.xdp.set_under_attack(true, &budget).unwrap();
+    program.apply("protected_ports = [\"80/tcp\"]");
+    assert!(program.xdp.under_attack());
+    assert_eq!(
+        program.verdict(&tcp(new(4), 80).build()),
+        Reason::Passed,
+        "a fresh budget on every switch"
+    );
+}

@@ -19,6 +19,9 @@ pub enum Bench {
     Xdp,
     /// The L7 proxy against the upstream directly (`gateway-bench proxy`).
     Proxy,
+    /// A known-good client's connections/s under a flood, under-attack mode off and on
+    /// (`gateway-bench defend`).
+    Defend,
 }
 
 impl Bench {
@@ -26,6 +29,7 @@ impl Bench {
         match self {
             Bench::Xdp => "xdp",
             Bench::Proxy => "proxy",
+            Bench::Defend => "defend",
         }
     }
 }

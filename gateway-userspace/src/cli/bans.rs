@@ -11,6 +11,7 @@ pub async fn ban(client: &Client, cidr: &str, duration: Option<Duration>) -> any
     let request = BanRequest {
         cidr: cidr.to_owned(),
         duration_secs: duration.map(|duration| duration.as_secs_f64()),
+        comment: None,
     };
     let ban: Ban = client.post(BANS_PATH, &request).await?;
     match ban.expires_in_secs {
@@ -39,12 +40,13 @@ pub async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
         println!("no bans");
         return Ok(());
     }
-    println!("{:<44} EXPIRES IN", "SOURCE");
+    println!("{:<44} {:<16} REASON", "SOURCE", "EXPIRES IN");
     for ban in &bans.bans {
         let expires = ban
             .expires_in_secs
             .map_or_else(|| "never".to_owned(), human);
-        println!("{:<44} {expires}", ban.cidr);
+        let reason = ban.comment.as_deref().unwrap_or("-");
+        println!("{:<44} {expires:<16} {reason}", ban.cidr);
     }
     Ok(())
 }

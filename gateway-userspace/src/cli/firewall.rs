@@ -139,6 +139,9 @@ pub async fn explain(client: &Client, address: &str, json: bool) -> anyhow::Resu
         policy,
         protected_ports,
         rate,
+        l7,
+        known_good_expires_in_secs,
+        under_attack,
     } = explanation;
     println!("{address}: {verdict} ({reason})");
     println!("  because: {because}");
@@ -150,7 +153,11 @@ pub async fn explain(client: &Client, address: &str, json: bool) -> anyhow::Resu
                 format!("{} left", humantime::format_duration(left))
             },
         );
-        println!("  ban:     {}, {left}", ban.cidr);
+        let why = ban
+            .comment
+            .map(|comment| format!(" ({comment})"))
+            .unwrap_or_default();
+        println!("  ban:     {}, {left}{why}", ban.cidr);
     }
     match rule {
         Some(rule) => println!(
@@ -179,7 +186,60 @@ pub async fn explain(client: &Client, address: &str, json: bool) -> anyhow::Resu
             if rate.tracked { "" } else { " (not seen yet)" }
         );
     }
+    let known = match known_good_expires_in_secs {
+        Some(secs) => format!(
+            "known-good, {} left",
+            humantime::format_duration(Duration::from_secs(secs.ceil() as u64))
+        ),
+        None => "not known-good".to_owned(),
+    };
+    let mode = if under_attack {
+        "under-attack mode ON"
+    } else {
+        "under-attack mode off"
+    };
+    println!("  attack:  {mode}; {known}");
+    if let Some(l7) = l7 {
+        print_l7(&l7);
+    }
     Ok(())
+}
+
+/// The defender's view of a source: trigger progress and its recent requests.
+fn print_l7(l7: &crate::defend::SourceView) {
+    let never = if l7.never_ban {
+        ", never banned (defend.never_ban)"
+    } else {
+        ""
+    };
+    println!("  l7:      counted as {}{never}", l7.counted_as);
+    for progress in &l7.progress {
+        println!("           {progress}");
+    }
+    if l7.recent.is_empty() {
+        println!("  recent:  no requests seen");
+        return;
+    }
+    println!("  recent:  (oldest first)");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64());
+    for decision in &l7.recent {
+        let ago = Duration::from_secs((now - decision.at).max(0.0).round() as u64);
+        let signals = if decision.signals.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", decision.signals.join(", "))
+        };
+        println!(
+            "           {} ago {} {} route={} identity={}{signals}",
+            humantime::format_duration(ago),
+            decision.status,
+            decision.path,
+            decision.route.as_deref().unwrap_or("none"),
+            decision.identity.as_deref().unwrap_or("none"),
+        );
+    }
 }
 
 pub async fn show_rate_limits(client: &Client, json: bool) -> anyhow::Result<()> {

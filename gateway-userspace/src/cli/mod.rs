@@ -2,6 +2,7 @@
 
 mod bans;
 mod check_config;
+mod defend;
 mod demo;
 mod firewall;
 mod stats;
@@ -52,7 +53,14 @@ enum Command {
             default_value = "/etc/gateway/gateway.toml"
         )]
         config: PathBuf,
+        /// Detach the XDP program and remove its pins when the daemon stops. Without it the
+        /// pinned program keeps filtering while the daemon is down (see `gateway xdp detach`).
+        #[arg(long)]
+        detach_on_exit: bool,
     },
+    /// The pinned XDP program, without a running daemon.
+    #[command(subcommand)]
+    Xdp(XdpCommand),
     /// Validate a configuration file without starting anything.
     CheckConfig {
         #[arg(value_name = "FILE")]
@@ -90,6 +98,9 @@ enum Command {
     /// Manage the operator's allow and deny rules (kept across restarts).
     #[command(subcommand)]
     Firewall(FirewallCommand),
+    /// Under-attack mode and known-good sources (see `[defend]`).
+    #[command(subcommand)]
+    Defend(DefendCommand),
     /// A tiny HTTP service to try the gateway with: answers every request with JSON
     /// describing it (`cargo xtask run` starts it for the example config).
     DemoUpstream {
@@ -150,6 +161,49 @@ enum CacheCommand {
         /// host ("/v1/users").
         #[arg(long, value_name = "PREFIX")]
         prefix: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum XdpCommand {
+    /// Detach the pinned XDP program from the config's interfaces and remove its maps: the
+    /// firewall is open until the next `gateway run`. Stop the daemon first.
+    Detach {
+        #[arg(
+            short,
+            long,
+            value_name = "FILE",
+            default_value = "/etc/gateway/gateway.toml"
+        )]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DefendCommand {
+    /// Under-attack mode: XDP admits known-good sources and a small budget of new ones.
+    UnderAttack {
+        #[arg(value_enum)]
+        action: defend::Switch,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Known-good sources (admitted under attack).
+    #[command(subcommand)]
+    KnownGood(KnownGoodCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KnownGoodCommand {
+    /// Mark a source known-good, e.g. a partner's address, before an attack.
+    Add {
+        #[arg(value_name = "ADDRESS")]
+        address: String,
+        /// How long (default: defend.under_attack.known_good_ttl).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -316,7 +370,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         init_logging(None)?;
     }
     match command {
-        Command::Run { config } => {
+        Command::Xdp(XdpCommand::Detach { config }) => {
+            let loaded = Config::load(&config)?;
+            crate::daemon::detach_pinned(&loaded)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            config,
+            detach_on_exit,
+        } => {
             let loaded = Config::load(&config);
             // The access log's destination comes from the config; errors still get logged.
             let _access_log = init_logging(loaded.as_ref().ok().map(|config| &config.access_log))?;
@@ -328,7 +390,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             for note in &loaded.notes {
                 tracing::info!("{note}");
             }
-            runtime()?.block_on(crate::daemon::run(config, loaded))?;
+            runtime()?.block_on(crate::daemon::run(config, loaded, detach_on_exit))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => Ok(check_config::run(&file)),
@@ -383,6 +445,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let purged: Purged =
                 runtime()?.block_on(admin.client().post(CACHE_PURGE_PATH, &request))?;
             println!("purged {} cached responses", purged.purged);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Defend(DefendCommand::UnderAttack { action, admin }) => {
+            runtime()?.block_on(defend::under_attack(&admin.client(), action))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Defend(DefendCommand::KnownGood(KnownGoodCommand::Add {
+            address,
+            ttl,
+            admin,
+        })) => {
+            runtime()?.block_on(defend::known_good(&admin.client(), &address, ttl))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Firewall(command) => {

@@ -5,6 +5,7 @@
 mod aggregate;
 pub mod auth;
 mod cache;
+mod defend;
 mod firewall;
 mod proxy;
 mod rate_limit;
@@ -15,6 +16,9 @@ use serde::Deserialize;
 
 pub use aggregate::{AggregateCall, AggregateConfig, Merge, OnError, TemplatePart};
 pub use cache::{CacheConfig, CacheStoreConfig};
+pub use defend::{
+    AutoSwitch, DefendConfig, LoadSignal, Signal, TrapPath, Trigger, UnderAttackConfig,
+};
 pub use firewall::{Action, CidrRule, FirewallConfig, Policy, ProtectedPorts};
 pub use proxy::{
     Balance, HeaderOps, HostMatch, HttpLimits, ListenerConfig, ListenerProtocol, PathMatch,
@@ -32,6 +36,9 @@ pub const DEFAULT_STATE_FILE: &str = "/var/lib/gateway/state.json";
 pub struct Config {
     pub admin: AdminConfig,
     pub xdp: XdpConfig,
+    /// Where the maps and links are pinned in bpffs (`xdp.pin_dir`), so the gate stays shut
+    /// while the daemon is down; `None`: not pinned (`xdp.pin = false`, or XDP off).
+    pub xdp_pin_dir: Option<PathBuf>,
     pub firewall: FirewallConfig,
     /// Listeners, limits, upstreams and routes of the L7 proxy.
     pub proxy: ProxyConfig,
@@ -40,6 +47,8 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     /// Where request spans are exported; `None`: they are not.
     pub otlp: Option<OtlpConfig>,
+    /// `[defend]`: L7 signals that ban sources.
+    pub defend: DefendConfig,
     /// Things that are legal but probably not what the operator meant.
     pub warnings: Vec<String>,
     /// Explanations of what the rules do where that is not obvious (overlaps).
@@ -171,6 +180,8 @@ struct RawConfig {
     #[serde(default)]
     access_log: RawAccessLog,
     otlp: Option<RawOtlp>,
+    #[serde(default)]
+    defend: defend::RawDefend,
     #[serde(default)]
     listeners: Vec<proxy::RawListener>,
     #[serde(default)]
@@ -317,7 +328,13 @@ struct RawXdp {
     max_sources: u32,
     #[serde(default = "default_max_rules")]
     max_bans: u32,
+    #[serde(default = "yes")]
+    pin: bool,
+    pin_dir: Option<PathBuf>,
 }
+
+/// Where pins go unless `xdp.pin_dir` says.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gateway";
 
 impl Default for RawXdp {
     fn default() -> Self {
@@ -328,6 +345,8 @@ impl Default for RawXdp {
             max_rules_v6: default_max_rules(),
             max_sources: default_max_sources(),
             max_bans: default_max_rules(),
+            pin: true,
+            pin_dir: None,
         }
     }
 }
@@ -373,6 +392,20 @@ impl Config {
         let mut problems = Problems::default();
         let (mut warnings, mut notes) = (Vec::new(), Vec::new());
 
+        let xdp_pin_dir = match (&raw.xdp.pin_dir, raw.xdp.pin, raw.xdp.mode) {
+            (_, false, _) | (_, _, XdpMode::Off) => None,
+            (Some(dir), true, _) if !dir.is_absolute() => {
+                problems.add(
+                    "xdp.pin_dir",
+                    format!("{} must be an absolute path (on bpffs)", dir.display()),
+                );
+                None
+            }
+            (dir, true, _) => Some(
+                dir.clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR)),
+            ),
+        };
         let xdp = compile_xdp(raw.xdp, &mut problems);
         let firewall = raw
             .firewall
@@ -387,6 +420,7 @@ impl Config {
             consumers: raw.consumers,
         }
         .compile(&mut problems, &mut warnings);
+        let defend = raw.defend.compile(&mut problems);
         let admin = AdminConfig {
             socket: raw
                 .admin
@@ -426,11 +460,13 @@ impl Config {
             Ok(Config {
                 admin,
                 xdp,
+                xdp_pin_dir,
                 firewall,
                 proxy,
                 metrics: raw.metrics.map(|metrics| metrics.address),
                 access_log,
                 otlp,
+                defend,
                 warnings,
                 notes,
             })

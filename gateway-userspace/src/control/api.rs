@@ -57,6 +57,9 @@ pub struct BanRequest {
     pub cidr: String,
     /// How long; absent means until unbanned.
     pub duration_secs: Option<f64>,
+    /// Why (shown by `gateway bans`).
+    #[serde(default)]
+    pub comment: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +72,9 @@ pub struct Ban {
     pub cidr: String,
     /// Seconds left; absent for a ban without expiry.
     pub expires_in_secs: Option<f64>,
+    /// Why: the operator's comment, or an auto-ban's trigger ("auto: 5 auth failures in 1m").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -180,6 +186,54 @@ pub struct Explanation {
     /// "all ports", or how many are protected (others always pass).
     pub protected_ports: String,
     pub rate: Option<RateState>,
+    /// What the defender saw from this source: trigger progress and recent L7 decisions
+    /// (absent when no defender runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7: Option<crate::defend::SourceView>,
+    /// Seconds the source stays known-good (admitted under attack); absent: not known-good.
+    #[serde(default)]
+    pub known_good_expires_in_secs: Option<f64>,
+    /// Whether XDP is in under-attack mode.
+    #[serde(default)]
+    pub under_attack: bool,
+}
+
+/// `GET` shows under-attack mode, `POST` switches it ([`UnderAttackRequest`]).
+pub const UNDER_ATTACK_PATH: &str = "/v1/defend/under-attack";
+/// `POST` marks a source known-good ([`KnownGoodRequest`]).
+pub const KNOWN_GOOD_PATH: &str = "/v1/defend/known-good";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnderAttackRequest {
+    pub on: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnderAttackStatus {
+    pub on: bool,
+    /// Who switched it last: "operator", "auto: ...", or "start".
+    pub switched_by: String,
+    /// Seconds since the last switch.
+    pub since_secs: f64,
+    pub new_sources_per_second: u32,
+    pub new_source_burst: u32,
+    /// "dropped_packets_per_second >= 50000, off below 25000 for 30s", or "off".
+    pub auto: String,
+    /// The load signal's last sample (per second), when auto is on.
+    pub last_sample: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KnownGoodRequest {
+    pub address: String,
+    /// How long; absent: `defend.under_attack.known_good_ttl`.
+    pub ttl_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KnownGood {
+    pub address: String,
+    pub expires_in_secs: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

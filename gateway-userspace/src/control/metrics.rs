@@ -135,6 +135,56 @@ impl Collector for KernelCollector {
                 ConstCounter::new(value(counts)).encode(family.encode_family(&labels)?)?;
             }
         }
+        if let Some(defender) = crate::defend::running() {
+            let (dropped, auto_bans, tracked) = defender.counts();
+            let counters = [
+                (
+                    "gateway_defend_auto_bans",
+                    "Bans placed by L7 signals ([defend] triggers)",
+                    auto_bans,
+                ),
+                (
+                    "gateway_defend_reports_dropped",
+                    "Finished requests not counted because the defender's queue was full",
+                    dropped,
+                ),
+                (
+                    "gateway_defend_refused_connections",
+                    "Connections closed at accept because their source is banned (XDP off)",
+                    crate::defend::guard::refused(),
+                ),
+            ];
+            for (name, help, value) in counters {
+                let counter = ConstCounter::new(value);
+                counter.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    counter.metric_type(),
+                )?)?;
+            }
+            let gauges = [
+                (
+                    "gateway_defend_tracked_sources",
+                    "Sources whose L7 signals are being counted",
+                    tracked as i64,
+                ),
+                (
+                    "gateway_xdp_under_attack",
+                    "1 while XDP is in under-attack mode",
+                    i64::from(self.state.under_attack().unwrap_or(false)),
+                ),
+            ];
+            for (name, help, value) in gauges {
+                let gauge = ConstGauge::new(value);
+                gauge.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    gauge.metric_type(),
+                )?)?;
+            }
+        }
         let (config_rules, operator_rules, bans) = self.state.counts();
         let mut rules = encoder.encode_descriptor(
             "gateway_firewall_rules",

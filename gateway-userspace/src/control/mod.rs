@@ -10,7 +10,7 @@ mod state;
 pub use client::{Client, ClientError};
 pub use metrics::MetricsServer;
 pub use server::AdminServer;
-pub use state::DaemonState;
+pub use state::{ApiFailure, ApiResult, DaemonState};
 
 /// A reload asked for through the admin API: the daemon answers on the channel with what it
 /// reloaded, or why it kept the running config.

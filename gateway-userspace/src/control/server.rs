@@ -261,6 +261,41 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
                 Err(failure) => Err(failure),
             }
         }
+        (&Method::GET, api::UNDER_ATTACK_PATH) => {
+            defender().map(|defender| json(&defender.under_attack_status()))
+        }
+        (&Method::POST, api::UNDER_ATTACK_PATH) => {
+            match body::<api::UnderAttackRequest>(request, MAX_BODY).await {
+                Ok(switch) => defender().and_then(|defender| {
+                    defender
+                        .switch_under_attack(switch.on, "operator".to_owned())
+                        .map(|status| json(&status))
+                }),
+                Err(failure) => Err(failure),
+            }
+        }
+        (&Method::POST, api::KNOWN_GOOD_PATH) => {
+            match body::<api::KnownGoodRequest>(request, MAX_BODY).await {
+                Ok(known) => defender().and_then(|defender| {
+                    let ttl = match known.ttl_secs {
+                        Some(secs) if !(secs.is_finite() && secs > 0.0) => {
+                            return Err(ApiFailure {
+                                status: StatusCode::BAD_REQUEST,
+                                message: format!(
+                                    "ttl_secs must be a positive number of seconds, not {secs}"
+                                ),
+                            });
+                        }
+                        Some(secs) => Some(std::time::Duration::from_secs_f64(secs)),
+                        None => None,
+                    };
+                    defender
+                        .mark_known_good(&known.address, ttl)
+                        .map(|known| json(&known))
+                }),
+                Err(failure) => Err(failure),
+            }
+        }
         (&Method::GET, api::BANS_PATH) => state.bans().map(|bans| json(&bans)),
         (&Method::POST, api::BANS_PATH) => match body::<BanRequest>(request, MAX_BODY).await {
             Ok(ban) => state.ban(&ban).map(|ban| json(&ban)),
@@ -365,6 +400,14 @@ fn metering() -> api::Metering {
         })
         .collect();
     api::Metering { rows }
+}
+
+/// The daemon's defender (L7 signals, under-attack mode).
+fn defender() -> Result<&'static std::sync::Arc<crate::defend::Defender>, ApiFailure> {
+    crate::defend::running().ok_or_else(|| ApiFailure {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: "the defender is not running yet: retry in a moment".to_owned(),
+    })
 }
 
 #[cfg(test)]

@@ -83,6 +83,9 @@ struct OperatorBan {
     cidr: IpNet,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at: Option<f64>,
+    /// Why: the operator's note, or the trigger of an auto-ban ("auto: 5 auth failures in 1m").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    comment: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +162,7 @@ impl DaemonState {
                 xdp.ban(ban.cidr, kernel_expiry(ban.expires_at, now))?;
             }
         }
+        inner.publish_bans();
         let (rules, bans) = (inner.operator.rules.len(), inner.operator.bans.len());
         if rules + bans > 0 {
             tracing::info!(rules, bans, file = %inner.state_file.display(), "operator rules and bans restored");
@@ -256,12 +260,55 @@ impl DaemonState {
     /// (rules from the config, operator rules, active bans), for metrics.
     pub fn counts(&self) -> (usize, usize, usize) {
         let inner = self.lock();
-        let bans = inner
-            .xdp
-            .as_ref()
-            .and_then(|xdp| xdp.bans().ok())
-            .map_or(0, |bans| bans.len());
+        let bans = inner.active_bans().map_or(0, |bans| bans.len());
         (inner.firewall.rules.len(), inner.operator.rules.len(), bans)
+    }
+
+    // ---- Under attack ----
+
+    /// Switches XDP's under-attack mode (known-good sources and `budget` new ones pass).
+    pub fn set_under_attack(&self, on: bool, budget: &xdp::NewSources) -> ApiResult<()> {
+        let mut inner = self.lock();
+        let xdp = inner.xdp.as_mut().ok_or_else(|| {
+            fail(
+                StatusCode::CONFLICT,
+                "under-attack mode filters in XDP, and xdp.mode is \"off\": set xdp.mode and restart",
+            )
+        })?;
+        xdp.set_under_attack(on, budget).map_err(internal)
+    }
+
+    /// Whether XDP is in under-attack mode (`None`: XDP is off).
+    pub fn under_attack(&self) -> Option<bool> {
+        self.lock().xdp.as_ref().map(XdpFirewall::under_attack)
+    }
+
+    /// Marks `source` known-good for `ttl` (admitted under attack). With XDP off there is
+    /// nothing to admit: a no-op.
+    pub fn mark_known_good(&self, source: IpAddr, ttl: Duration) -> ApiResult<bool> {
+        let mut inner = self.lock();
+        match inner.xdp.as_mut() {
+            Some(xdp) => {
+                let source = crate::defend::guard::canonical(source);
+                xdp.mark_known_good(source, xdp::now() + ttl)
+                    .map_err(internal)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Packets XDP dropped so far, all reasons (`None`: XDP is off).
+    pub fn dropped_packets(&self) -> Option<u64> {
+        let inner = self.lock();
+        let counters = inner.xdp.as_ref()?.counters().ok()?;
+        Some(
+            counters
+                .iter()
+                .filter(|(reason, _)| reason.is_drop())
+                .map(|(_, counter)| counter.packets)
+                .sum(),
+        )
     }
 
     // ---- Rules ----
@@ -277,19 +324,15 @@ impl DaemonState {
         let inner = self.lock();
         let effective = inner.effective();
         let now = xdp::now();
-        let ban = match inner.xdp.as_ref() {
-            Some(xdp) => xdp
-                .bans()
-                .map_err(internal)?
-                .into_iter()
-                .filter(|(net, _)| net.contains(&address))
-                .max_by_key(|(net, _)| net.prefix_len())
-                .map(|(net, expires)| Ban {
-                    cidr: net.to_string(),
-                    expires_in_secs: expires.map(|at| at.saturating_sub(now).as_secs_f64()),
-                }),
-            None => None,
-        };
+        let ban = inner
+            .active_bans()?
+            .into_iter()
+            .filter(|ban| {
+                ban.cidr
+                    .parse::<IpNet>()
+                    .is_ok_and(|net| net.contains(&address))
+            })
+            .max_by_key(|ban| ban.cidr.parse::<IpNet>().map_or(0, |net| net.prefix_len()));
         let matching = |shadow: bool| {
             effective
                 .rules
@@ -303,6 +346,14 @@ impl DaemonState {
             rule.is_none_or(|rule| shadow.net.prefix_len() > rule.net.prefix_len())
         });
         let policy = effective.policy;
+        let known_good = match inner.xdp.as_ref() {
+            Some(xdp) => xdp
+                .known_good(crate::defend::guard::canonical(address))
+                .map_err(internal)?
+                .map(|until| until.saturating_sub(now).as_secs_f64()),
+            None => None,
+        };
+        let under_attack = inner.xdp.as_ref().is_some_and(XdpFirewall::under_attack);
         let (verdict, reason, mut because) = match (&ban, rule, policy) {
             (Some(ban), ..) => ("drop", "dropped-banned", format!("banned ({})", ban.cidr)),
             (None, Some(rule), _) if rule.action == Action::Deny => (
@@ -331,6 +382,16 @@ impl DaemonState {
                 "passed",
                 "no rule matches and the policy is deny-list".to_owned(),
             ),
+        };
+        let (verdict, reason) = if under_attack && verdict == "pass" && known_good.is_none() {
+            because += "; under-attack mode: not known-good, so it passes only within the \
+                        new-source budget";
+            ("drop", "dropped-under-attack")
+        } else {
+            if under_attack && verdict == "pass" {
+                because += "; under-attack mode: known-good, admitted";
+            }
+            (verdict, reason)
         };
         if let Some(shadow) = shadow {
             because += &format!(
@@ -419,6 +480,9 @@ impl DaemonState {
                 )
             },
             rate,
+            l7: crate::defend::running().map(|defender| defender.view(address)),
+            known_good_expires_in_secs: known_good,
+            under_attack,
         })
     }
 
@@ -620,19 +684,9 @@ impl DaemonState {
 
     // ---- Bans ----
 
+    /// Bans in force: in the kernel's maps, or (XDP off) the ones the accept stage enforces.
     pub fn bans(&self) -> ApiResult<BanList> {
-        let inner = self.lock();
-        let xdp = inner.xdp()?;
-        let now = xdp::now();
-        let mut bans: Vec<Ban> = xdp
-            .bans()
-            .map_err(internal)?
-            .into_iter()
-            .map(|(net, expires)| Ban {
-                cidr: net.to_string(),
-                expires_in_secs: expires.map(|at| at.saturating_sub(now).as_secs_f64()),
-            })
-            .collect();
+        let mut bans = self.lock().active_bans()?;
         bans.sort_by(|a, b| a.cidr.cmp(&b.cidr));
         Ok(BanList { bans })
     }
@@ -641,34 +695,47 @@ impl DaemonState {
         let ban = OperatorBan {
             cidr: parse_net(&request.cidr)?,
             expires_at: expiry(request.duration_secs, "duration_secs")?,
+            comment: request
+                .comment
+                .clone()
+                .filter(|comment| !comment.is_empty()),
         };
-        let mut inner = self.lock();
-        inner.xdp()?;
-        inner.change(|state, _| {
-            state.bans.retain(|old| old.cidr != ban.cidr);
-            state.bans.push(ban.clone());
-            Ok(())
-        })?;
-        let xdp = inner.xdp.as_mut().expect("checked above");
-        xdp.ban(ban.cidr, kernel_expiry(ban.expires_at, unix_now()))
-            .map_err(internal)?;
-        tracing::info!(net = %ban.cidr, duration_secs = ?request.duration_secs, "source banned");
+        self.lock().place_ban(&ban)?;
+        tracing::info!(net = %ban.cidr, duration_secs = ?request.duration_secs, comment = ?ban.comment, "source banned");
         Ok(Ban {
             cidr: ban.cidr.to_string(),
             expires_in_secs: request.duration_secs,
+            comment: ban.comment,
+        })
+    }
+
+    /// A ban placed by the defender (L7 signals). An existing longer or permanent ban of the
+    /// same prefix is kept as it is.
+    pub fn auto_ban(&self, net: IpNet, duration: Duration, comment: &str) -> ApiResult<()> {
+        let expires_at = unix_now() + duration.as_secs_f64();
+        let mut inner = self.lock();
+        let longer = inner
+            .operator
+            .bans
+            .iter()
+            .any(|ban| ban.cidr == net && ban.expires_at.is_none_or(|at| at >= expires_at));
+        if longer {
+            return Ok(());
+        }
+        inner.place_ban(&OperatorBan {
+            cidr: net,
+            expires_at: Some(expires_at),
+            comment: Some(comment.to_owned()),
         })
     }
 
     pub fn unban(&self, cidr: &str) -> ApiResult<()> {
         let net = parse_net(cidr)?;
         let mut inner = self.lock();
-        inner.xdp()?;
-        let lifted = inner
-            .xdp
-            .as_mut()
-            .expect("checked above")
-            .unban(net)
-            .map_err(internal)?;
+        let lifted = match inner.xdp.as_mut() {
+            Some(xdp) => xdp.unban(net).map_err(internal)?,
+            None => false,
+        };
         let known = inner.operator.bans.iter().any(|ban| ban.cidr == net);
         if !lifted && !known {
             return Err(fail(StatusCode::NOT_FOUND, format!("{net} is not banned")));
@@ -677,6 +744,7 @@ impl DaemonState {
             state.bans.retain(|ban| ban.cidr != net);
             Ok(())
         })?;
+        inner.publish_bans();
         tracing::info!(%net, "ban lifted");
         Ok(())
     }
@@ -723,18 +791,81 @@ impl DaemonState {
             if let Err(failure) = result {
                 tracing::warn!("removing expired rules failed: {}", failure.message);
             }
+            inner.publish_bans();
         }
     }
 }
 
 impl Inner {
-    fn xdp(&self) -> ApiResult<&XdpFirewall> {
-        self.xdp.as_ref().ok_or_else(|| {
-            fail(
-                StatusCode::CONFLICT,
-                "bans need the XDP program, and xdp.mode is \"off\"",
-            )
-        })
+    /// Saves `ban` (replacing one of the same prefix), then enforces it: in the kernel, or
+    /// at accept when XDP is off.
+    fn place_ban(&mut self, ban: &OperatorBan) -> ApiResult<()> {
+        self.change(|state, _| {
+            state.bans.retain(|old| old.cidr != ban.cidr);
+            state.bans.push(ban.clone());
+            Ok(())
+        })?;
+        if let Some(xdp) = self.xdp.as_mut() {
+            xdp.ban(ban.cidr, kernel_expiry(ban.expires_at, unix_now()))
+                .map_err(internal)?;
+        }
+        self.publish_bans();
+        Ok(())
+    }
+
+    /// The bans in force, with their comments: the kernel's maps are the truth when XDP is
+    /// on; with XDP off, the saved bans that have not expired.
+    fn active_bans(&self) -> ApiResult<Vec<Ban>> {
+        let comment = |net: IpNet| {
+            self.operator
+                .bans
+                .iter()
+                .find(|ban| ban.cidr == net)
+                .and_then(|ban| ban.comment.clone())
+        };
+        match self.xdp.as_ref() {
+            Some(xdp) => {
+                let now = xdp::now();
+                Ok(xdp
+                    .bans()
+                    .map_err(internal)?
+                    .into_iter()
+                    .map(|(net, expires)| Ban {
+                        cidr: net.to_string(),
+                        expires_in_secs: expires.map(|at| at.saturating_sub(now).as_secs_f64()),
+                        comment: comment(net),
+                    })
+                    .collect())
+            }
+            None => {
+                let now = unix_now();
+                Ok(self
+                    .operator
+                    .bans
+                    .iter()
+                    .filter(|ban| !is_expired(ban.expires_at, now))
+                    .map(|ban| Ban {
+                        cidr: ban.cidr.to_string(),
+                        expires_in_secs: remaining(ban.expires_at, now),
+                        comment: ban.comment.clone(),
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Hands the bans to the accept stage when XDP is off (with XDP on it enforces none).
+    fn publish_bans(&self) {
+        let set = match self.xdp {
+            Some(_) => crate::defend::guard::BanSet::default(),
+            None => crate::defend::guard::BanSet::new(
+                self.operator
+                    .bans
+                    .iter()
+                    .map(|ban| (ban.cidr, ban.expires_at)),
+            ),
+        };
+        crate::defend::guard::publish(set);
     }
 
     fn drop_expired(&mut self) {
@@ -957,6 +1088,7 @@ mod tests {
             bans: vec![OperatorBan {
                 cidr: "2001:db8::/64".parse().unwrap(),
                 expires_at: None,
+                comment: Some("auto: trap /.env".into()),
             }],
             rate_limit_default: Some(RawLimits {
                 packets_per_second: Some(10),

@@ -92,6 +92,13 @@ pub async fn accept_loop(
             },
             () = stopped(&mut shutdown) => break,
         };
+        crate::defend::guard::count_accept();
+        // Bans when XDP is off (with XDP on, a banned source never gets this far).
+        if crate::defend::guard::refuses(client.ip()) {
+            tracing::debug!(%client, "connection refused: the source is banned");
+            drop(stream);
+            continue;
+        }
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             tracing::debug!(%client, "connection refused: limits.max_connections reached");
             drop(stream);

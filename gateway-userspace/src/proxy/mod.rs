@@ -244,6 +244,14 @@ async fn handle(
             false => response.headers_mut().insert(name, value).is_some(),
         };
     }
+    // L7 signals for the defender (auto-bans, known-good sources): a non-blocking report.
+    crate::defend::report(
+        ctx.connection.client.ip(),
+        response.status().as_u16(),
+        &path,
+        ctx.route.map(|_| ctx.route().name.as_str()),
+        ctx.identity.as_ref().map(|identity| identity.name.as_str()),
+    );
     let record = observe::Record {
         log_line: logged,
         upstream: ctx

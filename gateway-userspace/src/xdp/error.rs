@@ -38,6 +38,12 @@ pub enum XdpError {
     },
     #[error("xdp.mode is \"off\": nothing to attach")]
     Off,
+    #[error("{0}")]
+    Pin(String),
+    /// bpffs cannot be mounted or written here (permissions, a read-only /sys): the daemon
+    /// runs unpinned and says so.
+    #[error("{0}")]
+    PinUnavailable(String),
 }
 
 impl XdpError {

@@ -31,6 +31,8 @@ pub(super) fn settings_for(
         rate_limit: u8::from(firewall.rate_limit.is_some()),
         bans: u8::from(bans),
         rate_generation,
+        under_attack: 0,
+        _pad: [0; 3],
     }
 }
 
@@ -38,6 +40,17 @@ pub(super) fn write_settings(ebpf: &mut Ebpf, value: Settings) -> Result<(), Xdp
     let mut settings: Array<&mut MapData, Settings> = map_mut(ebpf, map_names::SETTINGS)?;
     settings
         .set(0, value, 0)
+        .map_err(|error| XdpError::map(map_names::SETTINGS, error))
+}
+
+pub(super) fn read_settings(ebpf: &Ebpf) -> Result<Settings, XdpError> {
+    let map = ebpf
+        .map(map_names::SETTINGS)
+        .ok_or(XdpError::MissingMap(map_names::SETTINGS))?;
+    let settings: Array<&MapData, Settings> =
+        Array::try_from(map).map_err(|error| XdpError::map(map_names::SETTINGS, error))?;
+    settings
+        .get(&0, 0)
         .map_err(|error| XdpError::map(map_names::SETTINGS, error))
 }
 

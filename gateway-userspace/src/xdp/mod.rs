@@ -1,21 +1,33 @@
 //! The kernel half: load the XDP program, size and fill its maps, attach it to interfaces,
 //! read its counters. Userspace owns the maps; the program only reads rules and counts.
 
+mod attack;
 mod bans;
 mod error;
 mod maps;
+pub mod pin;
 
-use std::{ffi::CString, net::IpAddr, time::Duration};
+use std::{
+    ffi::CString,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use ipnet::IpNet;
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode as AyaXdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use gateway_common::{Counter, PROGRAM_NAME, Reason, Settings, maps as map_names};
 use serde::{Deserialize, Serialize};
 
+pub use attack::NewSources;
 pub use error::XdpError;
 
 use crate::config::{FirewallConfig, XdpConfig, XdpMode};
@@ -38,6 +50,8 @@ pub struct Attachment {
     pub interface: String,
     pub mode: AttachMode,
     link: XdpLinkId,
+    /// The link's pin in bpffs, when pinned: it stays attached after the daemon is gone.
+    pinned: Option<PathBuf>,
 }
 
 /// The loaded program and its maps. Dropping it detaches the program everywhere.
@@ -51,7 +65,38 @@ pub struct XdpFirewall {
     rules: Vec<maps::KernelRule>,
     /// The settings entry as last written.
     settings: Settings,
+    /// Where the maps and links are pinned (`None`: not pinned, detached when dropped).
+    pins: Option<Pins>,
 }
+
+struct Pins {
+    /// `<pin_dir>/<instance>`: `gateway xdp detach` clears it.
+    instance: PathBuf,
+    /// `<instance>/layout-<hash>`: the maps and links of this build.
+    dir: PathBuf,
+    /// True when the maps were already pinned: their counters, bans and known-good sources
+    /// were kept.
+    adopted: bool,
+}
+
+/// Every map of the program, pinned by name.
+const MAP_NAMES: [&str; 15] = [
+    map_names::RULES_V4,
+    map_names::RULES_V6,
+    map_names::PORTS,
+    map_names::SETTINGS,
+    map_names::COUNTERS,
+    map_names::BANS_V4,
+    map_names::BANS_V6,
+    map_names::RATE_PREFIXES_V4,
+    map_names::RATE_PREFIXES_V6,
+    map_names::RATE_CLASSES,
+    map_names::RATE_STATE,
+    map_names::DROPS_BY_SOURCE,
+    map_names::RULE_HITS,
+    map_names::KNOWN_GOOD,
+    map_names::NEW_SOURCES,
+];
 
 /// How many sources the "top dropped sources" table tracks (least recent forgotten first).
 const TRACKED_DROP_SOURCES: u32 = 65_536;
@@ -63,9 +108,59 @@ impl XdpFirewall {
     /// yet: fill the maps with [`apply`](Self::apply) first, so the first packet already
     /// meets the full rule set.
     pub fn load(config: &XdpConfig) -> Result<Self, XdpError> {
+        Self::load_with(config, None)
+    }
+
+    /// Like [`load`](Self::load), with the maps pinned under `pin_dir` (see [`pin`]): when a
+    /// previous daemon's pins are there, its maps are adopted with everything in them, and
+    /// [`attach`](Self::attach) takes over its pinned links.
+    pub fn load_pinned(config: &XdpConfig, pin_dir: &Path) -> Result<Self, XdpError> {
+        error::check_privileges()?;
+        let instance = pin::instance_dir(pin_dir, &config.interfaces);
+        pin::prepare(pin_dir, &instance)?;
+        let layout = pin::layout(PROGRAM_OBJECT, config);
+        let others = pin::other_layouts(&instance, &layout);
+        if !others.is_empty() {
+            return Err(XdpError::Pin(format!(
+                "{} holds pins of another build or other xdp.max_* limits, and its program is                  still filtering: to replace it, run `gateway xdp detach --config FILE` (the                  firewall is open until this daemon starts), or start the previous build",
+                instance.display()
+            )));
+        }
+        let dir = pin::layout_dir(&instance, &layout);
+        std::fs::create_dir_all(&dir).map_err(|error| {
+            XdpError::Pin(format!("creating {} failed: {error}", dir.display()))
+        })?;
+        let adopted = pin::map_path(&dir, map_names::COUNTERS).exists();
+        Self::load_with(
+            config,
+            Some(Pins {
+                instance,
+                dir,
+                adopted,
+            }),
+        )
+    }
+
+    /// True when the maps were adopted from a previous daemon's pins.
+    pub fn adopted(&self) -> bool {
+        self.pins.as_ref().is_some_and(|pins| pins.adopted)
+    }
+
+    /// The pin directory of this instance, if pinned.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pins.as_ref().map(|pins| pins.instance.as_path())
+    }
+
+    fn load_with(config: &XdpConfig, pins: Option<Pins>) -> Result<Self, XdpError> {
         error::check_privileges()?;
         raise_memlock_limit();
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(pins) = &pins {
+            for name in MAP_NAMES {
+                loader.map_pin_path(name, pin::map_path(&pins.dir, name));
+            }
+        }
+        let mut ebpf = loader
             .map_max_entries(map_names::RULES_V4, config.max_rules_v4)
             .map_max_entries(map_names::RULES_V6, config.max_rules_v6)
             .map_max_entries(
@@ -78,16 +173,26 @@ impl XdpFirewall {
             .map_max_entries(map_names::RATE_PREFIXES_V4, MAX_RATE_PREFIXES)
             .map_max_entries(map_names::RATE_PREFIXES_V6, MAX_RATE_PREFIXES)
             .map_max_entries(map_names::DROPS_BY_SOURCE, TRACKED_DROP_SOURCES)
+            .map_max_entries(map_names::KNOWN_GOOD, config.max_sources)
             .load(PROGRAM_OBJECT)
             .map_err(XdpError::from_load)?;
         let program: &mut Xdp = program_mut(&mut ebpf)?;
         program.load().map_err(XdpError::from_program_load)?;
+        let adopted = pins.as_ref().is_some_and(|pins| pins.adopted);
+        let settings = if adopted {
+            // Keep what is in force (bans present, under-attack mode) until rewritten.
+            maps::read_settings(&ebpf)?
+        } else {
+            Settings::default()
+        };
         Ok(Self {
             ebpf,
             attachments: Vec::new(),
-            ports: vec![0; gateway_common::PORT_SLOTS as usize],
+            // Adopted ports may hold anything: an impossible value makes `apply` write all.
+            ports: vec![if adopted { u8::MAX } else { 0 }; gateway_common::PORT_SLOTS as usize],
             rules: Vec::new(),
-            settings: Settings::default(),
+            settings,
+            pins,
         })
     }
 
@@ -110,11 +215,37 @@ impl XdpFirewall {
         self.rules = rules;
         // Last: sources pick their rate class again against the new prefixes.
         let generation = self.settings.rate_generation.wrapping_add(1);
-        self.write_settings(maps::settings_for(
-            firewall,
-            generation,
-            self.settings.bans != 0,
-        ))
+        self.write_settings(Settings {
+            under_attack: self.settings.under_attack,
+            ..maps::settings_for(firewall, generation, self.settings.bans != 0)
+        })
+    }
+
+    /// Switches under-attack mode: only known-good sources and `budget` new ones pass.
+    pub fn set_under_attack(&mut self, on: bool, budget: &NewSources) -> Result<(), XdpError> {
+        if on {
+            // The budget first, so the first packet under attack meets it.
+            attack::write_budget(&mut self.ebpf, budget)?;
+        }
+        let settings = Settings {
+            under_attack: u8::from(on),
+            ..self.settings
+        };
+        self.write_settings(settings)
+    }
+
+    pub fn under_attack(&self) -> bool {
+        self.settings.under_attack != 0
+    }
+
+    /// Marks `source` known-good until `expires` (monotonic clock, as [`now`]).
+    pub fn mark_known_good(&mut self, source: IpAddr, expires: Duration) -> Result<(), XdpError> {
+        attack::mark(&mut self.ebpf, source, expires)
+    }
+
+    /// Until when `source` is known-good (monotonic clock), if it is.
+    pub fn known_good(&self, source: IpAddr) -> Result<Option<Duration>, XdpError> {
+        attack::known_good(&self.ebpf, source)
     }
 
     fn write_settings(&mut self, settings: Settings) -> Result<(), XdpError> {
@@ -197,6 +328,27 @@ impl XdpFirewall {
     /// Attaches to `interface`. `Auto` tries native (driver) mode, then generic (skb).
     pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<AttachMode, XdpError> {
         let if_index = interface_index(interface)?;
+        if let Some(dir) = self.pins.as_ref().map(|pins| pins.dir.clone())
+            && let Some((path, pinned_mode)) = pin::find_link(&dir, interface)
+        {
+            match self.adopt_link(&path) {
+                Ok(link) => {
+                    tracing::info!(interface, mode = ?pinned_mode, "adopted the pinned XDP link: the new program replaced the old one atomically");
+                    self.attachments.push(Attachment {
+                        interface: interface.to_owned(),
+                        mode: pinned_mode,
+                        link,
+                        pinned: Some(path),
+                    });
+                    return Ok(pinned_mode);
+                }
+                Err(error) => {
+                    // E.g. the interface was deleted and made again: the old link is dead.
+                    tracing::warn!(interface, %error, "the pinned XDP link cannot be adopted; attaching afresh");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
         let attempts: &[AttachMode] = match mode {
             XdpMode::Native => &[AttachMode::Native],
             XdpMode::Skb => &[AttachMode::Skb],
@@ -212,10 +364,18 @@ impl XdpFirewall {
             };
             match program.attach_to_if_index(if_index, aya_mode) {
                 Ok(link) => {
+                    let (link, pinned) = match self.pins.as_ref().map(|pins| pins.dir.clone()) {
+                        Some(dir) => {
+                            let path = pin::link_path(&dir, interface, attempt);
+                            (self.pin_link(link, &path)?, Some(path))
+                        }
+                        None => (link, None),
+                    };
                     self.attachments.push(Attachment {
                         interface: interface.to_owned(),
                         mode: attempt,
                         link,
+                        pinned,
                     });
                     return Ok(attempt);
                 }
@@ -230,8 +390,64 @@ impl XdpFirewall {
         Err(last_error.expect("at least one attach attempt"))
     }
 
-    /// Detaches from every interface (the program stays loaded until dropped).
+    /// Pins the link at `path` and hands it back to the program (which owns its links).
+    fn pin_link(&mut self, link: XdpLinkId, path: &Path) -> Result<XdpLinkId, XdpError> {
+        let program = program_mut(&mut self.ebpf)?;
+        let pin_failed = |error: String| {
+            XdpError::Pin(format!(
+                "pinning the XDP link at {} failed ({error}): pinning needs a bpf_link XDP \
+                 attachment (Linux 5.9+); set xdp.pin = false to run without it",
+                path.display()
+            ))
+        };
+        let taken = program
+            .take_link(link)
+            .map_err(|error| pin_failed(error.to_string()))?;
+        let fd = FdLink::try_from(taken).map_err(|error| pin_failed(error.to_string()))?;
+        let pinned = fd
+            .pin(path)
+            .map_err(|error| pin_failed(error.to_string()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|error| pin_failed(error.to_string()))?;
+        program
+            .attach_to_link(link)
+            .map_err(|error| pin_failed(error.to_string()))
+    }
+
+    /// Opens the link pinned at `path` and swaps this program into it, in one step.
+    fn adopt_link(&mut self, path: &Path) -> Result<XdpLinkId, String> {
+        let pinned = PinnedLink::from_pin(path).map_err(|error| error.to_string())?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|error| error.to_string())?;
+        let program = program_mut(&mut self.ebpf).map_err(|error| error.to_string())?;
+        program
+            .attach_to_link(link)
+            .map_err(|error| error.to_string())
+    }
+
+    /// Leaves the pinned program attached and the maps pinned when this daemon goes: the
+    /// kernel keeps filtering with them. Without pins, the same as [`detach_all`](Self::detach_all).
+    pub fn release(&mut self) {
+        if self.pins.is_none() {
+            self.detach_all();
+            return;
+        }
+        for attachment in self.attachments.drain(..) {
+            tracing::info!(interface = %attachment.interface, "XDP program stays attached (pinned)");
+        }
+    }
+
+    /// Detaches from every interface and removes every pin, so nothing is left filtering
+    /// (the program stays loaded until dropped).
     pub fn detach_all(&mut self) {
+        for attachment in &self.attachments {
+            if let Some(path) = &attachment.pinned {
+                // The pin holds the link too: gone first, so the detach below really detaches.
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        if let Some(pins) = &self.pins {
+            pin::clear(&pins.instance);
+        }
         let Ok(program) = program_mut(&mut self.ebpf) else {
             return;
         };
@@ -261,8 +477,9 @@ impl XdpFirewall {
 }
 
 impl Drop for XdpFirewall {
+    /// Without pins the program is detached; pinned, it stays (see [`XdpFirewall::release`]).
     fn drop(&mut self) {
-        self.detach_all();
+        self.release();
     }
 }
 

@@ -400,7 +400,11 @@ fn flood_once(dropper: Dropper, seconds: u64) -> anyhow::Result<FloodResult> {
 }
 
 /// Sends 18-byte datagrams with `sendmmsg` in batches for `seconds`; returns how many went out.
-fn send_flood(socket: &UdpSocket, destination: SocketAddr, seconds: u64) -> anyhow::Result<u64> {
+pub fn send_flood(
+    socket: &UdpSocket,
+    destination: SocketAddr,
+    seconds: u64,
+) -> anyhow::Result<u64> {
     const BATCH: usize = 64;
     let SocketAddr::V4(destination) = destination else {
         bail!("IPv4 only");
