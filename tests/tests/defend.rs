@@ -88,12 +88,17 @@ fn server(ip_text: &str) -> SocketAddr {
 /// One HTTP/1.1 request from `from` (the upstream answers `status`); the response's status,
 /// or the I/O error that ended the exchange.
 fn request(lab: &Lab, from: &str, path: &str, status: u16) -> std::io::Result<u16> {
+    request_with(lab, from, path, &format!("x-upstream-status: {status}\r\n"))
+}
+
+/// [`request`] with `headers` (each line ending in CRLF) instead of an upstream status.
+fn request_with(lab: &Lab, from: &str, path: &str, headers: &str) -> std::io::Result<u16> {
     let to = server(from);
     let mut stream = tcp_connect_from(&lab.client, addr(from, 0), to, CONNECT_TIMEOUT)?;
     stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nhost: api\r\nx-upstream-status: {status}\r\nconnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: api\r\n{headers}connection: close\r\n\r\n"
     )?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
@@ -548,5 +553,63 @@ fn kill_9_leaves_drops_in_force_and_a_restart_adopts_the_maps() {
         output_text(&again).contains("nothing pinned"),
         "{}",
         output_text(&again)
+    );
+}
+
+#[test]
+fn invalid_jwts_ban_the_source_in_xdp_and_a_valid_one_makes_its_source_known_good() {
+    use gateway_tests::jwks::{KeyKind, TestKey};
+    use jsonwebtoken::Algorithm;
+    let Some(mut lab) = Lab::new("defendjwt") else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let issuer = TestKey::generate(keys.path(), KeyKind::Rsa, Algorithm::RS256, "idp");
+    let forger = TestKey::generate(keys.path(), KeyKind::Rsa, Algorithm::RS256, "forger");
+    let upstream = lab.server.enter(|| Upstream::start("api"));
+    let config = proxy_config(&upstream, TRIGGERS).replace(
+        "upstream = \"api\"\n[defend]",
+        &format!(
+            "upstream = \"api\"\nauth = {{ jwt = \"idp\" }}\n\
+             [[auth.jwt]]\nname = \"idp\"\npublic_key = \"{}\"\n[defend]",
+            issuer.public_pem.display()
+        ),
+    );
+    lab.start(&format!("protected_ports = [\"{PORT}/tcp\"]\n{config}"));
+    let claims = |sub: &str| serde_json::json!({ "sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 3600 });
+    let bearer = |token: String| format!("authorization: Bearer {token}\r\n");
+    let valid = bearer(issuer.sign(&claims("alice")));
+    let forged = bearer(forger.sign(&claims("alice")));
+
+    // A real token is served, and its source becomes known good.
+    assert_eq!(
+        request_with(&lab, ALLOWED_V4, "/orders", &valid).unwrap(),
+        200
+    );
+    // Tokens signed with another key: 401 from the gateway's own check, three times.
+    for _ in 0..3 {
+        assert_eq!(
+            request_with(&lab, DENIED_V4, "/orders", &forged).unwrap(),
+            401
+        );
+    }
+    let ban = wait_for_ban(lab.gateway(), &format!("{DENIED_V4}/32"));
+    assert_eq!(ban["comment"], "auto: 3 auth failures in 1m", "{ban}");
+    connect_dropped(&lab, DENIED_V4);
+    // The other source is still served, and is known good.
+    assert_eq!(
+        request_with(&lab, ALLOWED_V4, "/orders", &valid).unwrap(),
+        200
+    );
+    let explained = cli_json(
+        lab.gateway(),
+        &["firewall", "explain", ALLOWED_V4, "--json"],
+    );
+    assert!(
+        explained["known_good_expires_in_secs"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0,
+        "{explained}"
     );
 }
