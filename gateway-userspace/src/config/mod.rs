@@ -2,6 +2,7 @@
 //! `Config`, the validated runtime form the rest of the daemon uses. Validation happens once,
 //! here, and names the offending key and the reason.
 
+mod cluster;
 mod firewall;
 mod proxy;
 mod rate_limit;
@@ -10,6 +11,7 @@ use std::{fmt, path::Path, path::PathBuf};
 
 use serde::Deserialize;
 
+pub use cluster::{ClusterConfig, DEFAULT_PASSWORD_ENV, OnRedisDown};
 pub use firewall::{Action, CidrRule, FirewallConfig, Policy, ProtectedPorts};
 pub use proxy::{
     Balance, HeaderOps, HostMatch, HttpLimits, ListenerConfig, ListenerProtocol, PathMatch,
@@ -35,6 +37,8 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     /// Where request spans are exported; `None`: they are not.
     pub otlp: Option<OtlpConfig>,
+    /// Redis shared with the other gateways of a cluster; `None`: this node stands alone.
+    pub cluster: Option<ClusterConfig>,
     /// Things that are legal but probably not what the operator meant.
     pub warnings: Vec<String>,
     /// Explanations of what the rules do where that is not obvious (overlaps).
@@ -166,6 +170,7 @@ struct RawConfig {
     #[serde(default)]
     access_log: RawAccessLog,
     otlp: Option<RawOtlp>,
+    cluster: Option<cluster::RawCluster>,
     #[serde(default)]
     listeners: Vec<proxy::RawListener>,
     #[serde(default)]
@@ -409,6 +414,9 @@ impl Config {
             sample: raw.access_log.sample.clamp(0.0, 1.0),
         };
         let otlp = raw.otlp.and_then(|otlp| otlp.compile(&mut problems));
+        let cluster = raw
+            .cluster
+            .and_then(|cluster| cluster.compile(&mut problems));
         if problems.0.is_empty() {
             Ok(Config {
                 admin,
@@ -418,6 +426,7 @@ impl Config {
                 metrics: raw.metrics.map(|metrics| metrics.address),
                 access_log,
                 otlp,
+                cluster,
                 warnings,
                 notes,
             })

@@ -119,6 +119,8 @@ fn is_expired(expires_at: Option<f64>, now: f64) -> bool {
 pub struct DaemonState {
     inner: Mutex<Inner>,
     pub metrics: super::metrics::Metrics,
+    /// Cluster mode: told of every operator change made on this node.
+    cluster: std::sync::OnceLock<crate::cluster::ChangeSink>,
 }
 
 struct Inner {
@@ -166,7 +168,19 @@ impl DaemonState {
         Ok(DaemonState {
             inner: Mutex::new(inner),
             metrics: Default::default(),
+            cluster: Default::default(),
         })
+    }
+
+    /// Cluster mode: from now on, bans and operator rule changes are also sent to `sink`.
+    pub fn set_cluster_sink(&self, sink: crate::cluster::ChangeSink) {
+        let _ = self.cluster.set(sink);
+    }
+
+    fn publish(&self, change: crate::cluster::Change) {
+        if let Some(sink) = self.cluster.get() {
+            sink.send(change);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -483,11 +497,19 @@ impl DaemonState {
             hits: Some(0),
             shadow: rule.shadow,
         };
+        let change = crate::cluster::Change::AddRule {
+            cidr: entry.cidr.clone(),
+            action: rule.action,
+            comment: rule.comment.clone(),
+            expires_at: rule.expires_at,
+            shadow: rule.shadow,
+        };
         self.lock().change(|state, inner| {
             inner.check_new_rules(std::slice::from_ref(&rule))?;
             state.rules.push(rule);
             Ok(())
         })?;
+        self.publish(change);
         tracing::info!(cidr = %entry.cidr, action = %entry.action, "operator rule added");
         Ok(entry)
     }
@@ -511,6 +533,9 @@ impl DaemonState {
                 )),
             }
         })?;
+        self.publish(crate::cluster::Change::Promote {
+            cidr: net.to_string(),
+        });
         tracing::info!(%net, "shadow rule promoted: it drops now");
         Ok(())
     }
@@ -536,6 +561,9 @@ impl DaemonState {
             }
             Ok(())
         })?;
+        self.publish(crate::cluster::Change::RemoveRule {
+            cidr: net.to_string(),
+        });
         tracing::info!(%net, "operator rule removed");
         Ok(())
     }
@@ -567,11 +595,22 @@ impl DaemonState {
             });
         }
         let count = rules.len();
+        let changes: Vec<_> = rules
+            .iter()
+            .map(|rule| crate::cluster::Change::AddRule {
+                cidr: rule.cidr.to_string(),
+                action: rule.action,
+                comment: rule.comment.clone(),
+                expires_at: None,
+                shadow: false,
+            })
+            .collect();
         self.lock().change(|state, inner| {
             inner.check_new_rules(&rules)?;
             state.rules.extend(rules);
             Ok(())
         })?;
+        changes.into_iter().for_each(|change| self.publish(change));
         tracing::info!(count, "operator rules imported");
         Ok(count)
     }
@@ -652,6 +691,11 @@ impl DaemonState {
         let xdp = inner.xdp.as_mut().expect("checked above");
         xdp.ban(ban.cidr, kernel_expiry(ban.expires_at, unix_now()))
             .map_err(internal)?;
+        drop(inner);
+        self.publish(crate::cluster::Change::Ban {
+            cidr: ban.cidr.to_string(),
+            expires_at: ban.expires_at,
+        });
         tracing::info!(net = %ban.cidr, duration_secs = ?request.duration_secs, "source banned");
         Ok(Ban {
             cidr: ban.cidr.to_string(),
@@ -677,6 +721,10 @@ impl DaemonState {
             state.bans.retain(|ban| ban.cidr != net);
             Ok(())
         })?;
+        drop(inner);
+        self.publish(crate::cluster::Change::Unban {
+            cidr: net.to_string(),
+        });
         tracing::info!(%net, "ban lifted");
         Ok(())
     }
