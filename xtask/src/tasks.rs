@@ -19,6 +19,8 @@ pub enum Bench {
     Xdp,
     /// The L7 proxy against the upstream directly (`gateway-bench proxy`).
     Proxy,
+    /// Cluster-wide rate limits (Redis) against local ones (`gateway-bench cluster`).
+    Cluster,
 }
 
 impl Bench {
@@ -26,6 +28,7 @@ impl Bench {
         match self {
             Bench::Xdp => "xdp",
             Bench::Proxy => "proxy",
+            Bench::Cluster => "cluster",
         }
     }
 }

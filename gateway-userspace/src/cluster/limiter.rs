@@ -7,8 +7,9 @@
 //! at most [`LimiterOptions::max_batch`]). Leased tokens are already spent in Redis, so the
 //! cluster never admits more than the quota; the trade-off is the other way: tokens leased
 //! by one node and not used are lost to the others, so a client may be refused up to
-//! `(batch - 1) x nodes` requests early, and a lease lapses after `batch x interval` (at most
-//! one second) so that tokens are not hoarded. With `burst < 8` the batch is 1: every request
+//! `(batch - 1) x nodes` requests early, and a lease lapses after `batch x interval` (at
+//! least 100 ms, at most one second) so that tokens are not hoarded; using a token up to that
+//! long after Redis counted it shifts at most `batch x nodes` requests in time. With `burst < 8` the batch is 1: every request
 //! asks Redis, exactly.
 //!
 //! While Redis is unreachable (see [`RedisLink`]) decisions take the configured fallback at
@@ -62,6 +63,8 @@ pub enum Source {
     Lease,
     /// Redis down, `on_redis_down = "local"`: this node's own limiter.
     LocalFallback,
+    /// A [`LocalLimiter`] (not cluster-wide by design).
+    Local,
     /// Redis down, `on_redis_down = "deny"`: refused without asking anyone.
     DenyFallback,
 }
@@ -130,6 +133,11 @@ struct Lease {
     reset_at: Instant,
 }
 
+/// How long leased tokens stay usable: their slots' span (`batch x interval`), but at least
+/// [`MIN_LEASE`] (at high rates the span is microseconds) and at most [`MAX_LEASE`].
+const MIN_LEASE: Duration = Duration::from_millis(100);
+const MAX_LEASE: Duration = Duration::from_secs(1);
+
 /// Tables are trimmed of lapsed entries when they grow past this.
 const TRIM_AT: usize = 65_536;
 
@@ -141,8 +149,8 @@ pub struct ClusterLimiter {
     options: LimiterOptions,
     script: redis::Script,
     leases: Mutex<HashMap<String, Lease>>,
-    /// TAT per key of the local fallback.
-    local: Mutex<HashMap<String, Instant>>,
+    /// The fallback while Redis is down (`on_redis_down = "local"`).
+    local: LocalLimiter,
 }
 
 impl ClusterLimiter {
@@ -159,7 +167,7 @@ impl ClusterLimiter {
             options,
             script: redis::Script::new(GCRA),
             leases: Mutex::new(HashMap::new()),
-            local: Mutex::new(HashMap::new()),
+            local: LocalLimiter::default(),
         }
     }
 
@@ -213,7 +221,7 @@ impl ClusterLimiter {
         let granted = granted as u32;
         if granted > 1 {
             let lifetime = Duration::from_micros(interval.saturating_mul(u64::from(granted)))
-                .min(Duration::from_secs(1));
+                .clamp(MIN_LEASE, MAX_LEASE);
             let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
             if leases.len() >= TRIM_AT {
                 leases.retain(|_, lease| lease.until > now);
@@ -264,37 +272,74 @@ impl ClusterLimiter {
                 retry_after: Some(Duration::from_secs(1)),
                 source: Source::DenyFallback,
             },
-            OnRedisDown::Local => {
-                let now = Instant::now();
-                let interval = Duration::from_micros(rate.interval_micros());
-                let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-                if local.len() >= TRIM_AT {
-                    local.retain(|_, tat| *tat > now);
-                }
-                let tat = local.get(key).copied().unwrap_or(now).max(now);
-                // Allowed while the TAT is less than a full burst ahead of now.
-                let window = interval * burst;
-                let ahead = tat - now;
-                if ahead + interval > window {
-                    return Decision {
-                        allowed: false,
-                        remaining: 0,
-                        reset_after: ahead,
-                        retry_after: Some(ahead + interval - window),
-                        source: Source::LocalFallback,
-                    };
-                }
-                let tat = tat + interval;
-                local.insert(key.to_owned(), tat);
-                let ahead = tat - now;
-                Decision {
-                    allowed: true,
-                    remaining: ((window - ahead).as_micros() / interval.as_micros().max(1)) as u32,
-                    reset_after: ahead,
-                    retry_after: None,
-                    source: Source::LocalFallback,
-                }
-            }
+            OnRedisDown::Local => Decision {
+                source: Source::LocalFallback,
+                ..self.local.check(key, rate, burst)
+            },
         }
+    }
+}
+
+/// GCRA on this node alone (one TAT per key in memory): the fallback while Redis is down,
+/// and the "locally limited" side of the bench.
+#[derive(Default)]
+pub struct LocalLimiter {
+    tats: Mutex<HashMap<String, Instant>>,
+}
+
+impl LocalLimiter {
+    pub fn check(&self, key: &str, rate: Rate, burst: u32) -> Decision {
+        let burst = burst.max(1);
+        let now = Instant::now();
+        let interval = Duration::from_micros(rate.interval_micros());
+        let mut tats = self.tats.lock().unwrap_or_else(|p| p.into_inner());
+        if tats.len() >= TRIM_AT {
+            tats.retain(|_, tat| *tat > now);
+        }
+        let tat = tats.get(key).copied().unwrap_or(now).max(now);
+        // Allowed while the TAT is less than a full burst ahead of now.
+        let window = interval * burst;
+        let ahead = tat - now;
+        if ahead + interval > window {
+            return Decision {
+                allowed: false,
+                remaining: 0,
+                reset_after: ahead,
+                retry_after: Some(ahead + interval - window),
+                source: Source::Local,
+            };
+        }
+        let tat = tat + interval;
+        tats.insert(key.to_owned(), tat);
+        let ahead = tat - now;
+        Decision {
+            allowed: true,
+            remaining: ((window - ahead).as_micros() / interval.as_micros().max(1)) as u32,
+            reset_after: ahead,
+            retry_after: None,
+            source: Source::Local,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_gcra_allows_a_burst_then_the_rate() {
+        let limiter = LocalLimiter::default();
+        let rate = Rate::per_second(20);
+        let decisions: Vec<_> = (0..4).map(|_| limiter.check("k", rate, 3)).collect();
+        assert_eq!(
+            decisions.iter().map(|d| d.allowed).collect::<Vec<_>>(),
+            [true, true, true, false]
+        );
+        assert_eq!(decisions[0].remaining, 2);
+        let wait = decisions[3].retry_after.unwrap();
+        assert!(wait <= Duration::from_millis(50), "{wait:?}");
+        std::thread::sleep(wait + Duration::from_millis(5));
+        assert!(limiter.check("k", rate, 3).allowed);
+        assert!(limiter.check("other", rate, 3).allowed);
     }
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
 pub use events::{Change, ChangeSink, apply_remote};
-pub use limiter::{ClusterLimiter, Decision, LimiterOptions, Rate, Source};
+pub use limiter::{ClusterLimiter, Decision, LimiterOptions, LocalLimiter, Rate, Source};
 pub use link::RedisLink;
 
 use crate::{config::ClusterConfig, control::DaemonState};

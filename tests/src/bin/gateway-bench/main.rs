@@ -1,6 +1,7 @@
 //! `gateway-bench`: benchmarks that compare side by side in one run and report ratios.
 //! Run through `cargo xtask bench <which>` (release build, root).
 
+mod cluster;
 mod peers;
 mod proxy;
 mod versus;
@@ -12,8 +13,11 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("xdp") => xdp::run(&args[1..]),
         Some("proxy") => proxy::run(&args[1..]),
+        Some("cluster") => cluster::run(&args[1..]),
         _ => {
-            eprintln!("usage: gateway-bench xdp [--seconds N] [--repeat N] | proxy [--seconds N]");
+            eprintln!(
+                "usage: gateway-bench xdp [--seconds N] [--repeat N] | proxy [--seconds N] | cluster [--seconds N]"
+            );
             std::process::exit(2);
         }
     }
