@@ -49,6 +49,11 @@ pub struct RedisServer {
     port: u16,
     /// Where redis-server logs to.
     log: tempfile::NamedTempFile,
+    /// More redis-server arguments (TLS, a password).
+    extra: Vec<String>,
+    /// redis-cli arguments that reach it (`--tls --cacert F`, `-a PASSWORD`); set: PING goes
+    /// through redis-cli.
+    cli: Vec<String>,
 }
 
 impl RedisServer {
@@ -66,6 +71,25 @@ impl RedisServer {
             bind: bind.to_owned(),
             port,
             log: tempfile::NamedTempFile::new().expect("a log file"),
+            extra: Vec::new(),
+            cli: Vec::new(),
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts redis-server on 127.0.0.1 with `extra` arguments (which may replace `--port`,
+    /// e.g. `--port 0 --tls-port N`); `port` is where clients connect and `cli` what
+    /// redis-cli needs to PING it.
+    pub fn on_loopback_with(port: u16, extra: &[String], cli: &[String]) -> RedisServer {
+        let mut server = RedisServer {
+            child: None,
+            ns: None,
+            bind: "127.0.0.1".to_owned(),
+            port,
+            log: tempfile::NamedTempFile::new().expect("a log file"),
+            extra: extra.to_vec(),
+            cli: cli.to_vec(),
         };
         server.restart();
         server
@@ -106,10 +130,14 @@ impl RedisServer {
             "--protected-mode",
             "no",
         ];
+        let args: Vec<&str> = args
+            .into_iter()
+            .chain(self.extra.iter().map(String::as_str))
+            .collect();
         let mut command = match &self.ns {
             Some(ns) => {
                 let mut command = Command::new("ip");
-                command.args(["netns", "exec", ns]).args(args);
+                command.args(["netns", "exec", ns]).args(&args);
                 command
             }
             None => {
@@ -160,28 +188,25 @@ impl RedisServer {
                 && stream.read_exact(&mut answer).is_ok()
                 && &answer == b"+PONG\r\n"
         };
-        match &self.ns {
-            Some(name) => {
-                let port = self.port.to_string();
-                let host = address.ip().to_string();
-                let output = crate::process::output_with_timeout(
-                    Command::new("ip").args([
-                        "netns",
-                        "exec",
-                        name,
-                        "redis-cli",
-                        "-h",
-                        &host,
-                        "-p",
-                        &port,
-                        "PING",
-                    ]),
-                    Duration::from_secs(5),
-                );
-                output.status.success() && String::from_utf8_lossy(&output.stdout).trim() == "PONG"
-            }
-            None => ping(),
+        if self.ns.is_none() && self.cli.is_empty() {
+            return ping();
         }
+        let port = self.port.to_string();
+        let host = address.ip().to_string();
+        let mut command = match &self.ns {
+            Some(name) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", name, "redis-cli"]);
+                command
+            }
+            None => Command::new("redis-cli"),
+        };
+        command
+            .args(["-h", &host, "-p", &port, "--no-auth-warning"])
+            .args(&self.cli)
+            .arg("PING");
+        let output = crate::process::output_with_timeout(&mut command, Duration::from_secs(5));
+        output.status.success() && String::from_utf8_lossy(&output.stdout).trim() == "PONG"
     }
 }
 

@@ -26,7 +26,7 @@ fn prefix(test: &str) -> String {
 }
 
 async fn limiter(redis: &RedisServer, test: &str, on_down: OnRedisDown) -> ClusterLimiter {
-    let link = RedisLink::open(&redis.url(), None).expect("a valid URL");
+    let link = RedisLink::open(&redis.url(), None, None).expect("a valid URL");
     assert!(
         link.wait_up(UP_TIMEOUT).await,
         "Redis at {} not up",
@@ -99,7 +99,7 @@ async fn exact_mode_and_gcra_refill() {
         return;
     }
     let redis = RedisServer::on_loopback();
-    let link = RedisLink::open(&redis.url(), None).unwrap();
+    let link = RedisLink::open(&redis.url(), None, None).unwrap();
     assert!(link.wait_up(UP_TIMEOUT).await);
     let exact = ClusterLimiter::new(
         link,
@@ -375,4 +375,135 @@ fn gateways_keep_running_without_redis_and_resume_propagation_when_it_returns() 
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 / localhost, made with openssl in `dir`.
+fn tls_files(dir: &std::path::Path) -> (String, String, String) {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("running openssl");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=gateway test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    (path("ca.pem"), path("server.pem"), path("server.key"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_and_a_password() {
+    if !redis_available("rediss_with_a_private_ca_and_a_password") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(dir.path());
+    let port = gateway_tests::redis::free_port();
+    let extra: Vec<String> = [
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        "s3cret-pass",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let cli: Vec<String> = ["--tls", "--cacert", &ca, "-a", "s3cret-pass"]
+        .map(str::to_owned)
+        .to_vec();
+    let _redis = RedisServer::on_loopback_with(port, &extra, &cli);
+    let url = format!("rediss://127.0.0.1:{port}/0");
+
+    // Through the config, as the daemon reads it: the CA file and the password variable.
+    let config = gateway::config::Config::parse(&format!(
+        "[xdp]\nmode = \"off\"\n[cluster]\nredis = \"{url}\"\ntls_ca_file = \"{ca}\"\n\
+         password_env = \"GATEWAY_TEST_REDIS_PASSWORD_{port}\""
+    ));
+    assert!(config.is_err(), "the password variable is not set yet");
+    let pem = std::fs::read(&ca).unwrap();
+    let link = RedisLink::open(&url, Some("s3cret-pass"), Some(&pem)).unwrap();
+    assert!(link.wait_up(UP_TIMEOUT).await, "TLS + AUTH to {url}");
+    let limiter = ClusterLimiter::new(
+        link,
+        &prefix("tls"),
+        OnRedisDown::Deny,
+        LimiterOptions::default(),
+    );
+    let decision = limiter.check("k", Rate::per_second(10), 5).await;
+    assert!(
+        decision.allowed && decision.source == Source::Cluster,
+        "{decision:?}"
+    );
+
+    // A wrong password, or no CA, never comes up.
+    let wrong = RedisLink::open(&url, Some("wrong"), Some(&pem)).unwrap();
+    let untrusted = RedisLink::open(&url, Some("s3cret-pass"), None).unwrap();
+    assert!(!wrong.wait_up(Duration::from_secs(2)).await);
+    assert!(!untrusted.wait_up(Duration::from_millis(100)).await);
 }

@@ -32,8 +32,13 @@ pub struct RedisLink {
 
 impl RedisLink {
     /// Opens the link (without waiting for Redis) and starts its health task.
-    /// `password` overrides any in the URL.
-    pub fn open(url: &str, password: Option<&str>) -> anyhow::Result<Arc<RedisLink>> {
+    /// `password` overrides any in the URL. `tls_ca`: PEM CA certificates for `rediss://`
+    /// (else the Mozilla roots).
+    pub fn open(
+        url: &str,
+        password: Option<&str>,
+        tls_ca: Option<&[u8]>,
+    ) -> anyhow::Result<Arc<RedisLink>> {
         use redis::IntoConnectionInfo as _;
         let mut info = url
             .into_connection_info()
@@ -41,8 +46,17 @@ impl RedisLink {
         if let Some(password) = password {
             info.redis.password = Some(password.to_owned());
         }
-        let client =
-            redis::Client::open(info).map_err(|error| anyhow::anyhow!("cluster.redis: {error}"))?;
+        let client = match tls_ca {
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                },
+            ),
+            None => redis::Client::open(info),
+        }
+        .map_err(|error| anyhow::anyhow!("cluster.redis: {error}"))?;
         let (state, _) = watch::channel(false);
         let link = Arc::new(RedisLink {
             client,

@@ -51,7 +51,11 @@ impl Cluster {
     /// Redis is down and catches up when it returns), hooks `state` so local changes are
     /// published, and starts the subscriber and the metering push.
     pub fn start(config: &ClusterConfig, state: Arc<DaemonState>) -> anyhow::Result<Arc<Cluster>> {
-        let link = RedisLink::open(&config.redis, config.password.as_deref())?;
+        let link = RedisLink::open(
+            &config.redis,
+            config.password.as_deref(),
+            config.tls_ca.as_deref(),
+        )?;
         let keys = events::Keys::new(&config.key_prefix);
         let (sink, changes) = ChangeSink::channel();
         state.set_cluster_sink(sink);

@@ -35,6 +35,10 @@ pub struct ClusterConfig {
     pub key_prefix: String,
     /// How often metering deltas are added to the cluster totals.
     pub metering_interval: Duration,
+    /// With `rediss://`: the CA certificates (PEM) that sign the server's certificate, read at
+    /// load; `None`: the Mozilla roots (webpki-roots).
+    pub tls_ca: Option<Vec<u8>>,
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -46,6 +50,7 @@ impl fmt::Debug for ClusterConfig {
             .field("on_redis_down", &self.on_redis_down)
             .field("key_prefix", &self.key_prefix)
             .field("metering_interval", &self.metering_interval)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -60,6 +65,7 @@ pub(super) struct RawCluster {
     on_redis_down: OnRedisDown,
     key_prefix: Option<String>,
     metering_interval: Option<String>,
+    tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl RawCluster {
@@ -122,6 +128,35 @@ impl RawCluster {
             problems,
         )
         .unwrap_or(Duration::from_secs(5));
+        let tls_ca = match &self.tls_ca_file {
+            Some(_) if !self.redis.starts_with("rediss://") => {
+                problems.add(
+                    "cluster.tls_ca_file",
+                    "only applies to rediss:// (TLS) URLs",
+                );
+                None
+            }
+            Some(path) => match std::fs::read(path) {
+                Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => {
+                    Some(pem)
+                }
+                Ok(_) => {
+                    problems.add(
+                        "cluster.tls_ca_file",
+                        format!("{} holds no PEM certificate", path.display()),
+                    );
+                    None
+                }
+                Err(error) => {
+                    problems.add(
+                        "cluster.tls_ca_file",
+                        format!("cannot read {}: {error}", path.display()),
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
         Some(ClusterConfig {
             redis: self.redis,
             password,
@@ -129,6 +164,8 @@ impl RawCluster {
             on_redis_down: self.on_redis_down,
             key_prefix,
             metering_interval,
+            tls_ca,
+            tls_ca_file: self.tls_ca_file,
         })
     }
 }
@@ -198,6 +235,16 @@ mod tests {
             [
                 "cluster.password_env: the environment variable $GATEWAY_TEST_UNSET_VARIABLE_X is not set or empty"
             ]
+        );
+        assert_eq!(
+            problems("[cluster]\nredis = \"redis://h\"\ntls_ca_file = \"/nonexistent\""),
+            ["cluster.tls_ca_file: only applies to rediss:// (TLS) URLs"]
+        );
+        let found =
+            problems("[cluster]\nredis = \"rediss://h\"\ntls_ca_file = \"/nonexistent/ca.pem\"");
+        assert!(
+            found[0].starts_with("cluster.tls_ca_file: cannot read /nonexistent/ca.pem"),
+            "{found:?}"
         );
         let Err(ParseError::Syntax(error)) = Config::parse(
             "[xdp]\nmode = \"off\"\n[cluster]\nredis = \"redis://h\"\non_redis_down = \"maybe\"",

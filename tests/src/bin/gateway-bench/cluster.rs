@@ -55,7 +55,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let link = RedisLink::open(&redis.url(), None)?;
+        let link = RedisLink::open(&redis.url(), None, None)?;
         if !link.wait_up(Duration::from_secs(10)).await {
             bail!("redis-server at {} did not answer", redis.url());
         }
