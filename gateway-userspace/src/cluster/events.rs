@@ -11,7 +11,15 @@
 //! Removals made while a node was down are not replayed to it (the hashes hold what exists,
 //! not what was removed).
 
-use std::{cell::Cell, collections::VecDeque, sync::Arc, time::Duration};
+use std::{
+    cell::Cell,
+    collections::VecDeque,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::StreamExt as _;
 use hyper::StatusCode;
@@ -207,6 +215,7 @@ pub async fn publish(
     keys: Keys,
     node: String,
     mut changes: mpsc::UnboundedReceiver<Change>,
+    unpublished: Arc<AtomicUsize>,
 ) {
     let mut pending: VecDeque<Change> = VecDeque::new();
     let mut up = link.watch();
@@ -227,6 +236,7 @@ pub async fn publish(
                 }
             }
         }
+        unpublished.store(pending.len(), Ordering::Relaxed);
         tokio::select! {
             change = changes.recv() => match change {
                 Some(change) => {
@@ -234,6 +244,7 @@ pub async fn publish(
                         tracing::warn!(dropped = ?pending.pop_front(), "cluster: too many changes waiting for Redis; the oldest is dropped");
                     }
                     pending.push_back(change);
+                    unpublished.store(pending.len(), Ordering::Relaxed);
                 }
                 None => return,
             },
@@ -287,7 +298,17 @@ async fn record(
 
 /// Subscribes to the other nodes' changes and applies them; after every (re)subscription,
 /// catches up from the durable hashes.
-pub async fn subscribe(link: Arc<RedisLink>, keys: Keys, node: String, state: Arc<DaemonState>) {
+///
+/// `unpublished` counts this node's changes not yet in Redis: catching up waits (a little)
+/// for them, so that a ban lifted here while Redis was down is not restored from the hash
+/// before the lifting is published.
+pub async fn subscribe(
+    link: Arc<RedisLink>,
+    keys: Keys,
+    node: String,
+    state: Arc<DaemonState>,
+    unpublished: Arc<AtomicUsize>,
+) {
     let mut up = link.watch();
     loop {
         if up.wait_for(|up| *up).await.is_err() {
@@ -313,6 +334,12 @@ pub async fn subscribe(link: Arc<RedisLink>, keys: Keys, node: String, state: Ar
             continue;
         }
         // Subscribed first, then read: nothing published in between is missed.
+        for _ in 0..40 {
+            if unpublished.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         match catch_up(&link, &keys, &state).await {
             Ok(applied) => tracing::info!(
                 applied,

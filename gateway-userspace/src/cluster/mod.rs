@@ -58,6 +58,7 @@ impl Cluster {
         )?;
         let keys = events::Keys::new(&config.key_prefix);
         let (sink, changes) = ChangeSink::channel();
+        let unpublished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         state.set_cluster_sink(sink);
         let tasks = vec![
             tokio::spawn(events::publish(
@@ -65,12 +66,14 @@ impl Cluster {
                 keys.clone(),
                 config.node.clone(),
                 changes,
+                unpublished.clone(),
             )),
             tokio::spawn(events::subscribe(
                 link.clone(),
                 keys,
                 config.node.clone(),
                 state,
+                unpublished,
             )),
             tokio::spawn(metering::push(
                 link.clone(),
