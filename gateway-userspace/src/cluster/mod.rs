@@ -110,6 +110,18 @@ impl Drop for Cluster {
     }
 }
 
+/// The running daemon's cluster-wide limiter; `None` without `[cluster]`.
+///
+/// For the throttle stage: a route limit marked cluster-wide calls
+/// `limiter.check(&format!("{route}|{consumer}"), rate, burst).await` and answers from the
+/// [`Decision`]: allowed -> continue (with `RateLimit-Remaining`/`-Reset` from `remaining`
+/// and `reset_after`); refused -> 429 with `Retry-After` from `retry_after`, or 503 when
+/// [`Decision::is_unavailable`] (Redis down and `on_redis_down = "deny"`). Without a
+/// cluster (or for limits not marked cluster-wide) it keeps its local limiter.
+pub fn limiter() -> Option<&'static Arc<ClusterLimiter>> {
+    CLUSTER.get().map(|cluster| &cluster.limiter)
+}
+
 pub fn metering_key(prefix: &str) -> String {
     format!("{prefix}:metering")
 }
