@@ -205,6 +205,9 @@ impl Keys {
     }
 }
 
+/// How often a subscribed node reads the durable hashes again (and prunes expired entries).
+const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Most changes kept while Redis is down; older ones are dropped (and logged) beyond it.
 const MAX_PENDING: usize = 10_000;
 
@@ -353,16 +356,35 @@ pub async fn subscribe(
             }
         }
         let mut messages = pubsub.into_on_message();
+        let mut resync = tokio::time::interval_at(
+            tokio::time::Instant::now() + RESYNC_INTERVAL,
+            RESYNC_INTERVAL,
+        );
         loop {
             let payload = tokio::select! {
                 message = messages.next() => match message {
-                    Some(message) => message.get_payload_bytes().to_vec(),
+                    Some(message) => Some(message.get_payload_bytes().to_vec()),
                     None => break,
                 },
+                _ = resync.tick() => None,
                 result = up.wait_for(|up| !*up) => {
                     if result.is_err() { return; }
                     break;
                 }
+            };
+            let Some(payload) = payload else {
+                // Anti-entropy: heals a lost message, and deletes expired entries.
+                if unpublished.load(Ordering::Relaxed) == 0 {
+                    match catch_up(&link, &keys, &state).await {
+                        Ok(0) => {}
+                        Ok(applied) => tracing::info!(
+                            applied,
+                            "cluster: periodic resync applied missed changes"
+                        ),
+                        Err(error) => tracing::debug!(%error, "cluster: periodic resync failed"),
+                    }
+                }
+                continue;
             };
             match serde_json::from_slice::<Event>(&payload) {
                 Ok(event) if event.origin == node => {}
