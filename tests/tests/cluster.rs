@@ -199,6 +199,17 @@ fn banned(gateway: &gateway_tests::Gateway, cidr: &str) -> bool {
         .any(|ban| ban["cidr"] == cidr)
 }
 
+/// Seconds left on the ban of `cidr` at this node (`None`: not banned or no expiry).
+fn ban_expiry(gateway: &gateway_tests::Gateway, cidr: &str) -> Option<f64> {
+    let list: serde_json::Value = serde_json::from_str(&ok(gateway, &["bans", "--json"])).unwrap();
+    list["bans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|ban| ban["cidr"] == cidr)
+        .and_then(|ban| ban["expires_in_secs"].as_f64())
+}
+
 fn has_rule(gateway: &gateway_tests::Gateway, cidr: &str) -> bool {
     let list: serde_json::Value =
         serde_json::from_str(&ok(gateway, &["firewall", "list", "--json"])).unwrap();
@@ -364,6 +375,12 @@ fn gateways_keep_running_without_redis_and_resume_propagation_when_it_returns() 
             )
         });
     eprintln!("Redis back -> A's pending ban dropped at B after {took:?}");
+    // With its remaining time, not a permanent ban.
+    let left = ban_expiry(lab.gateway_b(), &format!("{CLIENT}/32"));
+    assert!(
+        left.is_some_and(|left| left > 3500.0 && left <= 3600.0),
+        "{left:?}"
+    );
     // And new changes flow again.
     ok(lab.gateway_b(), &["firewall", "deny", "203.0.113.0/24"]);
     let start = Instant::now();
