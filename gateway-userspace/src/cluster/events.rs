@@ -133,8 +133,14 @@ pub fn apply_remote(state: &DaemonState, change: &Change) -> bool {
             expires_at,
             shadow,
         } => {
-            if expired(*expires_at, now) || has_operator_rule(state, cidr) {
+            if expired(*expires_at, now) {
                 return false;
+            }
+            match existing_rule(state, cidr) {
+                // Promoted elsewhere (a missed Promote event, seen again at catch-up).
+                Some(true) if !*shadow => return state.promote(cidr).is_ok(),
+                Some(_) => return false,
+                None => {}
             }
             state
                 .add_rule(&RuleRequest {
@@ -171,12 +177,14 @@ fn canonical(cidr: &str) -> Option<String> {
         .map(|net| net.to_string())
 }
 
-fn has_operator_rule(state: &DaemonState, cidr: &str) -> bool {
+/// Whether a rule for `cidr` exists here, and if so whether it is a shadow rule.
+fn existing_rule(state: &DaemonState, cidr: &str) -> Option<bool> {
     let net = canonical(cidr);
-    state.rules().is_ok_and(|list| {
+    state.rules().ok().and_then(|list| {
         list.rules
             .iter()
-            .any(|rule| Some(&rule.cidr) == net.as_ref() || rule.cidr == cidr)
+            .find(|rule| Some(&rule.cidr) == net.as_ref() || rule.cidr == cidr)
+            .map(|rule| rule.shadow)
     })
 }
 
