@@ -117,20 +117,36 @@ impl ClusterLab {
 
     /// Starts (or restarts, with a fresh state file) node A and waits until it has joined.
     pub fn start_a(&mut self, extra: &str) {
-        drop(self.a.gateway.take());
-        let config = self.config(&self.a, extra);
-        let gateway = Gateway::start(Some(&self.ns_a), &config);
-        wait_log(&gateway, "caught up from Redis", Duration::from_secs(15));
-        self.a.gateway = Some(gateway);
+        self.start_a_unjoined(extra);
+        wait_log(
+            self.gateway_a(),
+            "caught up from Redis",
+            Duration::from_secs(15),
+        );
     }
 
     /// Starts (or restarts, with a fresh state file) node B and waits until it has joined.
     pub fn start_b(&mut self, extra: &str) {
+        self.start_b_unjoined(extra);
+        wait_log(
+            self.gateway_b(),
+            "caught up from Redis",
+            Duration::from_secs(15),
+        );
+    }
+
+    /// Starts node A without waiting for it to reach Redis (which may be down).
+    pub fn start_a_unjoined(&mut self, extra: &str) {
+        drop(self.a.gateway.take());
+        let config = self.config(&self.a, extra);
+        self.a.gateway = Some(Gateway::start(Some(&self.ns_a), &config));
+    }
+
+    /// Starts node B without waiting for it to reach Redis (which may be down).
+    pub fn start_b_unjoined(&mut self, extra: &str) {
         drop(self.b.gateway.take());
         let config = self.config(&self.b, extra);
-        let gateway = Gateway::start(Some(&self.ns_b), &config);
-        wait_log(&gateway, "caught up from Redis", Duration::from_secs(15));
-        self.b.gateway = Some(gateway);
+        self.b.gateway = Some(Gateway::start(Some(&self.ns_b), &config));
     }
 
     pub fn gateway_a(&self) -> &Gateway {

@@ -524,3 +524,50 @@ async fn rediss_with_a_private_ca_and_a_password() {
     assert!(!wrong.wait_up(Duration::from_secs(2)).await);
     assert!(!untrusted.wait_up(Duration::from_millis(100)).await);
 }
+
+#[test]
+fn nodes_start_while_redis_is_down_and_join_when_it_comes() {
+    let Some(mut lab) = ClusterLab::new("cluster_late_redis") else {
+        return;
+    };
+    lab.redis.stop();
+    // Both start and serve without Redis (the admin socket answers: they are up).
+    lab.start_a_unjoined("");
+    lab.start_b_unjoined("");
+    wait_log(
+        lab.gateway_a(),
+        "cannot reach Redis yet",
+        Duration::from_secs(10),
+    );
+    ok(lab.gateway_a(), &["firewall", "deny", "192.0.2.0/24"]);
+
+    lab.redis.restart();
+    wait_log(
+        lab.gateway_b(),
+        "caught up from Redis",
+        Duration::from_secs(15),
+    );
+    let start = Instant::now();
+    while !has_rule(lab.gateway_b(), "192.0.2.0/24") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "A's rule never reached B:\nA:\n{}\nB:\n{}",
+            lab.gateway_a().log(),
+            lab.gateway_b().log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And a ban now drops at the other node.
+    ok(lab.gateway_b(), &["ban", CLIENT]);
+    assert!(
+        lab.until_counted(
+            lab.gateway_a(),
+            gateway_tests::cluster_lab::A_ADDR,
+            "dropped-banned",
+            PROPAGATION_TIMEOUT
+        )
+        .is_some(),
+        "{}",
+        lab.gateway_a().log()
+    );
+}
