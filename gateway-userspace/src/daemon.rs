@@ -51,6 +51,12 @@ pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> 
         attach_xdp(&config, &state)?;
     }
 
+    // After the maps hold this node's own state: what the cluster has is added to it.
+    if let Some(cluster) = &config.cluster {
+        let _ =
+            crate::cluster::CLUSTER.set(crate::cluster::Cluster::start(cluster, state.clone())?);
+    }
+
     if let Some(otlp) = &config.otlp {
         crate::proxy::start_otlp(otlp)?;
     }
@@ -255,6 +261,9 @@ fn reload(
     }
     if config.xdp.mode != running.xdp.mode || config.xdp.interfaces != running.xdp.interfaces {
         tracing::warn!("xdp.mode and xdp.interfaces changes take effect at the next restart");
+    }
+    if config.cluster != running.cluster {
+        tracing::warn!("[cluster] changes take effect at the next restart");
     }
     if config.otlp != running.otlp {
         tracing::warn!("[otlp] changes take effect at the next restart");

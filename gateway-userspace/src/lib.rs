@@ -2,6 +2,7 @@
 //! same code as the `gateway` binary.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -6,17 +6,21 @@
 //! - [`raw`]: an `AF_PACKET` socket that puts such frames on a real interface.
 //! - [`daemon`]: runs the real `gateway` binary and reads its stats.
 //! - [`scrape`]: a Prometheus scrape, parsed.
+//! - [`redis`]: a real redis-server started by the test; [`cluster_lab`]: two gateway
+//!   namespaces with XDP, a client and Redis, for cluster mode.
 //! - [`traffic`]: real TCP/UDP between namespaces, every wait bounded.
 //!
 //! Traffic rule: these helpers only ever send to loopback or to addresses inside namespaces the
 //! test created itself.
 
+pub mod cluster_lab;
 pub mod daemon;
 pub mod frames;
 pub mod jwks;
 pub mod lab;
 pub mod netns;
 pub mod raw;
+pub mod redis;
 pub mod scrape;
 pub mod traffic;
 pub mod upstream;

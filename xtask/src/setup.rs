@@ -22,6 +22,8 @@ use crate::cmd::{self, StepContext as _};
 /// - `curl`, `openssl`: real HTTP and TLS clients for the integration tests.
 /// - `nginx-light`, `haproxy`: the proxies `bench proxy` compares the gateway with (started by
 ///   the bench on loopback; their system services are not started, see [`apt_packages`]).
+/// - `redis-server`: the Redis that the cluster-mode tests start themselves (own port, no
+///   persistence); its system service is not started either.
 pub const APT_PACKAGES: &[&str] = &[
     "build-essential",
     "pkg-config",
@@ -34,6 +36,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "openssl",
     "nginx-light",
     "haproxy",
+    // Cluster-mode tests start their own redis-server processes (never the system service).
+    "redis-server",
 ];
 
 /// The bpf-linker release that builds against the LLVM 22 shipped inside the nightly toolchain.

@@ -22,6 +22,8 @@ pub enum Bench {
     /// A known-good client's connections/s under a flood, under-attack mode off and on
     /// (`gateway-bench defend`).
     Defend,
+    /// Cluster-wide rate limits (Redis) against local ones (`gateway-bench cluster`).
+    Cluster,
 }
 
 impl Bench {
@@ -30,6 +32,7 @@ impl Bench {
             Bench::Xdp => "xdp",
             Bench::Proxy => "proxy",
             Bench::Defend => "defend",
+            Bench::Cluster => "cluster",
         }
     }
 }

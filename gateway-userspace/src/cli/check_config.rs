@@ -53,6 +53,12 @@ pub fn run(file: &Path) -> ExitCode {
                 .count()
         );
     }
+    if let Some(cluster) = &config.cluster {
+        println!(
+            "  cluster: node {:?} via {} (keys {}:*), on_redis_down = {:?}",
+            cluster.node, cluster.redis, cluster.key_prefix, cluster.on_redis_down
+        );
+    }
     ExitCode::SUCCESS
 }
 

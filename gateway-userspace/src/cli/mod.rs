@@ -124,6 +124,9 @@ enum Command {
         /// Requests and bytes per consumer and route (metering) instead of XDP counters.
         #[arg(long)]
         consumers: bool,
+        /// With --consumers: totals of every gateway in the cluster (needs [cluster]).
+        #[arg(long, requires = "consumers")]
+        cluster: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -406,15 +409,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             json,
             watch: _,
             consumers: true,
+            cluster,
             admin,
         } => {
-            runtime()?.block_on(stats::consumers(&admin.client(), json))?;
+            runtime()?.block_on(stats::consumers(&admin.client(), json, cluster))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stats {
             json,
             watch,
             consumers: false,
+            cluster: _,
             admin,
         } => {
             runtime()?.block_on(stats::run(&admin.client(), json, watch))?;

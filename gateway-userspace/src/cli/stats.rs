@@ -28,9 +28,14 @@ pub async fn run(client: &Client, json: bool, watch: bool) -> anyhow::Result<()>
 }
 
 /// `gateway stats --consumers`: metering per consumer and route.
-pub async fn consumers(client: &Client, json: bool) -> anyhow::Result<()> {
-    let metering: crate::control::api::Metering =
-        client.get(crate::control::api::METERING_PATH).await?;
+/// With `cluster`: the totals of every node, from Redis.
+pub async fn consumers(client: &Client, json: bool, cluster: bool) -> anyhow::Result<()> {
+    let path = if cluster {
+        format!("{}?cluster=1", crate::control::api::METERING_PATH)
+    } else {
+        crate::control::api::METERING_PATH.to_owned()
+    };
+    let metering: crate::control::api::Metering = client.get(&path).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&metering)?);
         return Ok(());

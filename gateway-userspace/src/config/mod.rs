@@ -5,6 +5,7 @@
 mod aggregate;
 pub mod auth;
 mod cache;
+mod cluster;
 mod defend;
 mod firewall;
 mod proxy;
@@ -16,6 +17,7 @@ use serde::Deserialize;
 
 pub use aggregate::{AggregateCall, AggregateConfig, Merge, OnError, TemplatePart};
 pub use cache::{CacheConfig, CacheStoreConfig};
+pub use cluster::{ClusterConfig, DEFAULT_PASSWORD_ENV, OnRedisDown};
 pub use defend::{
     AutoSwitch, DefendConfig, LoadSignal, Signal, TrapPath, Trigger, UnderAttackConfig,
 };
@@ -49,6 +51,8 @@ pub struct Config {
     pub otlp: Option<OtlpConfig>,
     /// `[defend]`: L7 signals that ban sources.
     pub defend: DefendConfig,
+    /// Redis shared with the other gateways of a cluster; `None`: this node stands alone.
+    pub cluster: Option<ClusterConfig>,
     /// Things that are legal but probably not what the operator meant.
     pub warnings: Vec<String>,
     /// Explanations of what the rules do where that is not obvious (overlaps).
@@ -180,6 +184,7 @@ struct RawConfig {
     #[serde(default)]
     access_log: RawAccessLog,
     otlp: Option<RawOtlp>,
+    cluster: Option<cluster::RawCluster>,
     #[serde(default)]
     defend: defend::RawDefend,
     #[serde(default)]
@@ -456,6 +461,9 @@ impl Config {
             sample: raw.access_log.sample.clamp(0.0, 1.0),
         };
         let otlp = raw.otlp.and_then(|otlp| otlp.compile(&mut problems));
+        let cluster = raw
+            .cluster
+            .and_then(|cluster| cluster.compile(&mut problems));
         if problems.0.is_empty() {
             Ok(Config {
                 admin,
@@ -467,6 +475,7 @@ impl Config {
                 access_log,
                 otlp,
                 defend,
+                cluster,
                 warnings,
                 notes,
             })

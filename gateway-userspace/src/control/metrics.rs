@@ -268,6 +268,19 @@ impl MetricsServer {
             "Requests refused by an L7 rate limit, by route",
             proxy.rate_limited.clone(),
         );
+        if crate::cluster::CLUSTER.get().is_some() {
+            let cluster = &crate::cluster::METRICS;
+            registry.register(
+                "gateway_cluster_redis_up",
+                "1 while the cluster's Redis answers, 0 while it does not",
+                cluster.redis_up.clone(),
+            );
+            registry.register(
+                "gateway_cluster_fallbacks",
+                "Rate-limit decisions taken by cluster.on_redis_down because Redis was down",
+                cluster.fallbacks.clone(),
+            );
+        }
         registry.register_collector(Box::new(proxy_state));
         registry.register_collector(Box::new(KernelCollector {
             state: state.clone(),

@@ -215,6 +215,9 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
                 .unwrap_or("");
             state.explain(address).map(|explanation| json(&explanation))
         }
+        (&Method::GET, api::METERING_PATH) if request.uri().query() == Some("cluster=1") => {
+            cluster_metering().await.map(|metering| json(&metering))
+        }
         (&Method::GET, api::METERING_PATH) => Ok(json(&metering())),
         (&Method::GET, api::RULES_PATH) => state.rules().map(|rules| json(&rules)),
         (&Method::POST, api::RULES_PATH) => match body::<RuleRequest>(request, MAX_BODY).await {
@@ -385,6 +388,20 @@ async fn purge_cache(purge: api::PurgeRequest) -> Result<Response<Full<Bytes>>, 
     let purged = crate::proxy::cache::purge(&target).await.unwrap_or(0);
     tracing::info!(?target, purged, "cache purged");
     Ok(json(&api::Purged { purged }))
+}
+
+/// Metering totals of every node (`?cluster=1`).
+async fn cluster_metering() -> Result<api::Metering, ApiFailure> {
+    let Some(cluster) = crate::cluster::CLUSTER.get() else {
+        return Err(ApiFailure {
+            status: StatusCode::CONFLICT,
+            message: "cluster mode is off: there is no [cluster] section in the config".to_owned(),
+        });
+    };
+    cluster.metering().await.map_err(|error| ApiFailure {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: format!("reading the cluster's metering from Redis failed: {error}"),
+    })
 }
 
 fn metering() -> api::Metering {

@@ -122,6 +122,8 @@ fn is_expired(expires_at: Option<f64>, now: f64) -> bool {
 pub struct DaemonState {
     inner: Mutex<Inner>,
     pub metrics: super::metrics::Metrics,
+    /// Cluster mode: told of every operator change made on this node.
+    cluster: std::sync::OnceLock<crate::cluster::ChangeSink>,
 }
 
 struct Inner {
@@ -170,7 +172,19 @@ impl DaemonState {
         Ok(DaemonState {
             inner: Mutex::new(inner),
             metrics: Default::default(),
+            cluster: Default::default(),
         })
+    }
+
+    /// Cluster mode: from now on, bans and operator rule changes are also sent to `sink`.
+    pub fn set_cluster_sink(&self, sink: crate::cluster::ChangeSink) {
+        let _ = self.cluster.set(sink);
+    }
+
+    fn publish(&self, change: crate::cluster::Change) {
+        if let Some(sink) = self.cluster.get() {
+            sink.send(change);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -547,11 +561,19 @@ impl DaemonState {
             hits: Some(0),
             shadow: rule.shadow,
         };
+        let change = crate::cluster::Change::AddRule {
+            cidr: entry.cidr.clone(),
+            action: rule.action,
+            comment: rule.comment.clone(),
+            expires_at: rule.expires_at,
+            shadow: rule.shadow,
+        };
         self.lock().change(|state, inner| {
             inner.check_new_rules(std::slice::from_ref(&rule))?;
             state.rules.push(rule);
             Ok(())
         })?;
+        self.publish(change);
         tracing::info!(cidr = %entry.cidr, action = %entry.action, "operator rule added");
         Ok(entry)
     }
@@ -575,6 +597,9 @@ impl DaemonState {
                 )),
             }
         })?;
+        self.publish(crate::cluster::Change::Promote {
+            cidr: net.to_string(),
+        });
         tracing::info!(%net, "shadow rule promoted: it drops now");
         Ok(())
     }
@@ -600,6 +625,9 @@ impl DaemonState {
             }
             Ok(())
         })?;
+        self.publish(crate::cluster::Change::RemoveRule {
+            cidr: net.to_string(),
+        });
         tracing::info!(%net, "operator rule removed");
         Ok(())
     }
@@ -631,11 +659,22 @@ impl DaemonState {
             });
         }
         let count = rules.len();
+        let changes: Vec<_> = rules
+            .iter()
+            .map(|rule| crate::cluster::Change::AddRule {
+                cidr: rule.cidr.to_string(),
+                action: rule.action,
+                comment: rule.comment.clone(),
+                expires_at: None,
+                shadow: false,
+            })
+            .collect();
         self.lock().change(|state, inner| {
             inner.check_new_rules(&rules)?;
             state.rules.extend(rules);
             Ok(())
         })?;
+        changes.into_iter().for_each(|change| self.publish(change));
         tracing::info!(count, "operator rules imported");
         Ok(count)
     }
@@ -701,6 +740,11 @@ impl DaemonState {
                 .filter(|comment| !comment.is_empty()),
         };
         self.lock().place_ban(&ban)?;
+        self.publish(crate::cluster::Change::Ban {
+            cidr: ban.cidr.to_string(),
+            expires_at: ban.expires_at,
+            comment: ban.comment.clone(),
+        });
         tracing::info!(net = %ban.cidr, duration_secs = ?request.duration_secs, comment = ?ban.comment, "source banned");
         Ok(Ban {
             cidr: ban.cidr.to_string(),
@@ -726,7 +770,15 @@ impl DaemonState {
             cidr: net,
             expires_at: Some(expires_at),
             comment: Some(comment.to_owned()),
-        })
+        })?;
+        drop(inner);
+        // Every node of a cluster bans what one node's L7 signals caught.
+        self.publish(crate::cluster::Change::Ban {
+            cidr: net.to_string(),
+            expires_at: Some(expires_at),
+            comment: Some(comment.to_owned()),
+        });
+        Ok(())
     }
 
     pub fn unban(&self, cidr: &str) -> ApiResult<()> {
@@ -745,6 +797,10 @@ impl DaemonState {
             Ok(())
         })?;
         inner.publish_bans();
+        drop(inner);
+        self.publish(crate::cluster::Change::Unban {
+            cidr: net.to_string(),
+        });
         tracing::info!(%net, "ban lifted");
         Ok(())
     }

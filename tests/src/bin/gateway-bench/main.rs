@@ -1,6 +1,7 @@
 //! `gateway-bench`: benchmarks that compare side by side in one run and report ratios.
 //! Run through `cargo xtask bench <which>` (release build, root).
 
+mod cluster;
 mod defend;
 mod peers;
 mod proxy;
@@ -14,9 +15,10 @@ fn main() -> anyhow::Result<()> {
         Some("xdp") => xdp::run(&args[1..]),
         Some("proxy") => proxy::run(&args[1..]),
         Some("defend") => defend::run(&args[1..]),
+        Some("cluster") => cluster::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: gateway-bench xdp [--seconds N] [--repeat N] | proxy [--seconds N] | defend [--seconds N]"
+                "usage: gateway-bench xdp [--seconds N] [--repeat N] | proxy [--seconds N] | defend [--seconds N] | cluster [--seconds N]"
             );
             std::process::exit(2);
         }

@@ -1,0 +1,127 @@
+//! Cluster mode (`[cluster]`): several gateways sharing one Redis.
+//!
+//! - [`link`]: the self-healing connection, its up/down state and health check.
+//! - [`events`]: bans and operator rules made on one node reach every node's XDP maps
+//!   (pub/sub on `{prefix}:events`, durable hashes `{prefix}:bans` and `{prefix}:rules`).
+//! - [`limiter`]: [`ClusterLimiter`], cluster-wide GCRA rate limits with a local fast path
+//!   and a configured fallback while Redis is down.
+//! - [`metering`]: per-(consumer, route) totals summed over the nodes (`{prefix}:metering`).
+
+pub mod events;
+pub mod limiter;
+pub mod link;
+pub mod metering;
+
+use std::sync::{Arc, LazyLock, OnceLock};
+
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+
+pub use events::{Change, ChangeSink, apply_remote};
+pub use limiter::{ClusterLimiter, Decision, LimiterOptions, LocalLimiter, Rate, Source};
+pub use link::RedisLink;
+
+use crate::{config::ClusterConfig, control::DaemonState};
+
+/// Cluster metrics, registered on the metrics endpoint when `[cluster]` is configured.
+#[derive(Default)]
+pub struct ClusterMetrics {
+    /// 1 while Redis answers, 0 while it does not.
+    pub redis_up: Gauge,
+    /// Rate-limit decisions taken by the fallback (`cluster.on_redis_down`) because Redis was
+    /// down.
+    pub fallbacks: Counter,
+}
+
+pub static METRICS: LazyLock<ClusterMetrics> = LazyLock::new(ClusterMetrics::default);
+
+/// The running daemon's cluster membership (set once by `gateway run`).
+pub static CLUSTER: OnceLock<Arc<Cluster>> = OnceLock::new();
+
+/// This node's part of the cluster.
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub link: Arc<RedisLink>,
+    /// For the throttle stage: cluster-wide rate limits.
+    pub limiter: Arc<ClusterLimiter>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Cluster {
+    /// Joins the cluster: opens the link (without waiting for Redis: a node starts while
+    /// Redis is down and catches up when it returns), hooks `state` so local changes are
+    /// published, and starts the subscriber and the metering push.
+    pub fn start(config: &ClusterConfig, state: Arc<DaemonState>) -> anyhow::Result<Arc<Cluster>> {
+        let link = RedisLink::open(
+            &config.redis,
+            config.password.as_deref(),
+            config.tls_ca.as_deref(),
+        )?;
+        let keys = events::Keys::new(&config.key_prefix);
+        let (sink, changes) = ChangeSink::channel();
+        let unpublished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        state.set_cluster_sink(sink);
+        let tasks = vec![
+            tokio::spawn(events::publish(
+                link.clone(),
+                keys.clone(),
+                config.node.clone(),
+                changes,
+                unpublished.clone(),
+            )),
+            tokio::spawn(events::subscribe(
+                link.clone(),
+                keys,
+                config.node.clone(),
+                state,
+                unpublished,
+            )),
+            tokio::spawn(metering::push(
+                link.clone(),
+                metering_key(&config.key_prefix),
+                config.metering_interval,
+            )),
+        ];
+        let limiter = Arc::new(ClusterLimiter::new(
+            link.clone(),
+            &config.key_prefix,
+            config.on_redis_down,
+            LimiterOptions::default(),
+        ));
+        tracing::info!(node = %config.node, redis = %config.redis, on_redis_down = ?config.on_redis_down, "cluster mode: joining");
+        Ok(Arc::new(Cluster {
+            config: config.clone(),
+            link,
+            limiter,
+            tasks,
+        }))
+    }
+
+    /// Cluster-wide metering totals.
+    pub async fn metering(&self) -> redis::RedisResult<crate::control::api::Metering> {
+        metering::read(&self.link, &metering_key(&self.config.key_prefix)).await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The running daemon's cluster-wide limiter; `None` without `[cluster]`.
+///
+/// For the throttle stage: a route limit marked cluster-wide calls
+/// `limiter.check(&format!("{route}|{consumer}"), rate, burst).await` and answers from the
+/// [`Decision`]: allowed -> continue (with `RateLimit-Remaining`/`-Reset` from `remaining`
+/// and `reset_after`); refused -> 429 with `Retry-After` from `retry_after`, or 503 when
+/// [`Decision::is_unavailable`] (Redis down and `on_redis_down = "deny"`). Without a
+/// cluster (or for limits not marked cluster-wide) it keeps its local limiter.
+pub fn limiter() -> Option<&'static Arc<ClusterLimiter>> {
+    CLUSTER.get().map(|cluster| &cluster.limiter)
+}
+
+pub fn metering_key(prefix: &str) -> String {
+    format!("{prefix}:metering")
+}
