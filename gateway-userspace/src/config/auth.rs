@@ -140,6 +140,8 @@ pub struct RateLimitRule {
     pub burst: u32,
     /// Most distinct keys tracked; the least recently used are evicted beyond.
     pub max_keys: usize,
+    /// Counted cluster-wide through `[cluster]`'s Redis instead of on this node alone.
+    pub cluster: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,6 +245,8 @@ pub(super) struct RawRateLimit {
     rate: String,
     burst: Option<u32>,
     max_keys: Option<usize>,
+    #[serde(default)]
+    cluster: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -771,6 +775,7 @@ pub(super) fn compile_rate_limits(
                 period,
                 burst: burst.max(1),
                 max_keys: max_keys.max(1),
+                cluster: raw.cluster,
             });
         }
     }

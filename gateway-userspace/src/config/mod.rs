@@ -461,9 +461,23 @@ impl Config {
             sample: raw.access_log.sample.clamp(0.0, 1.0),
         };
         let otlp = raw.otlp.and_then(|otlp| otlp.compile(&mut problems));
+        let cluster_section = raw.cluster.is_some();
         let cluster = raw
             .cluster
             .and_then(|cluster| cluster.compile(&mut problems));
+        if !cluster_section {
+            for route in &proxy.routes {
+                for (index, rule) in route.rate_limits.iter().enumerate() {
+                    if rule.cluster {
+                        problems.add(
+                            format!("{}.rate_limits[{index}].cluster", route.origin),
+                            "a cluster-wide limit needs a [cluster] section naming the Redis \
+                             the gateways share",
+                        );
+                    }
+                }
+            }
+        }
         if problems.0.is_empty() {
             Ok(Config {
                 admin,

@@ -48,6 +48,9 @@ pub enum ErrorKind {
     CorsRejected,
     /// Over a rate limit (429; `Retry-After` and `RateLimit-*` say when to come back).
     RateLimited,
+    /// A cluster-wide limit could not be checked: Redis is down and `cluster.on_redis_down`
+    /// is "deny" (503).
+    LimitUnavailable,
     /// A bug or an impossible state in the gateway.
     Internal,
 }
@@ -67,6 +70,7 @@ impl ErrorKind {
                 StatusCode::FORBIDDEN
             }
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::LimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -86,6 +90,7 @@ impl ErrorKind {
             ErrorKind::SourceDenied => "source_denied",
             ErrorKind::CorsRejected => "cors_rejected",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::LimitUnavailable => "rate_limit_unavailable",
             ErrorKind::Internal => "internal_error",
         }
     }
@@ -102,7 +107,9 @@ impl ErrorKind {
             | ErrorKind::CorsRejected
             | ErrorKind::RateLimited => Cause::Client,
             ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout => Cause::Upstream,
-            ErrorKind::NoTarget | ErrorKind::Internal => Cause::Gateway,
+            ErrorKind::NoTarget | ErrorKind::LimitUnavailable | ErrorKind::Internal => {
+                Cause::Gateway
+            }
         }
     }
 
@@ -124,7 +131,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => 16, // UNAUTHENTICATED
             ErrorKind::NoRoute => 12,      // UNIMPLEMENTED
             ErrorKind::Internal => 13,     // INTERNAL
-            ErrorKind::NoTarget | ErrorKind::UpstreamFailed => 14, // UNAVAILABLE
+            ErrorKind::NoTarget | ErrorKind::UpstreamFailed | ErrorKind::LimitUnavailable => 14, // UNAVAILABLE
         }
     }
 
@@ -142,6 +149,7 @@ impl ErrorKind {
             ErrorKind::SourceDenied => "this route is not open to your address",
             ErrorKind::CorsRejected => "this cross-origin request is not allowed",
             ErrorKind::RateLimited => "too many requests; retry later",
+            ErrorKind::LimitUnavailable => "the rate limit cannot be checked now; retry later",
             ErrorKind::Internal => "internal gateway error",
         }
     }

@@ -144,7 +144,7 @@ async fn pipeline(
     stage!(cors::cors(ctx, &req));
     stage!(authenticate::authenticate(ctx, &mut req).await);
     stage!(authorize::authorize(ctx));
-    stage!(throttle::throttle(ctx, &req));
+    stage!(throttle::throttle(ctx, &req).await);
     stage!(limits::limit_body(ctx, &mut req));
     stage!(cache::lookup(ctx, &mut req).await);
     stage!(headers::prepare_request(ctx, &mut req));

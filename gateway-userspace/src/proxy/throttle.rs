@@ -3,6 +3,10 @@
 //! route. The answer carries `RateLimit-Limit/-Remaining/-Reset` for the tightest limit, and a
 //! refusal is 429 with `Retry-After`.
 //!
+//! A limit with `cluster = true` is counted across every gateway of the cluster instead, by
+//! `cluster::ClusterLimiter` (GCRA in Redis with leased batches; `cluster.on_redis_down`
+//! decides what happens while Redis is away: this node's own limit, or 503).
+//!
 //! Memory is bounded: each limit keeps its per-key limiters in a `quick_cache` of at most
 //! `max_keys` entries (default 100,000, a few hundred bytes each); beyond, the least recently
 //! used keys are evicted, which only forgets their history (an evicted key starts with a full
@@ -141,15 +145,47 @@ impl RouteLimits {
     }
 }
 
-pub fn throttle(ctx: &mut RequestContext, req: &Request<ProxyBody>) -> Result<Flow, ProxyError> {
+pub async fn throttle(
+    ctx: &mut RequestContext,
+    req: &Request<ProxyBody>,
+) -> Result<Flow, ProxyError> {
     let Some(limits) = ctx.snapshot.throttles[ctx.route.expect("route ran")].clone() else {
         return Ok(Flow::Continue);
     };
     // The tightest limit so far: (burst, remaining, seconds until full).
     let mut tightest: Option<(u32, u32, u64)> = None;
-    for limit in &limits.limits {
+    for (index, limit) in limits.limits.iter().enumerate() {
         let key = key(ctx, req, &limit.rule.key);
-        match limit.check(&key) {
+        let outcome = match crate::cluster::limiter().filter(|_| limit.rule.cluster) {
+            Some(cluster) => {
+                let rate = crate::cluster::Rate {
+                    count: limit.rule.count,
+                    period: limit.rule.period,
+                };
+                let shared_key = format!("{}|{index}|{key}", limits.route);
+                let decision = cluster.check(&shared_key, rate, limit.rule.burst).await;
+                if decision.is_unavailable() {
+                    return Err(ProxyError::new(
+                        ErrorKind::LimitUnavailable,
+                        format!(
+                            "route {}: Redis is down and cluster.on_redis_down is \"deny\"",
+                            limits.route
+                        ),
+                    ));
+                }
+                match decision.retry_after {
+                    None if decision.allowed => Outcome::Allowed {
+                        remaining: decision.remaining,
+                    },
+                    wait => Outcome::Refused {
+                        wait: wait.unwrap_or(limit.interval()),
+                    },
+                }
+            }
+            // A node-local limit, or cluster mode not started (config requires it).
+            None => limit.check(&key),
+        };
+        match outcome {
             Outcome::Allowed { remaining } => {
                 let used = limit.rule.burst - remaining.min(limit.rule.burst);
                 let reset = limit.interval().as_secs_f64() * f64::from(used);
@@ -231,6 +267,7 @@ mod tests {
             period,
             burst,
             max_keys,
+            cluster: false,
         }
     }
 
