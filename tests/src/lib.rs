@@ -34,6 +34,21 @@ pub use frames::{Ext, Frame};
 pub use netns::{NetNs, Side, VethEnd, VethLink, iface_stats, vlan_supported};
 pub use raw::RawSocket;
 
+/// Runs the real `openssl` CLI with `args` in `dir` (test keys and certificates); a failure
+/// panics with openssl's own message.
+pub fn openssl_in(dir: &std::path::Path, args: &[&str]) {
+    let output = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Whether a test that needs the kernel (namespaces, XDP, raw sockets) can run here.
 ///
 /// Those tests need root. CI runs as root, so there a non-root run is a setup error and panics

@@ -396,18 +396,7 @@ fn gateways_keep_running_without_redis_and_resume_propagation_when_it_returns() 
 
 /// A CA and a server certificate for 127.0.0.1 / localhost, made with openssl in `dir`.
 fn tls_files(dir: &std::path::Path) -> (String, String, String) {
-    let run = |args: &[&str]| {
-        let output = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("running openssl");
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
+    let run = |args: &[&str]| gateway_tests::openssl_in(dir, args);
     std::fs::write(
         dir.join("ext.cnf"),
         "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",

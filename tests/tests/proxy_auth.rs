@@ -552,19 +552,7 @@ fn tokens_from_a_header_or_the_query_with_keys_from_a_jwks_file() {
     assert_eq!(reply.status, 401);
 }
 
-/// Runs `openssl` with `args` in `dir`.
-fn openssl_in(dir: &std::path::Path, args: &[&str]) {
-    let output = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("running openssl");
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
+use gateway_tests::openssl_in;
 
 /// `openssl s_server -WWW` serving `dir` over TLS; killed on drop.
 struct HttpsFiles(std::process::Child);

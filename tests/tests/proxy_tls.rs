@@ -73,16 +73,7 @@ impl Pki {
     }
 
     fn openssl(&self, args: &[&str]) {
-        let output = Command::new("openssl")
-            .current_dir(self.dir.path())
-            .args(args)
-            .output()
-            .expect("running openssl");
-        assert!(
-            output.status.success(),
-            "openssl {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        gateway_tests::openssl_in(self.dir.path(), args);
     }
 
     /// Writes `<stem>.pem` (the leaf, then the CA: a chain) and `<stem>.key`, for `subject`
