@@ -5,8 +5,8 @@
 //! keys, a quota high enough that nearly everything is admitted (the cost measured is the
 //! decision, not the refusal). Reports each rate and its ratio to the local one.
 //!
-//! The route-level comparison (requests/s through the proxy) needs the throttle stage, which
-//! lives on another branch; it calls the same `check`.
+//! Then the same through the proxy: requests/s of a route with a cluster-wide limit
+//! (`cluster = true`) against the same route with a node-local limit, on one gateway.
 
 use std::{
     sync::{
@@ -21,7 +21,9 @@ use gateway::{
     cluster::{ClusterLimiter, LimiterOptions, LocalLimiter, Rate, RedisLink},
     config::OnRedisDown,
 };
-use gateway_tests::redis::RedisServer;
+use gateway_tests::{Gateway, redis::RedisServer, upstream::Upstream};
+
+use crate::proxy::{CONNECTIONS, free_port, load};
 
 const CALLERS: usize = 64;
 const KEYS: usize = 100;
@@ -92,8 +94,70 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 rate / base
             );
         }
-        Ok(())
-    })
+        anyhow::Ok(())
+    })?;
+    routes(&runtime, &redis, seconds)
+}
+
+/// Requests/s through one gateway: a locally limited route and a cluster-limited one, both
+/// with a quota far above the load (every request is admitted: the cost measured is the check).
+fn routes(
+    runtime: &tokio::runtime::Runtime,
+    redis: &RedisServer,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let upstream = Upstream::start("bench");
+    let port = free_port()?;
+    let limit = |cluster: bool| {
+        format!(
+            "rate_limits = [{{ key = \"ip\", rate = \"10000000/s\", burst = 100000, cluster = {cluster} }}]"
+        )
+    };
+    let _gateway = Gateway::start(
+        None,
+        &format!(
+            "[admin]\nsocket = \"{{admin_socket}}\"\nstate_file = \"{{dir}}/state.json\"\n\
+             [xdp]\nmode = \"off\"\n[access_log]\nenabled = false\n\
+             [cluster]\nredis = \"{}\"\nnode = \"bench\"\nkey_prefix = \"benchroute{}\"\n\
+             [[listeners]]\nname = \"bench\"\naddress = \"127.0.0.1:{port}\"\n\
+             [[upstreams]]\nname = \"bench\"\ntargets = [{{ address = \"{}\" }}]\n\
+             [[routes]]\nname = \"local\"\nupstream = \"bench\"\nmatch = {{ path_prefix = \"/local\" }}\n{}\n\
+             [[routes]]\nname = \"cluster\"\nupstream = \"bench\"\nmatch = {{ path_prefix = \"/cluster\" }}\n{}\n",
+            redis.url(),
+            std::process::id(),
+            upstream.address(),
+            limit(false),
+            limit(true),
+        ),
+    );
+    let address = format!("127.0.0.1:{port}").parse()?;
+    println!("\n## Through the proxy (HTTP/1.1 keep-alive GET, {seconds} s per row, one run)");
+    println!("| connections | route | requests/s | p50 ms | p99 ms | ratio to local |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    for connections in CONNECTIONS {
+        let mut local = None;
+        for (name, path) in [
+            ("locally limited", "/local"),
+            ("cluster-limited", "/cluster"),
+        ] {
+            let result = runtime.block_on(load(
+                address,
+                path,
+                None,
+                connections,
+                Duration::from_secs(seconds),
+            ))?;
+            let rate = result.rate();
+            let base = *local.get_or_insert(rate);
+            println!(
+                "| {connections} | {name} | {rate:.0} | {:.2} | {:.2} | {:.2} |",
+                result.percentile(0.50),
+                result.percentile(0.99),
+                rate / base
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Decisions per second over `duration`, and the fraction admitted.

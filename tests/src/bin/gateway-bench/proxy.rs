@@ -315,7 +315,7 @@ impl Dial {
 
 /// `connections` keep-alive HTTP/1.1 connections, each sending GETs back to back until the
 /// deadline. Every response must be a 200.
-async fn load(
+pub async fn load(
     address: SocketAddr,
     path: &str,
     authorization: Option<String>,
