@@ -16,6 +16,8 @@ pub mod maps {
     pub const SETTINGS: &str = "SETTINGS";
     /// `PerCpuArray<Counter>` indexed by [`crate::Reason`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// Interface index -> its block of counters (see [`super::INTERFACE_BLOCKS`]).
+    pub const INTERFACES: &str = "INTERFACES";
     /// `LpmTrie<[u8; 4], u64>`: banned IPv4 sources (or prefixes) -> expiry.
     pub const BANS_V4: &str = "BANS_V4";
     /// `LpmTrie<[u8; 16], u64>`: banned IPv6 sources (or prefixes) -> expiry.
@@ -124,6 +126,11 @@ impl Reason {
 /// Size of the counters map. Larger than `Reason::ALL` so later reasons fit without
 /// changing the map's shape.
 pub const COUNTER_SLOTS: u32 = 32;
+
+/// `COUNTERS` holds one block of `COUNTER_SLOTS` per attached interface (blocks 1 and up,
+/// given out by the daemon at attach) and block 0 for frames from any other interface (e.g.
+/// `BPF_PROG_TEST_RUN`), so every verdict is counted per interface as well as in total.
+pub const INTERFACE_BLOCKS: u32 = 17;
 
 /// Packets and bytes seen for one reason on one CPU.
 #[repr(C)]

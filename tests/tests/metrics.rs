@@ -58,6 +58,19 @@ fn metrics_count_exactly_what_the_kernel_did() {
         metrics[&format!("gateway_xdp_bytes_total{{{deny}}}")],
         3.0 * udp_frame_len(false, 8) as f64
     );
+    // The same, on the one interface the program is attached to.
+    let per_interface: Vec<(&String, &f64)> = metrics
+        .iter()
+        .filter(|(key, _)| {
+            key.starts_with("gateway_xdp_interface_packets_total{") && key.contains(deny)
+        })
+        .collect();
+    assert_eq!(per_interface.len(), 1, "{per_interface:?}");
+    assert_eq!(*per_interface[0].1, 3.0, "{per_interface:?}");
+    assert!(
+        per_interface[0].0.contains("interface=\""),
+        "{per_interface:?}"
+    );
     assert_eq!(metrics["gateway_firewall_rules{origin=\"config\"}"], 1.0);
     assert_eq!(metrics["gateway_firewall_rules{origin=\"operator\"}"], 0.0);
     assert_eq!(metrics["gateway_bans_active{}"], 0.0);

@@ -99,6 +99,7 @@ mod tests {
                 interfaces: vec![InterfaceStats {
                     name: "eth0".into(),
                     mode: AttachMode::Native,
+                    reasons: Vec::new(),
                 }],
                 reasons: vec![ReasonStats {
                     reason: "dropped-deny".into(),

@@ -29,6 +29,9 @@ pub struct XdpStats {
 pub struct InterfaceStats {
     pub name: String,
     pub mode: AttachMode,
+    /// This interface's packets per reason, in counter order.
+    #[serde(default)]
+    pub reasons: Vec<ReasonStats>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

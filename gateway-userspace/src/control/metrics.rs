@@ -101,6 +101,36 @@ impl Collector for KernelCollector {
                     ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
                 }
             }
+            // The same per interface (names come from the config: bounded).
+            let per_interface = [
+                (
+                    "gateway_xdp_interface_packets",
+                    "Packets seen by the XDP program, by interface and verdict reason",
+                ),
+                (
+                    "gateway_xdp_interface_bytes",
+                    "Bytes seen by the XDP program, by interface and verdict reason",
+                ),
+            ];
+            for (index, (name, help)) in per_interface.into_iter().enumerate() {
+                let mut family =
+                    encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for interface in &stats.xdp.interfaces {
+                    for reason in &interface.reasons {
+                        let labels = [
+                            ("interface", interface.name.as_str()),
+                            ("reason", reason.reason.as_str()),
+                            ("verdict", reason.verdict.as_str()),
+                        ];
+                        let value = if index == 0 {
+                            reason.packets
+                        } else {
+                            reason.bytes
+                        };
+                        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
             let attached = ConstGauge::new(stats.xdp.interfaces.len() as i64);
             attached.encode(encoder.encode_descriptor(
                 "gateway_xdp_attached_interfaces",

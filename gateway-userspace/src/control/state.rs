@@ -233,17 +233,18 @@ impl DaemonState {
                 },
             });
         };
-        let reasons = xdp
-            .counters()
-            .map_err(internal)?
-            .into_iter()
-            .map(|(reason, counter)| ReasonStats {
-                reason: reason.name().to_owned(),
-                verdict: if reason.is_drop() { "drop" } else { "pass" }.to_owned(),
-                packets: counter.packets,
-                bytes: counter.bytes,
-            })
-            .collect();
+        let reason_stats = |counters: Vec<(gateway_common::Reason, gateway_common::Counter)>| {
+            counters
+                .into_iter()
+                .map(|(reason, counter)| ReasonStats {
+                    reason: reason.name().to_owned(),
+                    verdict: if reason.is_drop() { "drop" } else { "pass" }.to_owned(),
+                    packets: counter.packets,
+                    bytes: counter.bytes,
+                })
+                .collect::<Vec<_>>()
+        };
+        let reasons = reason_stats(xdp.counters().map_err(internal)?);
         let top_sources = xdp
             .top_dropped_sources(TOP_SOURCES)
             .map_err(internal)?
@@ -256,11 +257,15 @@ impl DaemonState {
         let interfaces = xdp
             .attachments()
             .iter()
-            .map(|attachment| InterfaceStats {
-                name: attachment.interface.clone(),
-                mode: attachment.mode,
+            .enumerate()
+            .map(|(index, attachment)| {
+                Ok(InterfaceStats {
+                    name: attachment.interface.clone(),
+                    mode: attachment.mode,
+                    reasons: reason_stats(xdp.interface_counters(index).map_err(internal)?),
+                })
             })
-            .collect();
+            .collect::<ApiResult<_>>()?;
         Ok(Stats {
             xdp: XdpStats {
                 enabled: true,

@@ -7,8 +7,8 @@ use aya::{
     maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use gateway_common::{
-    ACTION_ALLOW, ACTION_DENY, ACTION_POLICY, ACTION_SHADOW, Counter, POLICY_ALLOW_LIST,
-    POLICY_DENY_LIST, RateClass, Reason, Rule, Settings, maps as map_names,
+    ACTION_ALLOW, ACTION_DENY, ACTION_POLICY, ACTION_SHADOW, COUNTER_SLOTS, Counter,
+    POLICY_ALLOW_LIST, POLICY_DENY_LIST, RateClass, Reason, Rule, Settings, maps as map_names,
 };
 use ipnet::IpNet;
 
@@ -248,7 +248,12 @@ where
     Ok(())
 }
 
-pub(super) fn read_counters(ebpf: &Ebpf) -> Result<Vec<(Reason, Counter)>, XdpError> {
+/// Packets and bytes per reason, summed over CPUs, for the counter `blocks` given (every
+/// block: the totals; one block: one interface's).
+pub(super) fn read_counters(
+    ebpf: &Ebpf,
+    blocks: std::ops::Range<u32>,
+) -> Result<Vec<(Reason, Counter)>, XdpError> {
     let map = ebpf
         .map(map_names::COUNTERS)
         .ok_or(XdpError::MissingMap(map_names::COUNTERS))?;
@@ -257,16 +262,32 @@ pub(super) fn read_counters(ebpf: &Ebpf) -> Result<Vec<(Reason, Counter)>, XdpEr
     Reason::ALL
         .iter()
         .map(|&reason| {
-            let per_cpu = counters
-                .get(&(reason as u32), 0)
-                .map_err(|error| XdpError::map(map_names::COUNTERS, error))?;
-            let total = per_cpu.iter().fold(Counter::default(), |sum, cpu| Counter {
-                packets: sum.packets + cpu.packets,
-                bytes: sum.bytes + cpu.bytes,
-            });
+            let mut total = Counter::default();
+            for block in blocks.clone() {
+                let per_cpu = counters
+                    .get(&(block * COUNTER_SLOTS + reason as u32), 0)
+                    .map_err(|error| XdpError::map(map_names::COUNTERS, error))?;
+                for cpu in per_cpu.iter() {
+                    total.packets += cpu.packets;
+                    total.bytes += cpu.bytes;
+                }
+            }
             Ok((reason, total))
         })
         .collect()
+}
+
+/// Counts `if_index`'s packets in its own block of counters.
+pub(super) fn set_interface_block(
+    ebpf: &mut Ebpf,
+    if_index: u32,
+    block: u32,
+) -> Result<(), XdpError> {
+    let mut interfaces: aya::maps::HashMap<&mut MapData, u32, u32> =
+        map_mut(ebpf, map_names::INTERFACES)?;
+    interfaces
+        .insert(if_index, block, 0)
+        .map_err(|error| XdpError::map(map_names::INTERFACES, error))
 }
 
 pub(super) fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, XdpError>

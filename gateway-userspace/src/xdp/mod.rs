@@ -24,7 +24,9 @@ use aya::{
         xdp::{XdpLink, XdpLinkId},
     },
 };
-use gateway_common::{Counter, PROGRAM_NAME, Reason, Settings, maps as map_names};
+use gateway_common::{
+    Counter, INTERFACE_BLOCKS, PROGRAM_NAME, Reason, Settings, maps as map_names,
+};
 use serde::{Deserialize, Serialize};
 
 pub use attack::NewSources;
@@ -80,12 +82,13 @@ struct Pins {
 }
 
 /// Every map of the program, pinned by name.
-const MAP_NAMES: [&str; 15] = [
+const MAP_NAMES: [&str; 16] = [
     map_names::RULES_V4,
     map_names::RULES_V6,
     map_names::PORTS,
     map_names::SETTINGS,
     map_names::COUNTERS,
+    map_names::INTERFACES,
     map_names::BANS_V4,
     map_names::BANS_V6,
     map_names::RATE_PREFIXES_V4,
@@ -328,6 +331,17 @@ impl XdpFirewall {
     /// Attaches to `interface`. `Auto` tries native (driver) mode, then generic (skb).
     pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<AttachMode, XdpError> {
         let if_index = interface_index(interface)?;
+        // Its own block of counters (in attach order, the same across restarts); beyond the
+        // blocks there are, it counts with "other interfaces" in block 0.
+        let block = self.attachments.len() as u32 + 1;
+        if block < INTERFACE_BLOCKS {
+            maps::set_interface_block(&mut self.ebpf, if_index, block)?;
+        } else {
+            tracing::warn!(
+                interface,
+                "more interfaces than counter blocks: its verdicts are counted in the totals only"
+            );
+        }
         if let Some(dir) = self.pins.as_ref().map(|pins| pins.dir.clone())
             && let Some((path, pinned_mode)) = pin::find_link(&dir, interface)
         {
@@ -465,9 +479,16 @@ impl XdpFirewall {
         &self.attachments
     }
 
-    /// Packets and bytes per reason, summed over CPUs, in [`Reason::ALL`] order.
+    /// Packets and bytes per reason, summed over CPUs and interfaces, in [`Reason::ALL`] order.
     pub fn counters(&self) -> Result<Vec<(Reason, Counter)>, XdpError> {
-        maps::read_counters(&self.ebpf)
+        maps::read_counters(&self.ebpf, 0..INTERFACE_BLOCKS)
+    }
+
+    /// The same for the `index`-th attached interface (in [`attachments`](Self::attachments)
+    /// order): its packets only.
+    pub fn interface_counters(&self, index: usize) -> Result<Vec<(Reason, Counter)>, XdpError> {
+        let block = (index as u32 + 1).min(INTERFACE_BLOCKS);
+        maps::read_counters(&self.ebpf, block..(block + 1).min(INTERFACE_BLOCKS))
     }
 
     /// The loaded program, e.g. for `BPF_PROG_TEST_RUN` in tests and benchmarks.
