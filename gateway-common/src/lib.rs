@@ -16,7 +16,7 @@ pub mod maps {
     pub const SETTINGS: &str = "SETTINGS";
     /// `PerCpuArray<Counter>` indexed by [`crate::Reason`].
     pub const COUNTERS: &str = "COUNTERS";
-    /// Interface index -> its block of counters (see [`super::INTERFACE_BLOCKS`]).
+    /// Interface index -> its block of counters (see [`super::INTERFACE_BLOCKS`]); an array.
     pub const INTERFACES: &str = "INTERFACES";
     /// `LpmTrie<[u8; 4], u64>`: banned IPv4 sources (or prefixes) -> expiry.
     pub const BANS_V4: &str = "BANS_V4";
@@ -131,6 +131,10 @@ pub const COUNTER_SLOTS: u32 = 32;
 /// given out by the daemon at attach) and block 0 for frames from any other interface (e.g.
 /// `BPF_PROG_TEST_RUN`), so every verdict is counted per interface as well as in total.
 pub const INTERFACE_BLOCKS: u32 = 17;
+
+/// `INTERFACES` is an array indexed by interface index (an array lookup is inlined by the
+/// verifier, a hash lookup is a call); interfaces with a higher index count in block 0.
+pub const INTERFACE_INDEXES: u32 = 4096;
 
 /// Packets and bytes seen for one reason on one CPU.
 #[repr(C)]

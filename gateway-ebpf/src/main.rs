@@ -19,12 +19,12 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use gateway_common::{
     ACTION_ALLOW, ACTION_DENY, ACTION_SHADOW, COUNTER_SLOTS, Counter, INTERFACE_BLOCKS,
-    POLICY_ALLOW_LIST, PORT_SLOTS, PORT_TCP, PORT_UDP, Reason, Rule, Settings,
+    INTERFACE_INDEXES, POLICY_ALLOW_LIST, PORT_SLOTS, PORT_TCP, PORT_UDP, Reason, Rule, Settings,
 };
 use parse::{L4, Source};
 
@@ -45,7 +45,7 @@ static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 static COUNTERS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(COUNTER_SLOTS * INTERFACE_BLOCKS, 0);
 #[map]
-static INTERFACES: HashMap<u32, u32> = HashMap::with_max_entries(INTERFACE_BLOCKS, 0);
+static INTERFACES: Array<u32> = Array::with_max_entries(INTERFACE_INDEXES, 0);
 #[map]
 static DROPS_BY_SOURCE: LruHashMap<[u8; 16], u64> = LruHashMap::with_max_entries(1024, 0);
 #[map]
@@ -167,8 +167,8 @@ fn by_policy(settings: &Settings) -> Reason {
 fn count(ctx: &XdpContext, reason: Reason, source: Option<Source>) {
     // SAFETY: the context the kernel gave this run.
     let if_index = unsafe { (*ctx.ctx).ingress_ifindex };
-    // SAFETY: a plain value read from a map the program only reads.
-    let block = unsafe { INTERFACES.get(if_index) }
+    let block = INTERFACES
+        .get(if_index)
         .copied()
         .filter(|&block| block < INTERFACE_BLOCKS)
         .unwrap_or(0);

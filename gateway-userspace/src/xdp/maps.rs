@@ -8,7 +8,8 @@ use aya::{
 };
 use gateway_common::{
     ACTION_ALLOW, ACTION_DENY, ACTION_POLICY, ACTION_SHADOW, COUNTER_SLOTS, Counter,
-    POLICY_ALLOW_LIST, POLICY_DENY_LIST, RateClass, Reason, Rule, Settings, maps as map_names,
+    INTERFACE_INDEXES, POLICY_ALLOW_LIST, POLICY_DENY_LIST, RateClass, Reason, Rule, Settings,
+    maps as map_names,
 };
 use ipnet::IpNet;
 
@@ -283,10 +284,16 @@ pub(super) fn set_interface_block(
     if_index: u32,
     block: u32,
 ) -> Result<(), XdpError> {
-    let mut interfaces: aya::maps::HashMap<&mut MapData, u32, u32> =
-        map_mut(ebpf, map_names::INTERFACES)?;
+    if if_index >= INTERFACE_INDEXES {
+        tracing::warn!(
+            if_index,
+            "interface index too high for its own counters: counted in the totals only"
+        );
+        return Ok(());
+    }
+    let mut interfaces: Array<&mut MapData, u32> = map_mut(ebpf, map_names::INTERFACES)?;
     interfaces
-        .insert(if_index, block, 0)
+        .set(if_index, block, 0)
         .map_err(|error| XdpError::map(map_names::INTERFACES, error))
 }
 
