@@ -75,62 +75,21 @@ impl Collector for KernelCollector {
             return Ok(());
         };
         if stats.xdp.enabled {
-            let help = [
-                (
-                    "gateway_xdp_packets",
-                    "Packets seen by the XDP program, by verdict reason",
-                ),
-                (
-                    "gateway_xdp_bytes",
-                    "Bytes seen by the XDP program, by verdict reason",
-                ),
-            ];
-            for (index, (name, help)) in help.into_iter().enumerate() {
-                let mut family =
-                    encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-                for reason in &stats.xdp.reasons {
-                    let labels = [
-                        ("reason", reason.reason.as_str()),
-                        ("verdict", reason.verdict.as_str()),
-                    ];
-                    let value = if index == 0 {
-                        reason.packets
-                    } else {
-                        reason.bytes
-                    };
-                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-                }
-            }
+            let totals: Vec<_> = stats.xdp.reasons.iter().map(|r| (None, r)).collect();
+            encode_reasons(&mut encoder, "gateway_xdp", "by verdict reason", &totals)?;
             // The same per interface (names come from the config: bounded).
-            let per_interface = [
-                (
-                    "gateway_xdp_interface_packets",
-                    "Packets seen by the XDP program, by interface and verdict reason",
-                ),
-                (
-                    "gateway_xdp_interface_bytes",
-                    "Bytes seen by the XDP program, by interface and verdict reason",
-                ),
-            ];
-            for (index, (name, help)) in per_interface.into_iter().enumerate() {
-                let mut family =
-                    encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-                for interface in &stats.xdp.interfaces {
-                    for reason in &interface.reasons {
-                        let labels = [
-                            ("interface", interface.name.as_str()),
-                            ("reason", reason.reason.as_str()),
-                            ("verdict", reason.verdict.as_str()),
-                        ];
-                        let value = if index == 0 {
-                            reason.packets
-                        } else {
-                            reason.bytes
-                        };
-                        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-                    }
-                }
-            }
+            let per_interface: Vec<_> = stats
+                .xdp
+                .interfaces
+                .iter()
+                .flat_map(|i| i.reasons.iter().map(|r| (Some(i.name.as_str()), r)))
+                .collect();
+            encode_reasons(
+                &mut encoder,
+                "gateway_xdp_interface",
+                "by interface and verdict reason",
+                &per_interface,
+            )?;
             let attached = ConstGauge::new(stats.xdp.interfaces.len() as i64);
             attached.encode(encoder.encode_descriptor(
                 "gateway_xdp_attached_interfaces",
@@ -233,6 +192,35 @@ impl Collector for KernelCollector {
             bans.metric_type(),
         )?)
     }
+}
+
+/// `<prefix>_packets` and `<prefix>_bytes` counter families: a series per row, labelled by
+/// reason and verdict (and interface, when the row has one).
+fn encode_reasons(
+    encoder: &mut DescriptorEncoder,
+    prefix: &str,
+    by: &str,
+    rows: &[(Option<&str>, &crate::control::api::ReasonStats)],
+) -> Result<(), std::fmt::Error> {
+    for (unit, what) in [("packets", "Packets"), ("bytes", "Bytes")] {
+        let name = format!("{prefix}_{unit}");
+        let help = format!("{what} seen by the XDP program, {by}");
+        let mut family = encoder.encode_descriptor(&name, &help, None, MetricType::Counter)?;
+        for (interface, reason) in rows {
+            let value = match unit {
+                "packets" => reason.packets,
+                _ => reason.bytes,
+            };
+            let mut labels = Vec::with_capacity(3);
+            if let Some(interface) = interface {
+                labels.push(("interface", *interface));
+            }
+            labels.push(("reason", reason.reason.as_str()));
+            labels.push(("verdict", reason.verdict.as_str()));
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// The metrics listener; dropping it stops serving.

@@ -23,7 +23,7 @@ use gateway::{
 };
 use gateway_tests::{Gateway, redis::RedisServer, upstream::Upstream};
 
-use crate::proxy::{CONNECTIONS, free_port, load};
+use crate::proxy::{compare, free_port};
 
 const CALLERS: usize = 64;
 const KEYS: usize = 100;
@@ -131,33 +131,16 @@ fn routes(
         ),
     );
     let address = format!("127.0.0.1:{port}").parse()?;
-    println!("\n## Through the proxy (HTTP/1.1 keep-alive GET, {seconds} s per row, one run)");
-    println!("| connections | route | requests/s | p50 ms | p99 ms | ratio to local |");
-    println!("|---:|---|---:|---:|---:|---:|");
-    for connections in CONNECTIONS {
-        let mut local = None;
-        for (name, path) in [
-            ("locally limited", "/local"),
-            ("cluster-limited", "/cluster"),
-        ] {
-            let result = runtime.block_on(load(
-                address,
-                path,
-                None,
-                connections,
-                Duration::from_secs(seconds),
-            ))?;
-            let rate = result.rate();
-            let base = *local.get_or_insert(rate);
-            println!(
-                "| {connections} | {name} | {rate:.0} | {:.2} | {:.2} | {:.2} |",
-                result.percentile(0.50),
-                result.percentile(0.99),
-                rate / base
-            );
-        }
-    }
-    Ok(())
+    compare(
+        runtime,
+        "\n## Through the proxy",
+        "locally limited",
+        &[
+            ("locally limited", address, "/local"),
+            ("cluster-limited", address, "/cluster"),
+        ],
+        seconds,
+    )
 }
 
 /// Decisions per second over `duration`, and the fraction admitted.

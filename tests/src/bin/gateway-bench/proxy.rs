@@ -99,29 +99,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    println!("## Proxy throughput (HTTP/1.1 keep-alive, GET, {seconds} s per row, one run)");
-    println!("| connections | target | requests/s | p50 ms | p99 ms | ratio to direct |");
-    println!("|---:|---|---:|---:|---:|---:|");
-    for connections in CONNECTIONS {
-        let mut direct = None;
-        for (name, address) in targets {
-            let result = runtime.block_on(load(
-                address,
-                "/bench",
-                None,
-                connections,
-                Duration::from_secs(seconds),
-            ))?;
-            let rate = result.rate();
-            let direct_rate = *direct.get_or_insert(rate);
-            println!(
-                "| {connections} | {name} | {rate:.0} | {:.2} | {:.2} | {:.2} |",
-                result.percentile(0.50),
-                result.percentile(0.99),
-                rate / direct_rate
-            );
-        }
-    }
+    let rows = targets.map(|(name, address)| (name, address, "/bench"));
+    compare(&runtime, "## Proxy throughput", "direct", &rows, seconds)?;
     println!(
         "\nLoad generator, gateway and upstream share this machine's cores, so the ratios, not the \
          absolute numbers, are the result."
@@ -205,12 +184,30 @@ fn cache_hits(
             bail!("{name}: a warm request was not a cache hit ({status:?})");
         }
     }
-    println!("\n## Cache hits (HTTP/1.1 keep-alive, GET, {seconds} s per row, one run)");
-    println!("| connections | target | requests/s | p50 ms | p99 ms | ratio to gateway uncached |");
+    compare(
+        runtime,
+        "\n## Cache hits",
+        "gateway uncached",
+        &rows,
+        seconds,
+    )
+}
+
+/// One table: each row's (name, address, path) under the same keep-alive GET load, at each
+/// connection count, with its ratio to the first row.
+pub fn compare(
+    runtime: &tokio::runtime::Runtime,
+    title: &str,
+    first: &str,
+    rows: &[(&str, SocketAddr, &str)],
+    seconds: u64,
+) -> anyhow::Result<()> {
+    println!("{title} (HTTP/1.1 keep-alive, GET, {seconds} s per row, one run)");
+    println!("| connections | target | requests/s | p50 ms | p99 ms | ratio to {first} |");
     println!("|---:|---|---:|---:|---:|---:|");
     for connections in CONNECTIONS {
-        let mut uncached = None;
-        for (name, address, path) in &rows {
+        let mut base = None;
+        for (name, address, path) in rows {
             let result = runtime.block_on(load(
                 *address,
                 path,
@@ -219,7 +216,7 @@ fn cache_hits(
                 Duration::from_secs(seconds),
             ))?;
             let rate = result.rate();
-            let base = *uncached.get_or_insert(rate);
+            let base = *base.get_or_insert(rate);
             println!(
                 "| {connections} | {name} | {rate:.0} | {:.2} | {:.2} | {:.2} |",
                 result.percentile(0.50),
