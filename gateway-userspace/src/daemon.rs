@@ -24,6 +24,7 @@ use crate::{
 
 pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> anyhow::Result<()> {
     let signals = Signals::install()?;
+    crate::rlimit::raise_open_files(crate::rlimit::wanted(&config));
     AdminServer::ensure_free(&config.admin.socket).await?;
 
     let xdp = if config.xdp.mode == XdpMode::Off {
@@ -68,8 +69,8 @@ pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> 
 
     let (reloads, reload_requests) = tokio::sync::mpsc::channel(4);
     let _metrics = match config.metrics {
-        Some(address) => {
-            Some(MetricsServer::bind(address, state.clone(), proxy.collector()).await?)
+        Some(metrics) => {
+            Some(MetricsServer::bind(metrics, state.clone(), proxy.collector()).await?)
         }
         None => None,
     };

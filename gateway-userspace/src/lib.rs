@@ -8,4 +8,5 @@ pub mod control;
 pub mod daemon;
 pub mod defend;
 pub mod proxy;
+pub mod rlimit;
 pub mod xdp;

@@ -10,6 +10,7 @@ mod defend;
 mod firewall;
 mod proxy;
 mod rate_limit;
+mod side_limits;
 
 use std::{fmt, path::Path, path::PathBuf};
 
@@ -27,6 +28,7 @@ pub use proxy::{
     ProxyConfig, RouteConfig, RouteMatch, TargetConfig, UpstreamConfig, UpstreamProtocol,
 };
 pub use rate_limit::{Limits, RateClassConfig, RateLimitConfig, RawLimits};
+pub use side_limits::SideLimits;
 
 /// Where the CLI and the daemon meet when the config does not say otherwise.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/gateway/admin.sock";
@@ -45,7 +47,7 @@ pub struct Config {
     /// Listeners, limits, upstreams and routes of the L7 proxy.
     pub proxy: ProxyConfig,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: not at all.
-    pub metrics: Option<std::net::SocketAddr>,
+    pub metrics: Option<MetricsConfig>,
     pub access_log: AccessLogConfig,
     /// Where request spans are exported; `None`: they are not.
     pub otlp: Option<OtlpConfig>,
@@ -66,6 +68,15 @@ pub struct AdminConfig {
     pub state_file: PathBuf,
     /// Optional loopback TCP listener for the admin API, with its bearer token.
     pub tcp: Option<AdminTcp>,
+    /// Caps and timers of each admin listener (the socket and TCP, separately).
+    pub limits: SideLimits,
+}
+
+/// `[metrics]`: where the metrics and health endpoints listen, and their limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub address: std::net::SocketAddr,
+    pub limits: SideLimits,
 }
 
 #[derive(Clone)]
@@ -307,6 +318,9 @@ fn all() -> f64 {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     address: std::net::SocketAddr,
+    max_connections: Option<u32>,
+    header_read_timeout: Option<String>,
+    request_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -316,6 +330,9 @@ struct RawAdmin {
     state_file: Option<PathBuf>,
     tcp: Option<std::net::SocketAddr>,
     token_env: Option<String>,
+    max_connections: Option<u32>,
+    header_read_timeout: Option<String>,
+    request_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -438,7 +455,22 @@ impl Config {
             tcp: raw.admin.tcp.and_then(|address| {
                 admin_tcp(address, raw.admin.token_env.as_deref(), &mut problems)
             }),
+            limits: side_limits::RawSideLimits {
+                max_connections: raw.admin.max_connections,
+                header_read_timeout: raw.admin.header_read_timeout,
+                request_timeout: raw.admin.request_timeout,
+            }
+            .compile("admin", SideLimits::ADMIN, &mut problems),
         };
+        let metrics = raw.metrics.map(|metrics| MetricsConfig {
+            address: metrics.address,
+            limits: side_limits::RawSideLimits {
+                max_connections: metrics.max_connections,
+                header_read_timeout: metrics.header_read_timeout,
+                request_timeout: metrics.request_timeout,
+            }
+            .compile("metrics", SideLimits::METRICS, &mut problems),
+        });
         if admin.socket.as_os_str().is_empty() {
             problems.add("admin.socket", "must not be empty");
         }
@@ -485,7 +517,7 @@ impl Config {
                 xdp_pin_dir,
                 firewall,
                 proxy,
-                metrics: raw.metrics.map(|metrics| metrics.address),
+                metrics,
                 access_log,
                 otlp,
                 defend,

@@ -126,6 +126,19 @@ pub struct HttpLimits {
     pub max_http2_streams: u32,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain_timeout: Duration,
+    /// HTTP/2: a connection quiet this long is sent a PING...
+    pub http2_keep_alive_interval: Duration,
+    /// ...and closed when it is not answered in this time.
+    pub http2_keep_alive_timeout: Duration,
+    /// HTTP/2: the client must acknowledge the gateway's SETTINGS in this time.
+    pub http2_settings_timeout: Duration,
+    /// Once closing (idle, or shutdown; HTTP/2 sends GOAWAY) with nothing in flight, the
+    /// peer has this long to finish the exchange before the socket is closed.
+    pub close_grace: Duration,
+    /// Longer method tokens are answered 501.
+    pub max_method_bytes: usize,
+    /// When not empty, the only methods served; others are answered 501.
+    pub methods: Vec<hyper::Method>,
 }
 
 impl Default for HttpLimits {
@@ -139,6 +152,12 @@ impl Default for HttpLimits {
             max_connections: 10_000,
             max_http2_streams: 100,
             drain_timeout: Duration::from_secs(30),
+            http2_keep_alive_interval: Duration::from_secs(30),
+            http2_keep_alive_timeout: Duration::from_secs(10),
+            http2_settings_timeout: Duration::from_secs(10),
+            close_grace: Duration::from_secs(5),
+            max_method_bytes: 32,
+            methods: Vec::new(),
         }
     }
 }
@@ -340,6 +359,12 @@ pub(super) struct RawLimits {
     max_connections: Option<u32>,
     max_http2_streams: Option<u32>,
     drain_timeout: Option<String>,
+    http2_keep_alive_interval: Option<String>,
+    http2_keep_alive_timeout: Option<String>,
+    http2_settings_timeout: Option<String>,
+    close_grace: Option<String>,
+    max_method_bytes: Option<usize>,
+    methods: Option<Vec<String>>,
 }
 
 /// A byte count: `65536` or `"64KiB"`.
@@ -484,6 +509,8 @@ struct RawHeaderOps {
 
 const MAX_HEADER_BYTES: u64 = 16 * 1024 * 1024;
 const MAX_CONNECTIONS: u32 = 1_000_000;
+/// Far above any method in use; a longer token is an attack, not a method.
+const MAX_METHOD_BYTES: usize = 1024;
 
 /// The raw sections of the file that belong to the proxy.
 pub(super) struct RawProxy {
@@ -760,7 +787,38 @@ impl RawLimits {
             max_http2_streams: self.max_http2_streams.unwrap_or(defaults.max_http2_streams),
             drain_timeout: duration(self.drain_timeout, "limits.drain_timeout", problems)
                 .unwrap_or(defaults.drain_timeout),
+            http2_keep_alive_interval: duration(
+                self.http2_keep_alive_interval,
+                "limits.http2_keep_alive_interval",
+                problems,
+            )
+            .unwrap_or(defaults.http2_keep_alive_interval),
+            http2_keep_alive_timeout: duration(
+                self.http2_keep_alive_timeout,
+                "limits.http2_keep_alive_timeout",
+                problems,
+            )
+            .unwrap_or(defaults.http2_keep_alive_timeout),
+            http2_settings_timeout: duration(
+                self.http2_settings_timeout,
+                "limits.http2_settings_timeout",
+                problems,
+            )
+            .unwrap_or(defaults.http2_settings_timeout),
+            close_grace: duration(self.close_grace, "limits.close_grace", problems)
+                .unwrap_or(defaults.close_grace),
+            max_method_bytes: self.max_method_bytes.unwrap_or(defaults.max_method_bytes),
+            methods: compile_methods(self.methods.unwrap_or_default(), problems),
         };
+        if !(1..=MAX_METHOD_BYTES).contains(&limits.max_method_bytes) {
+            problems.add(
+                "limits.max_method_bytes",
+                format!(
+                    "{} is out of range 1..={MAX_METHOD_BYTES}",
+                    limits.max_method_bytes
+                ),
+            );
+        }
         if !(1..=MAX_CONNECTIONS).contains(&limits.max_connections) {
             problems.add(
                 "limits.max_connections",
@@ -775,6 +833,21 @@ impl RawLimits {
         }
         limits
     }
+}
+
+/// `limits.methods`: each must be a valid method token.
+fn compile_methods(raw: Vec<String>, problems: &mut Problems) -> Vec<hyper::Method> {
+    let mut methods = Vec::new();
+    for (index, name) in raw.into_iter().enumerate() {
+        match hyper::Method::from_bytes(name.as_bytes()) {
+            Ok(method) if !name.is_empty() => methods.push(method),
+            _ => problems.add(
+                format!("limits.methods[{index}]"),
+                format!("{name:?} is not a method token (e.g. \"GET\", \"PURGE\")"),
+            ),
+        }
+    }
+    methods
 }
 
 fn compile_upstreams(

@@ -3,19 +3,14 @@
 //! attached and the listeners are bound). Kernel counters are read at scrape time, so a
 //! scrape always shows what the kernel counted, with nothing cached in between.
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
 };
 
 use anyhow::Context as _;
 use http_body_util::Full;
-use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, Request, Response, StatusCode, body::Bytes};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -29,7 +24,8 @@ use prometheus_client::{
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 
-use super::state::DaemonState;
+use super::{listen::serve_connections, state::DaemonState};
+use crate::config::MetricsConfig;
 
 /// Metrics the daemon updates as things happen (the kernel's are read at scrape time).
 #[derive(Debug, Default)]
@@ -236,10 +232,11 @@ impl Drop for MetricsServer {
 
 impl MetricsServer {
     pub async fn bind(
-        address: SocketAddr,
+        config: MetricsConfig,
         state: Arc<DaemonState>,
         proxy_state: crate::proxy::observe::ProxyCollector,
     ) -> anyhow::Result<MetricsServer> {
+        let address = config.address;
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("metrics.address: binding {address}"))?;
@@ -304,24 +301,15 @@ impl MetricsServer {
             state: state.clone(),
         }));
         let shared = Arc::new((registry, state));
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                };
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let shared = shared.clone();
-                        async move { Ok::<_, Infallible>(respond(&shared.0, &shared.1, &request)) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let task = tokio::spawn(serve_connections(
+            listener,
+            "metrics",
+            config.limits,
+            move |request: Request<hyper::body::Incoming>| {
+                let response = respond(&shared.0, &shared.1, &request);
+                async move { response }
+            },
+        ));
         Ok(MetricsServer { task })
     }
 }

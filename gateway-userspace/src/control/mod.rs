@@ -3,6 +3,7 @@
 
 pub mod api;
 mod client;
+mod listen;
 mod metrics;
 mod server;
 mod state;

@@ -1,7 +1,6 @@
 //! The daemon side of the admin API.
 
 use std::{
-    convert::Infallible,
     io,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
@@ -12,9 +11,7 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{
     Method, Request, Response, StatusCode,
     body::{Bytes, Incoming},
-    service::service_fn,
 };
-use hyper_util::rt::TokioIo;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::{
     net::{TcpListener, UnixListener},
@@ -28,9 +25,10 @@ use super::{
         self, ApiError, BanRequest, Done, ImportRequest, ImportResult, Reloaded, RemoveRuleRequest,
         RuleRequest, UnbanRequest,
     },
+    listen::{Listen, serve_connections},
     state::{ApiFailure, DaemonState},
 };
-use crate::config::AdminConfig;
+use crate::config::{AdminConfig, SideLimits};
 
 /// Largest import accepted (100k CIDRs are about 2 MiB).
 const MAX_IMPORT: usize = 64 << 20;
@@ -75,7 +73,13 @@ impl AdminServer {
                 .with_context(|| format!("admin.tcp: binding {}", tcp.address))?;
             tracing::info!(address = %tcp.address, "admin API listening on TCP (bearer token required)");
             let token: Arc<str> = tcp.token.as_str().into();
-            tasks.push(tokio::spawn(accept_tcp(listener, api.clone(), token)));
+            tasks.push(tokio::spawn(accept(
+                listener,
+                "admin-tcp",
+                admin.limits,
+                api.clone(),
+                Some(token),
+            )));
         }
         Self::ensure_free(path).await?;
         if let Some(parent) = path.parent() {
@@ -91,7 +95,13 @@ impl AdminServer {
             .with_context(|| format!("binding the admin socket {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("restricting the admin socket {}", path.display()))?;
-        tasks.push(tokio::spawn(accept_unix(listener, api)));
+        tasks.push(tokio::spawn(accept(
+            listener,
+            "admin-socket",
+            admin.limits,
+            api,
+            None,
+        )));
         Ok(AdminServer {
             path: path.to_owned(),
             tasks,
@@ -116,57 +126,27 @@ struct Api {
     reloads: mpsc::Sender<ReloadRequest>,
 }
 
-async fn accept_unix(listener: UnixListener, api: Arc<Api>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve(stream, api.clone(), None));
-            }
-            Err(error) => accept_failed(error).await,
-        }
-    }
-}
-
-async fn accept_tcp(listener: TcpListener, api: Arc<Api>, token: Arc<str>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve(stream, api.clone(), Some(token.clone())));
-            }
-            Err(error) => accept_failed(error).await,
-        }
-    }
-}
-
-async fn accept_failed(error: io::Error) {
-    tracing::warn!(%error, "admin API accept failed");
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-}
-
-/// One admin connection. Over TCP every request must carry the bearer token; the unix
+/// Serves one admin listener. Over TCP every request must carry the bearer token; the unix
 /// socket is guarded by its file permissions instead.
-async fn serve<S>(stream: S, api: Arc<Api>, token: Option<Arc<str>>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = service_fn(move |request: Request<Incoming>| {
-        let api = api.clone();
-        let token = token.clone();
+async fn accept<L: Listen>(
+    listener: L,
+    name: &'static str,
+    limits: SideLimits,
+    api: Arc<Api>,
+    token: Option<Arc<str>>,
+) {
+    serve_connections(listener, name, limits, move |request: Request<Incoming>| {
+        let (api, token) = (api.clone(), token.clone());
         async move {
             if let Some(token) = token
                 && !bearer_matches(&request, &token)
             {
-                return Ok::<_, Infallible>(unauthorized());
+                return unauthorized();
             }
-            Ok(handle(&api, request).await)
+            handle(&api, request).await
         }
-    });
-    if let Err(error) = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
-        tracing::debug!(%error, "admin connection ended with an error");
-    }
+    })
+    .await;
 }
 
 /// `Authorization: Bearer <token>`, compared in constant time.

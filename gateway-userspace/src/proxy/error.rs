@@ -30,6 +30,8 @@ pub enum ErrorKind {
     BadRequest,
     /// The request head is larger than `limits.max_header_bytes`.
     HeadersTooLarge,
+    /// The method is longer than `limits.max_method_bytes` or not in `limits.methods` (501).
+    MethodNotImplemented,
     /// The request body is larger than `limits.max_body_bytes`.
     BodyTooLarge,
     /// The route's upstream has no target to send to.
@@ -61,6 +63,7 @@ impl ErrorKind {
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::MethodNotImplemented => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
@@ -81,6 +84,7 @@ impl ErrorKind {
             ErrorKind::NoRoute => "no_route",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::HeadersTooLarge => "headers_too_large",
+            ErrorKind::MethodNotImplemented => "method_not_implemented",
             ErrorKind::BodyTooLarge => "body_too_large",
             ErrorKind::NoTarget => "no_upstream_target",
             ErrorKind::UpstreamFailed => "upstream_failed",
@@ -100,6 +104,7 @@ impl ErrorKind {
             ErrorKind::NoRoute
             | ErrorKind::BadRequest
             | ErrorKind::HeadersTooLarge
+            | ErrorKind::MethodNotImplemented
             | ErrorKind::BodyTooLarge
             | ErrorKind::Unauthorized
             | ErrorKind::InsufficientScope
@@ -129,7 +134,7 @@ impl ErrorKind {
             ErrorKind::HeadersTooLarge | ErrorKind::BodyTooLarge | ErrorKind::RateLimited => 8, // RESOURCE_EXHAUSTED
             ErrorKind::InsufficientScope | ErrorKind::SourceDenied | ErrorKind::CorsRejected => 7, // PERMISSION_DENIED
             ErrorKind::Unauthorized => 16, // UNAUTHENTICATED
-            ErrorKind::NoRoute => 12,      // UNIMPLEMENTED
+            ErrorKind::NoRoute | ErrorKind::MethodNotImplemented => 12, // UNIMPLEMENTED
             ErrorKind::Internal => 13,     // INTERNAL
             ErrorKind::NoTarget | ErrorKind::UpstreamFailed | ErrorKind::LimitUnavailable => 14, // UNAVAILABLE
         }
@@ -140,6 +145,7 @@ impl ErrorKind {
             ErrorKind::NoRoute => "no route matches this request",
             ErrorKind::BadRequest => "the request is malformed",
             ErrorKind::HeadersTooLarge => "the request header fields are too large",
+            ErrorKind::MethodNotImplemented => "this request method is not implemented",
             ErrorKind::BodyTooLarge => "the request body is too large",
             ErrorKind::NoTarget => "no upstream target is available",
             ErrorKind::UpstreamFailed => "the upstream failed to answer",

@@ -1,14 +1,65 @@
-//! The `limits` stages: header bytes (431) and the request body (413). Header read time
-//! and connection counts are enforced earlier, by the listener.
+//! The `limits` stages: the request line (501, 400), header bytes (431) and the request body (413).
+//! Header read time and connection counts are enforced earlier, by the listener.
 
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
-use hyper::{Request, body::Body as _, header::CONTENT_LENGTH};
+use hyper::{
+    Method, Request,
+    body::Body as _,
+    header::{CONNECTION, CONTENT_LENGTH, HeaderValue},
+};
+
+use crate::config::HttpLimits;
 
 use super::{
     Flow, RequestContext,
     body::{ProxyBody, empty},
     error::{ErrorKind, ProxyError},
 };
+
+/// Checks the request line beyond what the HTTP parser does. A method token over
+/// `limits.max_method_bytes`, or not in `limits.methods` when that allow-list is set, is
+/// answered 501, as a method the gateway does not know (RFC 9110 15.6.2), on every protocol
+/// (hyper accepts any token, even 16 KiB). The asterisk-form target `*` is only for OPTIONS
+/// (RFC 9112 3.2.4): with another method (`PRI * HTTP/1.1`, say) it is a 400.
+pub fn limit_request_line(
+    ctx: &mut RequestContext,
+    req: &Request<ProxyBody>,
+) -> Result<Flow, ProxyError> {
+    let refused = request_line_problem(&ctx.snapshot.limits, req);
+    if refused.is_some() {
+        // A client that sends such a line is not worth keeping (HTTP/1; h2 drops the field).
+        ctx.response_headers
+            .push((CONNECTION, HeaderValue::from_static("close")));
+    }
+    refused.map_or(Ok(Flow::Continue), Err)
+}
+
+fn request_line_problem(limits: &HttpLimits, req: &Request<ProxyBody>) -> Option<ProxyError> {
+    let method = req.method();
+    let length = method.as_str().len();
+    if length > limits.max_method_bytes {
+        return Some(ProxyError::new(
+            ErrorKind::MethodNotImplemented,
+            format!(
+                "a method of {length} bytes, over limits.max_method_bytes = {}",
+                limits.max_method_bytes
+            ),
+        ));
+    }
+    if !limits.methods.is_empty() && !limits.methods.contains(method) {
+        return Some(ProxyError::new(
+            ErrorKind::MethodNotImplemented,
+            format!("method {method} is not in limits.methods"),
+        ));
+    }
+    if req.uri().path() == "*" && method != Method::OPTIONS {
+        return Some(ProxyError::new(
+            ErrorKind::BadRequest,
+            format!("the target * with method {method}: only OPTIONS may use it"),
+        ));
+    }
+    None
+}
 
 /// Refuses a request whose head (request line and header fields, as on the wire) is over
 /// `limits.max_header_bytes`. hyper refuses far larger heads before they are parsed.

@@ -3,13 +3,7 @@
 //! On `https` listeners the `tls` stage runs first: a handshake bounded by
 //! `limits.tls_handshake_timeout`, then HTTP/2 or HTTP/1.1 as ALPN chose.
 
-use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -28,7 +22,14 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{HttpLimits, ListenerConfig};
 
-use super::{ConnectionInfo, handle, snapshot::Snapshot, tls};
+use super::{
+    ConnectionInfo,
+    activity::{Activity, Tracked},
+    h2_watch::{self, H2Watch},
+    handle,
+    snapshot::Snapshot,
+    tls,
+};
 
 /// Binds every listener; the error names the one that failed.
 pub async fn bind(
@@ -186,6 +187,12 @@ enum Alpn {
     Http2,
 }
 
+/// Serves one connection under its timers (all from the first byte, whatever the protocol):
+/// the first request head within `header_read_timeout` (this covers a silent client, the
+/// HTTP/1-vs-HTTP/2 preface and the gap after a TLS handshake), an HTTP/2 SETTINGS ack
+/// within `http2_settings_timeout`, PINGs answered within `http2_keep_alive_timeout`
+/// (hyper), and once closing (idle, or shutdown), a hard close `close_grace` after nothing
+/// is in flight, whether or not the peer answered the GOAWAY.
 async fn serve<S>(
     stream: S,
     alpn: Option<Alpn>,
@@ -203,7 +210,7 @@ async fn serve<S>(
         Some(Alpn::Http1) => builder(&limits).http1_only(),
         Some(Alpn::Http2) => builder(&limits).http2_only(),
     };
-    let activity = Arc::new(Activity::new());
+    let activity = Activity::new();
     let service = {
         let (snapshot, activity) = (shared.snapshot.clone(), activity.clone());
         service_fn(move |req: Request<Incoming>| {
@@ -211,17 +218,23 @@ async fn serve<S>(
             // The snapshot is taken once per request and kept to its end.
             let future = handle(snapshot.load_full(), connection.clone(), req);
             async move {
-                let response = future.await;
-                drop(busy);
+                let response = future.await.map(|body| Tracked::new(body, busy));
                 Ok::<_, std::convert::Infallible>(response)
             }
         })
     };
+    let (stream, seen) = H2Watch::new(stream);
     // With upgrades: a WebSocket handshake answered 101 hands the connection to forward.rs.
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
+    let first_request = tokio::time::sleep(limits.header_read_timeout);
+    tokio::pin!(first_request);
+    let settings_overdue = h2_watch::settings_overdue(seen, limits.http2_settings_timeout);
+    tokio::pin!(settings_overdue);
     let mut shutdown = shared.shutdown.clone();
-    let mut closing = false;
+    let mut waiting_for_first = true;
+    // Set when the gateway starts closing (GOAWAY on HTTP/2).
+    let mut closing: Option<Instant> = None;
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -230,17 +243,53 @@ async fn serve<S>(
                 }
                 break;
             }
+            () = &mut first_request, if waiting_for_first => {
+                waiting_for_first = false;
+                if !activity.started() {
+                    tracing::debug!(
+                        %client,
+                        "no request head within limits.header_read_timeout ({:?}); closing",
+                        limits.header_read_timeout
+                    );
+                    break;
+                }
+            }
+            () = &mut settings_overdue => {
+                tracing::debug!(
+                    %client,
+                    "HTTP/2 SETTINGS not acknowledged within limits.http2_settings_timeout ({:?}); closing",
+                    limits.http2_settings_timeout
+                );
+                break;
+            }
             // Graceful: a request in flight finishes, then the connection closes.
-            _ = activity.idle_for(limits.idle_timeout), if !closing => {
-                closing = true;
+            _ = activity.idle_for(limits.idle_timeout), if closing.is_none() => {
+                closing = Some(Instant::now());
                 conn.as_mut().graceful_shutdown();
             }
-            () = stopped(&mut shutdown), if !closing => {
-                closing = true;
+            () = stopped(&mut shutdown), if closing.is_none() => {
+                closing = Some(Instant::now());
                 conn.as_mut().graceful_shutdown();
+            }
+            // A peer that ignores GOAWAY (or its PING) does not keep the socket.
+            () = closing_overdue(&activity, closing, limits.close_grace), if closing.is_some() => {
+                tracing::debug!(
+                    %client,
+                    "closed: limits.close_grace ({:?}) passed after GOAWAY, nothing in flight",
+                    limits.close_grace
+                );
+                break;
             }
         }
     }
+}
+
+/// Resolves `grace` after closing began, once nothing is in flight.
+async fn closing_overdue(activity: &Activity, since: Option<Instant>, grace: Duration) {
+    if let Some(since) = since {
+        tokio::time::sleep_until(since + grace).await;
+    }
+    activity.idle_for(Duration::ZERO).await;
 }
 
 /// Resolves once shutdown has begun (at once if it already has).
@@ -264,51 +313,9 @@ fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_http2_streams)
+        // A PING not answered in time closes the connection.
+        .keep_alive_interval(limits.http2_keep_alive_interval)
+        .keep_alive_timeout(limits.http2_keep_alive_timeout)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     builder
-}
-
-/// Requests in flight on one connection, and when the last one ended. A request counts
-/// until its response head is ready; closing is graceful, so a body still streaming when
-/// the connection is found idle is finished first.
-struct Activity {
-    in_flight: AtomicUsize,
-    last_end: Mutex<Instant>,
-}
-
-struct Busy(Arc<Activity>);
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        *self.0.last_end.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            in_flight: AtomicUsize::new(0),
-            last_end: Mutex::new(Instant::now()),
-        }
-    }
-
-    fn begin(self: &Arc<Self>) -> Busy {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Busy(self.clone())
-    }
-
-    /// Resolves once no request has been in flight for `timeout`.
-    async fn idle_for(&self, timeout: Duration) {
-        loop {
-            let last_end = *self.last_end.lock().unwrap_or_else(|p| p.into_inner());
-            if self.in_flight.load(Ordering::Acquire) > 0 {
-                tokio::time::sleep(timeout).await;
-            } else if last_end + timeout <= Instant::now() {
-                return;
-            } else {
-                tokio::time::sleep_until(last_end + timeout).await;
-            }
-        }
-    }
 }

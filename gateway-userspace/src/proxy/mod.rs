@@ -1,7 +1,7 @@
 //! The L7 proxy. This file is the only place the request stages are put in order:
 //!
 //! `accept` (listener.rs) -> `tls` (tls.rs; https listeners: handshake, SNI certificate,
-//! ALPN) -> `limits` (headers) -> `route` -> `cors` (a preflight is answered here) ->
+//! ALPN) -> `limits` (request line, headers) -> `route` -> `cors` (a preflight is answered here) ->
 //! `authenticate` -> `authorize` -> `throttle` -> `limits` (body) -> `cache` (lookup: hit,
 //! 304, stale; coalesce misses; on the client's request as it came) -> `headers` (request) ->
 //! `aggregate` (composite routes) or `balance` -> `forward` -> `headers` (response) ->
@@ -14,6 +14,7 @@
 //! hyper's parser before any stage runs; the stages check what it lets through (Host).
 
 mod access_log;
+mod activity;
 mod aggregate;
 mod authenticate;
 mod authorize;
@@ -23,6 +24,7 @@ pub mod cache;
 mod cors;
 mod error;
 mod forward;
+mod h2_watch;
 mod headers;
 mod health;
 mod jwt;
@@ -139,6 +141,7 @@ async fn pipeline(
     ctx: &mut RequestContext,
     mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    stage!(limits::limit_request_line(ctx, &req));
     stage!(limits::limit_headers(ctx, &req));
     stage!(route::route(ctx, &req));
     stage!(cors::cors(ctx, &req));
