@@ -374,3 +374,227 @@ fn client_body_faults_over_http1_leave_every_target_in_service() {
         );
     }
 }
+
+/// What an HTTP/2 client does on one stream of a fresh h2c connection.
+#[derive(Clone, Copy, Debug)]
+enum H2Body {
+    /// Declares `content-length`, sends `sent` bytes and ends the stream.
+    LengthMismatch { declared: usize, sent: usize },
+    /// Sends some bytes, then resets the stream (CANCEL): the client is gone.
+    ResetMidBody,
+    /// Sends some bytes, then nothing (the stream stays open).
+    Stall,
+    /// Streams more than the body limit, with no content-length.
+    OverLimit,
+}
+
+/// The status the client got, or `None` if the stream was reset instead.
+fn h2_exchange(address: SocketAddr, body: H2Body) -> Option<u16> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.expect("h2c handshake");
+        tokio::spawn(connection);
+        let mut client = client.ready().await.expect("h2c ready");
+        let mut request = hyper::Request::post(format!("http://{address}/api"));
+        if let H2Body::LengthMismatch { declared, .. } = body {
+            request = request.header("content-length", declared);
+        }
+        let (response, mut stream) = client
+            .send_request(request.body(()).unwrap(), false)
+            .expect("sending the head");
+        let chunk = |n: usize| hyper::body::Bytes::from(vec![b'x'; n]);
+        let _ = match body {
+            H2Body::LengthMismatch { sent, .. } => stream.send_data(chunk(sent), true),
+            H2Body::ResetMidBody => stream.send_data(chunk(10), false).map(|()| {
+                std::thread::sleep(Duration::from_millis(100));
+                stream.send_reset(h2::Reason::CANCEL);
+            }),
+            H2Body::Stall => stream.send_data(chunk(10), false),
+            H2Body::OverLimit => (0..8).try_for_each(|_| {
+                stream.reserve_capacity(1024);
+                stream.send_data(chunk(1024), false)
+            }),
+        };
+        let wait = BODY_TIMEOUT + TIMER_MARGIN;
+        match tokio::time::timeout(wait, response).await {
+            Ok(Ok(response)) => Some(response.status().as_u16()),
+            Ok(Err(_reset)) => None,
+            // The client reset the stream itself: nothing comes back.
+            Err(_) if matches!(body, H2Body::ResetMidBody) => None,
+            Err(_) => panic!("{body:?}: no answer and no reset within {wait:?}"),
+        }
+    })
+}
+
+#[test]
+fn client_body_faults_over_h2c_leave_every_target_in_service() {
+    let lab = Lab::start(&format!(
+        "body_read_timeout = \"{}ms\"",
+        BODY_TIMEOUT.as_millis()
+    ));
+    lab.assert_every_target_in_service("at start");
+    let before = upstream_series(&lab.scrape());
+    // (variant, what the client may see: a status, or `None` for a reset stream)
+    let table: [(H2Body, &[Option<u16>]); 6] = [
+        (
+            H2Body::LengthMismatch {
+                declared: 100,
+                sent: 10,
+            },
+            &[Some(400), None],
+        ),
+        (
+            H2Body::LengthMismatch {
+                declared: 5,
+                sent: 10,
+            },
+            &[Some(400), None],
+        ),
+        (
+            H2Body::LengthMismatch {
+                declared: 1,
+                sent: 0,
+            },
+            &[Some(400), None],
+        ),
+        (H2Body::ResetMidBody, &[None]),
+        (H2Body::Stall, &[Some(408)]),
+        (H2Body::OverLimit, &[Some(413), None]),
+    ];
+    let mut failures = Vec::new();
+    for round in 0..EJECT_AFTER {
+        for (body, allowed) in table {
+            let got = h2_exchange(lab.proxy.address, body);
+            if !allowed.contains(&got) {
+                failures.push(format!(
+                    "round {round}, {body:?}: got {got:?}, expected {allowed:?}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(
+        upstream_series(&lab.scrape()),
+        before,
+        "upstream series moved"
+    );
+    lab.assert_every_target_in_service("after the broken HTTP/2 bodies");
+}
+
+/// A target that reads a request head and then drops the connection unanswered: with a
+/// FIN, or with a reset. Counts the requests it dropped.
+struct Dropper {
+    address: SocketAddr,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Dropper {
+    fn start(with_reset: bool) -> Dropper {
+        use std::io::Read as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = dropped.clone();
+        // Detached; it ends with the test process. Each connection is bounded by a timeout.
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                if head.ends_with(b"\r\n\r\n") {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                match with_reset {
+                    true => reset(&stream),
+                    false => drop(stream),
+                }
+            }
+        });
+        Dropper { address, dropped }
+    }
+
+    fn dropped(&self) -> usize {
+        self.dropped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn idempotent_requests_dropped_unanswered_are_retried_on_another_target() {
+    for with_reset in [false, true] {
+        let dropper = Dropper::start(with_reset);
+        let good = Upstream::start("good");
+        let pool = [(dropper.address, 1), (good.address(), 1)];
+        let extra = "retry = { attempts = 1 }\nconsecutive_failures = 2\nejection_time = \"5m\"";
+        let proxy = Proxy::start(&format!(
+            "{}[[routes]]\nname = \"api\"\nupstream = \"pool\"\n",
+            upstream_toml("pool", &pool, extra)
+        ));
+        let client = RustClient::http1();
+        for method in ["GET", "HEAD", "DELETE", "OPTIONS", "GET", "GET"] {
+            let reply = client.send(method, &proxy.url("/api"), &[], Default::default());
+            assert_eq!(reply.status, 200, "reset {with_reset}, {method}: {reply:?}");
+            assert_eq!(reply.header("x-upstream"), "good");
+        }
+        assert!(dropper.dropped() > 0, "the dropping target was never tried");
+        // The retried failures count against the target that dropped them.
+        proxy.wait_for_log("target ejected");
+    }
+}
+
+#[test]
+fn a_post_dropped_unanswered_is_not_retried() {
+    let dropper = Dropper::start(false);
+    let proxy = Proxy::start(&format!(
+        "{}[[routes]]\nname = \"api\"\nupstream = \"pool\"\n",
+        upstream_toml("pool", &[(dropper.address, 1)], "retry = { attempts = 1 }")
+    ));
+    let client = RustClient::http1();
+    let reply = client.send("POST", &proxy.url("/api"), &[], "x".into());
+    assert_eq!(reply.status, 502, "{reply:?}");
+    assert_eq!(dropper.dropped(), 1, "a POST was sent again");
+}
+
+#[test]
+fn gets_in_flight_on_a_killed_target_succeed_on_the_other() {
+    let (dying, good) = (Upstream::start("dying"), Upstream::start("good"));
+    dying.set_delay(Duration::from_secs(5));
+    let pool = [(dying.address(), 1), (good.address(), 1)];
+    let proxy = Proxy::start(&format!(
+        "{}[[routes]]\nname = \"api\"\nupstream = \"pool\"\n",
+        upstream_toml(
+            "pool",
+            &pool,
+            "retry = { attempts = 1, budget_min_per_second = 10 }"
+        )
+    ));
+    let url = proxy.url("/api");
+    let requests: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            thread::spawn(move || RustClient::http1().get(&url, &[]))
+        })
+        .collect();
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while dying.hits() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no request reached the dying target"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Killed with requests in flight: its connections close before any answer, and every
+    // one of those requests is answered by the other target.
+    dying.stop();
+    for request in requests {
+        let reply = request.join().unwrap();
+        assert_eq!(reply.upstream(), "good", "{reply:?}");
+    }
+}
