@@ -260,6 +260,7 @@ fn reset(stream: &TcpStream) {
 /// small body limit and a short body timeout.
 struct Lab {
     proxy: Proxy,
+    access_log: tempfile::TempDir,
     metrics: String,
     targets: [Upstream; 2],
 }
@@ -268,19 +269,44 @@ impl Lab {
     fn start(limits: &str) -> Lab {
         let targets = [Upstream::start("a"), Upstream::start("b")];
         let metrics = format!("127.0.0.1:{}", free_port());
+        let access_log = tempfile::tempdir().unwrap();
         let pool: Vec<(SocketAddr, u32)> = targets.iter().map(|t| (t.address(), 1)).collect();
         let extra = format!(
             "consecutive_failures = {EJECT_AFTER}\nejection_time = \"5m\"\nrequest_timeout = \"3s\""
         );
         let proxy = Proxy::start(&format!(
-            "[metrics]\naddress = \"{metrics}\"\n[limits]\nmax_body_bytes = \"4KiB\"\n{limits}\n\
+            "[metrics]\naddress = \"{metrics}\"\n[access_log]\npath = \"{}\"\n[limits]\nmax_body_bytes = \"4KiB\"\n{limits}\n\
              {}[[routes]]\nname = \"api\"\nupstream = \"pool\"\n",
+            access_log.path().join("access.log").display(),
             upstream_toml("pool", &pool, &extra)
         ));
         Lab {
             proxy,
+            access_log,
             metrics,
             targets,
+        }
+    }
+
+    /// (status, fault) of every access-log line of a failed request (bounded wait for the
+    /// background writer).
+    fn access_log_faults(&self) -> Vec<(u64, String)> {
+        let path = self.access_log.path().join("access.log");
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let faults: Vec<(u64, String)> = text
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .filter_map(|line| {
+                    let fault = line.get("fault")?.as_str()?.to_owned();
+                    Some((line["status"].as_u64()?, fault))
+                })
+                .collect();
+            if faults.iter().any(|(status, _)| *status == 413) || Instant::now() > deadline {
+                return faults;
+            }
+            thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -365,7 +391,21 @@ fn client_body_faults_over_http1_leave_every_target_in_service() {
     let values = lab.scrape();
     assert_eq!(upstream_series(&values), before, "upstream series moved");
     lab.assert_every_target_in_service("after the malformed bodies");
-    // The metrics say whose fault it was.
+    // The access log says whose fault it was: every failure here is the client's.
+    let faults = lab.access_log_faults();
+    for status in [400, 408, 413, 499] {
+        assert!(
+            faults
+                .iter()
+                .any(|(s, fault)| *s == status && fault == "client"),
+            "no client-fault {status} in {faults:?}"
+        );
+    }
+    assert!(
+        faults.iter().all(|(_, fault)| fault == "client"),
+        "{faults:?}"
+    );
+    // The metrics say it too.
     for code in ["malformed_body", "body_timeout", "body_too_large"] {
         let key = format!("gateway_request_errors_total{{cause=\"client\",code=\"{code}\"}}");
         assert!(
