@@ -114,6 +114,11 @@ pub struct HttpLimits {
     pub max_header_bytes: usize,
     /// Request body (413 beyond).
     pub max_body_bytes: u64,
+    /// The longest wait for the next bytes of a request body (408 beyond, the client's fault).
+    pub body_read_timeout: Duration,
+    /// Bytes per second a request body must average: it may take `body_read_timeout` plus one
+    /// second per `min_body_rate` bytes received (408 beyond). 0: no rate bound.
+    pub min_body_rate: u64,
     /// Time to receive a complete request head; the connection is closed after it.
     pub header_read_timeout: Duration,
     /// Time for a TLS client to complete its handshake; the connection is closed after it.
@@ -146,6 +151,8 @@ impl Default for HttpLimits {
         HttpLimits {
             max_header_bytes: 64 * 1024,
             max_body_bytes: 1024 * 1024,
+            body_read_timeout: Duration::from_secs(10),
+            min_body_rate: 1024,
             header_read_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
@@ -353,6 +360,8 @@ struct RawCertificate {
 pub(super) struct RawLimits {
     max_header_bytes: Option<Size>,
     max_body_bytes: Option<Size>,
+    body_read_timeout: Option<String>,
+    min_body_rate: Option<Size>,
     header_read_timeout: Option<String>,
     tls_handshake_timeout: Option<String>,
     idle_timeout: Option<String>,
@@ -769,6 +778,14 @@ impl RawLimits {
             max_header_bytes: header_bytes.min(MAX_HEADER_BYTES) as usize,
             max_body_bytes: size(self.max_body_bytes, "limits.max_body_bytes", problems)
                 .unwrap_or(defaults.max_body_bytes),
+            body_read_timeout: duration(
+                self.body_read_timeout,
+                "limits.body_read_timeout",
+                problems,
+            )
+            .unwrap_or(defaults.body_read_timeout),
+            min_body_rate: rate(self.min_body_rate, "limits.min_body_rate", problems)
+                .unwrap_or(defaults.min_body_rate),
             header_read_timeout: duration(
                 self.header_read_timeout,
                 "limits.header_read_timeout",
@@ -1343,6 +1360,24 @@ fn check_name(name: &str, key: &str, problems: &mut Problems) {
     }
 }
 
+/// A byte rate: `1024` or `"1KiB/s"` (bytes per second).
+fn rate(value: Option<Size>, key: &str, problems: &mut Problems) -> Option<u64> {
+    let per_second = match value? {
+        Size::Bytes(bytes) => return Some(bytes),
+        Size::Text(text) => match text.strip_suffix("/s") {
+            Some(size) => size.trim().to_owned(),
+            None => {
+                problems.add(
+                    key,
+                    format!("{text:?} is not a rate (e.g. 1024, \"1KiB/s\")"),
+                );
+                return None;
+            }
+        },
+    };
+    size(Some(Size::Text(per_second)), key, problems)
+}
+
 pub(super) fn size(value: Option<Size>, key: &str, problems: &mut Problems) -> Option<u64> {
     match value? {
         Size::Bytes(bytes) => Some(bytes),
@@ -1542,6 +1577,45 @@ mod tests {
         assert_eq!(config.proxy.limits.max_header_bytes, 8192);
         assert_eq!(config.proxy.limits.max_body_bytes, 4096);
         assert_eq!(config.proxy.limits.header_read_timeout.as_millis(), 1500);
+    }
+
+    #[test]
+    fn body_timers_default_parse_and_name_the_key() {
+        let limits = parse("").proxy.limits;
+        assert_eq!(limits.body_read_timeout.as_secs(), 10);
+        assert_eq!(limits.min_body_rate, 1024);
+        let table = [
+            ("\"2KiB/s\"", 2048),
+            ("\"100 B/s\"", 100),
+            ("512", 512),
+            ("0", 0),
+        ];
+        for (text, bytes) in table {
+            let limits = parse(&format!(
+                "[limits]\nmin_body_rate = {text}\nbody_read_timeout = \"2s\"\n"
+            ))
+            .proxy
+            .limits;
+            assert_eq!(limits.min_body_rate, bytes, "{text}");
+            assert_eq!(limits.body_read_timeout.as_secs(), 2);
+        }
+        for (text, problem) in [
+            (
+                "min_body_rate = \"1KiB\"",
+                "limits.min_body_rate: \"1KiB\" is not a rate",
+            ),
+            (
+                "min_body_rate = \"fast/s\"",
+                "limits.min_body_rate: \"fast\" is not a size",
+            ),
+            ("body_read_timeout = \"0s\"", "limits.body_read_timeout:"),
+        ] {
+            let found = problems(&format!("[limits]\n{text}\n"));
+            assert!(
+                found.iter().any(|p| p.starts_with(problem)),
+                "{problem}\nnot in {found:#?}"
+            );
+        }
     }
 
     #[test]

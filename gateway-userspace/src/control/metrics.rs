@@ -264,6 +264,11 @@ impl MetricsServer {
             proxy.upstream_duration.clone(),
         );
         registry.register(
+            "gateway_request_errors",
+            "Requests that failed, by whose fault (client, upstream, gateway) and error code",
+            proxy.errors.clone(),
+        );
+        registry.register(
             "gateway_tls_handshake_failures",
             "TLS handshakes that failed (error) or did not finish in time (timeout), by listener",
             proxy.tls_handshake_failures.clone(),

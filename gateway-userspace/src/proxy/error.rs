@@ -13,12 +13,24 @@ use hyper::{
 
 use super::body::{ProxyBody, empty, full};
 
-/// Who caused a failure: decides the log level and, later, metrics labels.
+/// Who caused a failure: decides the log level, the `fault` of the access log and the
+/// `cause` label of `gateway_request_errors`, and whether an upstream target is blamed
+/// (only `Upstream` failures count for passive ejection, the EWMA and upstream metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
     Client,
     Upstream,
     Gateway,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Client => "client",
+            Cause::Upstream => "upstream",
+            Cause::Gateway => "gateway",
+        }
+    }
 }
 
 /// Everything the pipeline can fail with.
@@ -34,6 +46,15 @@ pub enum ErrorKind {
     MethodNotImplemented,
     /// The request body is larger than `limits.max_body_bytes`.
     BodyTooLarge,
+    /// The request body's framing is broken (chunk sizes, CRLFs, trailers, an HTTP/2
+    /// content-length that DATA does not match).
+    BodyMalformed,
+    /// The request body did not arrive within `limits.body_read_timeout` /
+    /// `limits.min_body_rate`.
+    BodyTimeout,
+    /// The client closed or reset its connection or stream before its body ended: nginx's
+    /// 499, for the log and metrics (the client is gone).
+    ClientClosed,
     /// The route's upstream has no target to send to.
     NoTarget,
     /// Connecting to or talking with the upstream failed.
@@ -65,6 +86,9 @@ impl ErrorKind {
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::MethodNotImplemented => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::BodyMalformed => StatusCode::BAD_REQUEST,
+            ErrorKind::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::ClientClosed => CLIENT_CLOSED,
             ErrorKind::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -86,6 +110,9 @@ impl ErrorKind {
             ErrorKind::HeadersTooLarge => "headers_too_large",
             ErrorKind::MethodNotImplemented => "method_not_implemented",
             ErrorKind::BodyTooLarge => "body_too_large",
+            ErrorKind::BodyMalformed => "malformed_body",
+            ErrorKind::BodyTimeout => "body_timeout",
+            ErrorKind::ClientClosed => "client_closed",
             ErrorKind::NoTarget => "no_upstream_target",
             ErrorKind::UpstreamFailed => "upstream_failed",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
@@ -106,6 +133,9 @@ impl ErrorKind {
             | ErrorKind::HeadersTooLarge
             | ErrorKind::MethodNotImplemented
             | ErrorKind::BodyTooLarge
+            | ErrorKind::BodyMalformed
+            | ErrorKind::BodyTimeout
+            | ErrorKind::ClientClosed
             | ErrorKind::Unauthorized
             | ErrorKind::InsufficientScope
             | ErrorKind::SourceDenied
@@ -129,8 +159,9 @@ impl ErrorKind {
     /// The gRPC status code clients of gRPC services get for this kind.
     pub fn grpc_status(self) -> u16 {
         match self {
-            ErrorKind::BadRequest => 3,      // INVALID_ARGUMENT
-            ErrorKind::UpstreamTimeout => 4, // DEADLINE_EXCEEDED
+            ErrorKind::BadRequest | ErrorKind::BodyMalformed => 3, // INVALID_ARGUMENT
+            ErrorKind::UpstreamTimeout | ErrorKind::BodyTimeout => 4, // DEADLINE_EXCEEDED
+            ErrorKind::ClientClosed => 1,                          // CANCELLED
             ErrorKind::HeadersTooLarge | ErrorKind::BodyTooLarge | ErrorKind::RateLimited => 8, // RESOURCE_EXHAUSTED
             ErrorKind::InsufficientScope | ErrorKind::SourceDenied | ErrorKind::CorsRejected => 7, // PERMISSION_DENIED
             ErrorKind::Unauthorized => 16, // UNAUTHENTICATED
@@ -147,6 +178,9 @@ impl ErrorKind {
             ErrorKind::HeadersTooLarge => "the request header fields are too large",
             ErrorKind::MethodNotImplemented => "this request method is not implemented",
             ErrorKind::BodyTooLarge => "the request body is too large",
+            ErrorKind::BodyMalformed => "the request body is malformed",
+            ErrorKind::BodyTimeout => "the request body did not arrive in time",
+            ErrorKind::ClientClosed => "the client closed the request",
             ErrorKind::NoTarget => "no upstream target is available",
             ErrorKind::UpstreamFailed => "the upstream failed to answer",
             ErrorKind::UpstreamTimeout => "the upstream did not answer in time",
@@ -171,6 +205,9 @@ pub struct ProxyError {
     /// Whether the request may have reached the upstream (a retry is then only safe for
     /// idempotent methods).
     pub sent: bool,
+    /// The upstream closed or reset the connection before any response head: it processed
+    /// nothing it answered, so an idempotent request may be sent again (RFC 9110 9.2.2).
+    pub unanswered: bool,
 }
 
 impl ProxyError {
@@ -179,11 +216,19 @@ impl ProxyError {
             kind,
             detail: detail.into(),
             sent: false,
+            unanswered: false,
         }
     }
 
-    pub fn retry_allowed(&self) -> bool {
-        self.kind.retryable() && !self.sent
+    /// Whose fault this is.
+    pub fn cause(&self) -> Cause {
+        self.kind.cause()
+    }
+
+    /// Whether sending the request again is safe and may succeed: it never reached the
+    /// upstream, or it is idempotent and the upstream dropped it unanswered.
+    pub fn retry_allowed(&self, idempotent: bool) -> bool {
+        self.kind.retryable() && (!self.sent || idempotent && self.unanswered)
     }
 }
 
@@ -232,6 +277,12 @@ pub fn respond_grpc(error: &ProxyError, request_id: &str) -> Response<ProxyBody>
     response
 }
 
+/// nginx's "client closed request": logged, never really sent (the client is gone).
+const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => panic!("499 is a valid status code"),
+};
+
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
@@ -263,6 +314,27 @@ mod tests {
                 ErrorKind::BodyTooLarge,
                 413,
                 "body_too_large",
+                Cause::Client,
+                false,
+            ),
+            (
+                ErrorKind::BodyMalformed,
+                400,
+                "malformed_body",
+                Cause::Client,
+                false,
+            ),
+            (
+                ErrorKind::BodyTimeout,
+                408,
+                "body_timeout",
+                Cause::Client,
+                false,
+            ),
+            (
+                ErrorKind::ClientClosed,
+                499,
+                "client_closed",
                 Cause::Client,
                 false,
             ),
@@ -341,9 +413,17 @@ mod tests {
     #[test]
     fn a_sent_request_is_not_retried_blindly() {
         let mut error = ProxyError::new(ErrorKind::UpstreamTimeout, "slow");
-        assert!(error.retry_allowed());
+        assert!(error.retry_allowed(false));
         error.sent = true;
-        assert!(!error.retry_allowed());
+        assert!(!error.retry_allowed(false) && !error.retry_allowed(true));
+        // Dropped unanswered: safe again for idempotent requests only.
+        let mut error = ProxyError::new(ErrorKind::UpstreamFailed, "reset");
+        (error.sent, error.unanswered) = (true, true);
+        assert!(error.retry_allowed(true) && !error.retry_allowed(false));
+        // A client's fault is never retried.
+        let mut error = ProxyError::new(ErrorKind::BodyMalformed, "bad chunk");
+        error.unanswered = true;
+        assert!(!error.retry_allowed(true));
     }
 
     #[test]
@@ -353,6 +433,9 @@ mod tests {
             (ErrorKind::BadRequest, "3"),
             (ErrorKind::HeadersTooLarge, "8"),
             (ErrorKind::BodyTooLarge, "8"),
+            (ErrorKind::BodyMalformed, "3"),
+            (ErrorKind::BodyTimeout, "4"),
+            (ErrorKind::ClientClosed, "1"),
             (ErrorKind::NoTarget, "14"),
             (ErrorKind::UpstreamFailed, "14"),
             (ErrorKind::UpstreamTimeout, "4"),

@@ -1,6 +1,10 @@
 //! The `forward` stage: send the request to the chosen target over a pooled keep-alive
 //! client, within the upstream's timeouts, and hand back its response; retries (within a
 //! budget) on another target, and feeds target health (health.rs) with each outcome.
+//!
+//! Each failure says whose fault it is. The client's body failing (malformed, aborted, too
+//! slow, too large; client_body.rs) is the client's, even though it surfaces as the upstream
+//! exchange failing: it never counts against the target (no ejection, no EWMA sample).
 
 use std::{
     sync::{Arc, Mutex},
@@ -24,9 +28,9 @@ use crate::config::{UpstreamConfig, UpstreamProtocol};
 use super::{
     ConnectionInfo, RequestContext, balance,
     body::{ProxyBody, boxed, empty},
-    error::{ErrorKind, ProxyError},
+    client_body::{BodyWatch, ClientBodyError, ClientFault},
+    error::{Cause, ErrorKind, ProxyError},
     headers,
-    limits::is_body_limit,
     snapshot::Upstream,
 };
 
@@ -67,9 +71,11 @@ fn builder(config: &UpstreamConfig) -> hyper_util::client::legacy::Builder {
 
 /// Sends the request to `ctx.target`; for an upstream with `retry`, an idempotent bodiless
 /// request (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) that could not connect, timed out
-/// connecting, or got one of the `on_status` statuses is sent again to a target it has not
-/// tried, up to `attempts` more times and within the upstream's [`RetryBudget`]. Requests
-/// with a body are never retried (it is streamed, not buffered); POST and PATCH never are.
+/// connecting, was dropped unanswered (the connection closed or reset before a response
+/// head, as nginx's `proxy_next_upstream error` and Envoy's `retry_on: reset`), or got one
+/// of the `on_status` statuses is sent again to a target it has not tried, up to `attempts`
+/// more times and within the upstream's [`RetryBudget`]. Requests with a body are never
+/// retried (it is streamed, not buffered); POST and PATCH never are.
 /// A WebSocket handshake is never retried: on a 101 the two connections are joined.
 pub async fn forward(
     ctx: &mut RequestContext,
@@ -111,7 +117,8 @@ pub async fn forward(
         let result = attempt(upstream, target, path.clone(), req).await;
         let failed = match &result {
             Ok(response) => retry.on_status.contains(&response.status().as_u16()),
-            Err(error) => error.retry_allowed(),
+            // Only idempotent requests get here.
+            Err(error) => error.retry_allowed(true),
         };
         if !failed || tried.len() > retry.attempts as usize {
             return result;
@@ -212,9 +219,19 @@ pub(super) async fn attempt(
 
     let timeout = upstream.config.request_timeout;
     let describe = |what: &str| format!("{what} {} ({})", target.address, upstream.config.name);
+    let body = req.extensions().get::<BodyWatch>().cloned();
     let started = Instant::now();
     let in_flight = state.begin();
     let result = match tokio::time::timeout(timeout, client.request(req)).await {
+        // Still waiting for the client's body: the upstream cannot be expected to answer.
+        Err(_elapsed) if body.as_ref().is_some_and(BodyWatch::waiting_on_client) => {
+            Err(ProxyError::new(
+                ErrorKind::BodyTimeout,
+                describe(&format!(
+                    "request_timeout ({timeout:?}) passed with the client's body still arriving for"
+                )),
+            ))
+        }
         Err(_elapsed) => Err(ProxyError {
             sent: true,
             ..ProxyError::new(
@@ -233,15 +250,15 @@ pub(super) async fn attempt(
                 }))
             }))
         }
-        Ok(Err(error)) => Err(classify(&error, describe)),
+        Ok(Err(error)) => Err(classify(&error, body.as_ref(), describe)),
     };
     let success = match &result {
         Ok(response) => {
             state.observe_latency(started.elapsed());
             !response.status().is_server_error()
         }
-        // The client's fault, not the target's.
-        Err(error) if error.kind == ErrorKind::BodyTooLarge => return result,
+        // The client's fault, not the target's: no ejection streak, no latency sample.
+        Err(error) if error.cause() == Cause::Client => return result,
         Err(_) => {
             // A failure counts as slow as the connect timeout, for P2C-EWMA.
             state.observe_latency(started.elapsed().max(upstream.config.connect_timeout));
@@ -326,28 +343,58 @@ impl RetryBudget {
     }
 }
 
-/// Maps a client error to who caused it: the body limit (413), a connect timeout (504), or
-/// any other upstream failure (502).
+/// Maps an upstream client error to who caused it: the client's body (400, 408, 413, 499:
+/// whatever the exchange then did, the body failed first), a connect timeout (504), or any
+/// other upstream failure (502), telling apart a request the upstream dropped unanswered.
 fn classify(
     error: &hyper_util::client::legacy::Error,
+    body: Option<&BodyWatch>,
     describe: impl Fn(&str) -> String,
 ) -> ProxyError {
-    if is_body_limit(error) {
-        return ProxyError::new(ErrorKind::BodyTooLarge, "request body over the limit");
+    let tagged = || chain(error).find_map(|cause| cause.downcast_ref::<ClientBodyError>());
+    if let Some(fault) = body
+        .and_then(BodyWatch::fault)
+        .or_else(|| Some(tagged()?.fault))
+    {
+        let kind = match fault {
+            ClientFault::Malformed => ErrorKind::BodyMalformed,
+            ClientFault::Aborted => ErrorKind::ClientClosed,
+            ClientFault::TimedOut => ErrorKind::BodyTimeout,
+            ClientFault::TooLarge => ErrorKind::BodyTooLarge,
+        };
+        let detail = tagged().map_or_else(|| format!("{fault:?}"), ToString::to_string);
+        return ProxyError::new(kind, format!("{}: {detail}", describe("sending to")));
     }
-    let timed_out = chain(error).any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-    });
+    let io_kind = |wanted: &[std::io::ErrorKind]| {
+        chain(error).any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| wanted.contains(&io.kind()))
+        })
+    };
+    let timed_out = io_kind(&[std::io::ErrorKind::TimedOut]);
+    let hyper_error = chain(error).find_map(|cause| cause.downcast_ref::<hyper::Error>());
+    // No response head came (that would have been an `Ok`): closed or reset before one.
+    let unanswered = hyper_error.is_some_and(|e| e.is_incomplete_message() || e.is_canceled())
+        || io_kind(&[
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::ConnectionAborted,
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::UnexpectedEof,
+        ]);
     let (kind, what) = match (error.is_connect(), timed_out) {
         (true, true) => (ErrorKind::UpstreamTimeout, "connect timed out to"),
         (true, false) => (ErrorKind::UpstreamFailed, "cannot connect to"),
+        (false, _) if unanswered => (
+            ErrorKind::UpstreamFailed,
+            "connection dropped unanswered by",
+        ),
         (false, _) => (ErrorKind::UpstreamFailed, "request failed to"),
     };
     ProxyError {
         // Not connected: nothing reached the upstream, so any request may be retried.
         sent: !error.is_connect(),
+        unanswered,
         ..ProxyError::new(
             kind,
             format!(

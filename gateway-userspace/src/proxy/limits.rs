@@ -1,7 +1,8 @@
-//! The `limits` stages: the request line (501, 400), header bytes (431) and the request body (413).
-//! Header read time and connection counts are enforced earlier, by the listener.
+//! The `limits` stages: the request line (501, 400), header bytes (431) and the request body
+//! (413, and 408 when it is too slow; client_body.rs). Header read time and connection counts
+//! are enforced earlier, by the listener.
 
-use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use http_body_util::BodyExt as _;
 use hyper::{
     Method, Request,
     body::Body as _,
@@ -13,6 +14,7 @@ use crate::config::HttpLimits;
 use super::{
     Flow, RequestContext,
     body::{ProxyBody, empty},
+    client_body::{BodyLimits, ClientBody},
     error::{ErrorKind, ProxyError},
 };
 
@@ -90,8 +92,10 @@ pub fn limit_headers(
     Ok(Flow::Continue)
 }
 
-/// Refuses a declared length over the limit at once, and caps a streamed body so that it
-/// fails (and the request with it) as soon as it crosses the limit.
+/// Refuses a declared length over the limit at once, and caps and times a streamed body so
+/// that it fails (and the request with it, as the client's fault) as soon as it crosses the
+/// limit or is too slow. Its [`BodyWatch`](super::client_body::BodyWatch) goes along as a
+/// request extension, for forward.rs.
 pub fn limit_body(
     ctx: &mut RequestContext,
     req: &mut Request<ProxyBody>,
@@ -106,8 +110,16 @@ pub fn limit_body(
     }
     // An empty body has nothing to cap; keep its exact size hint (no chunked upstream).
     if !req.body().is_end_stream() {
+        let limits = &ctx.snapshot.limits;
+        let limits = BodyLimits {
+            max_bytes: max,
+            read_timeout: limits.body_read_timeout,
+            min_rate: limits.min_body_rate,
+        };
         let body = std::mem::replace(req.body_mut(), empty());
-        *req.body_mut() = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).boxed();
+        let (body, watch) = ClientBody::new(body, limits);
+        *req.body_mut() = body.boxed();
+        req.extensions_mut().insert(watch);
     }
     Ok(Flow::Continue)
 }
@@ -117,16 +129,4 @@ fn too_large(max: u64) -> ProxyError {
         ErrorKind::BodyTooLarge,
         format!("request body over limits.max_body_bytes = {max}"),
     )
-}
-
-/// Whether `error` (anywhere in its source chain) is the body limit being crossed.
-pub fn is_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if error.is::<LengthLimitError>() {
-            return true;
-        }
-        current = error.source();
-    }
-    false
 }

@@ -21,6 +21,7 @@ mod authorize;
 mod balance;
 mod body;
 pub mod cache;
+mod client_body;
 mod cors;
 mod error;
 mod forward;
@@ -153,6 +154,8 @@ async fn pipeline(
     stage!(headers::prepare_request(ctx, &mut req));
     let response = match fetch(ctx, req).await {
         Ok(response) => response,
+        // stale-if-error covers upstream failures, not a client's broken request.
+        Err(error) if error.cause() == Cause::Client => return Err(error),
         Err(error) => return cache::on_error(ctx).ok_or(error),
     };
     cache::store(ctx, response).await
@@ -173,7 +176,14 @@ async fn fetch(
         true => aggregate::respond(ctx, req).await,
         false => forward::forward(ctx, req).await,
     };
-    ctx.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1000.0);
+    // A client's fault says nothing about the upstream's latency.
+    if forwarded
+        .as_ref()
+        .err()
+        .is_none_or(|error| error.cause() != Cause::Client)
+    {
+        ctx.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1000.0);
+    }
     let mut response = forwarded?;
     headers::prepare_response(ctx, &mut response);
     Ok(response)
@@ -222,9 +232,11 @@ async fn handle(
             bytes_in.clone(),
         ))
     });
+    let mut failure = None;
     let mut response = match pipeline(&mut ctx, req).await {
         Ok(response) => response,
         Err(error) => {
+            failure = Some(error.kind);
             let request_id = ctx.request_id.to_str().unwrap_or("");
             let client = ctx.connection.client;
             match error.kind.cause() {
@@ -275,6 +287,7 @@ async fn handle(
             .zip(ctx.route)
             .map(|(target, _)| ctx.upstream().config.targets[target].address.clone()),
         status: response.status().as_u16(),
+        error: failure,
         upstream_ms: ctx.upstream_ms,
         bytes_in,
     };

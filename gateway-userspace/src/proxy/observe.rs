@@ -63,8 +63,10 @@ pub struct ProxyMetrics {
     pub requests: Family<Labels, Counter>,
     /// Seconds from request to the end of the response, by route.
     pub duration: Family<Labels, Histogram, fn() -> Histogram>,
-    /// Seconds until the upstream's response head, by upstream.
+    /// Seconds until the upstream's response head, by upstream (never for a client's fault).
     pub upstream_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Failed requests by cause (client, upstream, gateway) and error code.
+    pub errors: Family<Labels, Counter>,
     /// TLS handshakes that failed, by listener and reason ("error", "timeout").
     pub tls_handshake_failures: Family<Labels, Counter>,
     /// Cache lookups by route and result (hit, miss, stale, revalidated, bypass).
@@ -98,6 +100,7 @@ pub static METRICS: LazyLock<ProxyMetrics> = LazyLock::new(|| ProxyMetrics {
     requests: Family::default(),
     duration: Family::new_with_constructor(latency_histogram),
     upstream_duration: Family::new_with_constructor(latency_histogram),
+    errors: Family::default(),
     tls_handshake_failures: Family::default(),
     cache: Family::default(),
     auth_failures: Family::default(),
@@ -139,6 +142,14 @@ impl ProxyMetrics {
         self.duration
             .get_or_create(&vec![("route", route.clone())])
             .observe(seconds);
+        if let Some(error) = record.error {
+            self.errors
+                .get_or_create(&vec![
+                    ("cause", error.cause().as_str().to_owned()),
+                    ("code", error.code().to_owned()),
+                ])
+                .inc();
+        }
         if let (Some(upstream), Some(ms)) = (&record.upstream, record.upstream_ms) {
             self.upstream_duration
                 .get_or_create(&vec![("upstream", upstream.clone())])
@@ -239,6 +250,10 @@ pub struct Record {
     pub identity: Option<String>,
     pub target: Option<String>,
     pub status: u16,
+    /// What failed, if the request did (its cause says whose fault it was).
+    pub error: Option<super::error::ErrorKind>,
+    /// How long the upstream took to answer; `None` when it was not asked or the failure
+    /// was the client's.
     pub upstream_ms: Option<f64>,
     /// Request body bytes read so far (the request body may still be streaming).
     pub bytes_in: Arc<AtomicU64>,
@@ -362,6 +377,8 @@ impl Logged {
             identity = record.identity,
             upstream_target = record.target,
             status = record.status,
+            fault = record.error.map(|error| error.cause().as_str()),
+            error = record.error.map(super::error::ErrorKind::code),
             bytes_in = record.bytes_in.load(Ordering::Relaxed),
             bytes_out = self.bytes_out,
             duration_ms = seconds * 1000.0,
