@@ -433,3 +433,43 @@ fn exactly_one_credential_or_400_before_verifying() {
         lab.expect(client, "/either", &[&bearer_forged], Refused(401));
     }
 }
+
+#[test]
+fn check_config_explains_the_opt_outs_and_warns_about_routes_that_never_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let toml = format!(
+        "[xdp]\nmode = \"off\"\n[normalise]\nmerge_slashes = false\n\
+         [[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:{}\"\n{}{}{}{}",
+        free_port(),
+        upstream_toml("app", &[("127.0.0.1:9".parse().unwrap(), 1)], ""),
+        route("files", "/files", "escaped_slashes = \"keep\""),
+        route("dotted", "/api/./v1", ""),
+        route("params", "/app;v=1", ""),
+    );
+    std::fs::write(&path, toml).unwrap();
+    let output = gateway_tests::daemon::gateway_cmd(&["check-config", path.to_str().unwrap()]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("repeated slashes kept (normalise.merge_slashes = false)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("route \"files\" (routes[0]): escaped_slashes = \"keep\""),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains(
+            "match.path_prefix: \"/api/./v1\" never matches as written: requests are normalised to \"/api/v1\""
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("\"/app;v=1\" never matches as written: such a request path is refused"),
+        "{stderr}"
+    );
+}
