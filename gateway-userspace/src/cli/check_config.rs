@@ -3,7 +3,8 @@
 use std::{path::Path, process::ExitCode};
 
 use crate::{
-    config::{Config, Policy, XdpMode},
+    config::{Config, EscapedSlashes, PathMatch, Policy, ProxyConfig, XdpMode},
+    proxy::normalise::{Options, normalise_path},
     xdp::interface_index,
 };
 
@@ -25,6 +26,7 @@ pub fn run(file: &Path) -> ExitCode {
             }
         }
     }
+    warnings.extend(uncanonical_routes(&config.proxy));
     for warning in &warnings {
         eprintln!("warning: {warning}");
     }
@@ -40,6 +42,11 @@ pub fn run(file: &Path) -> ExitCode {
         proxy.upstreams.len(),
         proxy.routes.len()
     );
+    if !proxy.routes.is_empty() {
+        for line in normalisation(proxy) {
+            println!("  {line}");
+        }
+    }
     if !proxy.auth.providers.is_empty() || !proxy.auth.consumers.is_empty() {
         println!(
             "  auth: {} JWT providers, {} consumers ({} API keys), {} routes with auth",
@@ -60,6 +67,54 @@ pub fn run(file: &Path) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// How request paths are normalised, and each route that opts out of a default.
+fn normalisation(proxy: &ProxyConfig) -> Vec<String> {
+    let slashes = match proxy.normalise.merge_slashes {
+        true => "repeated slashes merged",
+        false => "repeated slashes kept (normalise.merge_slashes = false)",
+    };
+    let mut lines = vec![format!(
+        "paths: normalised before routing (dot segments removed, unreserved escapes decoded), \
+         {slashes}; \"..\" above the root, \";\", backslashes and encoded slashes are 400"
+    )];
+    for route in &proxy.routes {
+        if route.escaped_slashes == EscapedSlashes::Keep {
+            lines.push(format!(
+                "route {:?} ({}): escaped_slashes = \"keep\": %2F and %5C reach its upstream \
+                 as data; it must not decode them into separators before it routes or authorizes",
+                route.name, route.origin
+            ));
+        }
+    }
+    lines
+}
+
+/// Route paths that no normalised request path can equal: they never match as written.
+fn uncanonical_routes(proxy: &ProxyConfig) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for route in &proxy.routes {
+        let (key, path) = match &route.matcher.path {
+            PathMatch::Exact(path) => ("path", path),
+            PathMatch::Prefix(prefix) => ("path_prefix", prefix),
+            PathMatch::Any | PathMatch::Regex(_) => continue,
+        };
+        let options = Options {
+            escaped_slashes: route.escaped_slashes,
+            merge_slashes: proxy.normalise.merge_slashes,
+        };
+        let problem = match normalise_path(path, &options) {
+            Ok(normal) if normal == *path => continue,
+            Ok(normal) => format!("requests are normalised to {normal:?} before routing"),
+            Err(rejection) => format!("such a request path is refused: {rejection}"),
+        };
+        warnings.push(format!(
+            "{}.match.{key}: {path:?} never matches as written: {problem}",
+            route.origin
+        ));
+    }
+    warnings
 }
 
 fn summary(config: &Config) -> String {

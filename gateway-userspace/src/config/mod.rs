@@ -8,6 +8,7 @@ mod cache;
 mod cluster;
 mod defend;
 mod firewall;
+mod normalise;
 mod proxy;
 mod rate_limit;
 mod side_limits;
@@ -23,6 +24,7 @@ pub use defend::{
     AutoSwitch, DefendConfig, LoadSignal, Signal, TrapPath, Trigger, UnderAttackConfig,
 };
 pub use firewall::{Action, CidrRule, FirewallConfig, Policy, ProtectedPorts};
+pub use normalise::{EscapedSlashes, NormaliseConfig};
 pub use proxy::{
     Balance, HeaderOps, HostMatch, HttpLimits, ListenerConfig, ListenerProtocol, PathMatch,
     ProxyConfig, RouteConfig, RouteMatch, TargetConfig, UpstreamConfig, UpstreamProtocol,
@@ -202,6 +204,8 @@ struct RawConfig {
     listeners: Vec<proxy::RawListener>,
     #[serde(default)]
     limits: proxy::RawLimits,
+    #[serde(default)]
+    normalise: normalise::RawNormalise,
     #[serde(default)]
     upstreams: Vec<proxy::RawUpstream>,
     #[serde(default)]
@@ -435,6 +439,7 @@ impl Config {
         let proxy = proxy::RawProxy {
             listeners: raw.listeners,
             limits: raw.limits,
+            normalise: raw.normalise,
             upstreams: raw.upstreams,
             routes: raw.routes,
             cache: raw.cache,

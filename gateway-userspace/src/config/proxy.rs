@@ -20,6 +20,7 @@ use super::{
     aggregate::{AggregateConfig, RawAggregate},
     auth::{self, AuthConfig, Authorize, Cors, RateLimitRule, RouteAuth},
     cache::{CacheConfig, CacheStoreConfig, RawCache, RawCacheStore, check_identity_keying},
+    normalise::{EscapedSlashes, NormaliseConfig, RawNormalise},
 };
 
 // ---- The validated form ----
@@ -28,6 +29,8 @@ use super::{
 pub struct ProxyConfig {
     pub listeners: Vec<ListenerConfig>,
     pub limits: HttpLimits,
+    /// `[normalise]`: how request paths are made canonical before routing.
+    pub normalise: NormaliseConfig,
     pub upstreams: Vec<UpstreamConfig>,
     /// In precedence order: the first route that matches a request takes it.
     pub routes: Vec<RouteConfig>,
@@ -263,6 +266,8 @@ pub struct RouteConfig {
     pub cache: Option<CacheConfig>,
     /// Replaces the matched path prefix (empty: strips it).
     pub rewrite_prefix: Option<String>,
+    /// Whether `%2F` and `%5C` in the path are refused (the default) or forwarded.
+    pub escaped_slashes: EscapedSlashes,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
     /// Credentials the route requires (`None`: anyone may call it).
@@ -480,6 +485,8 @@ pub(super) struct RawRoute {
     strip_prefix: bool,
     rewrite_prefix: Option<String>,
     #[serde(default)]
+    escaped_slashes: EscapedSlashes,
+    #[serde(default)]
     request_headers: RawHeaderOps,
     #[serde(default)]
     response_headers: RawHeaderOps,
@@ -525,6 +532,7 @@ const MAX_METHOD_BYTES: usize = 1024;
 pub(super) struct RawProxy {
     pub listeners: Vec<RawListener>,
     pub limits: RawLimits,
+    pub normalise: RawNormalise,
     pub upstreams: Vec<RawUpstream>,
     pub routes: Vec<RawRoute>,
     pub cache: Option<RawCacheStore>,
@@ -540,6 +548,7 @@ impl RawProxy {
     ) -> ProxyConfig {
         let listeners = compile_listeners(self.listeners, problems, warnings);
         let limits = self.limits.compile(problems);
+        let normalise = self.normalise.compile();
         let upstreams = compile_upstreams(self.upstreams, problems, warnings);
         let cache = RawCacheStore::compile(self.cache, problems);
         let auth = auth::compile(self.auth, self.consumers, problems);
@@ -553,6 +562,7 @@ impl RawProxy {
         ProxyConfig {
             listeners,
             limits,
+            normalise,
             upstreams,
             routes,
             cache,
@@ -1178,6 +1188,7 @@ fn compile_routes(
             aggregate,
             cache,
             rewrite_prefix,
+            escaped_slashes: route.escaped_slashes,
             request_headers: route
                 .request_headers
                 .compile(&format!("{key}.request_headers"), problems),

@@ -30,6 +30,7 @@ use super::{
     error::{ErrorKind, ProxyError},
     forward,
     headers::X_REQUEST_ID,
+    normalise::percent_decode,
     snapshot::Snapshot,
 };
 
@@ -253,7 +254,14 @@ fn fill_paths(
                     .find(|(key, _)| key == name)
                     .map_or("", |(_, value)| *value),
             };
-            if !in_query && (value.contains('/') || value == "." || value == "..") {
+            // Judged decoded, as the upstream reads it: `%2e%2e` is `..`, `%2F` is `/`.
+            let decoded = percent_decode(value, false);
+            if !in_query
+                && (decoded.contains(['/', '\\', ';', '?', '#'])
+                    || decoded == "."
+                    || decoded == ".."
+                    || value.contains('?'))
+            {
                 return Err(bad(format!(
                     "aggregate call {:?}: {value:?} cannot go in a path segment",
                     call.name
@@ -302,9 +310,14 @@ mod tests {
         let paths = fill_paths(&config, &regex(), &uri).unwrap();
         assert_eq!(paths[0].as_str(), "/a/42?x=a%20b");
         assert_eq!(paths[1].as_str(), "/b?id=42");
-        let uri: hyper::Uri = "/p/..".parse().unwrap();
-        let error = fill_paths(&config, &regex(), &uri).unwrap_err();
-        assert_eq!(error.kind, ErrorKind::BadRequest);
+        // Values that would change the call path's shape, raw or encoded.
+        for bad in [
+            "..", ".", "%2e%2e", ".%2E", "%2e", "a%2Fb", "a%5cb", "a%3Bb", "a%3Fb",
+        ] {
+            let uri: hyper::Uri = format!("/p/{bad}").parse().unwrap();
+            let error = fill_paths(&config, &regex(), &uri).unwrap_err();
+            assert_eq!(error.kind, ErrorKind::BadRequest, "{bad}");
+        }
     }
 
     #[test]

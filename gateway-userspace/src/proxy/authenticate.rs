@@ -1,12 +1,12 @@
 //! The `authenticate` stage: who is calling. A route's `auth` accepts an API key, a JWT, or
 //! either; the verified caller becomes `ctx.identity` (and, for a JWT, `ctx.claims`) for
 //! every later stage. Failures are 401 with `WWW-Authenticate` (RFC 6750) and are counted by
-//! reason.
+//! reason. A request with more than one credential is 400 before any is verified
+//! (credential.rs reads them), and `strip_credential` removes the one that was.
 
 use hyper::{
     Request,
-    header::{AUTHORIZATION, COOKIE, HeaderValue, WWW_AUTHENTICATE},
-    http::uri::PathAndQuery,
+    header::{HeaderValue, WWW_AUTHENTICATE},
 };
 use serde_json::Value;
 use sha2::Digest as _;
@@ -16,6 +16,7 @@ use crate::config::auth::TokenSource;
 use super::{
     Flow, Identity, RequestContext,
     body::ProxyBody,
+    credential,
     error::{ErrorKind, ProxyError},
     observe,
 };
@@ -28,16 +29,28 @@ pub async fn authenticate(
         return Ok(Flow::Continue);
     };
     let provider = auth.jwt.map(|index| ctx.snapshot.providers[index].clone());
-    // Claim headers are the gateway's to set: a client must not be able to send its own.
+    // Claim headers are the gateway's to set: a client must not be able to send its own,
+    // nor one an upstream would read as it (`x_user` for `x-user`).
     if let Some(provider) = &provider {
         for (_, header) in &provider.config.forward_claims {
-            req.headers_mut().remove(header);
+            credential::remove_field(req.headers_mut(), header);
         }
     }
-    if let Some(source) = &auth.api_key
-        && let Some(key) = credential(req, source)
-    {
-        let digest: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
+    // Every place this route reads a credential from, API key first.
+    let sources: Vec<&TokenSource> = auth
+        .api_key
+        .iter()
+        .chain(provider.as_ref().map(|provider| &provider.config.token))
+        .collect();
+    // Exactly one credential, decided before anything is verified.
+    let found =
+        credential::extract(req.headers(), req.uri().query(), &sources).map_err(ambiguity)?;
+    let Some((index, value)) = found else {
+        return Err(fail(ctx, "missing_credential", false));
+    };
+    let source = sources[index].clone();
+    if auth.api_key.is_some() && index == 0 {
+        let digest: [u8; 32] = sha2::Sha256::digest(value.as_bytes()).into();
         let Some(&consumer) = ctx.snapshot.auth.api_keys.get(&digest) else {
             return Err(fail(ctx, "invalid_api_key", true));
         };
@@ -47,17 +60,12 @@ pub async fn authenticate(
             groups: consumer.groups.clone(),
         });
         if auth.strip_credential {
-            strip(ctx, req, source);
+            credential::strip(req.headers_mut(), &mut ctx.upstream_path, &source);
         }
         return Ok(Flow::Continue);
     }
-    let Some(provider) = provider else {
-        return Err(fail(ctx, "missing_credential", false));
-    };
-    let Some(token) = credential(req, &provider.config.token) else {
-        return Err(fail(ctx, "missing_credential", false));
-    };
-    let verified = match provider.verify(&token).await {
+    let provider = provider.expect("a second source is the JWT's");
+    let verified = match provider.verify(&value).await {
         Ok(verified) => verified,
         Err(error) => return Err(fail(ctx, error.reason(), true)),
     };
@@ -87,9 +95,19 @@ pub async fn authenticate(
     });
     ctx.claims = Some(verified.claims.clone());
     if auth.strip_credential {
-        strip(ctx, req, &provider.config.token);
+        credential::strip(req.headers_mut(), &mut ctx.upstream_path, &source);
     }
     Ok(Flow::Continue)
+}
+
+/// More than one credential: 400, counted as an authentication failure. Not a 401: no
+/// credential is wrong, the request is.
+fn ambiguity(ambiguous: credential::Ambiguous) -> ProxyError {
+    observe::METRICS
+        .auth_failures
+        .get_or_create(&vec![("reason", "ambiguous_credential".to_owned())])
+        .inc();
+    ProxyError::new(ErrorKind::BadRequest, format!("{ambiguous}"))
 }
 
 /// Counts the failure and builds the 401. `invalid`: a credential was presented and is bad
@@ -109,89 +127,4 @@ fn fail(ctx: &mut RequestContext, reason: &'static str, invalid: bool) -> ProxyE
         HeaderValue::from_str(&challenge).expect("ASCII challenge"),
     ));
     ProxyError::new(ErrorKind::Unauthorized, reason)
-}
-
-/// The credential `source` names, if the request has one.
-fn credential(req: &Request<ProxyBody>, source: &TokenSource) -> Option<String> {
-    let found = match source {
-        TokenSource::Bearer => req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| {
-                let (scheme, token) = value.trim().split_once(' ')?;
-                scheme
-                    .eq_ignore_ascii_case("bearer")
-                    .then(|| token.trim().to_owned())
-            }),
-        TokenSource::Header(name) => req
-            .headers()
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .map(|value| value.trim().to_owned()),
-        TokenSource::Cookie(name) => cookies(req)
-            .find(|(cookie, _)| cookie == name)
-            .map(|(_, value)| value.to_owned()),
-        TokenSource::Query(name) => req.uri().query().and_then(|query| {
-            query
-                .split('&')
-                .filter_map(|pair| pair.split_once('='))
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| value.to_owned())
-        }),
-    };
-    found.filter(|value| !value.is_empty())
-}
-
-fn cookies(req: &Request<ProxyBody>) -> impl Iterator<Item = (&str, &str)> {
-    req.headers()
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            Some((name.trim(), value.trim()))
-        })
-}
-
-/// Removes the credential so the upstream never sees it.
-fn strip(ctx: &mut RequestContext, req: &mut Request<ProxyBody>, source: &TokenSource) {
-    match source {
-        TokenSource::Bearer => {
-            req.headers_mut().remove(AUTHORIZATION);
-        }
-        TokenSource::Header(name) => {
-            req.headers_mut().remove(name);
-        }
-        TokenSource::Cookie(name) => {
-            let kept: Vec<String> = cookies(req)
-                .filter(|(cookie, _)| cookie != name)
-                .map(|(cookie, value)| format!("{cookie}={value}"))
-                .collect();
-            req.headers_mut().remove(COOKIE);
-            if let Ok(value) = HeaderValue::from_str(&kept.join("; "))
-                && !kept.is_empty()
-            {
-                req.headers_mut().insert(COOKIE, value);
-            }
-        }
-        TokenSource::Query(name) => {
-            let Some(path) = &ctx.upstream_path else {
-                return;
-            };
-            let Some(query) = path.query() else { return };
-            let kept: Vec<&str> = query
-                .split('&')
-                .filter(|pair| pair.split('=').next() != Some(name.as_str()))
-                .collect();
-            let rebuilt = match kept.is_empty() {
-                true => path.path().to_owned(),
-                false => format!("{}?{}", path.path(), kept.join("&")),
-            };
-            if let Ok(rebuilt) = rebuilt.parse::<PathAndQuery>() {
-                ctx.upstream_path = Some(rebuilt);
-            }
-        }
-    }
 }

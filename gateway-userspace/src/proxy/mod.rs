@@ -1,7 +1,8 @@
 //! The L7 proxy. This file is the only place the request stages are put in order:
 //!
 //! `accept` (listener.rs) -> `tls` (tls.rs; https listeners: handshake, SNI certificate,
-//! ALPN) -> `limits` (request line, headers) -> `route` -> `cors` (a preflight is answered here) ->
+//! ALPN) -> `limits` (request line, headers) -> `normalise` (the one path every later stage,
+//! the log and the upstream see) -> `route` -> `cors` (a preflight is answered here) ->
 //! `authenticate` -> `authorize` -> `throttle` -> `limits` (body) -> `cache` (lookup: hit,
 //! 304, stale; coalesce misses; on the client's request as it came) -> `headers` (request) ->
 //! `aggregate` (composite routes) or `balance` -> `forward` -> `headers` (response) ->
@@ -23,6 +24,7 @@ mod body;
 pub mod cache;
 mod client_body;
 mod cors;
+pub mod credential;
 mod error;
 mod forward;
 mod h2_watch;
@@ -31,6 +33,7 @@ mod health;
 mod jwt;
 mod limits;
 mod listener;
+pub mod normalise;
 pub mod observe;
 mod otlp;
 mod route;
@@ -101,6 +104,8 @@ pub struct RequestContext {
     /// Added to the response whatever it is, error or not: CORS, `WWW-Authenticate`,
     /// `RateLimit-*`.
     pub response_headers: Vec<(hyper::header::HeaderName, HeaderValue)>,
+    /// The normalised request path (set by `normalise`; the URI holds it too).
+    pub path: Option<String>,
     /// The authority the client addressed (set by `route`).
     pub host: Option<Authority>,
     /// Index into `snapshot.routes` (set by `route`).
@@ -144,6 +149,7 @@ async fn pipeline(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     stage!(limits::limit_request_line(ctx, &req));
     stage!(limits::limit_headers(ctx, &req));
+    stage!(normalise::normalise(ctx, &mut req));
     stage!(route::route(ctx, &req));
     stage!(cors::cors(ctx, &req));
     stage!(authenticate::authenticate(ctx, &mut req).await);
@@ -203,6 +209,7 @@ async fn handle(
         identity: None,
         claims: None,
         response_headers: Vec::new(),
+        path: None,
         host: None,
         route: None,
         upstream_path: None,
@@ -211,7 +218,7 @@ async fn handle(
         cache: None,
         cache_bypass: false,
     };
-    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let (method, raw_path) = (req.method().clone(), req.uri().path().to_owned());
     let grpc = headers::is_grpc(req.headers());
     let started = std::time::Instant::now();
     let logged = observe::sampled();
@@ -239,6 +246,7 @@ async fn handle(
             failure = Some(error.kind);
             let request_id = ctx.request_id.to_str().unwrap_or("");
             let client = ctx.connection.client;
+            let path = ctx.path.as_deref().unwrap_or(&raw_path);
             match error.kind.cause() {
                 Cause::Client => {
                     tracing::debug!(%client, %method, path, request_id, "{error}")
@@ -259,6 +267,8 @@ async fn handle(
             false => response.headers_mut().insert(name, value).is_some(),
         };
     }
+    // From here on the normalised path; the raw one only if it was refused.
+    let path = ctx.path.take().unwrap_or(raw_path);
     // L7 signals for the defender (auto-bans, known-good sources): a non-blocking report.
     crate::defend::report(
         ctx.connection.client.ip(),

@@ -7,12 +7,13 @@ use hyper::{
     http::uri::{Authority, PathAndQuery},
 };
 
-use crate::config::{HostMatch, PathMatch, RouteConfig, RouteMatch};
+use crate::config::{EscapedSlashes, HostMatch, PathMatch, RouteConfig, RouteMatch};
 
 use super::{
     Flow, RequestContext,
     body::ProxyBody,
     error::{ErrorKind, ProxyError},
+    normalise::has_escaped_slash,
 };
 
 /// Sets `ctx.route`, `ctx.host` and `ctx.upstream_path`; 404 when no route matches.
@@ -42,6 +43,16 @@ pub fn route(ctx: &mut RequestContext, req: &Request<ProxyBody>) -> Result<Flow,
         ));
     };
     let route = &ctx.snapshot.routes[index];
+    // normalise.rs let escaped slashes through because some route keeps them; this one?
+    if route.escaped_slashes == EscapedSlashes::Reject && has_escaped_slash(path) {
+        return Err(ProxyError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "path {path:?}: an encoded slash or backslash, and route {:?} does not keep them",
+                route.name
+            ),
+        ));
+    }
     ctx.upstream_path = Some(upstream_path(route, req)?);
     ctx.host = authority;
     ctx.route = Some(index);
@@ -65,6 +76,14 @@ fn authority(req: &Request<ProxyBody>) -> Result<Option<Authority>, ProxyError> 
         if authority.as_str().contains('@') {
             return bad("userinfo in the request target");
         }
+        // HTTP/2: a Host naming another server than :authority is malformed (RFC 9113
+        // 8.3.1). HTTP/1.1's absolute-form ignores Host (RFC 9112 3.2.2); either way the
+        // upstream gets Host = this authority (headers.rs).
+        if req.version() == Version::HTTP_2
+            && from_header.is_some_and(|host| !same_host(&host, authority))
+        {
+            return bad("Host field differs from :authority");
+        }
         // The request target wins over Host (RFC 9112 3.2.2, RFC 9113 8.3.1).
         return Ok(Some(authority.clone()));
     }
@@ -72,6 +91,13 @@ fn authority(req: &Request<ProxyBody>) -> Result<Option<Authority>, ProxyError> 
         return bad("HTTP/1.1 request without Host");
     }
     Ok(from_header)
+}
+
+/// Whether two authorities name the same host and port (host names ignore case and a
+/// trailing dot).
+fn same_host(a: &Authority, b: &Authority) -> bool {
+    let host = |authority: &Authority| authority.host().trim_end_matches('.').to_ascii_lowercase();
+    host(a) == host(b) && a.port_u16() == b.port_u16()
 }
 
 /// Whether `matcher` takes a request with this (lowercase, port-less) host, path, method and

@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use crate::config::{HttpLimits, ProxyConfig, RouteConfig, UpstreamConfig, auth::AuthConfig};
+use crate::config::{
+    EscapedSlashes, HttpLimits, ProxyConfig, RouteConfig, UpstreamConfig, auth::AuthConfig,
+};
 
 use super::{
     balance::Balancer,
@@ -13,6 +15,7 @@ use super::{
     forward::{RetryBudget, UpstreamClient, client, h2c_client},
     health::{self, HealthTask, TargetState},
     jwt::Provider,
+    normalise,
     throttle::RouteLimits,
 };
 
@@ -21,6 +24,9 @@ pub struct Snapshot {
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<Upstream>,
     pub limits: HttpLimits,
+    /// How request paths are normalised (`[normalise]`, and whether any route keeps
+    /// escaped slashes).
+    pub normalise: normalise::Options,
     /// The response cache; one store for the proxy's life, carried over by reloads.
     pub cache: Arc<Store>,
     /// Per route (in `routes` order): its cache lookup counters, if it caches.
@@ -95,6 +101,17 @@ impl Snapshot {
                 })
                 .collect(),
             limits: config.limits.clone(),
+            normalise: normalise::Options {
+                merge_slashes: config.normalise.merge_slashes,
+                escaped_slashes: match config
+                    .routes
+                    .iter()
+                    .any(|route| route.escaped_slashes == EscapedSlashes::Keep)
+                {
+                    true => EscapedSlashes::Keep,
+                    false => EscapedSlashes::Reject,
+                },
+            },
             cache_counters: config
                 .routes
                 .iter()
