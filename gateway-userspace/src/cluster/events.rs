@@ -116,6 +116,13 @@ pub fn apply_remote(state: &DaemonState, change: &Change) -> bool {
     APPLYING_REMOTE.with(|flag| flag.set(true));
     let _remote = Remote;
     let now = now();
+    // Another node's expiry is untrusted input too: held to the API's range (a little more
+    // for clock skew), then checked again as a request by `DaemonState`.
+    let left = |expires_at: Option<f64>| {
+        expires_at
+            .map(|at| crate::control::valid::expiry("expires_at", at, now))
+            .transpose()
+    };
     let result = match change {
         Change::Ban {
             cidr,
@@ -125,11 +132,14 @@ pub fn apply_remote(state: &DaemonState, change: &Change) -> bool {
             if expired(*expires_at, now) {
                 return false;
             }
-            state
-                .ban(&BanRequest {
-                    cidr: cidr.clone(),
-                    duration_secs: expires_at.map(|at| at - now),
-                    comment: comment.clone(),
+            left(*expires_at)
+                .map_err(crate::control::ApiFailure::from)
+                .and_then(|duration_secs| {
+                    state.ban(&BanRequest {
+                        cidr: cidr.clone(),
+                        duration_secs,
+                        comment: comment.clone(),
+                    })
                 })
                 .map(|_| ())
         }
@@ -150,13 +160,16 @@ pub fn apply_remote(state: &DaemonState, change: &Change) -> bool {
                 Some(_) => return false,
                 None => {}
             }
-            state
-                .add_rule(&RuleRequest {
-                    cidr: cidr.clone(),
-                    action: *action,
-                    comment: comment.clone(),
-                    ttl_secs: expires_at.map(|at| at - now),
-                    shadow: *shadow,
+            left(*expires_at)
+                .map_err(crate::control::ApiFailure::from)
+                .and_then(|ttl_secs| {
+                    state.add_rule(&RuleRequest {
+                        cidr: cidr.clone(),
+                        action: *action,
+                        comment: comment.clone(),
+                        ttl_secs,
+                        shadow: *shadow,
+                    })
                 })
                 .map(|_| ())
         }

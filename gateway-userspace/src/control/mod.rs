@@ -6,6 +6,7 @@ mod client;
 mod metrics;
 mod server;
 mod state;
+pub mod valid;
 
 pub use client::{Client, ClientError};
 pub use metrics::MetricsServer;
