@@ -503,3 +503,64 @@ pub async fn catch_up(
     }
     Ok(applied)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(dir: &std::path::Path) -> DaemonState {
+        let config = crate::config::Config::parse("[xdp]\nmode = \"off\"").unwrap();
+        DaemonState::start(None, config.firewall, &config.xdp, dir.join("state.json")).unwrap()
+    }
+
+    #[test]
+    fn a_remote_expiry_out_of_range_is_refused_and_not_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let now = now();
+        let max = crate::control::valid::MAX_DURATION.as_secs_f64();
+        let ban = |cidr: &str, expires_at: Option<f64>| Change::Ban {
+            cidr: cidr.to_owned(),
+            expires_at,
+            comment: None,
+        };
+        let rule = |cidr: &str, expires_at: Option<f64>| Change::AddRule {
+            cidr: cidr.to_owned(),
+            action: RuleAction::Deny,
+            comment: None,
+            expires_at,
+            shadow: false,
+        };
+        for refused in [
+            ban("192.0.2.1", Some(1e20)),
+            ban("192.0.2.2", Some(f64::MAX)),
+            ban("192.0.2.3", Some(now + max + 2.0 * 86400.0)),
+            ban("192.0.2.4/8", None),
+            rule("198.51.100.0/24", Some(1e20)),
+        ] {
+            assert!(!apply_remote(&state, &refused), "{refused:?}");
+        }
+        // Another node's clock a little ahead: capped at the longest, not refused.
+        for taken in [
+            ban("192.0.2.5", Some(now + 60.0)),
+            ban("192.0.2.6", Some(now + max + 3600.0)),
+            ban("192.0.2.7", None),
+            rule("198.51.100.0/24", Some(now + 60.0)),
+        ] {
+            assert!(apply_remote(&state, &taken), "{taken:?}");
+        }
+        let bans: Vec<String> = state
+            .bans()
+            .unwrap()
+            .bans
+            .into_iter()
+            .map(|b| b.cidr)
+            .collect();
+        assert_eq!(bans, ["192.0.2.5/32", "192.0.2.6/32", "192.0.2.7/32"]);
+        let saved = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+        assert!(
+            !saved.contains("e+20") && !saved.contains("192.0.2.1/"),
+            "{saved}"
+        );
+    }
+}
