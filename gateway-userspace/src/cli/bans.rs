@@ -13,6 +13,9 @@ pub async fn ban(client: &Client, cidr: &str, duration: Option<Duration>) -> any
         duration_secs: duration.map(|duration| duration.as_secs_f64()),
         comment: None,
     };
+    request
+        .validate()
+        .map_err(|invalid| super::refused(invalid, &[("duration_secs", "--for")]))?;
     let ban: Ban = client.post(BANS_PATH, &request).await?;
     match ban.expires_in_secs {
         Some(secs) => println!("banned {} for {}", ban.cidr, human(secs)),
@@ -25,6 +28,9 @@ pub async fn unban(client: &Client, cidr: &str) -> anyhow::Result<()> {
     let request = UnbanRequest {
         cidr: cidr.to_owned(),
     };
+    request
+        .validate()
+        .map_err(|invalid| super::refused(invalid, &[]))?;
     let _: Done = client.post(UNBAN_PATH, &request).await?;
     println!("unbanned {cidr}");
     Ok(())

@@ -54,6 +54,9 @@ pub async fn known_good(
         address: address.to_owned(),
         ttl_secs: ttl.map(|ttl| ttl.as_secs_f64()),
     };
+    request
+        .validate()
+        .map_err(|invalid| super::refused(invalid, &[("ttl_secs", "--ttl")]))?;
     let known: KnownGood = client.post(KNOWN_GOOD_PATH, &request).await?;
     println!(
         "{} is known-good for {}",

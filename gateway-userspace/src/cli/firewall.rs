@@ -29,6 +29,16 @@ pub async fn add(
         ttl_secs: ttl.map(|ttl| ttl.as_secs_f64()),
         shadow,
     };
+    request.validate().map_err(|invalid| {
+        super::refused(
+            invalid,
+            &[
+                ("ttl_secs", "--ttl"),
+                ("comment", "--comment"),
+                ("shadow", "--shadow"),
+            ],
+        )
+    })?;
     let rule: RuleEntry = client.post(RULES_PATH, &request).await?;
     if rule.shadow {
         println!(
@@ -80,6 +90,10 @@ pub async fn import(
         text,
         comment,
     };
+    request
+        .validate()
+        .map_err(|invalid| super::refused(invalid, &[("comment", "--comment")]))
+        .with_context(|| format!("importing {}", file.display()))?;
     let result: ImportResult = client
         .post(IMPORT_PATH, &request)
         .await

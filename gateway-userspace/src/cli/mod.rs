@@ -359,6 +359,12 @@ impl AdminArgs {
 /// Entry point of the `gateway` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Command::Run { .. } | Command::DemoUpstream { .. }
+    ) {
+        quiet_on_closed_pipe();
+    }
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(error) => {
@@ -552,6 +558,23 @@ async fn add_rule(action: crate::control::api::RuleAction, rule: RuleArgs) -> an
         rule.shadow,
     )
     .await
+}
+
+/// `gateway check-config | head`: a reader that goes away ends the command quietly, as it
+/// does any Unix filter, instead of a panic in `println!` (Rust ignores SIGPIPE by default).
+/// Not for the servers, which must outlive every peer that hangs up.
+fn quiet_on_closed_pipe() {
+    // SAFETY: restoring a signal's default action, before any thread is started.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
+/// A request the daemon would refuse, refused here in the daemon's words, with the flag that
+/// set the field (`flags`: field -> flag).
+fn refused(invalid: crate::control::valid::Invalid, flags: &[(&str, &str)]) -> anyhow::Error {
+    match flags.iter().find(|(field, _)| *field == invalid.field) {
+        Some((_, flag)) => anyhow::anyhow!("{flag}: {invalid}"),
+        None => anyhow::anyhow!("{invalid}"),
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

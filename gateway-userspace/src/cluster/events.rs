@@ -116,6 +116,13 @@ pub fn apply_remote(state: &DaemonState, change: &Change) -> bool {
     APPLYING_REMOTE.with(|flag| flag.set(true));
     let _remote = Remote;
     let now = now();
+    // Another node's expiry is untrusted input too: held to the API's range (a little more
+    // for clock skew), then checked again as a request by `DaemonState`.
+    let left = |expires_at: Option<f64>| {
+        expires_at
+            .map(|at| crate::control::valid::expiry("expires_at", at, now))
+            .transpose()
+    };
     let result = match change {
         Change::Ban {
             cidr,
@@ -125,11 +132,14 @@ pub fn apply_remote(state: &DaemonState, change: &Change) -> bool {
             if expired(*expires_at, now) {
                 return false;
             }
-            state
-                .ban(&BanRequest {
-                    cidr: cidr.clone(),
-                    duration_secs: expires_at.map(|at| at - now),
-                    comment: comment.clone(),
+            left(*expires_at)
+                .map_err(crate::control::ApiFailure::from)
+                .and_then(|duration_secs| {
+                    state.ban(&BanRequest {
+                        cidr: cidr.clone(),
+                        duration_secs,
+                        comment: comment.clone(),
+                    })
                 })
                 .map(|_| ())
         }
@@ -150,13 +160,16 @@ pub fn apply_remote(state: &DaemonState, change: &Change) -> bool {
                 Some(_) => return false,
                 None => {}
             }
-            state
-                .add_rule(&RuleRequest {
-                    cidr: cidr.clone(),
-                    action: *action,
-                    comment: comment.clone(),
-                    ttl_secs: expires_at.map(|at| at - now),
-                    shadow: *shadow,
+            left(*expires_at)
+                .map_err(crate::control::ApiFailure::from)
+                .and_then(|ttl_secs| {
+                    state.add_rule(&RuleRequest {
+                        cidr: cidr.clone(),
+                        action: *action,
+                        comment: comment.clone(),
+                        ttl_secs,
+                        shadow: *shadow,
+                    })
                 })
                 .map(|_| ())
         }
@@ -489,4 +502,65 @@ pub async fn catch_up(
         }
     }
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(dir: &std::path::Path) -> DaemonState {
+        let config = crate::config::Config::parse("[xdp]\nmode = \"off\"").unwrap();
+        DaemonState::start(None, config.firewall, &config.xdp, dir.join("state.json")).unwrap()
+    }
+
+    #[test]
+    fn a_remote_expiry_out_of_range_is_refused_and_not_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let now = now();
+        let max = crate::control::valid::MAX_DURATION.as_secs_f64();
+        let ban = |cidr: &str, expires_at: Option<f64>| Change::Ban {
+            cidr: cidr.to_owned(),
+            expires_at,
+            comment: None,
+        };
+        let rule = |cidr: &str, expires_at: Option<f64>| Change::AddRule {
+            cidr: cidr.to_owned(),
+            action: RuleAction::Deny,
+            comment: None,
+            expires_at,
+            shadow: false,
+        };
+        for refused in [
+            ban("192.0.2.1", Some(1e20)),
+            ban("192.0.2.2", Some(f64::MAX)),
+            ban("192.0.2.3", Some(now + max + 2.0 * 86400.0)),
+            ban("192.0.2.4/8", None),
+            rule("198.51.100.0/24", Some(1e20)),
+        ] {
+            assert!(!apply_remote(&state, &refused), "{refused:?}");
+        }
+        // Another node's clock a little ahead: capped at the longest, not refused.
+        for taken in [
+            ban("192.0.2.5", Some(now + 60.0)),
+            ban("192.0.2.6", Some(now + max + 3600.0)),
+            ban("192.0.2.7", None),
+            rule("198.51.100.0/24", Some(now + 60.0)),
+        ] {
+            assert!(apply_remote(&state, &taken), "{taken:?}");
+        }
+        let bans: Vec<String> = state
+            .bans()
+            .unwrap()
+            .bans
+            .into_iter()
+            .map(|b| b.cidr)
+            .collect();
+        assert_eq!(bans, ["192.0.2.5/32", "192.0.2.6/32", "192.0.2.7/32"]);
+        let saved = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+        assert!(
+            !saved.contains("e+20") && !saved.contains("192.0.2.1/"),
+            "{saved}"
+        );
+    }
 }

@@ -47,6 +47,9 @@ pub struct ReasonStats {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+    /// The request field at fault, when one is (`duration_secs`, `cidr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 /// `GET` lists bans, `POST` adds one ([`BanRequest`]).

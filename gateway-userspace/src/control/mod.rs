@@ -7,6 +7,7 @@ mod listen;
 mod metrics;
 mod server;
 mod state;
+pub mod valid;
 
 pub use client::{Client, ClientError};
 pub use metrics::MetricsServer;

@@ -169,6 +169,7 @@ fn bearer_matches<B>(request: &Request<B>, token: &str) -> bool {
 
 fn unauthorized() -> Response<Full<Bytes>> {
     let mut response = json(&ApiError {
+        field: None,
         error: "the admin API over TCP needs `Authorization: Bearer <token>` with the token \
                 from admin.token_env (the CLI reads $GATEWAY_ADMIN_TOKEN)"
             .to_owned(),
@@ -259,23 +260,16 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
         }
         (&Method::POST, api::KNOWN_GOOD_PATH) => {
             match body::<api::KnownGoodRequest>(request, MAX_BODY).await {
-                Ok(known) => defender().and_then(|defender| {
-                    let ttl = match known.ttl_secs {
-                        Some(secs) if !(secs.is_finite() && secs > 0.0) => {
-                            return Err(ApiFailure {
-                                status: StatusCode::BAD_REQUEST,
-                                message: format!(
-                                    "ttl_secs must be a positive number of seconds, not {secs}"
-                                ),
-                            });
-                        }
-                        Some(secs) => Some(std::time::Duration::from_secs_f64(secs)),
-                        None => None,
-                    };
-                    defender
-                        .mark_known_good(&known.address, ttl)
-                        .map(|known| json(&known))
-                }),
+                Ok(known) => {
+                    known
+                        .validate()
+                        .map_err(ApiFailure::from)
+                        .and_then(|(address, ttl)| {
+                            defender()
+                                .and_then(|defender| defender.mark_known_good(address, ttl))
+                                .map(|known| json(&known))
+                        })
+                }
                 Err(failure) => Err(failure),
             }
         }
@@ -288,14 +282,15 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
             Ok(unban) => state.unban(&unban.cidr).map(|()| json(&Done { ok: true })),
             Err(failure) => Err(failure),
         },
-        _ => Err(ApiFailure {
-            status: StatusCode::NOT_FOUND,
-            message: format!("no admin endpoint {method} {path}"),
-        }),
+        _ => Err(ApiFailure::new(
+            StatusCode::NOT_FOUND,
+            format!("no admin endpoint {method} {path}"),
+        )),
     };
     result.unwrap_or_else(|failure| {
         let mut response = json(&ApiError {
             error: failure.message,
+            field: failure.field,
         });
         *response.status_mut() = failure.status;
         response
@@ -306,18 +301,17 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
 async fn reload(
     reloads: &mpsc::Sender<ReloadRequest>,
 ) -> Result<Response<Full<Bytes>>, ApiFailure> {
-    let gone = || ApiFailure {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        message: "the daemon is shutting down".to_owned(),
+    let gone = || {
+        ApiFailure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is shutting down",
+        )
     };
     let (reply, answer) = oneshot::channel();
     reloads.send(reply).await.map_err(|_| gone())?;
     match answer.await.map_err(|_| gone())? {
         Ok(message) => Ok(json(&Reloaded { message })),
-        Err(message) => Err(ApiFailure {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            message,
-        }),
+        Err(message) => Err(ApiFailure::new(StatusCode::UNPROCESSABLE_ENTITY, message)),
     }
 }
 
@@ -326,16 +320,32 @@ async fn body<T: DeserializeOwned>(
     request: Request<Incoming>,
     limit: usize,
 ) -> Result<T, ApiFailure> {
-    let bad = |message: String| ApiFailure {
-        status: StatusCode::BAD_REQUEST,
-        message,
-    };
     let bytes = Limited::new(request.into_body(), limit)
         .collect()
         .await
-        .map_err(|error| bad(format!("reading the request body: {error}")))?
+        .map_err(|error| {
+            ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                format!("reading the request body: {error}"),
+            )
+        })?
         .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|error| bad(format!("invalid request body: {error}")))
+    parse_body(&bytes)
+}
+
+/// A JSON body as `T`; a value of the wrong type is a 400 that names its field.
+fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiFailure> {
+    let bad = |message: String| ApiFailure::new(StatusCode::BAD_REQUEST, message);
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut json).map_err(|error| {
+        let field = error.path().to_string();
+        let mut failure = bad(format!("invalid request body: {error}"));
+        failure.field = (field != ".").then_some(field);
+        failure
+    })?;
+    json.end()
+        .map_err(|error| bad(format!("invalid request body: {error}")))?;
+    Ok(value)
 }
 
 fn json(body: &impl Serialize) -> Response<Full<Bytes>> {
@@ -350,10 +360,7 @@ fn json(body: &impl Serialize) -> Response<Full<Bytes>> {
 /// Removes cached responses by exact key or by prefix.
 async fn purge_cache(purge: api::PurgeRequest) -> Result<Response<Full<Bytes>>, ApiFailure> {
     use crate::proxy::cache::PurgeTarget;
-    let bad = |message: &str| ApiFailure {
-        status: StatusCode::BAD_REQUEST,
-        message: message.to_owned(),
-    };
+    let bad = |message: &str| ApiFailure::new(StatusCode::BAD_REQUEST, message);
     let target = match (purge.key, purge.prefix) {
         (Some(key), None) if !key.trim().is_empty() => PurgeTarget::Key(key),
         (None, Some(prefix)) if !prefix.is_empty() => PurgeTarget::Prefix(prefix),
@@ -373,14 +380,16 @@ async fn purge_cache(purge: api::PurgeRequest) -> Result<Response<Full<Bytes>>, 
 /// Metering totals of every node (`?cluster=1`).
 async fn cluster_metering() -> Result<api::Metering, ApiFailure> {
     let Some(cluster) = crate::cluster::CLUSTER.get() else {
-        return Err(ApiFailure {
-            status: StatusCode::CONFLICT,
-            message: "cluster mode is off: there is no [cluster] section in the config".to_owned(),
-        });
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "cluster mode is off: there is no [cluster] section in the config",
+        ));
     };
-    cluster.metering().await.map_err(|error| ApiFailure {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        message: format!("reading the cluster's metering from Redis failed: {error}"),
+    cluster.metering().await.map_err(|error| {
+        ApiFailure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("reading the cluster's metering from Redis failed: {error}"),
+        )
     })
 }
 
@@ -401,15 +410,65 @@ fn metering() -> api::Metering {
 
 /// The daemon's defender (L7 signals, under-attack mode).
 fn defender() -> Result<&'static std::sync::Arc<crate::defend::Defender>, ApiFailure> {
-    crate::defend::running().ok_or_else(|| ApiFailure {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        message: "the defender is not running yet: retry in a moment".to_owned(),
+    crate::defend::running().ok_or_else(|| {
+        ApiFailure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the defender is not running yet: retry in a moment",
+        )
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_of_the_wrong_shape_is_a_400_naming_the_field() {
+        let table: [(&str, Option<&str>); 10] = [
+            (
+                r#"{"cidr": "192.0.2.7", "duration_secs": "10"}"#,
+                Some("duration_secs"),
+            ),
+            (
+                r#"{"cidr": "192.0.2.7", "duration_secs": [1]}"#,
+                Some("duration_secs"),
+            ),
+            (
+                r#"{"cidr": "192.0.2.7", "duration_secs": {}}"#,
+                Some("duration_secs"),
+            ),
+            (
+                r#"{"cidr": "192.0.2.7", "duration_secs": 1e400}"#,
+                Some("duration_secs"),
+            ),
+            (r#"{"cidr": 7}"#, Some("cidr")),
+            (
+                r#"{"cidr": "192.0.2.7", "comment": false}"#,
+                Some("comment"),
+            ),
+            (r#"{"duration_secs": 1}"#, None),
+            (r#"{"cidr": "192.0.2.7"} trailing"#, None),
+            ("", None),
+            ("[]", None),
+        ];
+        for (body, field) in table {
+            let failure = parse_body::<BanRequest>(body.as_bytes()).unwrap_err();
+            assert_eq!(failure.status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(
+                failure.field.as_deref(),
+                field,
+                "{body}: {}",
+                failure.message
+            );
+            assert!(
+                failure.message.starts_with("invalid request body: "),
+                "{body}"
+            );
+        }
+        let ban: BanRequest =
+            parse_body(br#"{"cidr": "192.0.2.7", "duration_secs": null}"#).unwrap();
+        assert_eq!(ban.duration_secs, None);
+    }
 
     #[tokio::test]
     async fn purge_needs_exactly_one_of_key_and_prefix() {

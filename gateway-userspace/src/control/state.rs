@@ -21,6 +21,7 @@ use super::api::{
     RateLimits, RateState, RawLimits, ReasonStats, RuleEntry, RuleList, RuleRequest, SourceDrops,
     Stats, XdpStats,
 };
+use super::valid;
 use crate::{
     config::{Action, CidrRule, FirewallConfig, XdpConfig},
     xdp::{self, XdpFirewall},
@@ -35,15 +36,24 @@ const STATE_VERSION: u32 = 1;
 pub struct ApiFailure {
     pub status: StatusCode,
     pub message: String,
+    /// The request field at fault (a 400 about one value).
+    pub field: Option<String>,
+}
+
+impl ApiFailure {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiFailure {
+        ApiFailure {
+            status,
+            message: message.into(),
+            field: None,
+        }
+    }
 }
 
 pub type ApiResult<T> = Result<T, ApiFailure>;
 
 fn fail(status: StatusCode, message: impl Into<String>) -> ApiFailure {
-    ApiFailure {
-        status,
-        message: message.into(),
-    }
+    ApiFailure::new(status, message)
 }
 
 fn internal(error: impl std::fmt::Display) -> ApiFailure {
@@ -132,6 +142,8 @@ struct Inner {
     firewall: FirewallConfig,
     /// Rule capacity the maps were sized with.
     capacity: (usize, usize),
+    /// Bans per address family the maps hold (`xdp.max_bans`; also the cap with XDP off).
+    max_bans: usize,
     operator: OperatorState,
     state_file: PathBuf,
 }
@@ -146,11 +158,13 @@ impl DaemonState {
         limits: &XdpConfig,
         state_file: PathBuf,
     ) -> anyhow::Result<DaemonState> {
-        let operator = load_state(&state_file)?;
+        let max_bans = limits.max_bans as usize;
+        let operator = load_state(&state_file, max_bans)?;
         let mut inner = Inner {
             xdp,
             firewall,
             capacity: (limits.max_rules_v4 as usize, limits.max_rules_v6 as usize),
+            max_bans,
             operator,
             state_file,
         };
@@ -160,9 +174,16 @@ impl DaemonState {
             .map_err(|failure| anyhow::anyhow!(failure.message))?;
         let now = unix_now();
         if let Some(xdp) = inner.xdp.as_mut() {
-            for ban in &inner.operator.bans {
-                xdp.ban(ban.cidr, kernel_expiry(ban.expires_at, now))?;
-            }
+            // One ban the kernel refuses must not keep the daemon (and every other ban) down.
+            inner.operator.bans.retain(|ban| {
+                match xdp.ban(ban.cidr, kernel_expiry(ban.expires_at, now)) {
+                    Ok(()) => true,
+                    Err(error) => {
+                        tracing::warn!(cidr = %ban.cidr, %error, "saved ban not restored: the kernel refused it");
+                        false
+                    }
+                }
+            });
         }
         inner.publish_bans();
         let (rules, bans) = (inner.operator.rules.len(), inner.operator.bans.len());
@@ -309,7 +330,7 @@ impl DaemonState {
         match inner.xdp.as_mut() {
             Some(xdp) => {
                 let source = crate::defend::guard::canonical(source);
-                xdp.mark_known_good(source, xdp::now() + ttl)
+                xdp.mark_known_good(source, xdp::now().saturating_add(ttl))
                     .map_err(internal)?;
                 Ok(true)
             }
@@ -543,18 +564,13 @@ impl DaemonState {
     }
 
     pub fn add_rule(&self, request: &RuleRequest) -> ApiResult<RuleEntry> {
-        if request.shadow && request.action != RuleAction::Deny {
-            return Err(fail(
-                StatusCode::BAD_REQUEST,
-                "only deny rules can be shadow (dry-run) rules",
-            ));
-        }
+        let valid = request.validate()?;
         let rule = OperatorRule {
-            cidr: parse_net(&request.cidr)?,
-            action: request.action,
-            comment: request.comment.clone(),
-            expires_at: expiry(request.ttl_secs, "ttl_secs")?,
-            shadow: request.shadow,
+            cidr: valid.net,
+            action: valid.action,
+            comment: valid.comment,
+            expires_at: valid.ttl.map(|ttl| unix_now() + ttl.as_secs_f64()),
+            shadow: valid.shadow,
         };
         let entry = RuleEntry {
             cidr: rule.cidr.to_string(),
@@ -562,7 +578,7 @@ impl DaemonState {
             origin: "operator".to_owned(),
             key: None,
             comment: rule.comment.clone(),
-            expires_in_secs: request.ttl_secs,
+            expires_in_secs: valid.ttl.map(|ttl| ttl.as_secs_f64()),
             hits: Some(0),
             shadow: rule.shadow,
         };
@@ -585,7 +601,7 @@ impl DaemonState {
 
     /// Makes a shadow rule drop, in one map update.
     pub fn promote(&self, cidr: &str) -> ApiResult<()> {
-        let net = parse_net(cidr)?;
+        let net = valid::cidr("cidr", cidr)?;
         self.lock().change(|state, _| {
             match state.rules.iter_mut().find(|rule| rule.cidr == net) {
                 Some(rule) if rule.shadow => {
@@ -610,7 +626,7 @@ impl DaemonState {
     }
 
     pub fn remove_rule(&self, cidr: &str) -> ApiResult<()> {
-        let net = parse_net(cidr)?;
+        let net = valid::cidr("cidr", cidr)?;
         self.lock().change(|state, inner| {
             let before = state.rules.len();
             state.rules.retain(|rule| rule.cidr != net);
@@ -639,30 +655,17 @@ impl DaemonState {
 
     /// Adds every line of `request.text` as a rule, or none of them.
     pub fn import(&self, request: &ImportRequest) -> ApiResult<usize> {
-        let mut rules = Vec::new();
-        for (index, line) in request.text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
-                continue;
-            }
-            let cidr = parse_net(line).map_err(|failure| {
-                fail(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "line {}: {}; nothing was imported",
-                        index + 1,
-                        failure.message
-                    ),
-                )
-            })?;
-            rules.push(OperatorRule {
+        let (nets, comment) = request.validate()?;
+        let rules: Vec<OperatorRule> = nets
+            .into_iter()
+            .map(|cidr| OperatorRule {
                 cidr,
                 action: request.action,
-                comment: request.comment.clone(),
+                comment: comment.clone(),
                 expires_at: None,
                 shadow: false,
-            });
-        }
+            })
+            .collect();
         let count = rules.len();
         let changes: Vec<_> = rules
             .iter()
@@ -715,7 +718,12 @@ impl DaemonState {
         if let Some(limits) = &limits {
             limits.validate("default").map_err(|problems| {
                 let message: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                fail(StatusCode::BAD_REQUEST, message.join("; "))
+                let mut failure = fail(StatusCode::BAD_REQUEST, message.join("; "));
+                failure.field = problems.first().map(|problem| {
+                    let key = problem.key.strip_prefix("default.");
+                    key.unwrap_or(&problem.key).to_owned()
+                });
+                failure
             })?;
         }
         self.lock().change(|state, _| {
@@ -736,13 +744,11 @@ impl DaemonState {
     }
 
     pub fn ban(&self, request: &BanRequest) -> ApiResult<Ban> {
+        let valid = request.validate()?;
         let ban = OperatorBan {
-            cidr: parse_net(&request.cidr)?,
-            expires_at: expiry(request.duration_secs, "duration_secs")?,
-            comment: request
-                .comment
-                .clone()
-                .filter(|comment| !comment.is_empty()),
+            cidr: valid.net,
+            expires_at: valid.duration.map(|left| unix_now() + left.as_secs_f64()),
+            comment: valid.comment,
         };
         self.lock().place_ban(&ban)?;
         self.publish(crate::cluster::Change::Ban {
@@ -750,10 +756,10 @@ impl DaemonState {
             expires_at: ban.expires_at,
             comment: ban.comment.clone(),
         });
-        tracing::info!(net = %ban.cidr, duration_secs = ?request.duration_secs, comment = ?ban.comment, "source banned");
+        tracing::info!(net = %ban.cidr, duration = ?valid.duration, comment = ?ban.comment, "source banned");
         Ok(Ban {
             cidr: ban.cidr.to_string(),
-            expires_in_secs: request.duration_secs,
+            expires_in_secs: valid.duration.map(|left| left.as_secs_f64()),
             comment: ban.comment,
         })
     }
@@ -761,7 +767,8 @@ impl DaemonState {
     /// A ban placed by the defender (L7 signals). An existing longer or permanent ban of the
     /// same prefix is kept as it is.
     pub fn auto_ban(&self, net: IpNet, duration: Duration, comment: &str) -> ApiResult<()> {
-        let expires_at = unix_now() + duration.as_secs_f64();
+        // The config may ask for more than the state file keeps.
+        let expires_at = unix_now() + duration.min(valid::MAX_DURATION).as_secs_f64();
         let mut inner = self.lock();
         let longer = inner
             .operator
@@ -787,7 +794,7 @@ impl DaemonState {
     }
 
     pub fn unban(&self, cidr: &str) -> ApiResult<()> {
-        let net = parse_net(cidr)?;
+        let net = valid::cidr("cidr", cidr)?;
         let mut inner = self.lock();
         let lifted = match inner.xdp.as_mut() {
             Some(xdp) => xdp.unban(net).map_err(internal)?,
@@ -861,14 +868,36 @@ impl Inner {
     /// Saves `ban` (replacing one of the same prefix), then enforces it: in the kernel, or
     /// at accept when XDP is off.
     fn place_ban(&mut self, ban: &OperatorBan) -> ApiResult<()> {
+        let max_bans = self.max_bans;
         self.change(|state, _| {
             state.bans.retain(|old| old.cidr != ban.cidr);
+            let family = |net: &IpNet| matches!(net, IpNet::V4(_));
+            let same_family = state
+                .bans
+                .iter()
+                .filter(|old| family(&old.cidr) == family(&ban.cidr))
+                .count();
+            if same_family >= max_bans {
+                return Err(fail(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    format!(
+                        "{same_family} bans of this address family are in place, the most \
+                         xdp.max_bans allows: lift some, or raise xdp.max_bans and restart"
+                    ),
+                ));
+            }
             state.bans.push(ban.clone());
             Ok(())
         })?;
-        if let Some(xdp) = self.xdp.as_mut() {
-            xdp.ban(ban.cidr, kernel_expiry(ban.expires_at, unix_now()))
-                .map_err(internal)?;
+        if let Some(xdp) = self.xdp.as_mut()
+            && let Err(error) = xdp.ban(ban.cidr, kernel_expiry(ban.expires_at, unix_now()))
+        {
+            // Not in force: not kept either, or it would come back at every start.
+            let _ = self.change(|state, _| {
+                state.bans.retain(|old| old.cidr != ban.cidr);
+                Ok(())
+            });
+            return Err(internal(error));
         }
         self.publish_bans();
         Ok(())
@@ -1051,43 +1080,136 @@ fn action_name(action: Action) -> &'static str {
     }
 }
 
-/// Wall-clock expiry -> the monotonic clock the kernel reads.
+/// Wall-clock expiry -> the monotonic clock the kernel reads. Total: any number, even one
+/// no request could set, gives an expiry (a past one expires now, a far one lasts the
+/// longest a ban can).
 fn kernel_expiry(expires_at: Option<f64>, now: f64) -> Option<Duration> {
-    expires_at.map(|at| xdp::now() + Duration::from_secs_f64((at - now).max(0.0)))
+    expires_at.map(|at| {
+        // `max` maps NaN to 0; `min` caps infinity.
+        let left = (at - now).max(0.0).min(valid::MAX_DURATION.as_secs_f64());
+        xdp::now().saturating_add(Duration::from_secs_f64(left))
+    })
 }
 
-fn expiry(secs: Option<f64>, field: &str) -> ApiResult<Option<f64>> {
-    match secs {
-        Some(secs) if !(secs.is_finite() && secs > 0.0) => Err(fail(
-            StatusCode::BAD_REQUEST,
-            format!("{field} must be a positive number of seconds, not {secs}"),
-        )),
-        Some(secs) => Ok(Some(unix_now() + secs)),
-        None => Ok(None),
+/// The state file as written, its entries not yet checked: one bad entry is skipped, not
+/// the whole file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedState {
+    #[serde(default)]
+    version: u32,
+    #[serde(default)]
+    rules: Vec<serde_json::Value>,
+    #[serde(default)]
+    bans: Vec<serde_json::Value>,
+    #[serde(default)]
+    rate_limit_default: Option<serde_json::Value>,
+}
+
+impl SavedState {
+    /// The entries the daemon can use, held to the API's ranges; every other one is
+    /// skipped with a warning that shows it.
+    fn check(self, path: &Path, now: f64, max_bans: usize) -> OperatorState {
+        let skip = |what: &str, entry: &serde_json::Value, reason: &str| {
+            tracing::warn!(file = %path.display(), %entry, "saved {what} skipped: {reason}");
+        };
+        let mut rules: Vec<OperatorRule> = Vec::new();
+        for entry in self.rules {
+            match serde_json::from_value::<OperatorRule>(entry.clone())
+                .map_err(|error| error.to_string())
+                .and_then(|rule| rule.check(now).map(|()| rule))
+            {
+                Ok(rule) if rules.iter().any(|kept| kept.cidr == rule.cidr) => {
+                    skip("rule", &entry, "an earlier rule has the same network")
+                }
+                Ok(rule) => rules.push(rule),
+                Err(reason) => skip("rule", &entry, &reason),
+            }
+        }
+        let mut bans: Vec<OperatorBan> = Vec::new();
+        for entry in self.bans {
+            match serde_json::from_value::<OperatorBan>(entry.clone())
+                .map_err(|error| error.to_string())
+                .and_then(|ban| ban.check(now).map(|()| ban))
+            {
+                Ok(ban) if bans.iter().any(|kept| kept.cidr == ban.cidr) => {
+                    skip("ban", &entry, "an earlier ban has the same network")
+                }
+                Ok(ban)
+                    if bans
+                        .iter()
+                        .filter(|kept| kept.cidr.addr().is_ipv4() == ban.cidr.addr().is_ipv4())
+                        .count()
+                        >= max_bans =>
+                {
+                    skip("ban", &entry, "more bans than xdp.max_bans")
+                }
+                Ok(ban) => bans.push(ban),
+                Err(reason) => skip("ban", &entry, &reason),
+            }
+        }
+        let rate_limit_default = self.rate_limit_default.and_then(|entry| {
+            let limits = serde_json::from_value::<RawLimits>(entry.clone())
+                .map_err(|error| error.to_string())
+                .and_then(|limits| {
+                    limits
+                        .validate("rate_limit_default")
+                        .map(|_| limits)
+                        .map_err(|problems| {
+                            let reasons: Vec<String> =
+                                problems.iter().map(ToString::to_string).collect();
+                            reasons.join("; ")
+                        })
+                });
+            limits
+                .inspect_err(|reason| skip("rate_limit_default", &entry, reason))
+                .ok()
+        });
+        OperatorState {
+            version: self.version,
+            rules,
+            bans,
+            rate_limit_default,
+        }
     }
 }
 
-/// An address or CIDR as the API accepts it.
-pub fn parse_net(text: &str) -> ApiResult<IpNet> {
-    let net = text
-        .parse::<IpNet>()
-        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| {
-            fail(
-                StatusCode::BAD_REQUEST,
-                format!("{text:?} is not an IP address or CIDR (e.g. 192.0.2.7, 2001:db8::/64)"),
-            )
-        })?;
-    if net.trunc() != net {
-        return Err(fail(
-            StatusCode::BAD_REQUEST,
-            format!("{text:?} has host bits set: did you mean {}?", net.trunc()),
-        ));
+/// A saved network: host bits clear, as the API writes it.
+fn check_saved_net(net: IpNet) -> Result<(), String> {
+    if net.trunc() == net {
+        Ok(())
+    } else {
+        Err(format!("cidr {net} has host bits set"))
     }
-    Ok(net)
 }
 
-fn load_state(path: &Path) -> anyhow::Result<OperatorState> {
+fn check_saved_expiry(expires_at: Option<f64>, now: f64) -> Result<(), String> {
+    match expires_at {
+        Some(at) => valid::expiry("expires_at", at, now)
+            .map(|_| ())
+            .map_err(|invalid| invalid.to_string()),
+        None => Ok(()),
+    }
+}
+
+impl OperatorRule {
+    fn check(&self, now: f64) -> Result<(), String> {
+        if self.shadow && self.action != RuleAction::Deny {
+            return Err("only deny rules can be shadow rules".to_owned());
+        }
+        check_saved_net(self.cidr)?;
+        check_saved_expiry(self.expires_at, now)
+    }
+}
+
+impl OperatorBan {
+    fn check(&self, now: f64) -> Result<(), String> {
+        check_saved_net(self.cidr)?;
+        check_saved_expiry(self.expires_at, now)
+    }
+}
+
+fn load_state(path: &Path, max_bans: usize) -> anyhow::Result<OperatorState> {
     use anyhow::Context as _;
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
@@ -1099,13 +1221,14 @@ fn load_state(path: &Path) -> anyhow::Result<OperatorState> {
                 .with_context(|| format!("reading the state file {}", path.display()));
         }
     };
-    serde_json::from_str(&text).with_context(|| {
+    let saved: SavedState = serde_json::from_str(&text).with_context(|| {
         format!(
             "the state file {} is not valid: fix it or move it away (it holds the operator's \
              rules and bans)",
             path.display()
         )
-    })
+    })?;
+    Ok(saved.check(path, unix_now(), max_bans))
 }
 
 /// Writes the state atomically: a temporary file in the same folder, fsync, rename over the
@@ -1136,14 +1259,15 @@ mod tests {
     fn state_round_trips_and_missing_file_is_empty() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        assert_eq!(load_state(&path).unwrap(), OperatorState::default());
+        assert_eq!(load_state(&path, 10).unwrap(), OperatorState::default());
         let state = OperatorState {
             version: STATE_VERSION,
             rules: vec![OperatorRule {
                 cidr: "192.0.2.0/24".parse().unwrap(),
                 action: RuleAction::Deny,
                 comment: Some("scanner".into()),
-                expires_at: Some(1.0e10),
+                // Whole seconds: serde_json parses floats to within an ulp, not exactly.
+                expires_at: Some((unix_now() + 3600.0).round()),
                 shadow: true,
             }],
             bans: vec![OperatorBan {
@@ -1157,9 +1281,85 @@ mod tests {
             }),
         };
         save_state(&path, &state).unwrap();
-        assert_eq!(load_state(&path).unwrap(), state);
+        assert_eq!(load_state(&path, 10).unwrap(), state);
         // Only the state file remains: the temporary file was renamed over it.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn saved_entries_out_of_range_are_skipped_and_the_rest_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let now = unix_now();
+        let max = valid::MAX_DURATION.as_secs_f64();
+        let text = serde_json::json!({
+            "version": 1,
+            "rules": [
+                {"cidr": "192.0.2.0/24", "action": "deny", "expires_at": now + 3600.0},
+                {"cidr": "192.0.2.0/24", "action": "allow"},
+                {"cidr": "198.51.100.0/24", "action": "deny", "expires_at": 1e20},
+                {"cidr": "198.51.100.7/24", "action": "deny"},
+                {"cidr": "203.0.113.0/24", "action": "allow", "shadow": true},
+                {"cidr": "203.0.113.0/24", "action": "block"},
+                {"cidr": "203.0.113.0/24", "action": "deny", "expires_at": "soon"},
+                {"cidr": "203.0.113.0/24", "action": "deny", "ttl": 5},
+                "192.0.2.9",
+                {"cidr": "2001:db8::/32", "action": "allow", "expires_at": now + max},
+            ],
+            "bans": [
+                {"cidr": "192.0.2.7/32", "expires_at": 1.0000000000179665e20},
+                {"cidr": "192.0.2.8/32", "expires_at": f64::MAX},
+                {"cidr": "192.0.2.9/32", "expires_at": -1e300},
+                {"cidr": "not an address"},
+                {"cidr": "192.0.2.10/32", "comment": "kept"},
+                {"cidr": "192.0.2.11/32"},
+                {"cidr": "2001:db8::7/128", "expires_at": now + 60.0},
+                null,
+                [],
+            ],
+            "rate_limit_default": {"packets_per_second": 0},
+        });
+        std::fs::write(&path, text.to_string()).unwrap();
+        // Two bans of one family at most.
+        let state = load_state(&path, 2).unwrap();
+        let nets = |list: Vec<IpNet>| list.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            nets(state.rules.iter().map(|rule| rule.cidr).collect()),
+            ["192.0.2.0/24", "2001:db8::/32"]
+        );
+        assert_eq!(
+            nets(state.bans.iter().map(|ban| ban.cidr).collect()),
+            ["192.0.2.9/32", "192.0.2.10/32", "2001:db8::7/128"]
+        );
+        assert_eq!(state.rate_limit_default, None);
+    }
+
+    #[test]
+    fn kernel_expiry_is_total() {
+        let now = unix_now();
+        let soon = xdp::now();
+        let longest = soon + valid::MAX_DURATION;
+        let values = [
+            1e20,
+            f64::MAX,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            -1e300,
+            0.0,
+            now,
+            now + 1.5,
+        ];
+        for at in values {
+            let expiry = kernel_expiry(Some(at), now).unwrap();
+            assert!(expiry >= soon, "{at}");
+            // A little slack: the monotonic clock moves on while the table is checked.
+            assert!(
+                expiry <= longest + Duration::from_secs(60),
+                "{at}: {expiry:?}"
+            );
+        }
+        assert_eq!(kernel_expiry(None, now), None);
     }
 
     #[test]
@@ -1167,7 +1367,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         std::fs::write(&path, "{\"version\": 1, \"rules\": [").unwrap();
-        let error = format!("{:#}", load_state(&path).unwrap_err());
+        let error = format!("{:#}", load_state(&path, 10).unwrap_err());
         assert!(
             error.contains("is not valid: fix it or move it away"),
             "{error}"

@@ -439,21 +439,16 @@ impl Defender {
         }
     }
 
-    /// Marks `address` known-good for `ttl` (default `known_good_ttl`): the operator's
-    /// pre-seeding, or a successful authenticated request.
-    pub fn mark_known_good(&self, address: &str, ttl: Option<Duration>) -> ApiResult<KnownGood> {
-        let parsed: IpAddr = address.parse().map_err(|_| ApiFailure {
-            status: hyper::StatusCode::BAD_REQUEST,
-            message: format!("{address:?} is not an IP address (e.g. 192.0.2.7, 2001:db8::7)"),
-        })?;
+    /// Marks `parsed` known-good for `ttl` (default `known_good_ttl`): the operator's
+    /// pre-seeding (checked by `KnownGoodRequest::validate`).
+    pub fn mark_known_good(&self, parsed: IpAddr, ttl: Option<Duration>) -> ApiResult<KnownGood> {
         let ttl = ttl.unwrap_or(self.config.load().under_attack.known_good_ttl);
         if !self.state.mark_known_good(parsed, ttl)? {
-            return Err(ApiFailure {
-                status: hyper::StatusCode::CONFLICT,
-                message: "known-good sources are admitted by XDP, and xdp.mode is \"off\": \
-                          set xdp.mode and restart"
-                    .to_owned(),
-            });
+            return Err(ApiFailure::new(
+                hyper::StatusCode::CONFLICT,
+                "known-good sources are admitted by XDP, and xdp.mode is \"off\": \
+                 set xdp.mode and restart",
+            ));
         }
         tracing::info!(source = %parsed, ttl = %humantime::format_duration(ttl), "source marked known-good");
         Ok(KnownGood {
