@@ -57,8 +57,10 @@ pub enum Reason {
     PassedUnprotected = 1,
     /// Not IPv4 or IPv6 (ARP, LLDP, ...).
     PassedNotIp = 2,
-    /// Truncated or inconsistent headers, too many VLAN tags or IPv6 extension headers.
-    /// Passed so the kernel's own checks decide; never a wrong drop.
+    /// Truncated or inconsistent Ethernet or IP headers (a frame shorter than its IPv4 IHL,
+    /// too many VLAN tags): the source cannot be trusted. Passed so the kernel's own checks
+    /// decide; never a wrong drop. A short or hidden transport header is not this: it is
+    /// judged by its port if readable, else by its source alone.
     PassedMalformed = 3,
     /// A non-first fragment while only some ports are protected: it carries no ports, and
     /// its first fragment was already judged.

@@ -1,8 +1,10 @@
 //! The XDP firewall: parse -> ban -> rules -> rate -> verdict -> count.
 //!
 //! Every packet ends in exactly one [`Reason`], which is counted and decides the verdict.
-//! Anything the parser cannot make sense of is passed (and counted as such): the kernel's own
-//! checks are better placed to reject it, and a wrong drop is worse than a late one.
+//! A frame whose Ethernet or IP header the parser cannot make sense of is passed (and counted
+//! as such): the kernel's own checks are better placed to reject it, and a wrong drop is worse
+//! than a late one. Once the source is known, though, a short or odd transport header is never
+//! a pass by itself: it is judged by its port if that can be read, else by its source alone.
 #![no_std]
 #![no_main]
 // BPF_CMPXCHG for the rate limiter, see rate.rs.
@@ -91,7 +93,10 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<(Reason, Option<Source>), Reason>
         reason = attack::admit(&source, now);
     }
     if reason == Reason::Passed && settings.rate_limit != 0 {
-        let syn = matches!(l4, Some(Ok(L4::Tcp { syn: true, .. })));
+        let syn = matches!(
+            l4,
+            Some(Ok(L4::Tcp { syn: true, .. } | L4::Hidden { syn: true }))
+        );
         let bytes = (ctx.data_end() - ctx.data()) as u64;
         // SAFETY: a helper without preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
@@ -100,13 +105,15 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<(Reason, Option<Source>), Reason>
     Ok((reason, Some(source)))
 }
 
-/// Whether the policy applies to this destination.
+/// Whether the policy applies to this destination. A port that cannot be read might be a
+/// protected one.
 #[inline(always)]
 fn is_protected(l4: L4) -> bool {
     let (bit, port) = match l4 {
         L4::Tcp { port, .. } => (PORT_TCP, port),
         L4::Udp(port) => (PORT_UDP, port),
         L4::Other => return false,
+        L4::Hidden { .. } => return true,
     };
     PORTS
         .get(u32::from(port))

@@ -1,6 +1,11 @@
-//! Header parsing. Every read is bounds-checked against `data_end`; a read past the end of
-//! the frame is `Err(PassedMalformed)`. Loops have fixed bounds for the verifier, and hitting
-//! a bound is an explicit outcome, never a guess.
+//! Header parsing. Every read is bounds-checked against `data_end`. Loops have fixed bounds
+//! for the verifier, and hitting a bound is an explicit outcome, never a guess.
+//!
+//! Up to the IP header, a read past the end of the frame is `Err(PassedMalformed)`: without a
+//! whole IP header the source cannot be trusted. Past it, a short transport header is still
+//! judged (RFC 1858, tiny fragments): by its port when the port can be read, else by the
+//! source alone ([`L4::Hidden`]). Passing it unjudged would let a denied source through by
+//! splitting its TCP header.
 
 use core::mem::size_of;
 
@@ -24,6 +29,8 @@ const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
+const IPV4_MORE_FRAGMENTS: u16 = 0x2000;
+const IPV6_MORE_FRAGMENTS: u16 = 0x0001;
 /// Extension headers walked before giving up (RFC 8200 expects at most a handful).
 const MAX_IPV6_EXT_HEADERS: usize = 8;
 /// No real header chain reaches this far; a bound the verifier can see.
@@ -55,9 +62,16 @@ pub struct Packet {
     offset: usize,
     /// IPv4 non-first fragment: no L4 header here.
     later_fragment: bool,
+    /// IPv4 first fragment (MF set, offset 0).
+    first_fragment: bool,
 }
 
 /// The destination as far as port protection and SYN limits care.
+///
+/// `syn` is also true when the flags cannot be trusted: cut off, or in a first fragment
+/// (Ethernet padding may stand in for them, and the kernel reassembles what the real ones
+/// say). A fragmented SYN is never legitimate, so it costs nothing to charge one as a SYN,
+/// and splitting a header never evades the SYN budget.
 #[derive(Clone, Copy)]
 pub enum L4 {
     Tcp {
@@ -67,6 +81,12 @@ pub enum L4 {
     Udp(u16),
     /// Neither TCP nor UDP (ICMP, ESP, ...).
     Other,
+    /// TCP or UDP whose destination port cannot be read: cut short before it, or behind an
+    /// IPv6 extension header chain that is truncated or too long to walk. Not provably
+    /// unprotected, so the source alone decides. `syn`: it may be a TCP SYN.
+    Hidden {
+        syn: bool,
+    },
 }
 
 #[inline(always)]
@@ -109,15 +129,18 @@ pub fn ip(ctx: &XdpContext) -> Result<Packet, Reason> {
 fn ipv4(ctx: &XdpContext, offset: usize) -> Result<Packet, Reason> {
     let header: [u8; 20] = read(ctx, offset)?;
     let header_len = usize::from(header[0] & 0x0f) * 4;
-    if header[0] >> 4 != 4 || header_len < 20 {
+    // The frame must hold the options IHL claims, or the source is not to be trusted.
+    if header[0] >> 4 != 4 || header_len < 20 || ctx.data() + offset + header_len > ctx.data_end() {
         return Err(Reason::PassedMalformed);
     }
-    let fragment_offset = be16([header[6], header[7]]) & 0x1fff;
+    let flags = be16([header[6], header[7]]);
+    let fragment_offset = flags & 0x1fff;
     Ok(Packet {
         source: Source::V4([header[12], header[13], header[14], header[15]]),
         next_header: header[9],
         offset: offset + header_len,
         later_fragment: fragment_offset != 0,
+        first_fragment: fragment_offset == 0 && flags & IPV4_MORE_FRAGMENTS != 0,
     })
 }
 
@@ -134,11 +157,13 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Result<Packet, Reason> {
         next_header: header[6],
         offset: offset + 40,
         later_fragment: false,
+        first_fragment: false,
     })
 }
 
 /// The transport header: walks IPv6 extension headers, reads TCP/UDP destination ports and
 /// the TCP SYN flag. Only called when ports or rates need it, so others never pay for it.
+/// `Err` only for a non-first fragment, which carries no transport header.
 #[inline(always)]
 pub fn l4(ctx: &XdpContext, packet: &Packet) -> Result<L4, Reason> {
     if packet.later_fragment {
@@ -146,47 +171,71 @@ pub fn l4(ctx: &XdpContext, packet: &Packet) -> Result<L4, Reason> {
     }
     let mut next = packet.next_header;
     let mut offset = packet.offset;
+    let mut first_fragment = packet.first_fragment;
     // One pass per extension header, plus the final transport header.
     for _ in 0..=MAX_IPV6_EXT_HEADERS {
         if offset > MAX_L4_OFFSET {
-            return Err(Reason::PassedMalformed);
+            break;
         }
         match next {
-            IPPROTO_TCP => {
-                // Ports, sequence and acknowledgement numbers, offset, then the flags byte.
-                let header: [u8; 14] = read(ctx, offset)?;
-                let syn = header[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
-                return Ok(L4::Tcp {
-                    port: be16([header[2], header[3]]),
-                    syn,
-                });
-            }
+            IPPROTO_TCP => return Ok(tcp(ctx, offset, first_fragment)),
             IPPROTO_UDP => {
-                let ports: [u8; 4] = read(ctx, offset)?;
-                return Ok(L4::Udp(be16([ports[2], ports[3]])));
+                return Ok(match read::<[u8; 4]>(ctx, offset) {
+                    Ok(ports) => L4::Udp(be16([ports[2], ports[3]])),
+                    Err(_) => L4::Hidden { syn: false },
+                });
             }
             // Extension headers only follow IPv6; in IPv4 these numbers are other protocols.
             _ if matches!(packet.source, Source::V4(_)) => return Ok(L4::Other),
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let header: [u8; 2] = read(ctx, offset)?;
+                let Ok(header) = read::<[u8; 2]>(ctx, offset) else {
+                    break;
+                };
                 next = header[0];
                 offset += (usize::from(header[1]) + 1) * 8;
             }
             IPPROTO_AH => {
-                let header: [u8; 2] = read(ctx, offset)?;
+                let Ok(header) = read::<[u8; 2]>(ctx, offset) else {
+                    break;
+                };
                 next = header[0];
                 offset += (usize::from(header[1]) + 2) * 4;
             }
             IPPROTO_FRAGMENT => {
-                let header: [u8; 4] = read(ctx, offset)?;
-                if be16([header[2], header[3]]) & 0xfff8 != 0 {
+                let Ok(header) = read::<[u8; 4]>(ctx, offset) else {
+                    break;
+                };
+                let field = be16([header[2], header[3]]);
+                if field & 0xfff8 != 0 {
                     return Err(Reason::PassedFragment);
                 }
+                first_fragment |= field & IPV6_MORE_FRAGMENTS != 0;
                 next = header[0];
                 offset += 8;
             }
             _ => return Ok(L4::Other),
         }
     }
-    Err(Reason::PassedMalformed)
+    // The chain is cut short or longer than the bound: whatever follows may be TCP or UDP.
+    Ok(L4::Hidden { syn: true })
+}
+
+/// A TCP header from `offset`: the full fixed header normally, the ports alone when it is cut
+/// short (the flags are then unknown and count as a SYN).
+#[inline(always)]
+fn tcp(ctx: &XdpContext, offset: usize, first_fragment: bool) -> L4 {
+    // Ports, sequence and acknowledgement numbers, offset, then the flags byte.
+    if let Ok(header) = read::<[u8; 14]>(ctx, offset) {
+        return L4::Tcp {
+            port: be16([header[2], header[3]]),
+            syn: first_fragment || header[13] & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        };
+    }
+    match read::<[u8; 4]>(ctx, offset) {
+        Ok(ports) => L4::Tcp {
+            port: be16([ports[2], ports[3]]),
+            syn: true,
+        },
+        Err(_) => L4::Hidden { syn: true },
+    }
 }

@@ -9,6 +9,8 @@
 //! - [`redis`]: a real redis-server started by the test; [`cluster_lab`]: two gateway
 //!   namespaces with XDP, a client and Redis, for cluster mode.
 //! - [`traffic`]: real TCP/UDP between namespaces, every wait bounded.
+//! - [`xdp_run`]: one frame through the real XDP program (`BPF_PROG_TEST_RUN`), its reason;
+//!   [`xdp_model`]: the verdict as a plain-Rust model, to compare with it.
 //!
 //! Traffic rule: these helpers only ever send to loopback or to addresses inside namespaces the
 //! test created itself.
@@ -24,6 +26,8 @@ pub mod redis;
 pub mod scrape;
 pub mod traffic;
 pub mod upstream;
+pub mod xdp_model;
+pub mod xdp_run;
 
 mod process;
 #[cfg(test)]

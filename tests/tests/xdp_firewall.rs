@@ -142,12 +142,24 @@ fn vlan_tagged_and_malformed_frames_on_the_wire() {
     let macs = |frame: Frame| frame.macs(lab.link.a.mac, lab.link.b.mac);
     let udp = |src: &str, dst: &str| macs(Frame::udp(ip(src), ip(dst), 40000, 5000, b"tagged"));
 
-    // Tagged frames (802.1Q, and QinQ) are judged by the source inside them.
+    // Tagged frames (802.1Q, and QinQ) are judged by the source inside them; so are a tiny
+    // first fragment (RFC 1858: the port is read, the flags are cut off) and a port hidden
+    // behind too many extension headers (the source alone decides).
     let denied = [
         udp(DENIED_V4, SERVER_V4).vlan(0x8100, 100).build(),
         udp(DENIED_V6, SERVER_V6)
             .vlan(0x88a8, 10)
             .vlan(0x8100, 20)
+            .build(),
+        macs(Frame::tcp(ip(DENIED_V4), ip(SERVER_V4), 40000, 5000))
+            .syn()
+            .fragment(0, true)
+            .truncate(14 + 20 + 8)
+            .build(),
+        (0..9)
+            .fold(udp(DENIED_V6, SERVER_V6), |frame, _| {
+                frame.ext(gateway_tests::Ext::DestOpts)
+            })
             .build(),
     ];
     let allowed = [
@@ -161,10 +173,9 @@ fn vlan_tagged_and_malformed_frames_on_the_wire() {
     let malformed = [
         udp(DENIED_V4, SERVER_V4).truncate(14 + 10).build(),
         udp(DENIED_V4, SERVER_V4).ipv4_ihl(4).build(),
-        (0..9)
-            .fold(udp(DENIED_V6, SERVER_V6), |frame, _| {
-                frame.ext(gateway_tests::Ext::DestOpts)
-            })
+        udp(DENIED_V4, SERVER_V4)
+            .ipv4_options(8)
+            .truncate(14 + 24)
             .build(),
         udp(DENIED_V4, SERVER_V4)
             .vlan(0x88a8, 1)
@@ -189,7 +200,7 @@ fn vlan_tagged_and_malformed_frames_on_the_wire() {
     recv_until_sentinel(&sentinel_socket, b"sentinel", SENTINEL_WAIT);
 
     let len = |frames: &[Vec<u8>]| frames.iter().map(|f| f.len() as u64).sum::<u64>();
-    assert_eq!(lab.count("dropped-deny"), (2, len(&denied)));
+    assert_eq!(lab.count("dropped-deny"), (4, len(&denied)));
     let sentinel_len = udp_frame_len(false, 8);
     assert_eq!(lab.count("passed"), (3, len(&allowed) + sentinel_len));
     assert_eq!(lab.count("passed-malformed"), (4, len(&malformed)));

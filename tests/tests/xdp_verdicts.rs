@@ -7,13 +7,9 @@ use std::{
     time::Duration,
 };
 
-use aya::programs::{TestRun, TestRunOptions};
 use gateway::{config::Config, xdp::XdpFirewall};
 use gateway_common::Reason;
-use gateway_tests::{Ext, Frame, frames, kernel_tests_enabled};
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
+use gateway_tests::{Ext, Frame, frames, kernel_tests_enabled, xdp_model::Model, xdp_run};
 
 const DENIED_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
 const EXCEPTION_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
@@ -63,37 +59,9 @@ impl Program {
         self.xdp.apply(&config.firewall).expect("rules are written");
     }
 
-    /// Runs one frame; returns the reason it was counted under, after checking that the
-    /// action matches the reason and that exactly that counter moved by this frame.
+    /// Runs one frame; returns the reason it was counted under (see `xdp_run::verdict`).
     fn verdict(&mut self, frame: &[u8]) -> Reason {
-        let before = self.xdp.counters().expect("counters");
-        let result = self
-            .xdp
-            .program_mut()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        let after = self.xdp.counters().expect("counters");
-        let moved: Vec<Reason> = before
-            .iter()
-            .zip(&after)
-            .filter(|((_, b), (_, a))| a != b)
-            .map(|((reason, b), (_, a))| {
-                assert_eq!(a.packets - b.packets, 1, "{reason:?} packets");
-                assert_eq!(a.bytes - b.bytes, frame.len() as u64, "{reason:?} bytes");
-                *reason
-            })
-            .collect();
-        assert_eq!(moved.len(), 1, "exactly one counter moves, got {moved:?}");
-        let reason = moved[0];
-        let expected_action = if reason.is_drop() { XDP_DROP } else { XDP_PASS };
-        assert_eq!(
-            result.return_value, expected_action,
-            "action for {reason:?}"
-        );
-        reason
+        xdp_run::verdict(&mut self.xdp, frame)
     }
 }
 
@@ -264,10 +232,10 @@ fn ipv4_header_length_and_fragments_are_honoured() {
         program.verdict(&tcp(denied, 80).truncate(14 + 19).build()),
         Reason::PassedMalformed
     );
-    // IP header complete, TCP ports cut off.
+    // IP header complete, TCP ports cut off: the source alone decides.
     assert_eq!(
         program.verdict(&tcp(denied, 80).truncate(14 + 20 + 3).build()),
-        Reason::PassedMalformed
+        Reason::DroppedDeny
     );
     // Options claimed but absent.
     assert_eq!(
@@ -349,16 +317,18 @@ fn ipv6_extension_headers_are_walked() {
         program.verdict(&Frame::ip6(DENIED_V6, DST_V6, 50, &[0u8; 16]).build()),
         Reason::PassedUnprotected
     );
-    // Eight extension headers are walked; a ninth is beyond the bound: pass, never guess.
+    // Eight extension headers are walked; a ninth is beyond the bound, so the port stays
+    // hidden and the source alone decides: a long chain never smuggles a denied source in.
     let eight = (0..8).fold(tcp(denied, 443), |frame, _| frame.ext(Ext::DestOpts));
     assert_eq!(program.verdict(&eight.build()), Reason::DroppedDeny);
-    let nine = (0..9).fold(tcp(denied, 443), |frame, _| frame.ext(Ext::DestOpts));
-    assert_eq!(program.verdict(&nine.build()), Reason::PassedMalformed);
-    // Truncated inside an extension header, inside the fixed header, wrong version.
+    let nine = (0..9).fold(tcp(denied, 22), |frame, _| frame.ext(Ext::DestOpts));
+    assert_eq!(program.verdict(&nine.build()), Reason::DroppedDeny);
+    // Truncated inside an extension header: the port is hidden as well.
     assert_eq!(
-        program.verdict(&chain(tcp(denied, 443)).truncate(14 + 40 + 5).build()),
-        Reason::PassedMalformed
+        program.verdict(&chain(tcp(denied, 22)).truncate(14 + 40 + 5).build()),
+        Reason::DroppedDeny
     );
+    // Truncated inside the fixed header, wrong version: the source cannot be trusted.
     assert_eq!(
         program.verdict(&tcp(denied, 443).truncate(14 + 39).build()),
         Reason::PassedMalformed
@@ -738,4 +708,395 @@ fn under_attack_admits_known_good_and_a_budget_of_new_sources() {
         Reason::Passed,
         "a fresh budget on every switch"
     );
+}
+
+// ---- Tiny fragments and short transport headers (RFC 1858) --------------------------------
+
+const BANNED_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const BANNED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x600d, 2, 0, 0, 0, 7);
+
+/// Who sends: each class has a different verdict, so a test can tell which one decided.
+#[derive(Clone, Copy, Debug)]
+enum Sender {
+    Denied,
+    Allowed,
+    Banned,
+    Unknown,
+}
+
+impl Sender {
+    const ALL: [Sender; 4] = [
+        Sender::Denied,
+        Sender::Allowed,
+        Sender::Banned,
+        Sender::Unknown,
+    ];
+
+    fn address(self, v6: bool) -> IpAddr {
+        match (self, v6) {
+            (Sender::Denied, false) => DENIED_V4.into(),
+            (Sender::Denied, true) => DENIED_V6.into(),
+            (Sender::Allowed, false) => EXCEPTION_V4.into(),
+            (Sender::Allowed, true) => EXCEPTION_V6.into(),
+            (Sender::Banned, false) => BANNED_V4.into(),
+            (Sender::Banned, true) => BANNED_V6.into(),
+            (Sender::Unknown, false) => OTHER_V4.into(),
+            (Sender::Unknown, true) => OTHER_V6.into(),
+        }
+    }
+
+    /// The verdict on this source alone (ban, then rules, then policy).
+    fn verdict(self, allow_list: bool) -> Reason {
+        match self {
+            Sender::Denied => Reason::DroppedDeny,
+            Sender::Allowed => Reason::Passed,
+            Sender::Banned => Reason::DroppedBanned,
+            Sender::Unknown if allow_list => Reason::DroppedNotAllowed,
+            Sender::Unknown => Reason::Passed,
+        }
+    }
+}
+
+/// `DENY_RULES_PORTS` under either policy, with `BANNED_*` banned.
+fn load_with_bans(test: &str, allow_list: bool) -> Option<Program> {
+    let policy = if allow_list {
+        "allow-list"
+    } else {
+        "deny-list"
+    };
+    let mut program = Program::load(test, &format!("policy = \"{policy}\"\n{DENY_RULES_PORTS}"))?;
+    for banned in [Sender::Banned.address(false), Sender::Banned.address(true)] {
+        program.xdp.ban(banned.into(), None).expect("ban");
+    }
+    Some(program)
+}
+
+/// Whether `DENY_RULES_PORTS` protects this destination.
+fn protected(tcp: bool, port: u16) -> bool {
+    matches!((tcp, port), (true, 80) | (_, 443) | (false, 53))
+}
+
+#[test]
+fn short_transport_headers_are_judged_by_port_or_by_source() {
+    for allow_list in [false, true] {
+        let Some(mut program) = load_with_bans(
+            "short_transport_headers_are_judged_by_port_or_by_source",
+            allow_list,
+        ) else {
+            return;
+        };
+        let mut runs = 0;
+        for v6 in [false, true] {
+            for sender in Sender::ALL {
+                let src = sender.address(v6);
+                for (is_tcp, header_len) in [(true, 20), (false, 8)] {
+                    for port in [80, 443, 53, 22] {
+                        // A first fragment (the RFC 1858 case) and a frame merely cut short.
+                        for fragmented in [true, false] {
+                            let frame = if is_tcp {
+                                tcp(src, port)
+                            } else {
+                                udp(src, port)
+                            };
+                            let frame = if fragmented {
+                                frame.fragment(0, true)
+                            } else {
+                                frame
+                            };
+                            let l4_start = match (v6, fragmented) {
+                                (false, _) => 14 + 20,
+                                (true, false) => 14 + 40,
+                                (true, true) => 14 + 40 + 8,
+                            };
+                            for kept in 0..=header_len {
+                                let cut = frame.clone().truncate(l4_start + kept).build();
+                                // No port to read: the source alone; else the port first.
+                                let expected = if kept >= 4 && !protected(is_tcp, port) {
+                                    Reason::PassedUnprotected
+                                } else {
+                                    sender.verdict(allow_list)
+                                };
+                                assert_eq!(
+                                    program.verdict(&cut),
+                                    expected,
+                                    "{sender:?} {src} {} to {port}, {kept} of {header_len} \
+                                     header bytes, fragmented {fragmented}, allow-list {allow_list}",
+                                    if is_tcp { "TCP" } else { "UDP" },
+                                );
+                                runs += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(runs, 2 * 4 * 4 * 2 * (21 + 9));
+    }
+}
+
+#[test]
+fn ipv6_chains_that_hide_the_port_are_judged_by_source() {
+    let kinds = [
+        Ext::HopByHop,
+        Ext::Routing,
+        Ext::DestOpts,
+        Ext::Ah,
+        Ext::Fragment {
+            offset: 0,
+            more: true,
+        },
+    ];
+    for allow_list in [false, true] {
+        let Some(mut program) = load_with_bans(
+            "ipv6_chains_that_hide_the_port_are_judged_by_source",
+            allow_list,
+        ) else {
+            return;
+        };
+        for sender in Sender::ALL {
+            let expected = sender.verdict(allow_list);
+            let src = sender.address(true);
+            // Port 22 is unprotected: only a readable port could have said so.
+            for ext in &kinds {
+                let frame = tcp(src, 22).ext(Ext::HopByHop).ext(ext.clone());
+                let full = frame.build();
+                let ext_start = 14 + 40 + 8;
+                let ext_len = full.len() - ext_start - 20;
+                for kept in 0..ext_len {
+                    let cut = frame.clone().truncate(ext_start + kept).build();
+                    assert_eq!(program.verdict(&cut), expected, "{sender:?} {ext:?} {kept}");
+                }
+                assert_eq!(program.verdict(&full), Reason::PassedUnprotected, "{ext:?}");
+            }
+            // Beyond the walk's bounds: more than eight headers, or a header past 1 KiB.
+            let nine = (0..9).fold(udp(src, 22), |frame, _| frame.ext(Ext::DestOpts));
+            assert_eq!(program.verdict(&nine.build()), expected, "{sender:?} nine");
+            let far = udp(src, 22).ext(Ext::Sized {
+                header: 60,
+                hdr_ext_len: 200,
+            });
+            assert_eq!(program.verdict(&far.build()), expected, "{sender:?} far");
+        }
+    }
+}
+
+#[test]
+fn split_or_fragmented_tcp_headers_are_charged_as_syns() {
+    let rules = "[firewall.rate_limit]\nsyn_per_second = 1\nsyn_burst = 2";
+    let Some(mut program) =
+        Program::load("split_or_fragmented_tcp_headers_are_charged_as_syns", rules)
+    else {
+        return;
+    };
+    let ack = |src: IpAddr| {
+        let dst = match src {
+            IpAddr::V4(_) => IpAddr::V4(DST_V4),
+            IpAddr::V6(_) => IpAddr::V6(DST_V6),
+        };
+        Frame::tcp(src, dst, 40000, 443)
+    };
+    for (n, v6) in [false, true].into_iter().enumerate() {
+        let (l4, fragment_header) = if v6 { (14 + 40, 8) } else { (14 + 20, 0) };
+        let source = |host: u8| -> IpAddr {
+            if v6 {
+                IpAddr::V6(Ipv6Addr::new(
+                    0x2001,
+                    0xdb8,
+                    0x5,
+                    n as u16,
+                    0,
+                    0,
+                    0,
+                    host.into(),
+                ))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10 * n as u8 + host))
+            }
+        };
+        let variants = [
+            // Flags cut off (ports readable), ports cut off, and flags that say ACK in a
+            // first fragment (they may be Ethernet padding).
+            (
+                "flags cut off",
+                ack(source(1))
+                    .fragment(0, true)
+                    .truncate(l4 + fragment_header + 8),
+            ),
+            (
+                "ports cut off",
+                ack(source(2))
+                    .fragment(0, true)
+                    .truncate(l4 + fragment_header + 2),
+            ),
+            ("first fragment", ack(source(3)).fragment(0, true)),
+            ("not a fragment, cut", ack(source(4)).truncate(l4 + 12)),
+        ];
+        for (what, frame) in variants {
+            let frame = frame.build();
+            let verdicts: Vec<Reason> = (0..3).map(|_| program.verdict(&frame)).collect();
+            assert_eq!(
+                verdicts,
+                [
+                    Reason::Passed,
+                    Reason::Passed,
+                    Reason::DroppedSynRateLimited
+                ],
+                "{what}, IPv6 {v6}"
+            );
+        }
+        // A whole ACK is not a SYN: never charged.
+        let whole = ack(source(5)).build();
+        for _ in 0..5 {
+            assert_eq!(program.verdict(&whole), Reason::Passed, "IPv6 {v6}");
+        }
+    }
+}
+
+#[test]
+fn ipv4_frames_shorter_than_their_ihl_are_malformed() {
+    for (firewall, name) in [
+        (DENY_RULES, "all ports"),
+        (DENY_RULES_PORTS, "protected ports"),
+    ] {
+        let Some(mut program) =
+            Program::load("ipv4_frames_shorter_than_their_ihl_are_malformed", firewall)
+        else {
+            return;
+        };
+        program
+            .xdp
+            .ban("198.51.100.7/32".parse().unwrap(), None)
+            .unwrap();
+        for src in [IpAddr::V4(DENIED_V4), IpAddr::V4(BANNED_V4)] {
+            let judged = if src == IpAddr::V4(BANNED_V4) {
+                Reason::DroppedBanned
+            } else {
+                Reason::DroppedDeny
+            };
+            for ihl in 5..=15u8 {
+                let header_end = 14 + 4 * usize::from(ihl);
+                let frame = tcp(src, 80).ipv4_options(4 * usize::from(ihl - 5));
+                // Cut anywhere inside the options: the source cannot be trusted.
+                for cut in 14 + 20..header_end {
+                    assert_eq!(
+                        program.verdict(&frame.clone().truncate(cut).build()),
+                        Reason::PassedMalformed,
+                        "{name}: IHL {ihl}, {cut} bytes"
+                    );
+                }
+                // The whole header, then nothing (ports hidden) or the TCP header.
+                assert_eq!(
+                    program.verdict(&frame.clone().truncate(header_end).build()),
+                    judged,
+                    "{name}: IHL {ihl}, header only"
+                );
+                assert_eq!(program.verdict(&frame.build()), judged, "{name}: IHL {ihl}");
+                // A forged IHL (no options written): past the frame's end it is malformed;
+                // inside it, the source is read and judged (the "TCP" bytes are then taken for
+                // options, so only the all-ports policy has a predictable answer).
+                let forged = tcp(src, 80).payload(&[0; 4]).ipv4_ihl(ihl).build();
+                if 14 + 4 * usize::from(ihl) > forged.len() {
+                    assert_eq!(
+                        program.verdict(&forged),
+                        Reason::PassedMalformed,
+                        "{name}: forged IHL {ihl}"
+                    );
+                } else if firewall == DENY_RULES {
+                    assert_eq!(program.verdict(&forged), judged, "{name}: forged IHL {ihl}");
+                }
+            }
+            for ihl in 0..5 {
+                let forged = tcp(src, 80).ipv4_ihl(ihl).build();
+                assert_eq!(
+                    program.verdict(&forged),
+                    Reason::PassedMalformed,
+                    "IHL {ihl}"
+                );
+            }
+        }
+    }
+}
+
+// ---- The model (tests/src/xdp_model.rs) against the program ---------------------------------
+
+/// Frames from every parse branch: both families, TCP/UDP to protected and other ports,
+/// fragments, VLAN tags, IPv4 options, IPv6 extension chains, ICMP, non-IP.
+fn model_frames() -> Vec<Frame> {
+    let mut frames = Vec::new();
+    // Denied, an allow carved out of a deny, banned, unknown; narrow and wide rules.
+    let sources = ["203.0.113.5", "161.0.0.1", "198.51.100.7", "192.0.2.1"];
+    let sources6 = ["2001:db8:bad::5", "2001:db8:bad:1::1", "4001::1", "8001::1"];
+    for source in sources.iter().chain(&sources6) {
+        let src: IpAddr = source.parse().unwrap();
+        frames.extend([tcp(src, 80), tcp(src, 53), udp(src, 53), udp(src, 80)]);
+        frames.push(tcp(src, 443).fragment(0, true));
+        frames.push(udp(src, 53).vlan(0x8100, 7));
+        match src {
+            IpAddr::V4(v4) => {
+                frames.push(tcp(src, 80).ipv4_options(12));
+                frames.push(Frame::ip4(v4, DST_V4, 6, &[0; 16]).fragment(3, false));
+                frames.push(Frame::icmp4_echo(v4, DST_V4));
+            }
+            IpAddr::V6(v6) => {
+                frames.push(
+                    tcp(src, 443)
+                        .ext(Ext::HopByHop)
+                        .ext(Ext::Ah)
+                        .ext(Ext::DestOpts),
+                );
+                frames.push(Frame::ip6(v6, DST_V6, 6, &[0; 16]).fragment(3, false));
+                frames.push(Frame::icmp6_echo(v6, DST_V6));
+            }
+        }
+    }
+    frames.push(Frame::ether(0x0806, &[0; 28]));
+    frames
+}
+
+#[test]
+fn the_model_agrees_with_the_program() {
+    // xorshift64: deterministic mutations, no dependency.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for model in Model::examples() {
+        let Some(mut program) =
+            Program::load("the_model_agrees_with_the_program", &model.firewall_toml())
+        else {
+            return;
+        };
+        for net in &model.bans {
+            program.xdp.ban(*net, None).expect("ban");
+        }
+        let mut runs = 0;
+        for frame in model_frames() {
+            let whole = frame.build();
+            // Every cut, then bytes changed at random in the headers.
+            let cuts = (14..whole.len()).map(|len| whole[..len].to_vec());
+            let mutants = (0..20).map(|_| {
+                let mut mutant = whole.clone();
+                for _ in 0..=random() % 3 {
+                    let at = random() as usize % mutant.len().min(80);
+                    mutant[at] = random() as u8;
+                }
+                mutant
+            });
+            for bytes in std::iter::once(whole.clone())
+                .chain(cuts)
+                .chain(mutants.collect::<Vec<_>>())
+            {
+                assert_eq!(
+                    program.verdict(&bytes),
+                    model.verdict(&bytes),
+                    "{model:?}\nframe {bytes:02x?}"
+                );
+                runs += 1;
+            }
+        }
+        assert!(runs > 1000, "{runs} frames compared");
+    }
 }

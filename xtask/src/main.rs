@@ -4,6 +4,7 @@
 //! host before anything else can build.
 
 mod cmd;
+mod fuzz;
 mod setup;
 mod tasks;
 
@@ -52,6 +53,14 @@ enum Task {
     },
     /// Check formatting, then run clippy on the host crates and on the eBPF crate.
     Lint,
+    /// Build the fuzz targets in fuzz/ and run each for a while (the XDP one needs root).
+    Fuzz {
+        /// How long to run each target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// One target (a file name in fuzz/src/bin/); all when left out.
+        target: Option<String>,
+    },
     /// Run a benchmark with `gateway-bench` in release mode (needs root).
     Bench {
         /// Which benchmark to run.
@@ -71,6 +80,7 @@ fn main() -> ExitCode {
         Task::Test { args } => tasks::test(&args),
         Task::Lint => tasks::lint(),
         Task::Bench { which, args } => tasks::bench(which, &args),
+        Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -986,21 +986,22 @@ fn variant_key(base: &str, names: &[HeaderName], headers: &HeaderMap) -> String 
     key
 }
 
-/// The `Cache-Control` directives the cache acts on (request or response).
+/// The `Cache-Control` directives the cache acts on (request or response). Public for the
+/// fuzz target `cache_control`.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Directives {
-    no_store: bool,
-    no_cache: bool,
-    private: bool,
-    must_revalidate: bool,
-    max_age: Option<u64>,
-    s_maxage: Option<u64>,
-    stale_while_revalidate: Option<u64>,
-    stale_if_error: Option<u64>,
+pub struct Directives {
+    pub no_store: bool,
+    pub no_cache: bool,
+    pub private: bool,
+    pub must_revalidate: bool,
+    pub max_age: Option<u64>,
+    pub s_maxage: Option<u64>,
+    pub stale_while_revalidate: Option<u64>,
+    pub stale_if_error: Option<u64>,
 }
 
 impl Directives {
-    fn parse(headers: &HeaderMap) -> Directives {
+    pub fn parse(headers: &HeaderMap) -> Directives {
         let mut directives = Directives::default();
         for value in headers.get_all(CACHE_CONTROL) {
             let Ok(value) = value.to_str() else {

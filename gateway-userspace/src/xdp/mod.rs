@@ -484,6 +484,12 @@ impl XdpFirewall {
         maps::read_counters(&self.ebpf, 0..INTERFACE_BLOCKS)
     }
 
+    /// The same for frames from no attached interface (block 0): e.g. `BPF_PROG_TEST_RUN`'s,
+    /// read in one block instead of all.
+    pub fn unattached_counters(&self) -> Result<Vec<(Reason, Counter)>, XdpError> {
+        maps::read_counters(&self.ebpf, 0..1)
+    }
+
     /// The same for the `index`-th attached interface (in [`attachments`](Self::attachments)
     /// order): its packets only.
     pub fn interface_counters(&self, index: usize) -> Result<Vec<(Reason, Counter)>, XdpError> {
