@@ -139,6 +139,14 @@ pub fn test(extra: &[String]) -> Result<()> {
 pub fn lint() -> Result<()> {
     cmd::run(&mut cmd::cargo(["fmt", "--all", "--", "--check"]))
         .step("lint: fmt", "run `cargo fmt --all` and review the diff")?;
+    // fuzz/ is a workspace of its own (built only by `cargo xtask fuzz`).
+    let mut fuzz = cmd::cargo(["fmt", "--manifest-path"]);
+    fuzz.arg(cmd::workspace_root().join("fuzz").join("Cargo.toml"))
+        .args(["--", "--check"]);
+    cmd::run(&mut fuzz).step(
+        "lint: fmt (fuzz)",
+        "run `cargo fmt --manifest-path fuzz/Cargo.toml` and review the diff",
+    )?;
     let mut host = cmd::cargo(["clippy"]);
     host.args(HOST_CRATES)
         .args(["--all-targets", "--", "-D", "warnings"]);
