@@ -17,7 +17,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     config::{Config, XdpMode},
-    control::{AdminServer, DaemonState, MetricsServer, ReloadRequest},
+    control::{AdminServer, Metrics, MetricsServer, ReloadRequest},
+    firewall::Firewall,
     proxy::Proxy,
     xdp::{XdpFirewall, interface_index},
 };
@@ -35,13 +36,14 @@ pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> 
     } else {
         Some(load_xdp(&config)?)
     };
-    // Rules from the file and the operator's state file go into the maps before attaching.
-    let state = Arc::new(DaemonState::start(
+    // Rules from the file and the operator's store go into the maps before attaching.
+    let state = Arc::new(Firewall::start(
         xdp,
         config.firewall.clone(),
         &config.xdp,
-        config.admin.state_file.clone(),
+        &config.admin,
     )?);
+    let metrics = Arc::new(Metrics::default());
     // From here on, however `run` ends (a stop, or a failed start), the program is either
     // detached or deliberately left pinned.
     let _xdp_exit = XdpExit {
@@ -69,18 +71,25 @@ pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> 
 
     let (reloads, reload_requests) = tokio::sync::mpsc::channel(4);
     let _metrics = match config.metrics {
-        Some(metrics) => {
-            Some(MetricsServer::bind(metrics, state.clone(), proxy.collector()).await?)
-        }
+        Some(config) => Some(
+            MetricsServer::bind(config, state.clone(), metrics.clone(), proxy.collector()).await?,
+        ),
         None => None,
     };
     let _admin = AdminServer::bind(&config.admin, state.clone(), reloads).await?;
     tracing::info!(socket = %config.admin.socket.display(), "admin API listening");
-    state.metrics.set_ready();
+    metrics.set_ready();
     let sweeper = tokio::spawn(sweep_expired(state.clone()));
 
     signals
-        .wait_for_shutdown(&config_path, &config, &state, &proxy, reload_requests)
+        .wait_for_shutdown(
+            &config_path,
+            &config,
+            &state,
+            &metrics,
+            &proxy,
+            reload_requests,
+        )
         .await;
     proxy.shutdown().await;
     // Blocks until the queued spans are sent (bounded by otlp.timeout).
@@ -93,7 +102,7 @@ pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> 
 
 /// What happens to the XDP program when the daemon ends.
 struct XdpExit {
-    state: Arc<DaemonState>,
+    state: Arc<Firewall>,
     /// `--detach-on-exit`: detach and remove the pins. Otherwise a pinned program stays.
     detach: bool,
 }
@@ -177,7 +186,7 @@ pub fn detach_pinned(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn attach_xdp(config: &Config, state: &DaemonState) -> anyhow::Result<()> {
+fn attach_xdp(config: &Config, state: &Firewall) -> anyhow::Result<()> {
     for interface in &config.xdp.interfaces {
         let mode = state.attach(interface, config.xdp.mode)?;
         tracing::info!(interface, ?mode, "XDP program attached");
@@ -215,7 +224,8 @@ impl Signals {
         mut self,
         config_path: &Path,
         running: &Config,
-        state: &DaemonState,
+        state: &Firewall,
+        metrics: &Metrics,
         proxy: &Proxy,
         mut reload_requests: tokio::sync::mpsc::Receiver<ReloadRequest>,
     ) {
@@ -228,11 +238,11 @@ impl Signals {
                 _ = self.terminate.recv() => break,
                 _ = self.hangup.recv() => {
                     let result = reload(config_path, running, state, proxy);
-                    state.metrics.reload_finished(result.is_ok());
+                    metrics.reload_finished(result.is_ok());
                 }
                 Some(reply) = reload_requests.recv() => {
                     let result = reload(config_path, running, state, proxy);
-                    state.metrics.reload_finished(result.is_ok());
+                    metrics.reload_finished(result.is_ok());
                     let _ = reply.send(result);
                 }
             }
@@ -245,7 +255,7 @@ impl Signals {
 fn reload(
     config_path: &Path,
     running: &Config,
-    state: &DaemonState,
+    state: &Firewall,
     proxy: &Proxy,
 ) -> Result<String, String> {
     let config = match Config::load(config_path) {
@@ -284,13 +294,9 @@ fn reload(
             ))
         }
         Err(failure) => {
-            tracing::error!(
-                "reload rejected, keeping the running rules: {}",
-                failure.message
-            );
+            tracing::error!("reload rejected, keeping the running rules: {failure}");
             Err(format!(
-                "reload rejected, the running config stays: {}",
-                failure.message
+                "reload rejected, the running config stays: {failure}"
             ))
         }
     }
@@ -298,10 +304,12 @@ fn reload(
 
 /// Expired bans stop matching in the kernel at once; expired operator rules are removed
 /// here, and both are dropped from the maps and the state file.
-async fn sweep_expired(state: Arc<DaemonState>) {
+async fn sweep_expired(state: Arc<Firewall>) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         every.tick().await;
-        state.sweep();
+        // The sweep may write the store: off the async workers.
+        let state = state.clone();
+        let _ = tokio::task::spawn_blocking(move || state.sweep()).await;
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod defend;
+pub mod firewall;
 pub mod proxy;
 pub mod rlimit;
 pub mod xdp;

@@ -101,6 +101,11 @@ impl Lab {
         self.state_dir.path().join("state.json")
     }
 
+    /// The daemon's firewall store (beside the state file, as the config defaults it).
+    pub fn store_file(&self) -> std::path::PathBuf {
+        self.state_dir.path().join("firewall.redb")
+    }
+
     /// Starts the gateway in the server namespace with this `[firewall]` section (stopping
     /// a running one first).
     pub fn start(&mut self, firewall: &str) -> &Gateway {

@@ -93,7 +93,7 @@ fn out_of_range_numbers_are_400s_and_nothing_is_saved() {
         return;
     };
     let socket = start_xdp(&mut lab).socket().to_owned();
-    let state_before = std::fs::read(lab.state_file()).ok();
+    let state_before = std::fs::read(lab.store_file()).ok();
     // (path, body, field)
     let refused = [
         (
@@ -198,7 +198,7 @@ fn out_of_range_numbers_are_400s_and_nothing_is_saved() {
     // Nothing was kept, in memory or on disk.
     let (_, bans) = over_socket(&socket, "GET", "/v1/bans", b"");
     assert_eq!(json(&bans)["bans"], serde_json::json!([]));
-    assert_eq!(std::fs::read(lab.state_file()).ok(), state_before);
+    assert_eq!(std::fs::read(lab.store_file()).ok(), state_before);
 
     // The longest allowed values are taken, saved, and load again.
     for (path, body) in [
@@ -258,7 +258,8 @@ fn the_tcp_admin_api_refuses_them_too() {
         r#"{"cidr": "192.0.2.0/24", "action": "deny", "ttl_secs": 1e20}"#,
     );
     assert_out_of_range(status, &answer, "ttl_secs");
-    assert!(!gateway.dir().join("state.json").exists());
+    let (_, bans) = over_socket(gateway.socket(), "GET", "/v1/bans", b"");
+    assert_eq!(json(&bans)["bans"], serde_json::json!([]));
     let (status, log) = gateway.stop();
     assert!(status.success(), "{status}: {log}");
 }
@@ -318,7 +319,8 @@ fn the_cli_refuses_what_the_api_refuses_in_the_same_words() {
         String::from_utf8_lossy(&cli.stderr).contains(&api_error),
         "{api_error}"
     );
-    assert!(!gateway.dir().join("state.json").exists());
+    let (_, bans) = over_socket(gateway.socket(), "GET", "/v1/bans", b"");
+    assert_eq!(json(&bans)["bans"], serde_json::json!([]));
 }
 
 #[test]
@@ -347,8 +349,18 @@ fn a_state_file_with_entries_out_of_range_loads_the_rest() {
         ],
     });
     std::fs::write(lab.state_file(), state.to_string()).unwrap();
+    let state_file = lab.state_file();
     let gateway = start_xdp(&mut lab);
     let log = gateway.log();
+    // Migrated once into the store: the old file is renamed, never read again.
+    assert!(!state_file.exists());
+    let mut migrated = state_file.into_os_string();
+    migrated.push(".migrated");
+    assert!(std::path::Path::new(&migrated).exists());
+    assert!(
+        log.contains("state file migrated into the firewall store"),
+        "{log}"
+    );
     for skipped in [
         "198.51.100.0/24",
         "192.0.2.7/32",

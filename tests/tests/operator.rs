@@ -89,11 +89,9 @@ fn operator_rules_and_bans_reach_the_kernel_and_survive_a_restart() {
         "{table}"
     );
 
-    // The state file holds them, written whole.
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(lab.state_file()).unwrap()).unwrap();
-    assert_eq!(saved["rules"].as_array().unwrap().len(), 2, "{saved}");
-    assert_eq!(saved["bans"].as_array().unwrap().len(), 2, "{saved}");
+    // The store holds them (no JSON state file any more).
+    assert!(lab.store_file().exists());
+    assert!(!lab.state_file().exists());
 
     // Restart: everything the operator added is back, in the kernel too.
     lab.start(config);
@@ -298,6 +296,40 @@ fn a_corrupt_state_file_stops_the_start() {
         "{log}"
     );
     std::fs::remove_file(lab.state_file()).unwrap();
+    lab.start("");
+}
+
+#[test]
+fn a_damaged_store_stops_the_start_naming_the_file_and_the_way_out() {
+    let Some(mut lab) = Lab::new("damaged") else {
+        return;
+    };
+    lab.start("");
+    for (cidr, _) in (0..50).map(|index| (format!("10.9.{index}.0/24"), ())) {
+        lab.gateway().cli(&["firewall", "deny", &cidr]);
+    }
+    drop(lab.gateway.take());
+    let pristine = std::fs::read(lab.store_file()).unwrap();
+    let config = format!(
+        "[admin]\nsocket = \"{{admin_socket}}\"\nstate_file = \"{}\"\n[xdp]\nmode = \"native\"\ninterfaces = [\"{}\"]",
+        lab.state_file().display(),
+        lab.link.a.name
+    );
+    // Garbage over the head, and zeros over the whole: both refused.
+    let mut garbage = pristine.clone();
+    garbage[..4096.min(pristine.len())].fill(0x5a);
+    for damaged in [garbage, vec![0; pristine.len()]] {
+        std::fs::write(lab.store_file(), &damaged).unwrap();
+        let log = gateway_tests::run_expect_failure(Some(&lab.server), &config);
+        let path = lab.store_file().display().to_string();
+        assert!(
+            log.contains(&format!("the firewall store {path} is damaged")),
+            "{log}"
+        );
+        assert!(log.contains("move it away"), "{log}");
+    }
+    // Moved away: it starts empty.
+    std::fs::remove_file(lab.store_file()).unwrap();
     lab.start("");
 }
 

@@ -1,7 +1,7 @@
 //! Ban and operator-rule propagation. A change made on this node (CLI, admin API, later L7
 //! feedback) goes through [`ChangeSink`] to the publisher, which records it in a durable hash
 //! (`{prefix}:bans`, `{prefix}:rules`) and publishes it on `{prefix}:events` in one MULTI.
-//! Every node subscribes and applies the changes of other nodes to its own [`DaemonState`]
+//! Every node subscribes and applies the changes of other nodes to its own [`Replica`] (the firewall)
 //! (state file and XDP maps) through [`apply_remote`], which does not publish again: events
 //! carry their origin node, and a node ignores its own. After (re)subscribing, a node reads
 //! the durable hashes and applies what it lacks, so a restarted node catches up.
@@ -22,14 +22,14 @@ use std::{
 };
 
 use futures_util::StreamExt as _;
-use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::Replica;
 use super::link::RedisLink;
-use crate::control::{
-    DaemonState,
-    api::{BanRequest, RuleAction, RuleRequest},
+use crate::{
+    control::api::{BanRequest, RuleAction, RuleRequest},
+    firewall::FirewallError,
 };
 
 /// One change to the operator's firewall, as it travels between nodes.
@@ -75,7 +75,7 @@ thread_local! {
     static APPLYING_REMOTE: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Where [`DaemonState`] reports the operator changes made on this node.
+/// Where [`Replica`] (the firewall) reports the operator changes made on this node.
 #[derive(Debug, Clone)]
 pub struct ChangeSink(mpsc::UnboundedSender<Change>);
 
@@ -106,7 +106,7 @@ fn expired(expires_at: Option<f64>, now: f64) -> bool {
 /// Applies another node's change to this node's state (state file and XDP maps) without
 /// publishing it again. Changes this node already has are skipped; returns whether
 /// anything changed.
-pub fn apply_remote(state: &DaemonState, change: &Change) -> bool {
+pub fn apply_remote(state: &dyn Replica, change: &Change) -> bool {
     struct Remote;
     impl Drop for Remote {
         fn drop(&mut self) {
@@ -117,7 +117,7 @@ pub fn apply_remote(state: &DaemonState, change: &Change) -> bool {
     let _remote = Remote;
     let now = now();
     // Another node's expiry is untrusted input too: held to the API's range (a little more
-    // for clock skew), then checked again as a request by `DaemonState`.
+    // for clock skew), then checked again as a request by the firewall.
     let left = |expires_at: Option<f64>| {
         expires_at
             .map(|at| crate::control::valid::expiry("expires_at", at, now))
@@ -133,7 +133,7 @@ pub fn apply_remote(state: &DaemonState, change: &Change) -> bool {
                 return false;
             }
             left(*expires_at)
-                .map_err(crate::control::ApiFailure::from)
+                .map_err(FirewallError::from)
                 .and_then(|duration_secs| {
                     state.ban(&BanRequest {
                         cidr: cidr.clone(),
@@ -141,7 +141,6 @@ pub fn apply_remote(state: &DaemonState, change: &Change) -> bool {
                         comment: comment.clone(),
                     })
                 })
-                .map(|_| ())
         }
         Change::Unban { cidr } => state.unban(cidr),
         Change::AddRule {
@@ -161,7 +160,7 @@ pub fn apply_remote(state: &DaemonState, change: &Change) -> bool {
                 None => {}
             }
             left(*expires_at)
-                .map_err(crate::control::ApiFailure::from)
+                .map_err(FirewallError::from)
                 .and_then(|ttl_secs| {
                     state.add_rule(&RuleRequest {
                         cidr: cidr.clone(),
@@ -171,7 +170,6 @@ pub fn apply_remote(state: &DaemonState, change: &Change) -> bool {
                         shadow: *shadow,
                     })
                 })
-                .map(|_| ())
         }
         Change::RemoveRule { cidr } => state.remove_rule(cidr),
         Change::Promote { cidr } => state.promote(cidr),
@@ -179,41 +177,31 @@ pub fn apply_remote(state: &DaemonState, change: &Change) -> bool {
     match result {
         Ok(()) => true,
         // Already gone, already there, or bans without XDP: nothing to do here.
-        Err(failure) if matches!(failure.status, StatusCode::NOT_FOUND | StatusCode::CONFLICT) => {
-            tracing::debug!(?change, reason = %failure.message, "cluster: remote change not applied");
+        Err(failure @ (FirewallError::NotFound(_) | FirewallError::Conflict(_))) => {
+            tracing::debug!(?change, reason = %failure, "cluster: remote change not applied");
             false
         }
         Err(failure) => {
-            tracing::warn!(?change, reason = %failure.message, "cluster: applying a remote change failed");
+            tracing::warn!(?change, reason = %failure, "cluster: applying a remote change failed");
             false
         }
     }
 }
 
-/// `192.0.2.7` -> `192.0.2.7/32`, as the state lists it.
-fn canonical(cidr: &str) -> Option<String> {
+/// `192.0.2.7` -> `192.0.2.7/32`.
+fn canonical(cidr: &str) -> Option<ipnet::IpNet> {
     cidr.parse::<ipnet::IpNet>()
         .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
         .ok()
-        .map(|net| net.to_string())
 }
 
 /// Whether a rule for `cidr` exists here, and if so whether it is a shadow rule.
-fn existing_rule(state: &DaemonState, cidr: &str) -> Option<bool> {
-    let net = canonical(cidr);
-    state.rules().ok().and_then(|list| {
-        list.rules
-            .iter()
-            .find(|rule| Some(&rule.cidr) == net.as_ref() || rule.cidr == cidr)
-            .map(|rule| rule.shadow)
-    })
+fn existing_rule(state: &dyn Replica, cidr: &str) -> Option<bool> {
+    state.rule_is_shadow(canonical(cidr)?)
 }
 
-fn is_banned(state: &DaemonState, cidr: &str) -> bool {
-    let net = canonical(cidr);
-    state
-        .bans()
-        .is_ok_and(|list| list.bans.iter().any(|ban| Some(&ban.cidr) == net.as_ref()))
+fn is_banned(state: &dyn Replica, cidr: &str) -> bool {
+    canonical(cidr).is_some_and(|net| state.is_banned(net))
 }
 
 /// Redis keys and channel of one cluster.
@@ -338,7 +326,7 @@ pub async fn subscribe(
     link: Arc<RedisLink>,
     keys: Keys,
     node: String,
-    state: Arc<DaemonState>,
+    state: Arc<dyn Replica>,
     unpublished: Arc<AtomicUsize>,
 ) {
     let mut up = link.watch();
@@ -421,7 +409,7 @@ pub async fn subscribe(
                     let state = state.clone();
                     let change = event.change.clone();
                     let applied =
-                        tokio::task::spawn_blocking(move || apply_remote(&state, &change))
+                        tokio::task::spawn_blocking(move || apply_remote(state.as_ref(), &change))
                             .await
                             .unwrap_or(false);
                     if applied {
@@ -440,7 +428,7 @@ pub async fn subscribe(
 pub async fn catch_up(
     link: &RedisLink,
     keys: &Keys,
-    state: &Arc<DaemonState>,
+    state: &Arc<dyn Replica>,
 ) -> redis::RedisResult<usize> {
     let Some(mut connection) = link.connection() else {
         return Err(redis::RedisError::from((
@@ -483,10 +471,10 @@ pub async fn catch_up(
     let applied = tokio::task::spawn_blocking(move || {
         todo.iter()
             .filter(|change| match change {
-                Change::Ban { cidr, .. } => !is_banned(&state, cidr),
+                Change::Ban { cidr, .. } => !is_banned(state.as_ref(), cidr),
                 _ => true,
             })
-            .filter(|change| apply_remote(&state, change))
+            .filter(|change| apply_remote(state.as_ref(), change))
             .count()
     })
     .await
@@ -508,9 +496,13 @@ pub async fn catch_up(
 mod tests {
     use super::*;
 
-    fn state(dir: &std::path::Path) -> DaemonState {
-        let config = crate::config::Config::parse("[xdp]\nmode = \"off\"").unwrap();
-        DaemonState::start(None, config.firewall, &config.xdp, dir.join("state.json")).unwrap()
+    fn state(dir: &std::path::Path) -> crate::firewall::Firewall {
+        let config = crate::config::Config::parse(&format!(
+            "[admin]\nstate_file = \"{}/state.json\"\n[xdp]\nmode = \"off\"",
+            dir.display()
+        ))
+        .unwrap();
+        crate::firewall::Firewall::start(None, config.firewall, &config.xdp, &config.admin).unwrap()
     }
 
     #[test]
@@ -550,17 +542,23 @@ mod tests {
             assert!(apply_remote(&state, &taken), "{taken:?}");
         }
         let bans: Vec<String> = state
-            .bans()
+            .bans(Default::default())
             .unwrap()
             .bans
             .into_iter()
             .map(|b| b.cidr)
             .collect();
         assert_eq!(bans, ["192.0.2.5/32", "192.0.2.6/32", "192.0.2.7/32"]);
-        let saved = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
-        assert!(
-            !saved.contains("e+20") && !saved.contains("192.0.2.1/"),
-            "{saved}"
-        );
+        // What the store keeps is what was taken: nothing refused was saved.
+        drop(state);
+        let store = crate::firewall::store::Store::open(&dir.path().join("firewall.redb")).unwrap();
+        let saved: Vec<String> = store
+            .load(now, 100)
+            .unwrap()
+            .bans
+            .iter()
+            .map(|ban| ban.cidr.to_string())
+            .collect();
+        assert_eq!(saved, ["192.0.2.5/32", "192.0.2.6/32", "192.0.2.7/32"]);
     }
 }

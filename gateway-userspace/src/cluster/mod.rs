@@ -11,6 +11,7 @@ pub mod events;
 pub mod limiter;
 pub mod link;
 pub mod metering;
+mod replica;
 
 use std::sync::{Arc, LazyLock, OnceLock};
 
@@ -19,8 +20,9 @@ use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 pub use events::{Change, ChangeSink, apply_remote};
 pub use limiter::{ClusterLimiter, Decision, LimiterOptions, LocalLimiter, Rate, Source};
 pub use link::RedisLink;
+pub use replica::Replica;
 
-use crate::{config::ClusterConfig, control::DaemonState};
+use crate::config::ClusterConfig;
 
 /// Cluster metrics, registered on the metrics endpoint when `[cluster]` is configured.
 #[derive(Default)]
@@ -50,7 +52,7 @@ impl Cluster {
     /// Joins the cluster: opens the link (without waiting for Redis: a node starts while
     /// Redis is down and catches up when it returns), hooks `state` so local changes are
     /// published, and starts the subscriber and the metering push.
-    pub fn start(config: &ClusterConfig, state: Arc<DaemonState>) -> anyhow::Result<Arc<Cluster>> {
+    pub fn start(config: &ClusterConfig, state: Arc<dyn Replica>) -> anyhow::Result<Arc<Cluster>> {
         let link = RedisLink::open(
             &config.redis,
             config.password.as_deref(),
@@ -59,7 +61,7 @@ impl Cluster {
         let keys = events::Keys::new(&config.key_prefix);
         let (sink, changes) = ChangeSink::channel();
         let unpublished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        state.set_cluster_sink(sink);
+        state.set_change_sink(sink);
         let tasks = vec![
             tokio::spawn(events::publish(
                 link.clone(),

@@ -36,6 +36,8 @@ pub use side_limits::SideLimits;
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/gateway/admin.sock";
 /// Where operator rules and bans persist unless the config says otherwise.
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/gateway/state.json";
+/// The firewall store's file name, beside `admin.state_file` unless `admin.store` is set.
+pub const DEFAULT_STORE_NAME: &str = "firewall.redb";
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -66,8 +68,10 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub socket: PathBuf,
-    /// Where the operator's run-time rules and bans are kept across restarts.
+    /// The state file of earlier versions: migrated into `store` once, at start.
     pub state_file: PathBuf,
+    /// Where the operator's run-time rules and bans are kept across restarts (a redb file).
+    pub store: PathBuf,
     /// Optional loopback TCP listener for the admin API, with its bearer token.
     pub tcp: Option<AdminTcp>,
     /// Caps and timers of each admin listener (the socket and TCP, separately).
@@ -332,6 +336,7 @@ struct RawMetrics {
 struct RawAdmin {
     socket: Option<PathBuf>,
     state_file: Option<PathBuf>,
+    store: Option<PathBuf>,
     tcp: Option<std::net::SocketAddr>,
     token_env: Option<String>,
     max_connections: Option<u32>,
@@ -448,15 +453,21 @@ impl Config {
         }
         .compile(&mut problems, &mut warnings);
         let defend = raw.defend.compile(&mut problems);
+        let state_file = raw
+            .admin
+            .state_file
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE));
         let admin = AdminConfig {
             socket: raw
                 .admin
                 .socket
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET)),
-            state_file: raw
+            // Beside the state file unless set: configs that move one move both.
+            store: raw
                 .admin
-                .state_file
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE)),
+                .store
+                .unwrap_or_else(|| state_file.with_file_name(DEFAULT_STORE_NAME)),
+            state_file,
             tcp: raw.admin.tcp.and_then(|address| {
                 admin_tcp(address, raw.admin.token_env.as_deref(), &mut problems)
             }),

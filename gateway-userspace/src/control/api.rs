@@ -2,7 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use super::state::RuleAction;
 use crate::xdp::AttachMode;
 
 /// `GET /v1/stats`.
@@ -86,6 +85,9 @@ pub struct Ban {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BanList {
     pub bans: Vec<Ban>,
+    /// More follow: ask again with `after` set to this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -156,6 +158,37 @@ pub struct RuleEntry {
 pub struct RuleList {
     pub policy: String,
     pub rules: Vec<RuleEntry>,
+    /// More follow: ask again with `after` set to this (a page was asked for with `limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// A page of a listing: `?limit=N&after=CIDR` on `GET` [`RULES_PATH`] and [`BANS_PATH`].
+/// Without `limit`, everything.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub limit: Option<usize>,
+    pub after: Option<String>,
+}
+
+/// Most entries one page holds.
+pub const MAX_PAGE: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    Allow,
+    Deny,
+}
+
+impl From<RuleAction> for crate::config::Action {
+    fn from(action: RuleAction) -> crate::config::Action {
+        match action {
+            RuleAction::Allow => crate::config::Action::Allow,
+            RuleAction::Deny => crate::config::Action::Deny,
+        }
+    }
 }
 
 /// Answer of calls that only change something.

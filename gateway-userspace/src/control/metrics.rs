@@ -24,8 +24,9 @@ use prometheus_client::{
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 
-use super::{listen::serve_connections, state::DaemonState};
+use super::listen::serve_connections;
 use crate::config::MetricsConfig;
+use crate::firewall::Firewall;
 
 /// Metrics the daemon updates as things happen (the kernel's are read at scrape time).
 #[derive(Debug, Default)]
@@ -56,7 +57,7 @@ type MeteredSeries = (
 
 /// Reads the kernel counters and the firewall state on each scrape.
 struct KernelCollector {
-    state: Arc<DaemonState>,
+    state: Arc<Firewall>,
 }
 
 impl std::fmt::Debug for KernelCollector {
@@ -233,7 +234,8 @@ impl Drop for MetricsServer {
 impl MetricsServer {
     pub async fn bind(
         config: MetricsConfig,
-        state: Arc<DaemonState>,
+        state: Arc<Firewall>,
+        metrics: Arc<Metrics>,
         proxy_state: crate::proxy::observe::ProxyCollector,
     ) -> anyhow::Result<MetricsServer> {
         let address = config.address;
@@ -245,7 +247,7 @@ impl MetricsServer {
         registry.register(
             "gateway_config_reloads",
             "Config reloads (SIGHUP or gateway reload), by result",
-            state.metrics.reloads.clone(),
+            metrics.reloads.clone(),
         );
         let proxy = &crate::proxy::observe::METRICS;
         registry.register(
@@ -305,7 +307,7 @@ impl MetricsServer {
         registry.register_collector(Box::new(KernelCollector {
             state: state.clone(),
         }));
-        let shared = Arc::new((registry, state));
+        let shared = Arc::new((registry, metrics));
         let task = tokio::spawn(serve_connections(
             listener,
             "metrics",
@@ -321,7 +323,7 @@ impl MetricsServer {
 
 fn respond<B>(
     registry: &Registry,
-    state: &DaemonState,
+    metrics: &Metrics,
     request: &Request<B>,
 ) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, content_type: &'static str, body: String| {
@@ -348,7 +350,7 @@ fn respond<B>(
             }
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
-        (&Method::GET, "/readyz") if state.metrics.ready.load(Ordering::Relaxed) => {
+        (&Method::GET, "/readyz") if metrics.ready.load(Ordering::Relaxed) => {
             text(StatusCode::OK, "text/plain", "ready\n".into())
         }
         (&Method::GET, "/readyz") => text(

@@ -1,18 +1,19 @@
 //! The control plane: an HTTP/1.1 admin API on a unix socket (root-only by default), served
-//! by the daemon and used by the CLI.
+//! by the daemon and used by the CLI. A thin adapter: wire types in, domain calls
+//! ([`crate::firewall`]), domain errors out as statuses ([`failure`]).
 
 pub mod api;
 mod client;
+mod failure;
 mod listen;
 mod metrics;
 mod server;
-mod state;
 pub mod valid;
 
 pub use client::{Client, ClientError};
-pub use metrics::MetricsServer;
+pub use failure::{ApiFailure, ApiResult};
+pub use metrics::{Metrics, MetricsServer};
 pub use server::AdminServer;
-pub use state::{ApiFailure, ApiResult, DaemonState};
 
 /// A reload asked for through the admin API: the daemon answers on the channel with what it
 /// reloaded, or why it kept the running config.

@@ -25,10 +25,14 @@ use super::{
         self, ApiError, BanRequest, Done, ImportRequest, ImportResult, Reloaded, RemoveRuleRequest,
         RuleRequest, UnbanRequest,
     },
+    failure::ApiFailure,
     listen::{Listen, serve_connections},
-    state::{ApiFailure, DaemonState},
+    valid::ValidPage,
 };
-use crate::config::{AdminConfig, SideLimits};
+use crate::{
+    config::{AdminConfig, SideLimits},
+    firewall::{Firewall, FirewallResult},
+};
 
 /// Largest import accepted (100k CIDRs are about 2 MiB).
 const MAX_IMPORT: usize = 64 << 20;
@@ -59,12 +63,12 @@ impl AdminServer {
     /// a connectable socket means "fully up".
     pub async fn bind(
         admin: &AdminConfig,
-        state: Arc<DaemonState>,
+        firewall: Arc<Firewall>,
         reloads: mpsc::Sender<ReloadRequest>,
     ) -> anyhow::Result<AdminServer> {
         use anyhow::Context as _;
         let path = admin.socket.as_path();
-        let api = Arc::new(Api { state, reloads });
+        let api = Arc::new(Api { firewall, reloads });
         let mut tasks = Vec::new();
         // TCP first: the socket appearing is the "ready" signal.
         if let Some(tcp) = &admin.tcp {
@@ -120,9 +124,9 @@ impl Drop for AdminServer {
     }
 }
 
-/// What request handlers reach: the daemon's state and its reload loop.
+/// What request handlers reach: the daemon's firewall and its reload loop.
 struct Api {
-    state: Arc<DaemonState>,
+    firewall: Arc<Firewall>,
     reloads: mpsc::Sender<ReloadRequest>,
 }
 
@@ -183,59 +187,89 @@ fn unauthorized() -> Response<Full<Bytes>> {
 }
 
 async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let state = &api.state;
+    let firewall = &api.firewall;
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let query = request.uri().query().map(str::to_owned);
     let result = match (&method, path.as_str()) {
-        (&Method::GET, api::STATS_PATH) => state.stats().map(|stats| json(&stats)),
-        (&Method::GET, api::EXPLAIN_PATH) => {
-            let address = request
-                .uri()
-                .query()
-                .and_then(|query| query.strip_prefix("address="))
-                .unwrap_or("");
-            state.explain(address).map(|explanation| json(&explanation))
+        (&Method::GET, api::STATS_PATH) => {
+            blocking(firewall, |f| f.stats()).await.map(|s| json(&s))
         }
-        (&Method::GET, api::METERING_PATH) if request.uri().query() == Some("cluster=1") => {
+        (&Method::GET, api::EXPLAIN_PATH) => {
+            let address = query
+                .as_deref()
+                .and_then(|query| query.strip_prefix("address="))
+                .unwrap_or("")
+                .to_owned();
+            blocking(firewall, move |f| f.explain(&address))
+                .await
+                .map(|explanation| json(&explanation))
+        }
+        (&Method::GET, api::METERING_PATH) if query.as_deref() == Some("cluster=1") => {
             cluster_metering().await.map(|metering| json(&metering))
         }
         (&Method::GET, api::METERING_PATH) => Ok(json(&metering())),
-        (&Method::GET, api::RULES_PATH) => state.rules().map(|rules| json(&rules)),
+        (&Method::GET, api::RULES_PATH) => match page(query.as_deref()) {
+            Ok(page) => blocking(firewall, move |f| f.rules(page))
+                .await
+                .map(|rules| json(&rules)),
+            Err(failure) => Err(failure),
+        },
         (&Method::POST, api::RULES_PATH) => match body::<RuleRequest>(request, MAX_BODY).await {
-            Ok(rule) => state.add_rule(&rule).map(|entry| json(&entry)),
+            Ok(rule) => blocking(firewall, move |f| f.add_rule(&rule))
+                .await
+                .map(|entry| json(&entry)),
             Err(failure) => Err(failure),
         },
         (&Method::POST, api::REMOVE_RULE_PATH) => {
             match body::<RemoveRuleRequest>(request, MAX_BODY).await {
-                Ok(rule) => state
-                    .remove_rule(&rule.cidr)
+                Ok(rule) => blocking(firewall, move |f| f.remove_rule(&rule.cidr))
+                    .await
                     .map(|()| json(&Done { ok: true })),
                 Err(failure) => Err(failure),
             }
         }
         (&Method::POST, api::PROMOTE_PATH) => {
             match body::<RemoveRuleRequest>(request, MAX_BODY).await {
-                Ok(rule) => state.promote(&rule.cidr).map(|()| json(&Done { ok: true })),
+                Ok(rule) => blocking(firewall, move |f| f.promote(&rule.cidr))
+                    .await
+                    .map(|()| json(&Done { ok: true })),
                 Err(failure) => Err(failure),
             }
         }
-        (&Method::GET, api::RATE_LIMITS_PATH) => Ok(json(&state.rate_limits())),
+        (&Method::GET, api::RATE_LIMITS_PATH) => blocking(firewall, |f| Ok(f.rate_limits()))
+            .await
+            .map(|limits| json(&limits)),
         (&Method::POST, api::RATE_LIMITS_PATH) => {
             match body::<api::RawLimits>(request, MAX_BODY).await {
-                Ok(limits) => state
-                    .set_rate_limits(Some(limits))
+                Ok(limits) => blocking(firewall, move |f| f.set_rate_limits(Some(limits)))
+                    .await
                     .map(|limits| json(&limits)),
                 Err(failure) => Err(failure),
             }
         }
         (&Method::POST, api::RATE_LIMITS_RESET_PATH) => {
-            state.set_rate_limits(None).map(|limits| json(&limits))
+            blocking(firewall, |f| f.set_rate_limits(None))
+                .await
+                .map(|limits| json(&limits))
         }
-        (&Method::POST, api::IMPORT_PATH) => match body::<ImportRequest>(request, MAX_IMPORT).await
-        {
-            Ok(import) => state
-                .import(&import)
-                .map(|imported| json(&ImportResult { imported })),
+        (&Method::POST, api::IMPORT_PATH) => match import_body(request).await {
+            // Parsing, the store and the maps: all on a blocking thread.
+            Ok(bytes) => {
+                let firewall = firewall.clone();
+                tokio::task::spawn_blocking(move || {
+                    let import: ImportRequest = parse_body(&bytes)?;
+                    firewall.import(&import).map_err(ApiFailure::from)
+                })
+                .await
+                .unwrap_or_else(|error| {
+                    Err(ApiFailure::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("the import failed: {error}"),
+                    ))
+                })
+                .map(|imported| json(&ImportResult { imported }))
+            }
             Err(failure) => Err(failure),
         },
         (&Method::POST, api::RELOAD_PATH) => reload(&api.reloads).await,
@@ -254,6 +288,7 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
                     defender
                         .switch_under_attack(switch.on, "operator".to_owned())
                         .map(|status| json(&status))
+                        .map_err(ApiFailure::from)
                 }),
                 Err(failure) => Err(failure),
             }
@@ -265,21 +300,33 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
                         .validate()
                         .map_err(ApiFailure::from)
                         .and_then(|(address, ttl)| {
-                            defender()
-                                .and_then(|defender| defender.mark_known_good(address, ttl))
-                                .map(|known| json(&known))
+                            defender().and_then(|defender| {
+                                defender
+                                    .mark_known_good(address, ttl)
+                                    .map(|known| json(&known))
+                                    .map_err(ApiFailure::from)
+                            })
                         })
                 }
                 Err(failure) => Err(failure),
             }
         }
-        (&Method::GET, api::BANS_PATH) => state.bans().map(|bans| json(&bans)),
+        (&Method::GET, api::BANS_PATH) => match page(query.as_deref()) {
+            Ok(page) => blocking(firewall, move |f| f.bans(page))
+                .await
+                .map(|bans| json(&bans)),
+            Err(failure) => Err(failure),
+        },
         (&Method::POST, api::BANS_PATH) => match body::<BanRequest>(request, MAX_BODY).await {
-            Ok(ban) => state.ban(&ban).map(|ban| json(&ban)),
+            Ok(ban) => blocking(firewall, move |f| f.ban(&ban))
+                .await
+                .map(|ban| json(&ban)),
             Err(failure) => Err(failure),
         },
         (&Method::POST, api::UNBAN_PATH) => match body::<UnbanRequest>(request, MAX_BODY).await {
-            Ok(unban) => state.unban(&unban.cidr).map(|()| json(&Done { ok: true })),
+            Ok(unban) => blocking(firewall, move |f| f.unban(&unban.cidr))
+                .await
+                .map(|()| json(&Done { ok: true })),
             Err(failure) => Err(failure),
         },
         _ => Err(ApiFailure::new(
@@ -295,6 +342,96 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
         *response.status_mut() = failure.status;
         response
     })
+}
+
+/// Runs a firewall call on a blocking thread: it syncs the store to disk, and may parse and
+/// write megabytes, so never on the async workers the proxy shares.
+async fn blocking<T: Send + 'static>(
+    firewall: &Arc<Firewall>,
+    call: impl FnOnce(&Firewall) -> FirewallResult<T> + Send + 'static,
+) -> Result<T, ApiFailure> {
+    let firewall = firewall.clone();
+    tokio::task::spawn_blocking(move || call(&firewall))
+        .await
+        .map_err(|error| {
+            ApiFailure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the firewall call failed: {error}"),
+            )
+        })?
+        .map_err(ApiFailure::from)
+}
+
+/// `?limit=N&after=CIDR` of a listing.
+fn page(query: Option<&str>) -> Result<ValidPage, ApiFailure> {
+    let mut page = api::PageQuery::default();
+    for pair in query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value);
+        match key {
+            "limit" => {
+                page.limit = Some(value.parse().map_err(|_| {
+                    let mut failure = ApiFailure::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("limit: {value:?} is not a number of entries"),
+                    );
+                    failure.field = Some("limit".to_owned());
+                    failure
+                })?)
+            }
+            "after" => page.after = Some(value),
+            _ => {
+                return Err(ApiFailure::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {key:?}: give limit and after"),
+                ));
+            }
+        }
+    }
+    page.validate().map_err(ApiFailure::from)
+}
+
+/// `%XX` escapes decoded (a CIDR's `/` and `:` may arrive escaped).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let hex = bytes
+            .get(index + 1..index + 3)
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (bytes[index], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                index += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An import's body, read whole (up to [`MAX_IMPORT`]) but not parsed: that happens off the
+/// async workers.
+async fn import_body(request: Request<Incoming>) -> Result<Bytes, ApiFailure> {
+    Ok(Limited::new(request.into_body(), MAX_IMPORT)
+        .collect()
+        .await
+        .map_err(|error| {
+            ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                format!("reading the request body: {error}"),
+            )
+        })?
+        .to_bytes())
 }
 
 /// Hands the reload to the daemon's main loop (the one place reloads happen) and waits.

@@ -11,10 +11,10 @@ use ipnet::IpNet;
 
 use super::{
     api::{
-        BanRequest, ImportRequest, KnownGoodRequest, RemoveRuleRequest, RuleAction, RuleRequest,
-        UnbanRequest,
+        BanRequest, ImportRequest, KnownGoodRequest, MAX_PAGE, PageQuery, RemoveRuleRequest,
+        RuleAction, RuleRequest, UnbanRequest,
     },
-    state::ApiFailure,
+    failure::ApiFailure,
 };
 
 /// Longest ban, rule TTL or known-good TTL: 10 years.
@@ -217,6 +217,34 @@ impl ImportRequest {
             nets.push(net);
         }
         Ok((nets, comment))
+    }
+}
+
+/// A page of a listing: at most `limit` entries (all if `None`), those after `after`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ValidPage {
+    pub limit: Option<usize>,
+    pub after: Option<IpNet>,
+}
+
+impl PageQuery {
+    pub fn validate(&self) -> Result<ValidPage, Invalid> {
+        let limit = match self.limit {
+            Some(limit) if (1..=MAX_PAGE).contains(&limit) => Some(limit),
+            Some(limit) => {
+                return Err(Invalid::new(
+                    "limit",
+                    format!("must be from 1 to {MAX_PAGE}, not {limit}"),
+                ));
+            }
+            None => None,
+        };
+        let after = self
+            .after
+            .as_deref()
+            .map(|after| cidr("after", after))
+            .transpose()?;
+        Ok(ValidPage { limit, after })
     }
 }
 

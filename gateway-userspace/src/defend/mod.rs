@@ -9,7 +9,10 @@
 //! short ring of recent decisions that `gateway firewall explain` shows.
 
 pub mod attack;
+mod enforcer;
 pub mod guard;
+
+pub use enforcer::Enforcer;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -28,10 +31,8 @@ use tokio::sync::mpsc;
 
 use crate::{
     config::DefendConfig,
-    control::{
-        ApiFailure, ApiResult, DaemonState,
-        api::{KnownGood, UnderAttackStatus},
-    },
+    control::api::{KnownGood, UnderAttackStatus},
+    firewall::{FirewallError, FirewallResult},
     xdp::NewSources,
 };
 
@@ -264,7 +265,7 @@ pub struct Defender {
     config: ArcSwap<DefendConfig>,
     dropped: AtomicU64,
     bans: AtomicU64,
-    state: Arc<DaemonState>,
+    state: Arc<dyn Enforcer>,
     /// Sources marked known-good, and when (so a busy client is not re-marked per request).
     marked: Mutex<HashMap<IpAddr, Instant>>,
     last_switch: Mutex<attack::LastSwitch>,
@@ -274,7 +275,7 @@ pub struct Defender {
 static DEFENDER: OnceLock<Arc<Defender>> = OnceLock::new();
 
 /// Starts the defender for this process (the daemon calls it once) and returns it.
-pub fn start(config: DefendConfig, state: Arc<DaemonState>) -> Arc<Defender> {
+pub fn start(config: DefendConfig, state: Arc<dyn Enforcer>) -> Arc<Defender> {
     let (queue, events) = mpsc::channel(QUEUE);
     let defender = Arc::new(Defender {
         queue,
@@ -347,7 +348,7 @@ async fn auto_switch(defender: Arc<Defender>) {
                 hysteresis.describe()
             );
             if let Err(failure) = defender.switch_under_attack(next, by) {
-                tracing::error!("under-attack mode not switched: {}", failure.message);
+                tracing::error!("under-attack mode not switched: {failure}");
             }
         }
     }
@@ -404,7 +405,7 @@ impl Defender {
     }
 
     /// Switches under-attack mode in XDP; `by` says who (the operator, or the auto switch).
-    pub fn switch_under_attack(&self, on: bool, by: String) -> ApiResult<UnderAttackStatus> {
+    pub fn switch_under_attack(&self, on: bool, by: String) -> FirewallResult<UnderAttackStatus> {
         self.state.set_under_attack(on, &self.budget())?;
         tracing::warn!(
             switched_by = by,
@@ -441,13 +442,17 @@ impl Defender {
 
     /// Marks `parsed` known-good for `ttl` (default `known_good_ttl`): the operator's
     /// pre-seeding (checked by `KnownGoodRequest::validate`).
-    pub fn mark_known_good(&self, parsed: IpAddr, ttl: Option<Duration>) -> ApiResult<KnownGood> {
+    pub fn mark_known_good(
+        &self,
+        parsed: IpAddr,
+        ttl: Option<Duration>,
+    ) -> FirewallResult<KnownGood> {
         let ttl = ttl.unwrap_or(self.config.load().under_attack.known_good_ttl);
         if !self.state.mark_known_good(parsed, ttl)? {
-            return Err(ApiFailure::new(
-                hyper::StatusCode::CONFLICT,
+            return Err(FirewallError::Conflict(
                 "known-good sources are admitted by XDP, and xdp.mode is \"off\": \
-                 set xdp.mode and restart",
+                 set xdp.mode and restart"
+                    .to_owned(),
             ));
         }
         tracing::info!(source = %parsed, ttl = %humantime::format_duration(ttl), "source marked known-good");
@@ -479,7 +484,7 @@ impl Defender {
     fn authenticated(&self, address: IpAddr) {
         let ttl = self.config.load().under_attack.known_good_ttl;
         if let Err(failure) = self.state.mark_known_good(address, ttl) {
-            tracing::warn!(source = %address, "marking known-good failed: {}", failure.message);
+            tracing::warn!(source = %address, "marking known-good failed: {failure}");
         }
     }
 
@@ -497,49 +502,77 @@ impl Defender {
     }
 }
 
+/// Most auto-bans placed in one store transaction.
+const BAN_BATCH: usize = 1024;
+
 async fn run(
     defender: Arc<Defender>,
     mut events: mpsc::Receiver<L7Event>,
-    state: Arc<DaemonState>,
+    state: Arc<dyn Enforcer>,
 ) {
     while let Some(event) = events.recv().await {
-        if event.identity.is_some() && event.status < 400 && defender.due_for_mark(event.client) {
-            let defender = defender.clone();
-            let client = event.client;
-            let _ = tokio::task::spawn_blocking(move || defender.authenticated(client)).await;
+        // What is queued now is handled as one batch: a burst of bans costs one store
+        // transaction per batch, not one per ban.
+        let mut orders = Vec::new();
+        let mut next = Some(event);
+        while let Some(event) = next.take() {
+            if let Some(order) = observe(&defender, &event).await {
+                orders.push((event.client, order));
+            }
+            if orders.len() < BAN_BATCH {
+                next = events.try_recv().ok();
+            }
         }
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |since| since.as_secs_f64());
-        let order = defender.lock().observe(&event, Instant::now(), wall);
-        let Some(order) = order else { continue };
+        if orders.is_empty() {
+            continue;
+        }
         let state = state.clone();
-        // Saving the state file syncs to disk: off the async workers.
+        // Placing bans syncs the store to disk: off the async workers.
         let placed = tokio::task::spawn_blocking(move || {
-            let result = state.auto_ban(order.net, order.duration, &order.comment);
-            (order, result)
+            let bans: Vec<BanOrder> = orders.iter().map(|(_, order)| order.clone()).collect();
+            let result = state.auto_ban(&bans);
+            (orders, result)
         })
         .await;
         match placed {
-            Ok((order, Ok(()))) => {
-                defender.bans.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    source = %event.client,
-                    net = %order.net,
-                    duration = %humantime::format_duration(order.duration),
-                    reason = order.comment,
-                    "source auto-banned"
-                );
+            Ok((orders, Ok(placed))) => {
+                defender
+                    .bans
+                    .fetch_add(placed.len() as u64, Ordering::Relaxed);
+                for (client, order) in orders
+                    .iter()
+                    .filter(|(_, order)| placed.contains(&order.net))
+                {
+                    tracing::warn!(
+                        source = %client,
+                        net = %order.net,
+                        duration = %humantime::format_duration(order.duration),
+                        reason = order.comment,
+                        "source auto-banned"
+                    );
+                }
             }
-            Ok((order, Err(failure))) => tracing::error!(
-                net = %order.net,
-                reason = order.comment,
-                "auto-ban failed: {}",
-                failure.message
-            ),
+            Ok((orders, Err(failure))) => {
+                for (_, order) in &orders {
+                    tracing::error!(net = %order.net, reason = order.comment, "auto-ban failed: {failure}");
+                }
+            }
             Err(error) => tracing::error!("auto-ban task failed: {error}"),
         }
     }
+}
+
+/// Counts one finished request; the ban it calls for, if any.
+async fn observe(defender: &Arc<Defender>, event: &L7Event) -> Option<BanOrder> {
+    if event.identity.is_some() && event.status < 400 && defender.due_for_mark(event.client) {
+        let defender = defender.clone();
+        let client = event.client;
+        let _ = tokio::task::spawn_blocking(move || defender.authenticated(client)).await;
+    }
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64());
+    defender.lock().observe(event, Instant::now(), wall)
 }
 
 #[cfg(test)]

@@ -148,20 +148,22 @@ pub(super) fn reset_rule_hits(
     Ok(())
 }
 
-/// Packets matched per rule id, summed over CPUs.
-pub(super) fn read_rule_hits(ebpf: &Ebpf, count: usize) -> Result<Vec<u64>, XdpError> {
+/// Packets matched by each rule id of `ids`, summed over CPUs.
+pub(super) fn read_rule_hits(
+    ebpf: &Ebpf,
+    ids: impl Iterator<Item = u32>,
+) -> Result<Vec<u64>, XdpError> {
     let map = ebpf
         .map(map_names::RULE_HITS)
         .ok_or(XdpError::MissingMap(map_names::RULE_HITS))?;
     let hits: PerCpuArray<&MapData, u64> =
         PerCpuArray::try_from(map).map_err(|error| XdpError::map(map_names::RULE_HITS, error))?;
-    (1..=count as u32)
-        .map(|id| {
-            hits.get(&id, 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .map_err(|error| XdpError::map(map_names::RULE_HITS, error))
-        })
-        .collect()
+    ids.map(|id| {
+        hits.get(&id, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .map_err(|error| XdpError::map(map_names::RULE_HITS, error))
+    })
+    .collect()
 }
 
 /// Writes the rate classes (0 = default) and the prefixes that pick them.

@@ -271,8 +271,24 @@ impl XdpFirewall {
 
     /// Packets matched per rule, in the order `apply` was given them (IPv4 first).
     pub fn rule_hits(&self) -> Result<Vec<(IpNet, u64)>, XdpError> {
-        let hits = maps::read_rule_hits(&self.ebpf, self.rules.len())?;
+        let hits = maps::read_rule_hits(&self.ebpf, 1..=self.rules.len() as u32)?;
         Ok(self.rules.iter().map(|(net, ..)| *net).zip(hits).collect())
+    }
+
+    /// Packets matched by the rules for `nets` (one page of a listing): one map read each.
+    pub fn rule_hits_of(
+        &self,
+        nets: &std::collections::HashSet<IpNet>,
+    ) -> Result<Vec<(IpNet, u64)>, XdpError> {
+        let (ids, wanted): (Vec<u32>, Vec<IpNet>) = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, (net, ..))| nets.contains(net))
+            .map(|(index, (net, ..))| (index as u32 + 1, *net))
+            .unzip();
+        let hits = maps::read_rule_hits(&self.ebpf, ids.into_iter())?;
+        Ok(wanted.into_iter().zip(hits).collect())
     }
 
     /// Bans `net` until `expires` (monotonic clock, as [`now`]; `None`: until unbanned).

@@ -1,0 +1,313 @@
+//! The firewall as a domain of its own: the rules from the config file, the rules and bans an
+//! operator added at run time (kept in the [`store`], restored at start), and the XDP program
+//! they are written into. The admin API (`control`) is a thin HTTP adapter over it; the
+//! defender and the cluster reach it through the narrow traits they define
+//! (`defend::Enforcer`, `cluster::Replica`), injected by the daemon.
+//!
+//! Every change is committed to the store before it reaches the kernel, so nothing
+//! acknowledged is lost; a failed step leaves memory, store and kernel as they were.
+//!
+//! - [`rules`]: operator rules, import, rate limits
+//! - [`bans`]: bans, auto-bans, expiry
+//! - [`explain`]: what the kernel would do with a packet, and why
+//! - [`kernel`]: counters and under-attack mode, read and switched in XDP
+//! - [`store`], [`records`], [`migrate`]: persistence
+//! - [`error`]: what can go wrong, in the domain's words
+
+mod bans;
+pub mod error;
+mod explain;
+mod kernel;
+pub mod migrate;
+mod ports;
+pub mod records;
+mod rules;
+pub mod store;
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Mutex, MutexGuard},
+};
+
+use ipnet::IpNet;
+
+pub use error::{FirewallError, FirewallResult};
+use records::{OperatorBan, OperatorRule, is_expired, unix_now};
+use store::{Op, Store};
+
+use crate::{
+    config::{AdminConfig, CidrRule, FirewallConfig, RawLimits, XdpConfig},
+    xdp::{self, XdpFirewall},
+};
+
+/// The running daemon's firewall, shared by the admin API, the signal handler, the sweeper,
+/// the defender and the cluster.
+pub struct Firewall {
+    inner: Mutex<Inner>,
+    /// Cluster mode: told of every operator change made on this node.
+    cluster: std::sync::OnceLock<crate::cluster::ChangeSink>,
+}
+
+/// What the operator added, in memory; the store holds the same.
+#[derive(Debug, Default)]
+struct Operator {
+    /// In order of addition (the kernel numbers rules in this order).
+    rules: Vec<OperatorRule>,
+    bans: BTreeMap<IpNet, OperatorBan>,
+    /// Default-class rate limits set through the admin API; replace the config's.
+    rate_limit_default: Option<RawLimits>,
+    /// Order number of the next rule added.
+    next_seq: u64,
+}
+
+struct Inner {
+    xdp: Option<XdpFirewall>,
+    /// From the config file; replaced on reload.
+    firewall: FirewallConfig,
+    /// Rule capacity the maps were sized with.
+    capacity: (usize, usize),
+    /// Bans per address family the maps hold (`xdp.max_bans`; also the cap with XDP off).
+    max_bans: usize,
+    operator: Operator,
+    store: Store,
+}
+
+impl Firewall {
+    /// Opens the store (moving an old state file into it once), drops what expired while
+    /// the daemon was down, and writes everything into `xdp`. A store that cannot be read
+    /// is an error: starting without the operator's rules and bans would open holes.
+    pub fn start(
+        xdp: Option<XdpFirewall>,
+        firewall: FirewallConfig,
+        limits: &XdpConfig,
+        admin: &AdminConfig,
+    ) -> anyhow::Result<Firewall> {
+        Self::open(xdp, firewall, limits, &admin.store, &admin.state_file)
+    }
+
+    fn open(
+        xdp: Option<XdpFirewall>,
+        firewall: FirewallConfig,
+        limits: &XdpConfig,
+        store_path: &std::path::Path,
+        state_file: &std::path::Path,
+    ) -> anyhow::Result<Firewall> {
+        let max_bans = limits.max_bans as usize;
+        let store = Store::open(store_path)?;
+        let now = unix_now();
+        let mut contents = store.load(now, max_bans)?;
+        let next_seq = contents.rules.last().map_or(1, |rule| rule.seq + 1);
+        if migrate::migrate(state_file, &store, next_seq, now)?.is_some() {
+            contents = store.load(now, max_bans)?;
+        }
+        // What expired while the daemon was down goes, from the store too.
+        let expired: Vec<Op> = contents
+            .rules
+            .iter()
+            .filter(|rule| is_expired(rule.expires_at, now))
+            .map(|rule| Op::DeleteRule(rule.cidr))
+            .chain(
+                contents
+                    .bans
+                    .iter()
+                    .filter(|ban| is_expired(ban.expires_at, now))
+                    .map(|ban| Op::DeleteBan(ban.cidr)),
+            )
+            .collect();
+        if !expired.is_empty() {
+            store.commit(expired)?;
+        }
+        let rules: Vec<OperatorRule> = contents
+            .rules
+            .into_iter()
+            .filter(|rule| !is_expired(rule.expires_at, now))
+            .collect();
+        let operator = Operator {
+            next_seq: rules.last().map_or(1, |rule| rule.seq + 1),
+            rules,
+            bans: contents
+                .bans
+                .into_iter()
+                .filter(|ban| !is_expired(ban.expires_at, now))
+                .map(|ban| (ban.cidr, ban))
+                .collect(),
+            rate_limit_default: contents.rate_limit_default,
+        };
+        let mut inner = Inner {
+            xdp,
+            firewall,
+            capacity: (limits.max_rules_v4 as usize, limits.max_rules_v6 as usize),
+            max_bans,
+            operator,
+            store,
+        };
+        inner.apply()?;
+        inner.restore_bans();
+        inner.publish_bans();
+        let (rules, bans) = (inner.operator.rules.len(), inner.operator.bans.len());
+        if rules + bans > 0 {
+            tracing::info!(rules, bans, store = %inner.store.path().display(), "operator rules and bans restored");
+        }
+        Ok(Firewall {
+            inner: Mutex::new(inner),
+            cluster: Default::default(),
+        })
+    }
+
+    /// Cluster mode: from now on, bans and operator rule changes are also sent to `sink`.
+    pub fn set_cluster_sink(&self, sink: crate::cluster::ChangeSink) {
+        let _ = self.cluster.set(sink);
+    }
+
+    fn publish(&self, change: crate::cluster::Change) {
+        if let Some(sink) = self.cluster.get() {
+            sink.send(change);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Attaches the (already filled) XDP program to `interface`.
+    pub fn attach(
+        &self,
+        interface: &str,
+        mode: crate::config::XdpMode,
+    ) -> Result<xdp::AttachMode, xdp::XdpError> {
+        match self.lock().xdp.as_mut() {
+            Some(xdp) => xdp.attach(interface, mode),
+            None => Err(xdp::XdpError::Off),
+        }
+    }
+
+    /// Takes the XDP program out (to detach it on shutdown).
+    pub fn take_xdp(&self) -> Option<XdpFirewall> {
+        self.lock().xdp.take()
+    }
+
+    /// Replaces the config file's rules (SIGHUP). On failure the running rules stay.
+    pub fn reload(&self, firewall: FirewallConfig) -> FirewallResult<usize> {
+        let mut inner = self.lock();
+        let previous = std::mem::replace(&mut inner.firewall, firewall);
+        if let Err(failure) = inner.apply() {
+            inner.firewall = previous;
+            return Err(failure);
+        }
+        Ok(inner.firewall.rules.len())
+    }
+
+    /// (rules from the config, operator rules, bans in force), for metrics.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let inner = self.lock();
+        let now = unix_now();
+        let bans = inner
+            .operator
+            .bans
+            .values()
+            .filter(|ban| !is_expired(ban.expires_at, now))
+            .count();
+        (inner.firewall.rules.len(), inner.operator.rules.len(), bans)
+    }
+}
+
+impl Inner {
+    /// Config rules plus the operator's (a network in both keeps the config's).
+    fn effective(&self) -> FirewallConfig {
+        let mut firewall = self.firewall.clone();
+        // Validated when set; a store edited by hand is checked again here.
+        if let Some(limits) = self
+            .operator
+            .rate_limit_default
+            .as_ref()
+            .and_then(|spec| spec.validate("rate_limit_default").ok())
+        {
+            firewall
+                .rate_limit
+                .get_or_insert_with(Default::default)
+                .default = limits;
+        }
+        let configured: HashSet<IpNet> = firewall.rules.iter().map(|rule| rule.net).collect();
+        firewall.rules.extend(
+            self.operator
+                .rules
+                .iter()
+                .filter(|rule| !configured.contains(&rule.cidr))
+                .map(|rule| CidrRule {
+                    net: rule.cidr,
+                    action: rule.action.into(),
+                    origin: "operator".to_owned(),
+                    shadow: rule.shadow,
+                }),
+        );
+        firewall
+    }
+
+    /// Refuses `v4` and `v6` more rules if the maps cannot hold them: checked before any
+    /// work is done.
+    fn check_capacity(&self, v4: usize, v6: usize) -> FirewallResult<()> {
+        let configured: HashSet<IpNet> = self.firewall.rules.iter().map(|rule| rule.net).collect();
+        let (mut have_v4, mut have_v6) = (0, 0);
+        let all = self.firewall.rules.iter().map(|rule| rule.net).chain(
+            self.operator
+                .rules
+                .iter()
+                .map(|rule| rule.cidr)
+                .filter(|net| !configured.contains(net)),
+        );
+        for net in all {
+            match net {
+                IpNet::V4(_) => have_v4 += 1,
+                IpNet::V6(_) => have_v6 += 1,
+            }
+        }
+        let (v4, v6) = (have_v4 + v4, have_v6 + v6);
+        if v4 > self.capacity.0 || v6 > self.capacity.1 {
+            return Err(FirewallError::Full(format!(
+                "{v4} IPv4 and {v6} IPv6 rules do not fit the maps ({} and {}): raise \
+                 xdp.max_rules_v4/v6 and restart",
+                self.capacity.0, self.capacity.1
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes the effective rules into the maps.
+    fn apply(&mut self) -> FirewallResult<()> {
+        self.check_capacity(0, 0)?;
+        if self.xdp.is_some() {
+            let effective = self.effective();
+            if let Some(xdp) = self.xdp.as_mut() {
+                xdp.apply(&effective)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits `ops`, then `edit`s the rules in memory and writes them into the kernel. If
+    /// the kernel refuses, memory goes back and `undo` is committed: nothing changed.
+    fn change_rules(
+        &mut self,
+        ops: Vec<Op>,
+        undo: Vec<Op>,
+        edit: impl FnOnce(&mut Operator),
+    ) -> FirewallResult<()> {
+        self.store.commit(ops)?;
+        let rules = self.operator.rules.clone();
+        let limits = self.operator.rate_limit_default.clone();
+        let next_seq = self.operator.next_seq;
+        edit(&mut self.operator);
+        if let Err(failure) = self.apply() {
+            self.operator.rules = rules;
+            self.operator.rate_limit_default = limits;
+            self.operator.next_seq = next_seq;
+            if let Err(error) = self.store.commit(undo) {
+                tracing::error!(%error, "undoing a refused change in the store failed");
+            }
+            return Err(failure);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,70 @@
+//! The firewall behind the narrow interfaces its neighbours define: the defender's
+//! [`Enforcer`] and the cluster's [`Replica`].
+
+use std::{net::IpAddr, time::Duration};
+
+use ipnet::IpNet;
+
+use super::{Firewall, FirewallResult};
+use crate::{
+    cluster::{ChangeSink, Replica},
+    control::api::{BanRequest, RuleRequest},
+    defend::{BanOrder, Enforcer},
+    xdp::NewSources,
+};
+
+impl Enforcer for Firewall {
+    fn auto_ban(&self, orders: &[BanOrder]) -> FirewallResult<Vec<IpNet>> {
+        Firewall::auto_ban(self, orders)
+    }
+
+    fn set_under_attack(&self, on: bool, budget: &NewSources) -> FirewallResult<()> {
+        Firewall::set_under_attack(self, on, budget)
+    }
+
+    fn under_attack(&self) -> Option<bool> {
+        Firewall::under_attack(self)
+    }
+
+    fn mark_known_good(&self, source: IpAddr, ttl: Duration) -> FirewallResult<bool> {
+        Firewall::mark_known_good(self, source, ttl)
+    }
+
+    fn dropped_packets(&self) -> Option<u64> {
+        Firewall::dropped_packets(self)
+    }
+}
+
+impl Replica for Firewall {
+    fn set_change_sink(&self, sink: ChangeSink) {
+        self.set_cluster_sink(sink);
+    }
+
+    fn ban(&self, request: &BanRequest) -> FirewallResult<()> {
+        Firewall::ban(self, request).map(|_| ())
+    }
+
+    fn unban(&self, cidr: &str) -> FirewallResult<()> {
+        Firewall::unban(self, cidr)
+    }
+
+    fn add_rule(&self, request: &RuleRequest) -> FirewallResult<()> {
+        Firewall::add_rule(self, request).map(|_| ())
+    }
+
+    fn remove_rule(&self, cidr: &str) -> FirewallResult<()> {
+        Firewall::remove_rule(self, cidr)
+    }
+
+    fn promote(&self, cidr: &str) -> FirewallResult<()> {
+        Firewall::promote(self, cidr)
+    }
+
+    fn rule_is_shadow(&self, net: IpNet) -> Option<bool> {
+        Firewall::rule_is_shadow(self, net)
+    }
+
+    fn is_banned(&self, net: IpNet) -> bool {
+        Firewall::is_banned(self, net)
+    }
+}

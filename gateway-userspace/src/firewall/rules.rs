@@ -1,0 +1,404 @@
+//! Operator rules: listed (a page at a time), added, promoted, removed, imported in bulk, and
+//! the default rate limits.
+
+use std::collections::{HashMap, HashSet};
+
+use ipnet::IpNet;
+
+use super::{
+    Firewall, FirewallError, FirewallResult, Inner,
+    records::{OperatorRule, remaining, unix_now},
+    store::Op,
+};
+use crate::{
+    cluster::Change,
+    config::{Action, Policy},
+    control::{
+        api::{
+            ImportRequest, RateClassView, RateLimits, RawLimits, RuleEntry, RuleList, RuleRequest,
+        },
+        valid::{self, ValidPage},
+    },
+};
+
+pub(super) fn action_name(action: Action) -> &'static str {
+    match action {
+        Action::Allow => "allow",
+        Action::Deny => "deny",
+    }
+}
+
+pub(super) fn policy_name(policy: Policy) -> &'static str {
+    match policy {
+        Policy::DenyList => "deny-list",
+        Policy::AllowList => "allow-list",
+    }
+}
+
+/// Lines of an import that hold a network: an upper bound on the rules it adds, counted
+/// before anything is parsed.
+fn candidate_lines(text: &str) -> usize {
+    text.lines()
+        .filter(|line| !line.split('#').next().unwrap_or("").trim().is_empty())
+        .count()
+}
+
+impl Firewall {
+    /// Config rules, then operator rules in order of addition: all of them, or one page.
+    pub fn rules(&self, page: ValidPage) -> FirewallResult<RuleList> {
+        let inner = self.lock();
+        let now = unix_now();
+        let from_config = inner.firewall.rules.iter().map(|rule| RuleEntry {
+            cidr: rule.net.to_string(),
+            action: action_name(rule.action).to_owned(),
+            origin: "config".to_owned(),
+            key: Some(rule.origin.clone()),
+            comment: None,
+            expires_in_secs: None,
+            hits: None,
+            shadow: false,
+        });
+        let from_operator = inner.operator.rules.iter().map(|rule| RuleEntry {
+            cidr: rule.cidr.to_string(),
+            action: action_name(rule.action.into()).to_owned(),
+            origin: "operator".to_owned(),
+            key: None,
+            comment: rule.comment.clone(),
+            expires_in_secs: remaining(rule.expires_at, now),
+            hits: None,
+            shadow: rule.shadow,
+        });
+        let all = from_config.chain(from_operator);
+        let start = match page.after {
+            Some(after) => {
+                let after = after.to_string();
+                let position = inner
+                    .firewall
+                    .rules
+                    .iter()
+                    .map(|rule| rule.net)
+                    .chain(inner.operator.rules.iter().map(|rule| rule.cidr))
+                    .position(|net| net.to_string() == after)
+                    .ok_or_else(|| {
+                        FirewallError::NotFound(format!(
+                            "no rule {after} to list after: it was removed; list from the start"
+                        ))
+                    })?;
+                position + 1
+            }
+            None => 0,
+        };
+        let limit = page.limit.unwrap_or(usize::MAX);
+        let mut rules: Vec<RuleEntry> = all.skip(start).take(limit.saturating_add(1)).collect();
+        let next = (rules.len() > limit).then(|| {
+            rules.truncate(limit);
+            rules.last().map(|rule| rule.cidr.clone())
+        });
+        if let Some(xdp) = inner.xdp.as_ref() {
+            let wanted: HashSet<IpNet> = rules
+                .iter()
+                .filter_map(|rule| rule.cidr.parse().ok())
+                .collect();
+            let hits: HashMap<IpNet, u64> = xdp.rule_hits_of(&wanted)?.into_iter().collect();
+            for rule in &mut rules {
+                rule.hits = rule
+                    .cidr
+                    .parse()
+                    .ok()
+                    .and_then(|net: IpNet| hits.get(&net).copied());
+            }
+        }
+        Ok(RuleList {
+            policy: policy_name(inner.firewall.policy).to_owned(),
+            rules,
+            next: next.flatten(),
+        })
+    }
+
+    pub fn add_rule(&self, request: &RuleRequest) -> FirewallResult<RuleEntry> {
+        let valid = request.validate()?;
+        let mut rule = OperatorRule {
+            cidr: valid.net,
+            action: valid.action,
+            comment: valid.comment,
+            expires_at: valid.ttl.map(|ttl| unix_now() + ttl.as_secs_f64()),
+            shadow: valid.shadow,
+            seq: 0,
+        };
+        let entry = RuleEntry {
+            cidr: rule.cidr.to_string(),
+            action: action_name(rule.action.into()).to_owned(),
+            origin: "operator".to_owned(),
+            key: None,
+            comment: rule.comment.clone(),
+            expires_in_secs: valid.ttl.map(|ttl| ttl.as_secs_f64()),
+            hits: Some(0),
+            shadow: rule.shadow,
+        };
+        let change = Change::AddRule {
+            cidr: entry.cidr.clone(),
+            action: rule.action,
+            comment: rule.comment.clone(),
+            expires_at: rule.expires_at,
+            shadow: rule.shadow,
+        };
+        {
+            let mut inner = self.lock();
+            inner.check_new_rules(std::slice::from_ref(&rule.cidr))?;
+            let (v4, v6) = if rule.cidr.addr().is_ipv4() {
+                (1, 0)
+            } else {
+                (0, 1)
+            };
+            inner.check_capacity(v4, v6)?;
+            rule.seq = inner.operator.next_seq;
+            let net = rule.cidr;
+            inner.change_rules(
+                vec![Op::PutRule(rule.clone())],
+                vec![Op::DeleteRule(net)],
+                |operator| {
+                    operator.next_seq += 1;
+                    operator.rules.push(rule);
+                },
+            )?;
+        }
+        self.publish(change);
+        tracing::info!(cidr = %entry.cidr, action = %entry.action, "operator rule added");
+        Ok(entry)
+    }
+
+    /// Makes a shadow rule drop, in one map update.
+    pub fn promote(&self, cidr: &str) -> FirewallResult<()> {
+        let net = valid::cidr("cidr", cidr)?;
+        {
+            let mut inner = self.lock();
+            let index = inner.operator_rule(net)?;
+            let old = inner.operator.rules[index].clone();
+            if !old.shadow {
+                return Err(FirewallError::Conflict(format!(
+                    "{net} is not a shadow rule"
+                )));
+            }
+            let promoted = OperatorRule {
+                shadow: false,
+                ..old.clone()
+            };
+            inner.change_rules(
+                vec![Op::PutRule(promoted.clone())],
+                vec![Op::PutRule(old)],
+                |operator| operator.rules[index] = promoted,
+            )?;
+        }
+        self.publish(Change::Promote {
+            cidr: net.to_string(),
+        });
+        tracing::info!(%net, "shadow rule promoted: it drops now");
+        Ok(())
+    }
+
+    pub fn remove_rule(&self, cidr: &str) -> FirewallResult<()> {
+        let net = valid::cidr("cidr", cidr)?;
+        {
+            let mut inner = self.lock();
+            let index = inner.operator_rule(net)?;
+            let old = inner.operator.rules[index].clone();
+            inner.change_rules(
+                vec![Op::DeleteRule(net)],
+                vec![Op::PutRule(old)],
+                |operator| {
+                    operator.rules.remove(index);
+                },
+            )?;
+        }
+        self.publish(Change::RemoveRule {
+            cidr: net.to_string(),
+        });
+        tracing::info!(%net, "operator rule removed");
+        Ok(())
+    }
+
+    /// Adds every line of `request.text` as a rule, or none of them: room is checked before
+    /// anything is parsed, then the rules go into the store in one transaction and into the
+    /// maps in one pass. Call it off the async workers (it parses and syncs to disk).
+    pub fn import(&self, request: &ImportRequest) -> FirewallResult<usize> {
+        let most = candidate_lines(&request.text);
+        self.lock().check_room(most)?;
+        let (nets, comment) = request.validate()?;
+        let v4 = nets.iter().filter(|net| net.addr().is_ipv4()).count();
+        let count = nets.len();
+        {
+            let mut inner = self.lock();
+            inner.check_capacity(v4, count - v4)?;
+            inner.check_new_rules(&nets)?;
+            let first = inner.operator.next_seq;
+            let rules: Vec<OperatorRule> = nets
+                .iter()
+                .enumerate()
+                .map(|(index, &cidr)| OperatorRule {
+                    cidr,
+                    action: request.action,
+                    comment: comment.clone(),
+                    expires_at: None,
+                    shadow: false,
+                    seq: first + index as u64,
+                })
+                .collect();
+            let ops = rules.iter().cloned().map(Op::PutRule).collect();
+            let undo = nets.iter().copied().map(Op::DeleteRule).collect();
+            inner.change_rules(ops, undo, |operator| {
+                operator.next_seq += count as u64;
+                operator.rules.extend(rules);
+            })?;
+        }
+        for net in nets {
+            self.publish(Change::AddRule {
+                cidr: net.to_string(),
+                action: request.action,
+                comment: comment.clone(),
+                expires_at: None,
+                shadow: false,
+            });
+        }
+        tracing::info!(count, "operator rules imported");
+        Ok(count)
+    }
+
+    /// Whether a rule for `net` exists (config or operator), and if so whether it is a
+    /// shadow rule.
+    pub fn rule_is_shadow(&self, net: IpNet) -> Option<bool> {
+        let inner = self.lock();
+        if inner.firewall.rules.iter().any(|rule| rule.net == net) {
+            return Some(false);
+        }
+        inner
+            .operator
+            .rules
+            .iter()
+            .find(|rule| rule.cidr == net)
+            .map(|rule| rule.shadow)
+    }
+
+    // ---- Rate limits ----
+
+    pub fn rate_limits(&self) -> RateLimits {
+        let inner = self.lock();
+        let effective = inner.effective();
+        let origin = match (&inner.operator.rate_limit_default, &effective.rate_limit) {
+            (Some(_), _) => "operator",
+            (None, Some(_)) => "config",
+            (None, None) => "off",
+        };
+        let rate = effective.rate_limit.unwrap_or_default();
+        RateLimits {
+            default_origin: origin.to_owned(),
+            default: rate.default.into(),
+            classes: rate
+                .classes
+                .into_iter()
+                .map(|class| RateClassView {
+                    name: class.name,
+                    cidrs: class.cidrs.iter().map(ToString::to_string).collect(),
+                    limits: class.limits.into(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Replaces the default class's limits (`None`: back to the config's).
+    pub fn set_rate_limits(&self, limits: Option<RawLimits>) -> FirewallResult<RateLimits> {
+        if let Some(limits) = &limits {
+            limits.validate("default").map_err(|problems| {
+                let message: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                let field = problems.first().map_or("default", |problem| {
+                    problem.key.strip_prefix("default.").unwrap_or(&problem.key)
+                });
+                FirewallError::Invalid(valid::Invalid {
+                    field: field.to_owned(),
+                    reason: message.join("; "),
+                })
+            })?;
+        }
+        {
+            let mut inner = self.lock();
+            let old = inner.operator.rate_limit_default.clone();
+            let new = limits.clone();
+            inner.change_rules(
+                vec![Op::SetRateLimits(limits.clone())],
+                vec![Op::SetRateLimits(old)],
+                |operator| operator.rate_limit_default = new,
+            )?;
+        }
+        tracing::info!(?limits, "default rate limits changed");
+        Ok(self.rate_limits())
+    }
+}
+
+impl Inner {
+    /// The index of the operator rule for `net`; a config-file rule or none is an error.
+    fn operator_rule(&self, net: IpNet) -> FirewallResult<usize> {
+        if let Some(index) = self.operator.rules.iter().position(|rule| rule.cidr == net) {
+            return Ok(index);
+        }
+        Err(
+            match self.firewall.rules.iter().find(|rule| rule.net == net) {
+                Some(rule) => FirewallError::Conflict(format!(
+                    "{net} comes from the config file ({}): edit the file and reload",
+                    rule.origin
+                )),
+                None => FirewallError::NotFound(format!("no operator rule for {net}")),
+            },
+        )
+    }
+
+    /// New operator rules must not repeat a rule that exists (in the file or added before).
+    fn check_new_rules(&self, nets: &[IpNet]) -> FirewallResult<()> {
+        let config: HashMap<IpNet, &str> = self
+            .firewall
+            .rules
+            .iter()
+            .map(|rule| (rule.net, rule.origin.as_str()))
+            .collect();
+        let conflict = |net: IpNet, owner: String| {
+            FirewallError::Conflict(format!("{net} is already in {owner}; remove it first"))
+        };
+        if let [net] = nets {
+            // One rule: a scan, no set of everything.
+            if let Some(origin) = config.get(net) {
+                return Err(conflict(*net, format!("the config file ({origin})")));
+            }
+            if self.operator.rules.iter().any(|rule| rule.cidr == *net) {
+                return Err(conflict(*net, "an operator rule".to_owned()));
+            }
+            return Ok(());
+        }
+        let operator: HashSet<IpNet> = self.operator.rules.iter().map(|rule| rule.cidr).collect();
+        let mut seen: HashMap<IpNet, usize> = HashMap::with_capacity(nets.len());
+        for (index, &net) in nets.iter().enumerate() {
+            if let Some(origin) = config.get(&net) {
+                return Err(conflict(net, format!("the config file ({origin})")));
+            }
+            if operator.contains(&net) {
+                return Err(conflict(net, "an operator rule".to_owned()));
+            }
+            if let Some(line) = seen.insert(net, index + 1) {
+                return Err(conflict(net, format!("line {line}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses an import of up to `most` rules when even that many cannot fit: the cheap
+    /// check, before anything is parsed.
+    fn check_room(&self, most: usize) -> FirewallResult<()> {
+        let used = self.firewall.rules.len() + self.operator.rules.len();
+        let room = (self.capacity.0 + self.capacity.1).saturating_sub(used);
+        if most > room {
+            return Err(FirewallError::Full(format!(
+                "{most} rules do not fit: the maps hold {} IPv4 and {} IPv6 rules and {used} are \
+                 in use; raise xdp.max_rules_v4/v6 and restart",
+                self.capacity.0, self.capacity.1
+            )));
+        }
+        Ok(())
+    }
+}
