@@ -48,6 +48,21 @@ pub fn gateway_cmd(args: &[&str]) -> Output {
     output_with_timeout(Command::new(gateway_bin()).args(args), COMMAND_TIMEOUT)
 }
 
+/// `config` with its firewall store in `dir` when its `[admin]` table names no state file:
+/// the default (`/var/lib/gateway/`) is one store per host, which a daemon locks, so tests
+/// running side by side would refuse each other.
+pub fn isolate_store(config: &str, dir: &Path) -> String {
+    if config.contains("state_file") || config.contains("store =") {
+        return config.to_owned();
+    }
+    let state = dir.join("state.json");
+    config.replacen(
+        "[admin]\n",
+        &format!("[admin]\nstate_file = {:?}\n", state.to_string_lossy()),
+        1,
+    )
+}
+
 /// A temporary directory holding `gateway.toml`, with `{admin_socket}` and `{dir}` in the
 /// config text replaced by `<dir>/admin.sock` and `<dir>`.
 struct ConfigDir {
@@ -65,9 +80,12 @@ impl ConfigDir {
             .expect("creating a temporary directory");
         let socket = dir.path().join("admin.sock");
         let config = dir.path().join("gateway.toml");
-        let text = config_toml
-            .replace("{admin_socket}", &socket.to_string_lossy())
-            .replace("{dir}", &dir.path().to_string_lossy());
+        let text = isolate_store(
+            &config_toml
+                .replace("{admin_socket}", &socket.to_string_lossy())
+                .replace("{dir}", &dir.path().to_string_lossy()),
+            dir.path(),
+        );
         std::fs::write(&config, text).expect("writing gateway.toml");
         ConfigDir {
             dir,
@@ -352,13 +370,24 @@ mod tests {
 
     #[test]
     fn config_placeholders_are_replaced() {
-        let dir = ConfigDir::new("[admin]\nsocket = \"{admin_socket}\"\nstate = \"{dir}/state\"\n");
+        let dir =
+            ConfigDir::new("[admin]\nsocket = \"{admin_socket}\"\nstate_file = \"{dir}/s.json\"\n");
         let text = std::fs::read_to_string(&dir.config).unwrap();
         let root = dir.dir.path().to_string_lossy().into_owned();
         assert_eq!(
             text,
-            format!("[admin]\nsocket = \"{root}/admin.sock\"\nstate = \"{root}/state\"\n")
+            format!("[admin]\nsocket = \"{root}/admin.sock\"\nstate_file = \"{root}/s.json\"\n")
         );
         assert!(dir.socket.as_os_str().len() < 108);
+        // Without a state file, the store goes in the test's own directory.
+        let dir = ConfigDir::new("[admin]\nsocket = \"{admin_socket}\"\n");
+        let text = std::fs::read_to_string(&dir.config).unwrap();
+        let root = dir.dir.path().to_string_lossy().into_owned();
+        assert_eq!(
+            text,
+            format!(
+                "[admin]\nstate_file = \"{root}/state.json\"\nsocket = \"{root}/admin.sock\"\n"
+            )
+        );
     }
 }

@@ -422,7 +422,12 @@ fn percent_decode(text: &str) -> String {
 /// An import's body, read whole (up to [`MAX_IMPORT`]) but not parsed: that happens off the
 /// async workers.
 async fn import_body(request: Request<Incoming>) -> Result<Bytes, ApiFailure> {
-    Ok(Limited::new(request.into_body(), MAX_IMPORT)
+    read_body(request, MAX_IMPORT).await
+}
+
+/// The request's body, whole, up to `limit` bytes (a 400 beyond, or when reading fails).
+async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiFailure> {
+    Ok(Limited::new(request.into_body(), limit)
         .collect()
         .await
         .map_err(|error| {
@@ -457,17 +462,7 @@ async fn body<T: DeserializeOwned>(
     request: Request<Incoming>,
     limit: usize,
 ) -> Result<T, ApiFailure> {
-    let bytes = Limited::new(request.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|error| {
-            ApiFailure::new(
-                StatusCode::BAD_REQUEST,
-                format!("reading the request body: {error}"),
-            )
-        })?
-        .to_bytes();
-    parse_body(&bytes)
+    parse_body(&read_body(request, limit).await?)
 }
 
 /// A JSON body as `T`; a value of the wrong type is a 400 that names its field.

@@ -48,6 +48,7 @@ impl Proxy {
     pub fn write_config(&self, proxy_toml: &str) {
         let text = config(self.address, proxy_toml)
             .replace("{admin_socket}", &self.gateway.socket().to_string_lossy());
+        let text = gateway_tests::daemon::isolate_store(&text, self.gateway.dir());
         std::fs::write(self.gateway.dir().join("gateway.toml"), text).unwrap();
     }
 
