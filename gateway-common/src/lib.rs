@@ -30,7 +30,8 @@ pub mod maps {
     pub const RATE_CLASSES: &str = "RATE_CLASSES";
     /// `LruHashMap<[u8; 16], Bucket>`: per-source rate state (IPv4 as `::ffff:a.b.c.d`).
     pub const RATE_STATE: &str = "RATE_STATE";
-    /// `LruHashMap<[u8; 16], u64>`: packets dropped per source, for "top sources".
+    /// `LruHashMap<[u8; 16], u64>`: sampled packets dropped per source, for "top sources"
+    /// (one in [`crate::DROP_SAMPLE_ONE_IN`]; the daemon scales the counts back).
     pub const DROPS_BY_SOURCE: &str = "DROPS_BY_SOURCE";
     /// `PerCpuArray<u64>`: packets matched per rule id (`Rule::id`).
     pub const RULE_HITS: &str = "RULE_HITS";
@@ -128,6 +129,14 @@ impl Reason {
 /// Size of the counters map. Larger than `Reason::ALL` so later reasons fit without
 /// changing the map's shape.
 pub const COUNTER_SLOTS: u32 = 32;
+
+/// XDP records one dropped packet in this many, drawn at random, in `DROPS_BY_SOURCE`; the
+/// daemon multiplies the counts back. A source with n drops then reads
+/// N * Binomial(n, 1/N), a relative standard error of sqrt((N - 1) / n): within 4 standard
+/// errors, +-15.5% at 10,000 drops, +-4.9% at 100,000, +-1.6% at 1,000,000. The reason
+/// counters and per-rule hits stay exact. A power of two (the program masks a random number).
+pub const DROP_SAMPLE_ONE_IN: u32 = 16;
+const _: () = assert!(DROP_SAMPLE_ONE_IN.is_power_of_two());
 
 /// `COUNTERS` holds one block of `COUNTER_SLOTS` per attached interface (blocks 1 and up,
 /// given out by the daemon at attach) and block 0 for frames from any other interface (e.g.

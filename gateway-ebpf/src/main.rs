@@ -19,14 +19,15 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use gateway_common::{
-    ACTION_ALLOW, ACTION_DENY, ACTION_SHADOW, COUNTER_SLOTS, Counter, INTERFACE_BLOCKS,
-    INTERFACE_INDEXES, POLICY_ALLOW_LIST, PORT_SLOTS, PORT_TCP, PORT_UDP, Reason, Rule, Settings,
+    ACTION_ALLOW, ACTION_DENY, ACTION_SHADOW, COUNTER_SLOTS, Counter, DROP_SAMPLE_ONE_IN,
+    INTERFACE_BLOCKS, INTERFACE_INDEXES, POLICY_ALLOW_LIST, PORT_SLOTS, PORT_TCP, PORT_UDP, Reason,
+    Rule, Settings,
 };
 use parse::{L4, Source};
 
@@ -188,6 +189,14 @@ fn count(ctx: &XdpContext, reason: Reason, source: Option<Source>) {
         }
     }
     if let (true, Some(source)) = (reason.is_drop(), source) {
+        // Sampled: one drop in DROP_SAMPLE_ONE_IN, drawn at random so no sender can time its
+        // packets around it, updates the per-source table; the daemon scales the counts back.
+        // A flood then pays a random number per packet instead of a hash lookup and an atomic
+        // add on a cache line every CPU shares.
+        // SAFETY: a helper without preconditions.
+        if unsafe { bpf_get_prandom_u32() } & (DROP_SAMPLE_ONE_IN - 1) != 0 {
+            return;
+        }
         let key = source.key();
         // A shared (not per-CPU) LRU hash: the verifier inlines its lookup, and an atomic
         // add keeps CPUs counting one source exact.

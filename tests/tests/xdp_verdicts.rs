@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use aya::programs::{TestRun, TestRunOptions};
 use gateway::{config::Config, xdp::XdpFirewall};
 use gateway_common::Reason;
 use gateway_tests::{Ext, Frame, frames, kernel_tests_enabled, xdp_model::Model, xdp_run};
@@ -567,17 +568,118 @@ fn drops_are_counted_per_rule_and_per_source() {
             ("2001:db8:bad:1::/64".to_owned(), 0),
         ]
     );
-    let top = program.xdp.top_dropped_sources(10).unwrap();
-    assert_eq!(
-        top,
-        [(IpAddr::V4(DENIED_V4), 3), (IpAddr::V6(DENIED_V6), 1)]
-    );
+    // Per source, drops are sampled (see `top_sources_name_the_heavy_sources_...` for how
+    // accurate): whatever the table holds is a dropped source, counted in whole samples, and
+    // never the exception that passed.
+    let sampled = u64::from(gateway_common::DROP_SAMPLE_ONE_IN);
+    for (source, estimate) in program.xdp.top_dropped_sources(10).unwrap() {
+        assert!(
+            [IpAddr::V4(DENIED_V4), IpAddr::V6(DENIED_V6)].contains(&source),
+            "{source}"
+        );
+        assert!(
+            estimate > 0 && estimate % sampled == 0,
+            "{source}: {estimate}"
+        );
+    }
     // Re-applying a changed rule list resets the counts of rules that moved.
     program.apply(r#"deny = ["2001:db8:bad::/48"]"#);
     assert_eq!(
         program.xdp.rule_hits().unwrap(),
         [("2001:db8:bad::/48".parse().unwrap(), 0)]
     );
+}
+
+/// `frame` run `times` times through the program in one `BPF_PROG_TEST_RUN`.
+fn run_repeated(program: &mut Program, frame: &[u8], times: u32) {
+    let result = program
+        .xdp
+        .program_mut()
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat: times,
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    assert!([1, 2].contains(&result.return_value), "an XDP action");
+}
+
+/// The top-sources table counts one drop in `DROP_SAMPLE_ONE_IN` (16) and is scaled back, so a
+/// source with n drops reads 16 * Binomial(n, 1/16): relative standard error sqrt(15 / n),
+/// within +-5% (over 5.7 standard errors) from 200,000 drops up. Heavy sources must come out
+/// named, in order, within that bound, above every light source, with the total within 2%.
+#[test]
+fn top_sources_name_the_heavy_sources_within_the_sampling_bound() {
+    let Some(mut program) = Program::load(
+        "top_sources_name_the_heavy_sources_within_the_sampling_bound",
+        DENY_RULES,
+    ) else {
+        return;
+    };
+    let heavy: [(IpAddr, u32); 3] = [
+        (IpAddr::V4(DENIED_V4), 400_000),
+        (IpAddr::V6(DENIED_V6), 250_000),
+        ("203.0.113.6".parse().unwrap(), 200_000),
+    ];
+    // 200 light sources in the denied /24 and /48, 1,000 drops each.
+    let light: Vec<IpAddr> = (20u8..120)
+        .map(|last| IpAddr::V4(Ipv4Addr::new(203, 0, 113, last)))
+        .chain(
+            (1u16..=100)
+                .map(|last| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 1, last))),
+        )
+        .collect();
+    const LIGHT_DROPS: u32 = 1_000;
+    for (source, drops) in heavy {
+        run_repeated(&mut program, &udp(source, 53).build(), drops);
+    }
+    for &source in &light {
+        run_repeated(&mut program, &udp(source, 53).build(), LIGHT_DROPS);
+    }
+    // Heavy but passed: never in the table.
+    run_repeated(
+        &mut program,
+        &udp(IpAddr::V4(EXCEPTION_V4), 53).build(),
+        200_000,
+    );
+
+    let top = program.xdp.top_dropped_sources(usize::MAX).unwrap();
+    let named: Vec<IpAddr> = top.iter().take(3).map(|(source, _)| *source).collect();
+    assert_eq!(
+        named,
+        heavy.map(|(source, _)| source),
+        "heavy sources first, most first: {:?}",
+        &top[..top.len().min(5)]
+    );
+    for ((source, estimate), (_, drops)) in top.iter().zip(heavy) {
+        let error = (*estimate as f64 - f64::from(drops)).abs() / f64::from(drops);
+        assert!(error <= 0.05, "{source}: {estimate} for {drops} drops");
+    }
+    assert!(
+        top.iter()
+            .all(|(source, _)| *source != IpAddr::V4(EXCEPTION_V4)),
+        "a passed source is never listed"
+    );
+    assert!(top[3..].iter().all(|(source, _)| light.contains(source)));
+    let total: u64 = top.iter().map(|(_, estimate)| estimate).sum();
+    let dropped = heavy
+        .iter()
+        .map(|(_, drops)| u64::from(*drops))
+        .sum::<u64>()
+        + light.len() as u64 * u64::from(LIGHT_DROPS);
+    assert!(
+        total.abs_diff(dropped) * 50 <= dropped,
+        "total {total} for {dropped} drops"
+    );
+    // The counters themselves stay exact.
+    let counted = program
+        .xdp
+        .unattached_counters()
+        .unwrap()
+        .into_iter()
+        .find(|(reason, _)| *reason == Reason::DroppedDeny)
+        .map(|(_, counter)| counter.packets);
+    assert_eq!(counted, Some(dropped));
 }
 
 #[test]

@@ -22,6 +22,7 @@ use crate::cmd::{self, StepContext as _};
 /// - `curl`, `openssl`: real HTTP and TLS clients for the integration tests.
 /// - `nginx-light`, `haproxy`: the proxies `bench proxy` compares the gateway with (started by
 ///   the bench on loopback; their system services are not started, see [`apt_packages`]).
+/// - `clang`: builds the C reference program `bench xdp` times the gateway's XDP against.
 /// - `redis-server`: the Redis that the cluster-mode tests start themselves (own port, no
 ///   persistence); its system service is not started either.
 pub const APT_PACKAGES: &[&str] = &[
@@ -36,6 +37,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "openssl",
     "nginx-light",
     "haproxy",
+    "clang",
     // Cluster-mode tests start their own redis-server processes (never the system service).
     "redis-server",
 ];

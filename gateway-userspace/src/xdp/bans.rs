@@ -153,7 +153,8 @@ pub(super) fn top_dropped_sources(
             let addr = Ipv6Addr::from(key);
             (
                 addr.to_ipv4_mapped().map_or(IpAddr::V6(addr), IpAddr::V4),
-                drops,
+                // The table holds samples: see DROP_SAMPLE_ONE_IN for the accuracy.
+                drops.saturating_mul(u64::from(gateway_common::DROP_SAMPLE_ONE_IN)),
             )
         })
         .collect();

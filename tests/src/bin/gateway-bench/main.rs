@@ -7,6 +7,7 @@ mod peers;
 mod proxy;
 mod versus;
 mod xdp;
+mod xdp_reference;
 
 fn main() -> anyhow::Result<()> {
     raise_file_limit();

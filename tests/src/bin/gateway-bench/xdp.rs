@@ -1,8 +1,8 @@
 //! `bench xdp`: what the XDP firewall costs per packet, and how fast it discards a flood
 //! compared with the kernel's other early drop points.
 //!
-//! 1. Program cost through `BPF_PROG_TEST_RUN` (no interface, no sender): 10, 10k and 100k
-//!    rules per family, for a denied, an allowed (exception) and a non-matching source.
+//! 1. Program cost through `BPF_PROG_TEST_RUN` (no interface, no sender): 10, 10k, 100k and
+//!    1M rules per family, for a denied, an allowed (exception) and a non-matching source.
 //! 2. A UDP flood over a veth pair between two namespaces made here, dropped by: nothing
 //!    (delivered to a closed port), XDP (native, on the receiving veth), an iptables
 //!    raw-table DROP, and an nftables netdev ingress drop. For each: packets/s discarded and
@@ -24,7 +24,9 @@ use gateway_common::Reason;
 use gateway_tests::{Frame, NetNs, VethLink, netns::Side};
 use ipnet::IpNet;
 
-const RULE_COUNTS: [usize; 3] = [10, 10_000, 100_000];
+use crate::xdp_reference;
+
+const RULE_COUNTS: [usize; 4] = [10, 10_000, 100_000, 1_000_000];
 
 struct Options {
     seconds: u64,
@@ -64,6 +66,24 @@ const DENIED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 5);
 const ALLOWED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 10);
 const OTHER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x600d, 0, 0, 0, 0, 1);
 
+/// One column of the cost table: a source, the reason the gateway gives it, and whether the
+/// run needs the rate limiter on.
+struct Case {
+    name: &'static str,
+    source: Option<IpAddr>,
+    expected: Reason,
+    rate_limited: bool,
+}
+
+const fn case(name: &'static str, source: IpAddr, expected: Reason) -> Case {
+    Case {
+        name,
+        source: Some(source),
+        expected,
+        rate_limited: false,
+    }
+}
+
 fn program_cost(options: &Options) -> anyhow::Result<()> {
     let max = *RULE_COUNTS.iter().max().expect("counts") as u32 + 2;
     let mut xdp = XdpFirewall::load(&XdpConfig {
@@ -74,56 +94,129 @@ fn program_cost(options: &Options) -> anyhow::Result<()> {
         max_sources: 1024,
         max_bans: 1024,
     })?;
-    let cases: [(&str, Option<IpAddr>, Reason); 7] = [
-        ("v4 denied", Some(DENIED_V4.into()), Reason::DroppedDeny),
-        ("v4 allowed", Some(ALLOWED_V4.into()), Reason::Passed),
-        ("v4 no match", Some(OTHER_V4.into()), Reason::Passed),
-        ("v6 denied", Some(DENIED_V6.into()), Reason::DroppedDeny),
-        ("v6 allowed", Some(ALLOWED_V6.into()), Reason::Passed),
-        ("v6 no match", Some(OTHER_V6.into()), Reason::Passed),
+    let reference_object = xdp_reference::build()?;
+    let cases = [
+        case("v4 denied", DENIED_V4.into(), Reason::DroppedDeny),
+        case("v4 allowed", ALLOWED_V4.into(), Reason::Passed),
+        case("v4 no match", OTHER_V4.into(), Reason::Passed),
+        case("v6 denied", DENIED_V6.into(), Reason::DroppedDeny),
+        case("v6 allowed", ALLOWED_V6.into(), Reason::Passed),
+        case("v6 no match", OTHER_V6.into(), Reason::Passed),
+        // A source over its budget (1 packet/s): every run but the first is a drop.
+        Case {
+            rate_limited: true,
+            ..case(
+                "v4 rate-limited",
+                OTHER_V4.into(),
+                Reason::DroppedRateLimited,
+            )
+        },
         // No lookup at all: the fixed cost of a run (test-run overhead, parse, count).
-        ("floor: ARP", None, Reason::PassedNotIp),
+        Case {
+            name: "floor: ARP",
+            source: None,
+            expected: Reason::PassedNotIp,
+            rate_limited: false,
+        },
     ];
     println!(
-        "## XDP program cost (BPF_PROG_TEST_RUN, ns per run, median of 5 x {} repeats)",
+        "## XDP program cost (BPF_PROG_TEST_RUN, ns per run, median of 5 x {} repeats, gateway \
+         and C reference interleaved)",
         options.repeat
     );
-    print!("| rules per family |");
-    for (name, ..) in &cases {
-        print!(" {name} |");
-    }
-    println!("\n|---|{}", "---:|".repeat(cases.len()));
+    println!(
+        "The C reference (`xdp_reference.c`) parses, looks the source up in an LPM trie \
+         holding the same rules, and drops on deny; it has no bans, counters or rate limiter, \
+         so a rate-limited source is set against its plain lookup.\n"
+    );
+    println!("| rules per family | source | gateway ns | C ns | gateway / C |");
+    println!("|---:|---|---:|---:|---:|");
     for count in RULE_COUNTS {
-        xdp.apply(&rule_set(count))?;
-        print!("| {count} |");
-        for (_, source, expected) in &cases {
-            let frame = match source {
-                Some(source) => udp_frame(*source),
+        let rules = rule_set(count);
+        xdp.apply(&rules)?;
+        let mut reference = match &reference_object {
+            Some(object) => Some(xdp_reference::Reference::load(object, &rules)?),
+            None => None,
+        };
+        for case in &cases {
+            if case.rate_limited {
+                xdp.apply(&FirewallConfig {
+                    rate_limit: Some(one_packet_per_second()?),
+                    ..rules.clone()
+                })?;
+            }
+            let frame = match case.source {
+                Some(source) => udp_frame(source),
                 None => gateway_tests::frames::arp_request([2, 0, 0, 0, 0, 1], OTHER_V4, DENIED_V4),
             };
-            let mut runs = Vec::new();
+            let want = if case.expected.is_drop() { 1 } else { 2 };
+            // The reference drops what a deny rule covers, and nothing else.
+            let reference_want = if case.expected == Reason::DroppedDeny {
+                1
+            } else {
+                2
+            };
+            let (mut gateway_runs, mut reference_runs) = (Vec::new(), Vec::new());
             for _ in 0..5 {
                 let result = xdp.program_mut().test_run(TestRunOptions {
                     data_in: Some(&frame),
                     repeat: options.repeat,
                     ..TestRunOptions::default()
                 })?;
-                let want = if expected.is_drop() { 1 } else { 2 };
                 if result.return_value != want {
                     bail!(
-                        "{source:?}: action {} instead of {want}",
+                        "{}: gateway action {} instead of {want}",
+                        case.name,
                         result.return_value
                     );
                 }
-                runs.push(result.duration.as_nanos());
+                gateway_runs.push(result.duration.as_nanos());
+                if let Some(reference) = reference.as_mut() {
+                    let (ns, action) = reference.run(&frame, options.repeat)?;
+                    if action != reference_want {
+                        bail!(
+                            "{}: C action {action} instead of {reference_want}",
+                            case.name
+                        );
+                    }
+                    reference_runs.push(ns);
+                }
             }
-            runs.sort_unstable();
-            print!(" {} |", runs[runs.len() / 2]);
+            let gateway_ns = median(&mut gateway_runs);
+            match median_opt(&mut reference_runs) {
+                Some(reference_ns) => println!(
+                    "| {count} | {} | {gateway_ns} | {reference_ns} | {:.2} |",
+                    case.name,
+                    gateway_ns as f64 / reference_ns.max(1) as f64
+                ),
+                None => println!("| {count} | {} | {gateway_ns} | - | - |", case.name),
+            }
+            if case.rate_limited {
+                xdp.apply(&rules)?;
+            }
         }
-        println!();
     }
     println!();
     Ok(())
+}
+
+fn median(runs: &mut [u128]) -> u128 {
+    median_opt(runs).unwrap_or(0)
+}
+
+fn median_opt(runs: &mut [u128]) -> Option<u128> {
+    runs.sort_unstable();
+    runs.get(runs.len() / 2).copied()
+}
+
+/// `[firewall.rate_limit]` with a budget of one packet per second.
+fn one_packet_per_second() -> anyhow::Result<gateway::config::RateLimitConfig> {
+    let text = "[xdp]\nmode = \"off\"\n[firewall.rate_limit]\npackets_per_second = 1\nburst = 1\n";
+    gateway::config::Config::parse(text)
+        .map_err(|error| anyhow::anyhow!("rate limit config: {error:?}"))?
+        .firewall
+        .rate_limit
+        .context("rate limit config")
 }
 
 fn udp_frame(source: IpAddr) -> Vec<u8> {
@@ -153,6 +246,8 @@ fn rule_set(count: usize) -> FirewallConfig {
         shadow: false,
     };
     let mut nets = std::collections::HashSet::new();
+    // Rules generated so far, IPv4 and IPv6.
+    let mut per_family = [0usize; 2];
     let mut rules = vec![
         rule("203.0.113.0/24".parse().unwrap(), Action::Deny),
         rule("203.0.113.10/32".parse().unwrap(), Action::Allow),
@@ -179,12 +274,9 @@ fn rule_set(count: usize) -> FirewallConfig {
                     let test: IpNet = test.parse().unwrap();
                     test.contains(&net) || net.contains(&test)
                 });
-            let family_full = nets
-                .iter()
-                .filter(|n: &&IpNet| n.addr().is_ipv4() == net.addr().is_ipv4())
-                .count()
-                >= count - 1;
-            if !clashes && !family_full && nets.insert(net) {
+            let family = usize::from(net.addr().is_ipv6());
+            if !clashes && per_family[family] < count - 1 && nets.insert(net) {
+                per_family[family] += 1;
                 rules.push(rule(net, Action::Deny));
             }
         }
