@@ -71,14 +71,13 @@ impl Firewall {
         let all = from_config.chain(from_operator);
         let start = match page.after {
             Some(after) => {
-                let after = after.to_string();
                 let position = inner
                     .firewall
                     .rules
                     .iter()
                     .map(|rule| rule.net)
                     .chain(inner.operator.rules.iter().map(|rule| rule.cidr))
-                    .position(|net| net.to_string() == after)
+                    .position(|net| net == after)
                     .ok_or_else(|| {
                         FirewallError::NotFound(format!(
                             "no rule {after} to list after: it was removed; list from the start"
@@ -154,12 +153,16 @@ impl Firewall {
             rule.seq = inner.operator.next_seq;
             let net = rule.cidr;
             inner.change_rules(
-                vec![Op::PutRule(rule.clone())],
-                vec![Op::DeleteRule(net)],
+                (vec![Op::PutRule(rule.clone())], vec![Op::DeleteRule(net)]),
                 |operator| {
                     operator.next_seq += 1;
                     operator.rules.push(rule);
                 },
+                |operator| {
+                    operator.next_seq -= 1;
+                    operator.rules.pop();
+                },
+                Some(net),
             )?;
         }
         self.publish(change);
@@ -184,9 +187,13 @@ impl Firewall {
                 ..old.clone()
             };
             inner.change_rules(
-                vec![Op::PutRule(promoted.clone())],
-                vec![Op::PutRule(old)],
+                (
+                    vec![Op::PutRule(promoted.clone())],
+                    vec![Op::PutRule(old.clone())],
+                ),
                 |operator| operator.rules[index] = promoted,
+                |operator| operator.rules[index] = old,
+                Some(net),
             )?;
         }
         self.publish(Change::Promote {
@@ -203,11 +210,12 @@ impl Firewall {
             let index = inner.operator_rule(net)?;
             let old = inner.operator.rules[index].clone();
             inner.change_rules(
-                vec![Op::DeleteRule(net)],
-                vec![Op::PutRule(old)],
+                (vec![Op::DeleteRule(net)], vec![Op::PutRule(old.clone())]),
                 |operator| {
                     operator.rules.remove(index);
                 },
+                |operator| operator.rules.insert(index, old),
+                Some(net),
             )?;
         }
         self.publish(Change::RemoveRule {
@@ -245,10 +253,19 @@ impl Firewall {
                 .collect();
             let ops = rules.iter().cloned().map(Op::PutRule).collect();
             let undo = nets.iter().copied().map(Op::DeleteRule).collect();
-            inner.change_rules(ops, undo, |operator| {
-                operator.next_seq += count as u64;
-                operator.rules.extend(rules);
-            })?;
+            let before = inner.operator.rules.len();
+            inner.change_rules(
+                (ops, undo),
+                |operator| {
+                    operator.next_seq += count as u64;
+                    operator.rules.extend(rules);
+                },
+                |operator| {
+                    operator.next_seq = first;
+                    operator.rules.truncate(before);
+                },
+                None,
+            )?;
         }
         for net in nets {
             self.publish(Change::AddRule {
@@ -323,9 +340,13 @@ impl Firewall {
             let old = inner.operator.rate_limit_default.clone();
             let new = limits.clone();
             inner.change_rules(
-                vec![Op::SetRateLimits(limits.clone())],
-                vec![Op::SetRateLimits(old)],
+                (
+                    vec![Op::SetRateLimits(limits.clone())],
+                    vec![Op::SetRateLimits(old.clone())],
+                ),
                 |operator| operator.rate_limit_default = new,
+                |operator| operator.rate_limit_default = old,
+                None,
             )?;
         }
         tracing::info!(?limits, "default rate limits changed");
