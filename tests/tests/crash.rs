@@ -59,6 +59,20 @@ fn cli_json(lab: &Lab, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).expect("JSON output")
 }
 
+/// A listing printed as JSON lines.
+fn lines(lab: &Lab, args: &[&str]) -> Vec<serde_json::Value> {
+    let output = lab.gateway().cli(args);
+    assert!(
+        output.status.success(),
+        "gateway {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    match gateway_tests::json_lines(&String::from_utf8_lossy(&output.stdout)) {
+        serde_json::Value::Array(entries) => entries,
+        _ => unreachable!("json_lines gives an array"),
+    }
+}
+
 /// SIGKILL of the daemon's own process (never by name): nothing of its shutdown runs.
 fn kill_daemon(lab: &mut Lab) {
     lab.gateway.take().expect("a running daemon").kill();
@@ -96,8 +110,7 @@ fn an_import_killed_midway_is_all_or_nothing_after_restart() {
         let acked = acknowledged(import);
 
         lab.start(config);
-        let listing = cli_json(&lab, &["firewall", "list", "--json"]);
-        let rules = listing["rules"].as_array().expect("rules").len();
+        let rules = lines(&lab, &["firewall", "list", "--json"]).len();
         let imported = match rules {
             1 => false,
             n if n == 1 + LINES as usize => true,
@@ -176,10 +189,7 @@ fn a_burst_of_bans_killed_midway_keeps_every_acknowledged_ban() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !burst.is_finished() && Instant::now() < deadline {
         let listed = lab.gateway().cli(&["bans", "--json"]);
-        let count = serde_json::from_slice::<serde_json::Value>(&listed.stdout)
-            .ok()
-            .and_then(|bans| bans["bans"].as_array().map(Vec::len))
-            .unwrap_or(0);
+        let count = String::from_utf8_lossy(&listed.stdout).lines().count();
         if count >= 20 {
             break;
         }
@@ -195,10 +205,8 @@ fn a_burst_of_bans_killed_midway_keeps_every_acknowledged_ban() {
     );
 
     lab.start("");
-    let listing = cli_json(&lab, &["bans", "--json"]);
-    let listed: Vec<String> = listing["bans"]
-        .as_array()
-        .expect("bans")
+    let bans = lines(&lab, &["bans", "--json"]);
+    let listed: Vec<String> = bans
         .iter()
         .map(|ban| {
             ban["cidr"]
@@ -224,7 +232,7 @@ fn a_burst_of_bans_killed_midway_keeps_every_acknowledged_ban() {
         acked.len()
     );
     // Every acknowledged ban keeps its expiry, and the kernel drops the first one.
-    for ban in listing["bans"].as_array().unwrap() {
+    for ban in &bans {
         let left = ban["expires_in_secs"].as_f64().expect("a 1 h ban");
         assert!(left > 3000.0 && left <= 3600.0, "{ban}");
     }
