@@ -48,27 +48,37 @@ impl Firewall {
     pub fn rules(&self, page: ValidPage) -> FirewallResult<RuleList> {
         let inner = self.lock();
         let now = unix_now();
-        let from_config = inner.firewall.rules.iter().map(|rule| RuleEntry {
-            cidr: rule.net.to_string(),
-            action: action_name(rule.action).to_owned(),
-            origin: "config".to_owned(),
-            key: Some(rule.origin.clone()),
-            comment: None,
-            expires_in_secs: None,
-            hits: None,
-            shadow: false,
-        });
-        let from_operator = inner.operator.rules.iter().map(|rule| RuleEntry {
-            cidr: rule.cidr.to_string(),
-            action: action_name(rule.action.into()).to_owned(),
-            origin: "operator".to_owned(),
-            key: None,
-            comment: rule.comment.clone(),
-            expires_in_secs: remaining(rule.expires_at, now),
-            hits: None,
-            shadow: rule.shadow,
-        });
-        let all = from_config.chain(from_operator);
+        // Entries are made for the page only: skipping on the slices costs nothing, so
+        // walking a million rules page by page is not quadratic.
+        let entries = |start: usize| {
+            let configured = inner.firewall.rules.len();
+            let from_config = inner.firewall.rules[start.min(configured)..]
+                .iter()
+                .map(|rule| RuleEntry {
+                    cidr: rule.net.to_string(),
+                    action: action_name(rule.action).to_owned(),
+                    origin: "config".to_owned(),
+                    key: Some(rule.origin.clone()),
+                    comment: None,
+                    expires_in_secs: None,
+                    hits: None,
+                    shadow: false,
+                });
+            let operator = &inner.operator.rules;
+            let from_operator = operator[start.saturating_sub(configured).min(operator.len())..]
+                .iter()
+                .map(|rule| RuleEntry {
+                    cidr: rule.cidr.to_string(),
+                    action: action_name(rule.action.into()).to_owned(),
+                    origin: "operator".to_owned(),
+                    key: None,
+                    comment: rule.comment.clone(),
+                    expires_in_secs: remaining(rule.expires_at, now),
+                    hits: None,
+                    shadow: rule.shadow,
+                });
+            from_config.chain(from_operator)
+        };
         let start = match page.after {
             Some(after) => {
                 let position = inner
@@ -88,7 +98,7 @@ impl Firewall {
             None => 0,
         };
         let limit = page.limit.unwrap_or(usize::MAX);
-        let mut rules: Vec<RuleEntry> = all.skip(start).take(limit.saturating_add(1)).collect();
+        let mut rules: Vec<RuleEntry> = entries(start).take(limit.saturating_add(1)).collect();
         let next = (rules.len() > limit).then(|| {
             rules.truncate(limit);
             rules.last().map(|rule| rule.cidr.clone())
