@@ -300,6 +300,18 @@ impl Drop for Gateway {
     }
 }
 
+/// JSON lines (`gateway bans --json`, `gateway firewall list --json`: one entry per line)
+/// as one JSON array. Panics on a line that is not JSON.
+pub fn json_lines(text: &str) -> serde_json::Value {
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}\nin:\n{text}"))
+        })
+        .collect()
+}
+
 /// `(packets, bytes)` of reason `name` in `gateway stats --json` output:
 /// `{"xdp": {"reasons": [{"reason": "passed", "packets": 0, "bytes": 0, ...}, ...]}}`.
 pub fn reason_counts(stats: &serde_json::Value, name: &str) -> (u64, u64) {

@@ -33,7 +33,7 @@ mod process;
 #[cfg(test)]
 mod selftest;
 
-pub use daemon::{Gateway, gateway_bin, gateway_cmd, run_expect_failure};
+pub use daemon::{Gateway, gateway_bin, gateway_cmd, json_lines, run_expect_failure};
 pub use frames::{Ext, Frame};
 pub use netns::{NetNs, Side, VethEnd, VethLink, iface_stats, vlan_supported};
 pub use raw::RawSocket;

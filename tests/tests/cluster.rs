@@ -191,9 +191,8 @@ fn ok(gateway: &gateway_tests::Gateway, args: &[&str]) -> String {
 }
 
 fn banned(gateway: &gateway_tests::Gateway, cidr: &str) -> bool {
-    let list: serde_json::Value = serde_json::from_str(&ok(gateway, &["bans", "--json"])).unwrap();
-    list["bans"]
-        .as_array()
+    let list = gateway_tests::json_lines(&ok(gateway, &["bans", "--json"]));
+    list.as_array()
         .unwrap()
         .iter()
         .any(|ban| ban["cidr"] == cidr)
@@ -201,9 +200,8 @@ fn banned(gateway: &gateway_tests::Gateway, cidr: &str) -> bool {
 
 /// Seconds left on the ban of `cidr` at this node (`None`: not banned or no expiry).
 fn ban_expiry(gateway: &gateway_tests::Gateway, cidr: &str) -> Option<f64> {
-    let list: serde_json::Value = serde_json::from_str(&ok(gateway, &["bans", "--json"])).unwrap();
-    list["bans"]
-        .as_array()
+    let list = gateway_tests::json_lines(&ok(gateway, &["bans", "--json"]));
+    list.as_array()
         .unwrap()
         .iter()
         .find(|ban| ban["cidr"] == cidr)
@@ -211,10 +209,8 @@ fn ban_expiry(gateway: &gateway_tests::Gateway, cidr: &str) -> Option<f64> {
 }
 
 fn has_rule(gateway: &gateway_tests::Gateway, cidr: &str) -> bool {
-    let list: serde_json::Value =
-        serde_json::from_str(&ok(gateway, &["firewall", "list", "--json"])).unwrap();
-    list["rules"]
-        .as_array()
+    let list = gateway_tests::json_lines(&ok(gateway, &["firewall", "list", "--json"]));
+    list.as_array()
         .unwrap()
         .iter()
         .any(|rule| rule["cidr"] == cidr)

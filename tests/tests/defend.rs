@@ -45,6 +45,17 @@ fn cli_json(gateway: &Gateway, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// `gateway bans --json` (one ban per line) as `{"bans": [...]}`.
+fn bans_of(gateway: &Gateway) -> serde_json::Value {
+    let output = gateway.cli(&["bans", "--json"]);
+    assert!(
+        output.status.success(),
+        "gateway bans: {}",
+        output_text(&output)
+    );
+    serde_json::json!({ "bans": gateway_tests::json_lines(&String::from_utf8_lossy(&output.stdout)) })
+}
+
 /// Adds `TRUSTED_V4` to the client side, with a static neighbour on the server side.
 fn add_trusted_client(lab: &Lab) {
     lab.link.add_addr(Side::B, &format!("{TRUSTED_V4}/24"));
@@ -147,7 +158,7 @@ fn connect_dropped(lab: &Lab, from: &str) {
 fn wait_for_ban(gateway: &Gateway, cidr: &str) -> serde_json::Value {
     let deadline = Instant::now() + BAN_WAIT;
     loop {
-        let bans = cli_json(gateway, &["bans", "--json"]);
+        let bans = bans_of(gateway);
         if let Some(ban) = bans["bans"]
             .as_array()
             .unwrap()
@@ -166,10 +177,7 @@ fn wait_for_ban(gateway: &Gateway, cidr: &str) -> serde_json::Value {
 }
 
 fn ban_count(gateway: &Gateway) -> usize {
-    cli_json(gateway, &["bans", "--json"])["bans"]
-        .as_array()
-        .unwrap()
-        .len()
+    bans_of(gateway)["bans"].as_array().unwrap().len()
 }
 
 const TRIGGERS: &str = "[defend]\nnever_ban = [\"10.99.0.4/32\"]\n\
@@ -507,7 +515,7 @@ fn kill_9_leaves_drops_in_force_and_a_restart_adopts_the_maps() {
     );
     assert!(second.log().contains("adopted the pinned XDP link"));
     assert_eq!(second.reason("dropped-deny").0, 10, "counters intact");
-    let bans = cli_json(&second, &["bans", "--json"]);
+    let bans = bans_of(&second);
     assert_eq!(bans["bans"][0]["cidr"], "fd00:99::3/128", "{bans}");
     let sources = exchange(&lab);
     assert_eq!(from_denied(&sources), 0);

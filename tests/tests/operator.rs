@@ -40,8 +40,11 @@ fn fails(lab: &Lab, args: &[&str]) -> String {
     output_text(&output)
 }
 
+/// `gateway firewall list --json` (one rule per line) as `{"rules": [...]}`.
 fn rules(lab: &Lab) -> serde_json::Value {
-    serde_json::from_str(&ok(lab, &["firewall", "list", "--json"])).unwrap()
+    serde_json::json!({
+        "rules": gateway_tests::json_lines(&ok(lab, &["firewall", "list", "--json"]))
+    })
 }
 
 #[test]
@@ -117,8 +120,8 @@ fn operator_rules_and_bans_reach_the_kernel_and_survive_a_restart() {
         Vec::<IpAddr>::new()
     );
     assert_eq!(lab.count("dropped-banned").0, 1);
-    let bans: serde_json::Value = serde_json::from_str(&ok(&lab, &["bans", "--json"])).unwrap();
-    let bans = bans["bans"].as_array().unwrap();
+    let bans = gateway_tests::json_lines(&ok(&lab, &["bans", "--json"]));
+    let bans = bans.as_array().unwrap();
     assert_eq!(bans.len(), 2);
     let left = bans[0]["expires_in_secs"]
         .as_f64()

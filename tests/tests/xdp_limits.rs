@@ -198,9 +198,10 @@ fn bans_from_the_cli_drop_at_once_and_expire() {
         listing.contains("fd00:99::3/128") && listing.contains("never"),
         "{listing}"
     );
-    let json: serde_json::Value =
-        serde_json::from_slice(&lab.gateway().cli(&["bans", "--json"]).stdout).unwrap();
-    assert_eq!(json["bans"].as_array().unwrap().len(), 2, "{json}");
+    let json = gateway_tests::json_lines(&String::from_utf8_lossy(
+        &lab.gateway().cli(&["bans", "--json"]).stdout,
+    ));
+    assert_eq!(json.as_array().unwrap().len(), 2, "{json}");
 
     // The temporary ban expires by itself; poll (bounded) until the source passes again.
     let deadline = Instant::now() + Duration::from_secs(10);

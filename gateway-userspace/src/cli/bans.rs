@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::paging::{PageArgs, Pager, print_more};
 use crate::control::{
     Client,
     api::{BANS_PATH, Ban, BanList, BanRequest, Done, UNBAN_PATH, UnbanRequest},
@@ -36,24 +37,35 @@ pub async fn unban(client: &Client, cidr: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
-    let bans: BanList = client.get(BANS_PATH).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&bans)?);
-        return Ok(());
+/// Prints the bans a page at a time, in address order: a table, or with `json` one ban
+/// per line.
+pub async fn list(client: &Client, json: bool, page: &PageArgs) -> anyhow::Result<()> {
+    let mut pager = Pager::new(client, BANS_PATH, page)?;
+    let mut first = true;
+    while let Some(list) = pager.next::<BanList>().await? {
+        if json {
+            for ban in &list.bans {
+                println!("{}", serde_json::to_string(ban)?);
+            }
+            continue;
+        }
+        if first {
+            if list.bans.is_empty() {
+                println!("no bans");
+                return Ok(());
+            }
+            println!("{:<44} {:<16} REASON", "SOURCE", "EXPIRES IN");
+            first = false;
+        }
+        for ban in &list.bans {
+            let expires = ban
+                .expires_in_secs
+                .map_or_else(|| "never".to_owned(), human);
+            let reason = ban.comment.as_deref().unwrap_or("-");
+            println!("{:<44} {expires:<16} {reason}", ban.cidr);
+        }
     }
-    if bans.bans.is_empty() {
-        println!("no bans");
-        return Ok(());
-    }
-    println!("{:<44} {:<16} REASON", "SOURCE", "EXPIRES IN");
-    for ban in &bans.bans {
-        let expires = ban
-            .expires_in_secs
-            .map_or_else(|| "never".to_owned(), human);
-        let reason = ban.comment.as_deref().unwrap_or("-");
-        println!("{:<44} {expires:<16} {reason}", ban.cidr);
-    }
+    print_more(&pager, "gateway bans");
     Ok(())
 }
 

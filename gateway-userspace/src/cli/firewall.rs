@@ -5,6 +5,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
 
+use super::paging::{PageArgs, Pager, print_more};
 use crate::control::{
     Client,
     api::{
@@ -102,38 +103,52 @@ pub async fn import(
     Ok(())
 }
 
-pub async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
-    let list: RuleList = client.get(RULES_PATH).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(());
+/// Prints the rules a page at a time: a table, or with `json` one rule per line.
+pub async fn list(client: &Client, json: bool, page: &PageArgs) -> anyhow::Result<()> {
+    let mut pager = Pager::new(client, RULES_PATH, page)?;
+    let mut first = true;
+    while let Some(list) = pager.next::<RuleList>().await? {
+        if json {
+            for rule in &list.rules {
+                println!("{}", serde_json::to_string(rule)?);
+            }
+            continue;
+        }
+        if first {
+            println!("policy: {}", list.policy);
+            println!(
+                "{:<44} {:<6} {:<20} {:>12} {:>10}  COMMENT",
+                "SOURCE", "ACTION", "ORIGIN", "HITS", "EXPIRES"
+            );
+            first = false;
+        }
+        for rule in &list.rules {
+            print_rule(rule);
+        }
     }
-    println!("policy: {}", list.policy);
-    println!(
-        "{:<44} {:<6} {:<20} {:>12} {:>10}  COMMENT",
-        "SOURCE", "ACTION", "ORIGIN", "HITS", "EXPIRES"
-    );
-    for rule in &list.rules {
-        let origin = rule.key.clone().unwrap_or_else(|| rule.origin.clone());
-        let hits = rule
-            .hits
-            .map_or_else(|| "-".to_owned(), |hits| hits.to_string());
-        let expires = rule.expires_in_secs.map_or_else(
-            || "never".to_owned(),
-            |secs| humantime::format_duration(Duration::from_secs(secs.ceil() as u64)).to_string(),
-        );
-        let action = if rule.shadow { "shadow" } else { &rule.action };
-        println!(
-            "{:<44} {:<6} {:<20} {:>12} {:>10}  {}",
-            rule.cidr,
-            action,
-            origin,
-            hits,
-            expires,
-            rule.comment.as_deref().unwrap_or("")
-        );
-    }
+    print_more(&pager, "gateway firewall list");
     Ok(())
+}
+
+fn print_rule(rule: &RuleEntry) {
+    let origin = rule.key.clone().unwrap_or_else(|| rule.origin.clone());
+    let hits = rule
+        .hits
+        .map_or_else(|| "-".to_owned(), |hits| hits.to_string());
+    let expires = rule.expires_in_secs.map_or_else(
+        || "never".to_owned(),
+        |secs| humantime::format_duration(Duration::from_secs(secs.ceil() as u64)).to_string(),
+    );
+    let action = if rule.shadow { "shadow" } else { &rule.action };
+    println!(
+        "{:<44} {:<6} {:<20} {:>12} {:>10}  {}",
+        rule.cidr,
+        action,
+        origin,
+        hits,
+        expires,
+        rule.comment.as_deref().unwrap_or("")
+    );
 }
 
 pub async fn explain(client: &Client, address: &str, json: bool) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@ mod check_config;
 mod defend;
 mod demo;
 mod firewall;
+mod paging;
 mod stats;
 mod top;
 
@@ -87,11 +88,13 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// List bans and the time each has left.
+    /// List bans and the time each has left, a page at a time.
     Bans {
-        /// Print JSON instead of a table.
+        /// Print JSON instead of a table: one ban per line.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        page: paging::PageArgs,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -236,11 +239,14 @@ enum FirewallCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// List the rules from the config and from operators, with their hit counts.
+    /// List the rules from the config and from operators, with their hit counts, a page
+    /// at a time.
     List {
-        /// Print JSON instead of a table.
+        /// Print JSON instead of a table: one rule per line.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        page: paging::PageArgs,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -487,8 +493,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(bans::unban(&admin.client(), &cidr))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bans { json, admin } => {
-            runtime()?.block_on(bans::list(&admin.client(), json))?;
+        Command::Bans { json, page, admin } => {
+            runtime()?.block_on(bans::list(&admin.client(), json, &page))?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -531,7 +537,9 @@ async fn run_firewall(command: FirewallCommand) -> anyhow::Result<()> {
         }
         FirewallCommand::Promote { cidr, admin } => firewall::promote(&admin.client(), &cidr).await,
         FirewallCommand::Remove { cidr, admin } => firewall::remove(&admin.client(), &cidr).await,
-        FirewallCommand::List { json, admin } => firewall::list(&admin.client(), json).await,
+        FirewallCommand::List { json, page, admin } => {
+            firewall::list(&admin.client(), json, &page).await
+        }
         FirewallCommand::Import {
             file,
             action,

@@ -207,15 +207,20 @@ impl Firewall {
             .map(|&net| Op::DeleteBan(net))
             .chain(rules.iter().map(|&net| Op::DeleteRule(net)))
             .collect();
-        let undo = Vec::new();
-        let result = inner.change_rules(ops, undo, |operator| {
-            operator
-                .bans
-                .retain(|_, ban| !is_expired(ban.expires_at, now));
-            operator
-                .rules
-                .retain(|rule| !is_expired(rule.expires_at, now));
-        });
+        // What expired stays gone, even if the kernel refuses: the next apply retries.
+        let result = inner.change_rules(
+            (ops, Vec::new()),
+            |operator| {
+                operator
+                    .bans
+                    .retain(|_, ban| !is_expired(ban.expires_at, now));
+                operator
+                    .rules
+                    .retain(|rule| !is_expired(rule.expires_at, now));
+            },
+            |_| {},
+            None,
+        );
         match result {
             Ok(()) => rules
                 .iter()

@@ -286,27 +286,49 @@ impl Inner {
         Ok(())
     }
 
-    /// Commits `ops`, then `edit`s the rules in memory and writes them into the kernel. If
-    /// the kernel refuses, memory goes back and `undo` is committed: nothing changed.
+    /// Commits `ops`, then `edit`s the rules in memory and writes them into the kernel:
+    /// the one rule for `only`, or all of them. If the kernel refuses, `unedit` puts memory
+    /// back, `undo` is committed and the kernel rewritten: nothing changed.
     fn change_rules(
         &mut self,
-        ops: Vec<Op>,
-        undo: Vec<Op>,
+        (ops, undo): (Vec<Op>, Vec<Op>),
         edit: impl FnOnce(&mut Operator),
+        unedit: impl FnOnce(&mut Operator),
+        only: Option<IpNet>,
     ) -> FirewallResult<()> {
         self.store.commit(ops)?;
-        let rules = self.operator.rules.clone();
-        let limits = self.operator.rate_limit_default.clone();
-        let next_seq = self.operator.next_seq;
         edit(&mut self.operator);
-        if let Err(failure) = self.apply() {
-            self.operator.rules = rules;
-            self.operator.rate_limit_default = limits;
-            self.operator.next_seq = next_seq;
+        let written = match only {
+            Some(net) => self.write_rule(net),
+            None => self.apply(),
+        };
+        if let Err(failure) = written {
+            unedit(&mut self.operator);
             if let Err(error) = self.store.commit(undo) {
                 tracing::error!(%error, "undoing a refused change in the store failed");
             }
+            if let Err(error) = self.apply() {
+                tracing::error!(%error, "rewriting the rules after a refused change failed");
+            }
             return Err(failure);
+        }
+        Ok(())
+    }
+
+    /// Writes the rule for `net` alone into the kernel: the operator's, or none. A rule
+    /// of the config file for the same network wins, and stays.
+    fn write_rule(&mut self, net: IpNet) -> FirewallResult<()> {
+        if self.xdp.is_none() || self.firewall.rules.iter().any(|rule| rule.net == net) {
+            return Ok(());
+        }
+        let rule = self
+            .operator
+            .rules
+            .iter()
+            .find(|rule| rule.cidr == net)
+            .map(|rule| (rule.action.into(), rule.shadow));
+        if let Some(xdp) = self.xdp.as_mut() {
+            xdp.set_rule(net, rule)?;
         }
         Ok(())
     }

@@ -48,37 +48,46 @@ impl Firewall {
     pub fn rules(&self, page: ValidPage) -> FirewallResult<RuleList> {
         let inner = self.lock();
         let now = unix_now();
-        let from_config = inner.firewall.rules.iter().map(|rule| RuleEntry {
-            cidr: rule.net.to_string(),
-            action: action_name(rule.action).to_owned(),
-            origin: "config".to_owned(),
-            key: Some(rule.origin.clone()),
-            comment: None,
-            expires_in_secs: None,
-            hits: None,
-            shadow: false,
-        });
-        let from_operator = inner.operator.rules.iter().map(|rule| RuleEntry {
-            cidr: rule.cidr.to_string(),
-            action: action_name(rule.action.into()).to_owned(),
-            origin: "operator".to_owned(),
-            key: None,
-            comment: rule.comment.clone(),
-            expires_in_secs: remaining(rule.expires_at, now),
-            hits: None,
-            shadow: rule.shadow,
-        });
-        let all = from_config.chain(from_operator);
+        // Entries are made for the page only: skipping on the slices costs nothing, so
+        // walking a million rules page by page is not quadratic.
+        let entries = |start: usize| {
+            let configured = inner.firewall.rules.len();
+            let from_config = inner.firewall.rules[start.min(configured)..]
+                .iter()
+                .map(|rule| RuleEntry {
+                    cidr: rule.net.to_string(),
+                    action: action_name(rule.action).to_owned(),
+                    origin: "config".to_owned(),
+                    key: Some(rule.origin.clone()),
+                    comment: None,
+                    expires_in_secs: None,
+                    hits: None,
+                    shadow: false,
+                });
+            let operator = &inner.operator.rules;
+            let from_operator = operator[start.saturating_sub(configured).min(operator.len())..]
+                .iter()
+                .map(|rule| RuleEntry {
+                    cidr: rule.cidr.to_string(),
+                    action: action_name(rule.action.into()).to_owned(),
+                    origin: "operator".to_owned(),
+                    key: None,
+                    comment: rule.comment.clone(),
+                    expires_in_secs: remaining(rule.expires_at, now),
+                    hits: None,
+                    shadow: rule.shadow,
+                });
+            from_config.chain(from_operator)
+        };
         let start = match page.after {
             Some(after) => {
-                let after = after.to_string();
                 let position = inner
                     .firewall
                     .rules
                     .iter()
                     .map(|rule| rule.net)
                     .chain(inner.operator.rules.iter().map(|rule| rule.cidr))
-                    .position(|net| net.to_string() == after)
+                    .position(|net| net == after)
                     .ok_or_else(|| {
                         FirewallError::NotFound(format!(
                             "no rule {after} to list after: it was removed; list from the start"
@@ -89,7 +98,7 @@ impl Firewall {
             None => 0,
         };
         let limit = page.limit.unwrap_or(usize::MAX);
-        let mut rules: Vec<RuleEntry> = all.skip(start).take(limit.saturating_add(1)).collect();
+        let mut rules: Vec<RuleEntry> = entries(start).take(limit.saturating_add(1)).collect();
         let next = (rules.len() > limit).then(|| {
             rules.truncate(limit);
             rules.last().map(|rule| rule.cidr.clone())
@@ -154,12 +163,16 @@ impl Firewall {
             rule.seq = inner.operator.next_seq;
             let net = rule.cidr;
             inner.change_rules(
-                vec![Op::PutRule(rule.clone())],
-                vec![Op::DeleteRule(net)],
+                (vec![Op::PutRule(rule.clone())], vec![Op::DeleteRule(net)]),
                 |operator| {
                     operator.next_seq += 1;
                     operator.rules.push(rule);
                 },
+                |operator| {
+                    operator.next_seq -= 1;
+                    operator.rules.pop();
+                },
+                Some(net),
             )?;
         }
         self.publish(change);
@@ -184,9 +197,13 @@ impl Firewall {
                 ..old.clone()
             };
             inner.change_rules(
-                vec![Op::PutRule(promoted.clone())],
-                vec![Op::PutRule(old)],
+                (
+                    vec![Op::PutRule(promoted.clone())],
+                    vec![Op::PutRule(old.clone())],
+                ),
                 |operator| operator.rules[index] = promoted,
+                |operator| operator.rules[index] = old,
+                Some(net),
             )?;
         }
         self.publish(Change::Promote {
@@ -203,11 +220,12 @@ impl Firewall {
             let index = inner.operator_rule(net)?;
             let old = inner.operator.rules[index].clone();
             inner.change_rules(
-                vec![Op::DeleteRule(net)],
-                vec![Op::PutRule(old)],
+                (vec![Op::DeleteRule(net)], vec![Op::PutRule(old.clone())]),
                 |operator| {
                     operator.rules.remove(index);
                 },
+                |operator| operator.rules.insert(index, old),
+                Some(net),
             )?;
         }
         self.publish(Change::RemoveRule {
@@ -245,10 +263,19 @@ impl Firewall {
                 .collect();
             let ops = rules.iter().cloned().map(Op::PutRule).collect();
             let undo = nets.iter().copied().map(Op::DeleteRule).collect();
-            inner.change_rules(ops, undo, |operator| {
-                operator.next_seq += count as u64;
-                operator.rules.extend(rules);
-            })?;
+            let before = inner.operator.rules.len();
+            inner.change_rules(
+                (ops, undo),
+                |operator| {
+                    operator.next_seq += count as u64;
+                    operator.rules.extend(rules);
+                },
+                |operator| {
+                    operator.next_seq = first;
+                    operator.rules.truncate(before);
+                },
+                None,
+            )?;
         }
         for net in nets {
             self.publish(Change::AddRule {
@@ -323,9 +350,13 @@ impl Firewall {
             let old = inner.operator.rate_limit_default.clone();
             let new = limits.clone();
             inner.change_rules(
-                vec![Op::SetRateLimits(limits.clone())],
-                vec![Op::SetRateLimits(old)],
+                (
+                    vec![Op::SetRateLimits(limits.clone())],
+                    vec![Op::SetRateLimits(old.clone())],
+                ),
                 |operator| operator.rate_limit_default = new,
+                |operator| operator.rate_limit_default = old,
+                None,
             )?;
         }
         tracing::info!(?limits, "default rate limits changed");

@@ -85,6 +85,30 @@ pub(super) fn remove(ebpf: &mut Ebpf, net: IpNet) -> Result<bool, XdpError> {
     }
 }
 
+/// Whether either ban trie holds an entry: its first key, not a walk over all of them.
+pub(super) fn any(ebpf: &Ebpf) -> Result<bool, XdpError> {
+    let map = ebpf
+        .map(map_names::BANS_V4)
+        .ok_or(XdpError::MissingMap(map_names::BANS_V4))?;
+    let v4: LpmTrie<&MapData, [u8; 4], u64> =
+        LpmTrie::try_from(map).map_err(|error| XdpError::map(map_names::BANS_V4, error))?;
+    if let Some(first) = v4.keys().next() {
+        first.map_err(|error| XdpError::map(map_names::BANS_V4, error))?;
+        return Ok(true);
+    }
+    let map = ebpf
+        .map(map_names::BANS_V6)
+        .ok_or(XdpError::MissingMap(map_names::BANS_V6))?;
+    let v6: LpmTrie<&MapData, [u8; 16], u64> =
+        LpmTrie::try_from(map).map_err(|error| XdpError::map(map_names::BANS_V6, error))?;
+    match v6.keys().next() {
+        Some(first) => first
+            .map(|_| true)
+            .map_err(|error| XdpError::map(map_names::BANS_V6, error)),
+        None => Ok(false),
+    }
+}
+
 /// Every entry of both ban tries, expired or not.
 pub(super) fn entries(ebpf: &Ebpf) -> Result<Vec<(IpNet, u64)>, XdpError> {
     let mut out = Vec::new();

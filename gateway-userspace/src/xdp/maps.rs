@@ -1,20 +1,19 @@
 //! Reading and writing the program's maps. Layouts come from gateway-common.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use aya::{
     Ebpf, Pod,
     maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use gateway_common::{
-    ACTION_ALLOW, ACTION_DENY, ACTION_POLICY, ACTION_SHADOW, COUNTER_SLOTS, Counter,
-    INTERFACE_INDEXES, POLICY_ALLOW_LIST, POLICY_DENY_LIST, RateClass, Reason, Rule, Settings,
-    maps as map_names,
+    COUNTER_SLOTS, Counter, INTERFACE_INDEXES, POLICY_ALLOW_LIST, POLICY_DENY_LIST, RateClass,
+    Reason, Rule, Settings, maps as map_names,
 };
 use ipnet::IpNet;
 
 use super::XdpError;
-use crate::config::{Action, FirewallConfig, Limits, Policy, ProtectedPorts};
+use crate::config::{FirewallConfig, Limits, Policy, ProtectedPorts};
 
 /// The settings entry for `firewall`; `rate_generation` makes every source pick its rate
 /// class again, `bans` says whether the ban tries may hold entries.
@@ -76,57 +75,81 @@ pub(super) fn write_ports(
     Ok(())
 }
 
-/// A rule as the kernel gets it: network, action, and whether it is a dry run (shadow).
-pub(super) type KernelRule = (IpNet, Action, bool);
-
-/// The trie values for `rules`: a rule's id (its slot in `RULE_HITS`) is its position, from
-/// 1; a shadow rule carries the action of the most specific real rule around it.
-pub(super) fn rule_values(rules: &[KernelRule]) -> Vec<(IpNet, Rule)> {
-    let code = |action| match action {
-        Action::Allow => ACTION_ALLOW,
-        Action::Deny => ACTION_DENY,
-    };
-    let deciding: HashMap<IpNet, Action> = rules
-        .iter()
-        .filter(|(_, _, shadow)| !shadow)
-        .map(|&(net, action, _)| (net, action))
-        .collect();
-    let enclosing = |net: IpNet| {
-        std::iter::successors(net.supernet(), IpNet::supernet)
-            .find_map(|outer| deciding.get(&outer).copied())
-            .map_or(ACTION_POLICY, code)
-    };
-    rules
-        .iter()
-        .enumerate()
-        .map(|(index, &(net, action, shadow))| {
-            let rule = Rule {
-                action: if shadow { ACTION_SHADOW } else { code(action) },
-                fallback: if shadow {
-                    enclosing(net)
-                } else {
-                    ACTION_POLICY
-                },
-                _pad: [0; 2],
-                id: u32::try_from(index + 1).unwrap_or(u32::MAX),
-            };
-            (net, rule)
-        })
-        .collect()
+/// The trie key of `net`: (prefix length, address bytes) per family.
+enum TrieKey {
+    V4(Key<[u8; 4]>),
+    V6(Key<[u8; 16]>),
 }
 
-/// Makes both tries hold exactly `rules`.
-pub(super) fn sync_rules(ebpf: &mut Ebpf, rules: &[(IpNet, Rule)]) -> Result<(), XdpError> {
+fn trie_key(net: &IpNet) -> TrieKey {
+    match net {
+        IpNet::V4(net) => TrieKey::V4(Key::new(u32::from(net.prefix_len()), net.addr().octets())),
+        IpNet::V6(net) => TrieKey::V6(Key::new(u32::from(net.prefix_len()), net.addr().octets())),
+    }
+}
+
+/// Writes each rule's trie entry (inserted or replaced in place: no moment without it).
+pub(super) fn put_rules(ebpf: &mut Ebpf, rules: &[(IpNet, Rule)]) -> Result<(), XdpError> {
+    for (net, rule) in rules {
+        match trie_key(net) {
+            TrieKey::V4(key) => {
+                let mut trie: LpmTrie<&mut MapData, [u8; 4], Rule> =
+                    map_mut(ebpf, map_names::RULES_V4)?;
+                trie.insert(&key, *rule, 0)
+                    .map_err(|error| XdpError::map(map_names::RULES_V4, error))?;
+            }
+            TrieKey::V6(key) => {
+                let mut trie: LpmTrie<&mut MapData, [u8; 16], Rule> =
+                    map_mut(ebpf, map_names::RULES_V6)?;
+                trie.insert(&key, *rule, 0)
+                    .map_err(|error| XdpError::map(map_names::RULES_V6, error))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the trie entries of `nets`; one already gone is fine.
+pub(super) fn remove_rules(ebpf: &mut Ebpf, nets: &[IpNet]) -> Result<(), XdpError> {
+    let gone = |result: Result<(), MapError>, name: &'static str| match result {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(error))
+            if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(error) => Err(XdpError::map(name, error)),
+    };
+    for net in nets {
+        match trie_key(net) {
+            TrieKey::V4(key) => {
+                let mut trie: LpmTrie<&mut MapData, [u8; 4], Rule> =
+                    map_mut(ebpf, map_names::RULES_V4)?;
+                gone(trie.remove(&key), map_names::RULES_V4)?;
+            }
+            TrieKey::V6(key) => {
+                let mut trie: LpmTrie<&mut MapData, [u8; 16], Rule> =
+                    map_mut(ebpf, map_names::RULES_V6)?;
+                gone(trie.remove(&key), map_names::RULES_V6)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes every trie entry that is not one of `rules` (all the rules there are): a walk
+/// over the tries, done only when what they hold is not known.
+pub(super) fn remove_stale_rules(ebpf: &mut Ebpf, rules: &[(IpNet, Rule)]) -> Result<(), XdpError> {
     let v4 = rules.iter().filter_map(|(net, rule)| match net {
         IpNet::V4(net) => Some((net.prefix_len(), net.addr().octets(), *rule)),
         IpNet::V6(_) => None,
     });
-    sync_trie(ebpf, map_names::RULES_V4, v4)?;
+    remove_stale::<4, Rule>(ebpf, map_names::RULES_V4, v4)?;
     let v6 = rules.iter().filter_map(|(net, rule)| match net {
         IpNet::V6(net) => Some((net.prefix_len(), net.addr().octets(), *rule)),
         IpNet::V4(_) => None,
     });
-    sync_trie(ebpf, map_names::RULES_V6, v6)
+    remove_stale::<16, Rule>(ebpf, map_names::RULES_V6, v6)
 }
 
 /// Zeroes the hit counters of rule ids `ids` (whose rule changed), on every CPU.
@@ -232,13 +255,29 @@ where
     [u8; N]: Pod,
 {
     let mut trie: LpmTrie<&mut MapData, [u8; N], V> = map_mut(ebpf, name)?;
-    let mut wanted = HashSet::new();
+    let mut wanted = Vec::new();
     for (prefix_len, data, rule) in rules {
         let key = Key::new(u32::from(prefix_len), data);
         trie.insert(&key, rule, 0)
             .map_err(|error| XdpError::map(name, error))?;
-        wanted.insert((u32::from(prefix_len), data));
+        wanted.push((prefix_len, data, rule));
     }
+    remove_stale::<N, V>(ebpf, name, wanted.into_iter())
+}
+
+/// Deletes the entries of trie `name` that are not in `keep`.
+fn remove_stale<const N: usize, V: Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    keep: impl Iterator<Item = (u8, [u8; N], V)>,
+) -> Result<(), XdpError>
+where
+    [u8; N]: Pod,
+{
+    let wanted: HashSet<(u32, [u8; N])> = keep
+        .map(|(prefix_len, data, _)| (u32::from(prefix_len), data))
+        .collect();
+    let mut trie: LpmTrie<&mut MapData, [u8; N], V> = map_mut(ebpf, name)?;
     let stale: Vec<Key<[u8; N]>> = trie
         .keys()
         .filter_map(Result::ok)

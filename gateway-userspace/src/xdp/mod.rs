@@ -6,6 +6,7 @@ mod bans;
 mod error;
 mod maps;
 pub mod pin;
+mod rules;
 
 use std::{
     ffi::CString,
@@ -62,9 +63,8 @@ pub struct XdpFirewall {
     attachments: Vec<Attachment>,
     /// Last value written per port, so re-applying only touches what changed.
     ports: Vec<u8>,
-    /// Rules as last written, in id order (id = index + 1): changed ids get their hit
-    /// counters reset, so a count always belongs to the rule listed with it.
-    rules: Vec<maps::KernelRule>,
+    /// Rules as written, each with its hit-counter slot.
+    rules: rules::RuleSlots,
     /// The settings entry as last written.
     settings: Settings,
     /// Where the maps and links are pinned (`None`: not pinned, detached when dropped).
@@ -193,29 +193,31 @@ impl XdpFirewall {
             attachments: Vec::new(),
             // Adopted ports may hold anything: an impossible value makes `apply` write all.
             ports: vec![if adopted { u8::MAX } else { 0 }; gateway_common::PORT_SLOTS as usize],
-            rules: Vec::new(),
+            rules: rules::RuleSlots::default(),
             settings,
             pins,
         })
     }
 
     /// Writes policy, protected ports and rules into the maps; stale rules are removed.
-    /// Takes effect for the next packet, without reloading the program.
+    /// Takes effect for the next packet, without reloading the program. Only rules that
+    /// differ from what was written are touched.
     pub fn apply(&mut self, firewall: &FirewallConfig) -> Result<(), XdpError> {
-        // IPv4 first, so ids follow the order rule listings use.
-        let rules: Vec<maps::KernelRule> = firewall
-            .rules_v4()
-            .chain(firewall.rules_v6())
+        let wanted: Vec<rules::KernelRule> = firewall
+            .rules
+            .iter()
             .map(|rule| (rule.net, rule.action, rule.shadow))
             .collect();
-        let changed = (0..rules.len().max(self.rules.len()))
-            .filter(|&index| rules.get(index) != self.rules.get(index))
-            .map(|index| index as u32 + 1);
-        maps::reset_rule_hits(&mut self.ebpf, changed)?;
         maps::write_rate_limits(&mut self.ebpf, firewall)?;
         maps::write_ports(&mut self.ebpf, &mut self.ports, &firewall.protected_ports)?;
-        maps::sync_rules(&mut self.ebpf, &maps::rule_values(&rules))?;
-        self.rules = rules;
+        let full = !self.rules.synced;
+        let writes = self.rules.reconcile(&wanted);
+        self.write_rules(&writes)?;
+        if full {
+            // Whatever else the tries hold (adopted maps, a failed write) goes.
+            maps::remove_stale_rules(&mut self.ebpf, &writes.put)?;
+            self.rules.synced = true;
+        }
         // Last: sources pick their rate class again against the new prefixes.
         let generation = self.settings.rate_generation.wrapping_add(1);
         self.write_settings(Settings {
@@ -269,10 +271,34 @@ impl XdpFirewall {
         self.write_settings(settings)
     }
 
-    /// Packets matched per rule, in the order `apply` was given them (IPv4 first).
+    /// Adds, changes (`Some`) or removes (`None`) the one rule for `net`: one trie entry
+    /// (and the shadow rules inside it), not a rewrite of every rule. The caller makes sure
+    /// `net` is not also a rule of the config file.
+    pub fn set_rule(
+        &mut self,
+        net: IpNet,
+        rule: Option<(crate::config::Action, bool)>,
+    ) -> Result<(), XdpError> {
+        let writes = self.rules.set(net, rule);
+        self.write_rules(&writes)
+    }
+
+    /// Deletes, zeroes and writes as told; on failure the next `apply` writes everything.
+    fn write_rules(&mut self, writes: &rules::Writes) -> Result<(), XdpError> {
+        let result = maps::remove_rules(&mut self.ebpf, &writes.delete)
+            .and_then(|()| maps::reset_rule_hits(&mut self.ebpf, writes.reset.iter().copied()))
+            .and_then(|()| maps::put_rules(&mut self.ebpf, &writes.put));
+        if result.is_err() {
+            self.rules.synced = false;
+        }
+        result
+    }
+
+    /// Packets matched per rule (in no particular order).
     pub fn rule_hits(&self) -> Result<Vec<(IpNet, u64)>, XdpError> {
-        let hits = maps::read_rule_hits(&self.ebpf, 1..=self.rules.len() as u32)?;
-        Ok(self.rules.iter().map(|(net, ..)| *net).zip(hits).collect())
+        let (nets, ids): (Vec<IpNet>, Vec<u32>) = self.rules.ids().unzip();
+        let hits = maps::read_rule_hits(&self.ebpf, ids.into_iter())?;
+        Ok(nets.into_iter().zip(hits).collect())
     }
 
     /// Packets matched by the rules for `nets` (one page of a listing): one map read each.
@@ -280,12 +306,9 @@ impl XdpFirewall {
         &self,
         nets: &std::collections::HashSet<IpNet>,
     ) -> Result<Vec<(IpNet, u64)>, XdpError> {
-        let (ids, wanted): (Vec<u32>, Vec<IpNet>) = self
-            .rules
+        let (wanted, ids): (Vec<IpNet>, Vec<u32>) = nets
             .iter()
-            .enumerate()
-            .filter(|(_, (net, ..))| nets.contains(net))
-            .map(|(index, (net, ..))| (index as u32 + 1, *net))
+            .filter_map(|net| Some((*net, self.rules.id(net)?)))
             .unzip();
         let hits = maps::read_rule_hits(&self.ebpf, ids.into_iter())?;
         Ok(wanted.into_iter().zip(hits).collect())
@@ -301,7 +324,7 @@ impl XdpFirewall {
     /// Lifts a ban; `false` if there was none.
     pub fn unban(&mut self, net: IpNet) -> Result<bool, XdpError> {
         let lifted = bans::remove(&mut self.ebpf, net)?;
-        let any_left = !bans::entries(&self.ebpf)?.is_empty();
+        let any_left = bans::any(&self.ebpf)?;
         self.set_bans_present(any_left)?;
         Ok(lifted)
     }
@@ -316,7 +339,7 @@ impl XdpFirewall {
     pub fn sweep_expired_bans(&mut self) -> Result<Vec<IpNet>, XdpError> {
         let expired = bans::sweep(&mut self.ebpf)?;
         if !expired.is_empty() {
-            let any_left = !bans::entries(&self.ebpf)?.is_empty();
+            let any_left = bans::any(&self.ebpf)?;
             self.set_bans_present(any_left)?;
         }
         Ok(expired)
