@@ -34,11 +34,25 @@ pub fn redis_available(test: &str) -> bool {
 }
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
+/// A loopback port that is free now and was not handed out before in this process: the
+/// kernel may give a port it just freed to the next `bind(0)`, and a test that asks for two
+/// (a listener and the metrics address, say) must not get the same one twice.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
+    static ISSUED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut issued = ISSUED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for _ in 0..1000 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .expect("a free loopback port");
+        if !issued.contains(&port) {
+            issued.push(port);
+            return port;
+        }
+    }
+    panic!("no loopback port that was not handed out already");
 }
 
 /// A running redis-server.

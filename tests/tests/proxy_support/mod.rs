@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     process::Command,
     time::{Duration, Instant},
 };
@@ -21,10 +21,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A free loopback port (bound and released: the gateway binds it right after).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-        .port()
+    gateway_tests::redis::free_port()
 }
 
 /// A running gateway with one HTTP listener; `proxy_toml` holds the rest of the config.
