@@ -11,14 +11,17 @@
 mod proxy_support;
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpStream},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use gateway_tests::{Gateway, upstream::Upstream};
-use proxy_support::{IO_TIMEOUT, Proxy, curl, free_port, raw_exchange, raw_status, upstream_toml};
+use proxy_support::{
+    IO_TIMEOUT, Proxy, curl, free_port, raw_exchange, raw_status, read_bytes_until_close,
+    upstream_toml,
+};
 
 /// Upper bound for anything a 1 s timer must have done.
 const MARGIN: Duration = Duration::from_secs(15);
@@ -52,33 +55,6 @@ fn frame_types(mut bytes: &[u8]) -> Vec<(u8, u8)> {
         bytes = &bytes[(9 + length).min(bytes.len())..];
     }
     types
-}
-
-/// Reads bytes until the peer closes (then `true`) or `timeout` passes (then `false`).
-fn read_bytes_until_close(stream: &mut TcpStream, timeout: Duration) -> (Vec<u8>, bool) {
-    let deadline = Instant::now() + timeout;
-    let mut got = Vec::new();
-    let mut buffer = [0u8; 16 * 1024];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return (got, false);
-        }
-        stream.set_read_timeout(Some(left)).unwrap();
-        match stream.read(&mut buffer) {
-            Ok(0) => return (got, true),
-            Ok(n) => got.extend_from_slice(&buffer[..n]),
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return (got, false);
-            }
-            Err(_) => return (got, true),
-        }
-    }
 }
 
 fn connect(address: SocketAddr, first: &[u8]) -> TcpStream {

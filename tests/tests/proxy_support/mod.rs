@@ -232,6 +232,12 @@ pub fn raw_exchange(address: SocketAddr, request: &[u8], timeout: Duration) -> (
 
 /// Reads until EOF or a reset (then `true`), or until `timeout` passes (then `false`).
 pub fn read_until_close(stream: &mut TcpStream, timeout: Duration) -> (String, bool) {
+    let (got, closed) = read_bytes_until_close(stream, timeout);
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+/// [`read_until_close`], keeping the bytes as they came (HTTP/2 frames).
+pub fn read_bytes_until_close(stream: &mut TcpStream, timeout: Duration) -> (Vec<u8>, bool) {
     let deadline = Instant::now() + timeout;
     let mut got = Vec::new();
     let mut buffer = [0u8; 16 * 1024];
@@ -255,7 +261,7 @@ pub fn read_until_close(stream: &mut TcpStream, timeout: Duration) -> (String, b
             Err(_) => break true,
         }
     };
-    (String::from_utf8_lossy(&got).into_owned(), closed)
+    (got, closed)
 }
 
 /// The status code of the first response in raw bytes, if any.
