@@ -132,6 +132,9 @@ const PIECES: &[&str] = &[
     "%c3%a9",
     "%C3%A9",
     "%c0%ae",
+    // Halves of one character (U+030E), so a slash or a dot segment can fall between them.
+    "%cc",
+    "%8e",
     "%ef%bc%8e",
     "%ff",
     "%00",

@@ -4,7 +4,7 @@
 //! read the client's bytes another way than the gateway did (path confusion, issue 13).
 //!
 //! [`normalise_path`] is a pure function (the fuzz target calls it). In order:
-//! - every `%XX` escape is decoded once (two hex digits, or 400); the decoded bytes must be
+//! - every `%XX` escape is decoded once (two hex digits, or 400); each decoded segment must be
 //!   UTF-8 without control characters and without the Unicode look-alikes of `.`, `/` and
 //!   `\` that compatibility normalisation (NFKC) would turn into them;
 //! - each byte is then written in one form only: unreserved characters, sub-delims, `:` and
@@ -131,7 +131,6 @@ pub fn normalise_path(raw: &str, options: &Options) -> Result<String, Rejection>
 fn decode(raw: &str) -> Result<Vec<Option<u8>>, Rejection> {
     let raw = raw.as_bytes();
     let mut out = Vec::with_capacity(raw.len());
-    let mut decoded = Vec::new();
     let mut at = 0;
     while at < raw.len() {
         let byte = raw[at];
@@ -147,15 +146,11 @@ fn decode(raw: &str) -> Result<Vec<Option<u8>>, Rejection> {
                 let value = u8::from_str_radix(hex, 16).expect("two hex digits");
                 at += 2;
                 out.push(Some(value));
-                decoded.push(value);
             }
             b'\\' => return Err(Rejection::Backslash),
             b';' => return Err(Rejection::PathParameter),
             0x80.. => return Err(Rejection::NotAscii),
-            _ => {
-                out.push(Some(byte));
-                decoded.push(byte);
-            }
+            _ => out.push(Some(byte)),
         }
     }
     // A decoded "%" before two hex digits: an upstream that decodes twice reads another
@@ -168,12 +163,17 @@ fn decode(raw: &str) -> Result<Vec<Option<u8>>, Rejection> {
     }) {
         return Err(Rejection::DoubleEncoded);
     }
-    let text = String::from_utf8(decoded).map_err(|_| Rejection::NotUtf8)?;
-    if text.chars().any(char::is_control) {
-        return Err(Rejection::ControlCharacter);
-    }
-    if text.contains(LOOK_ALIKES) {
-        return Err(Rejection::LookAlike);
+    // Each segment on its own: a character split by a raw slash (`%CC/%8E`) is not one, and
+    // judging the whole path would let dot-segment removal join or part such halves.
+    for segment in out.split(Option::is_none) {
+        let bytes: Vec<u8> = segment.iter().flatten().copied().collect();
+        let text = std::str::from_utf8(&bytes).map_err(|_| Rejection::NotUtf8)?;
+        if text.chars().any(char::is_control) {
+            return Err(Rejection::ControlCharacter);
+        }
+        if text.contains(LOOK_ALIKES) {
+            return Err(Rejection::LookAlike);
+        }
     }
     Ok(out)
 }
@@ -348,6 +348,10 @@ mod tests {
             ("/%ff", NotUtf8),
             ("/%c0%ae%c0%ae", NotUtf8),
             ("/%e0%80%ae", NotUtf8),
+            // A character split by a slash, whether or not a dot segment rejoins it.
+            ("/%cc/%8e", NotUtf8),
+            ("/%cc//%8e", NotUtf8),
+            ("/%cc/x/../%8e", NotUtf8),
             ("/a%00b", ControlCharacter),
             ("/a%0d%0a", ControlCharacter),
             ("/a%7f", ControlCharacter),
