@@ -224,6 +224,66 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// Runs `redis-cli ARGS...` against it (on loopback), bounded; returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let port = self.port.to_string();
+        let host = self.address().ip().to_string();
+        let mut command = Command::new("redis-cli");
+        command
+            .args(["-h", &host, "-p", &port, "--no-auth-warning"])
+            .args(&self.cli)
+            .args(args);
+        let output = crate::process::output_with_timeout(&mut command, Duration::from_secs(30));
+        assert!(
+            output.status.success(),
+            "redis-cli {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Sends `commands` (each a list of arguments) through `redis-cli --pipe`: a million
+    /// commands in seconds. Panics if any of them fails.
+    pub fn pipe(&self, commands: impl IntoIterator<Item = Vec<String>>) {
+        let mut protocol = Vec::new();
+        for command in commands {
+            protocol.extend_from_slice(format!("*{}\r\n", command.len()).as_bytes());
+            for argument in command {
+                protocol.extend_from_slice(format!("${}\r\n", argument.len()).as_bytes());
+                protocol.extend_from_slice(argument.as_bytes());
+                protocol.extend_from_slice(b"\r\n");
+            }
+        }
+        let input = tempfile::NamedTempFile::new().expect("a temporary file");
+        std::fs::write(input.path(), &protocol).expect("writing the commands");
+        let port = self.port.to_string();
+        let host = self.address().ip().to_string();
+        // `timeout` bounds it (the helper that bounds other commands gives them no input).
+        let output = Command::new("timeout")
+            .args([
+                "120",
+                "redis-cli",
+                "-h",
+                &host,
+                "-p",
+                &port,
+                "--no-auth-warning",
+            ])
+            .args(&self.cli)
+            .arg("--pipe")
+            .stdin(std::fs::File::open(input.path()).expect("the commands"))
+            .output()
+            .expect("running redis-cli --pipe");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && text.contains("errors: 0"),
+            "redis-cli --pipe: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
