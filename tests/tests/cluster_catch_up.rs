@@ -27,14 +27,14 @@ fn seeded_expired(n: u32) -> bool {
     n % 10 == 3
 }
 fn lifted_during_catch_up(n: u32) -> bool {
-    n < 2_000 && n % 7 == 0 && !seeded_expired(n)
+    n < 2_000 && n.is_multiple_of(7) && !seeded_expired(n)
 }
 /// How long each step may take before the test fails (debug build, shared machine).
 const STEP: Duration = Duration::from_secs(120);
 
 /// The network of seeded ban `n`, written as the nodes write it (canonical).
 fn seeded_ban(n: u32) -> String {
-    let net: ipnet::IpNet = if n % 5 == 0 {
+    let net: ipnet::IpNet = if n.is_multiple_of(5) {
         let address = std::net::Ipv6Addr::from((0x2001_0db8_u128 << 96) | (u128::from(n) << 64));
         ipnet::Ipv6Net::new(address, 64).unwrap().into()
     } else {
