@@ -225,15 +225,26 @@ impl RedisServer {
 }
 
 impl RedisServer {
-    /// Runs `redis-cli ARGS...` against it (on loopback), bounded; returns its output.
-    pub fn cli(&self, args: &[&str]) -> String {
+    /// `program` (a wrapper: `env`, `timeout 300`) running a `redis-cli` that reaches it
+    /// (in its namespace, if it has one).
+    fn redis_cli(&self, program: &[&str]) -> Command {
         let port = self.port.to_string();
         let host = self.address().ip().to_string();
-        let mut command = Command::new("redis-cli");
+        let mut command = Command::new(program[0]);
+        command.args(&program[1..]);
+        if let Some(ns) = &self.ns {
+            command.args(["ip", "netns", "exec", ns]);
+        }
         command
-            .args(["-h", &host, "-p", &port, "--no-auth-warning"])
-            .args(&self.cli)
-            .args(args);
+            .args(["redis-cli", "-h", &host, "-p", &port, "--no-auth-warning"])
+            .args(&self.cli);
+        command
+    }
+
+    /// Runs `redis-cli ARGS...` against it, bounded; returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut command = self.redis_cli(&["env"]);
+        command.args(args);
         let output = crate::process::output_with_timeout(&mut command, Duration::from_secs(30));
         assert!(
             output.status.success(),
@@ -257,20 +268,9 @@ impl RedisServer {
         }
         let input = tempfile::NamedTempFile::new().expect("a temporary file");
         std::fs::write(input.path(), &protocol).expect("writing the commands");
-        let port = self.port.to_string();
-        let host = self.address().ip().to_string();
         // `timeout` bounds it (the helper that bounds other commands gives them no input).
-        let output = Command::new("timeout")
-            .args([
-                "120",
-                "redis-cli",
-                "-h",
-                &host,
-                "-p",
-                &port,
-                "--no-auth-warning",
-            ])
-            .args(&self.cli)
+        let output = self
+            .redis_cli(&["timeout", "300"])
             .arg("--pipe")
             .stdin(std::fs::File::open(input.path()).expect("the commands"))
             .output()
