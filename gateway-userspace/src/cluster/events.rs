@@ -668,4 +668,55 @@ mod tests {
             .collect();
         assert_eq!(saved, ["192.0.2.5/32", "192.0.2.6/32", "192.0.2.7/32"]);
     }
+
+    #[test]
+    fn a_local_unban_during_catch_up_is_not_undone_by_a_stale_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let (sink, mut published) = ChangeSink::channel();
+        crate::firewall::Firewall::set_cluster_sink(&state, sink.clone());
+        let request = |cidr: &str| BanRequest {
+            cidr: cidr.to_owned(),
+            duration_secs: None,
+            comment: Some("here".into()),
+        };
+        state.ban(&request("192.0.2.1")).unwrap();
+        state.ban(&request("192.0.2.2")).unwrap();
+        sink.start_recording();
+        // Lifted here while a catch-up reads Redis, which still holds both bans...
+        state.unban("192.0.2.1").unwrap();
+        // ...so the catch-up's batch (read before the lifting) restores it.
+        let stale: Vec<Change> = ["192.0.2.1/32", "192.0.2.2/32", "192.0.2.3/32"]
+            .map(|cidr| Change::Ban {
+                cidr: cidr.to_owned(),
+                expires_at: None,
+                comment: Some("here".into()),
+            })
+            .to_vec();
+        assert_eq!(apply_in_order(&state, &stale), 2);
+        // Applied again after the catch-up, this node's own changes win.
+        let mine = sink.stop_recording();
+        assert_eq!(
+            mine,
+            [Change::Unban {
+                cidr: "192.0.2.1/32".into()
+            }]
+        );
+        assert_eq!(apply_in_order(&state, &mine), 1);
+        let bans: Vec<String> = state
+            .bans(Default::default())
+            .unwrap()
+            .bans
+            .into_iter()
+            .map(|ban| ban.cidr)
+            .collect();
+        assert_eq!(bans, ["192.0.2.2/32", "192.0.2.3/32"]);
+        // Published: the two bans and the unban made here, nothing applied from elsewhere.
+        let mut sent = Vec::new();
+        while let Ok(change) = published.try_recv() {
+            sent.push(change);
+        }
+        assert_eq!(sent.len(), 3, "{sent:?}");
+        assert!(sink.stop_recording().is_empty(), "recording stopped");
+    }
 }
