@@ -719,4 +719,87 @@ mod tests {
         assert_eq!(sent.len(), 3, "{sent:?}");
         assert!(sink.stop_recording().is_empty(), "recording stopped");
     }
+
+    /// Rules as (cidr, action, shadow) in listing order, and bans as (cidr, comment, timed).
+    fn listing(state: &crate::firewall::Firewall) -> (Vec<String>, Vec<String>) {
+        let rules = state.rules(Default::default()).unwrap().rules;
+        let bans = state.bans(Default::default()).unwrap().bans;
+        (
+            rules
+                .iter()
+                .map(|rule| format!("{} {} {}", rule.cidr, rule.action, rule.shadow))
+                .collect(),
+            bans.iter()
+                .map(|ban| {
+                    let timed = ban.expires_in_secs.is_some();
+                    format!("{} {:?} {timed}", ban.cidr, ban.comment)
+                })
+                .collect(),
+        )
+    }
+
+    fn any_change() -> impl proptest::strategy::Strategy<Value = Change> {
+        use proptest::prelude::*;
+        let cidr = prop::sample::select(vec![
+            "192.0.2.0/24",
+            "192.0.2.7/32",
+            "2001:db8::/64",
+            "198.51.100.0/25",
+        ])
+        .prop_map(str::to_owned);
+        let expires_at = prop::option::of(Just(now() + 3600.0));
+        let comment =
+            prop::option::of(prop::sample::select(vec!["a", "b"]).prop_map(str::to_owned));
+        prop_oneof![
+            (cidr.clone(), expires_at.clone(), comment.clone()).prop_map(
+                |(cidr, expires_at, comment)| Change::Ban {
+                    cidr,
+                    expires_at,
+                    comment
+                }
+            ),
+            cidr.clone().prop_map(|cidr| Change::Unban { cidr }),
+            (
+                cidr.clone(),
+                any::<bool>(),
+                any::<bool>(),
+                comment,
+                expires_at
+            )
+                .prop_map(|(cidr, deny, shadow, comment, expires_at)| {
+                    Change::AddRule {
+                        cidr,
+                        action: if deny || shadow {
+                            RuleAction::Deny
+                        } else {
+                            RuleAction::Allow
+                        },
+                        comment,
+                        expires_at,
+                        shadow,
+                    }
+                }),
+            cidr.clone().prop_map(|cidr| Change::RemoveRule { cidr }),
+            cidr.prop_map(|cidr| Change::Promote { cidr }),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Batching changes nothing: any sequence applied as one batch leaves the firewall as
+        /// the same changes applied one at a time.
+        #[test]
+        fn a_batch_ends_where_one_change_at_a_time_ends(
+            changes in proptest::collection::vec(any_change(), 1..30)
+        ) {
+            let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (batched, single) = (state(one.path()), state(two.path()));
+            apply_in_order(&batched, &changes);
+            for change in &changes {
+                apply_remote(&single, change);
+            }
+            proptest::prop_assert_eq!(listing(&batched), listing(&single));
+        }
+    }
 }
