@@ -224,6 +224,66 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// `program` (a wrapper: `env`, `timeout 300`) running a `redis-cli` that reaches it
+    /// (in its namespace, if it has one).
+    fn redis_cli(&self, program: &[&str]) -> Command {
+        let port = self.port.to_string();
+        let host = self.address().ip().to_string();
+        let mut command = Command::new(program[0]);
+        command.args(&program[1..]);
+        if let Some(ns) = &self.ns {
+            command.args(["ip", "netns", "exec", ns]);
+        }
+        command
+            .args(["redis-cli", "-h", &host, "-p", &port, "--no-auth-warning"])
+            .args(&self.cli);
+        command
+    }
+
+    /// Runs `redis-cli ARGS...` against it, bounded; returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut command = self.redis_cli(&["env"]);
+        command.args(args);
+        let output = crate::process::output_with_timeout(&mut command, Duration::from_secs(30));
+        assert!(
+            output.status.success(),
+            "redis-cli {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Sends `commands` (each a list of arguments) through `redis-cli --pipe`: a million
+    /// commands in seconds. Panics if any of them fails.
+    pub fn pipe(&self, commands: impl IntoIterator<Item = Vec<String>>) {
+        let mut protocol = Vec::new();
+        for command in commands {
+            protocol.extend_from_slice(format!("*{}\r\n", command.len()).as_bytes());
+            for argument in command {
+                protocol.extend_from_slice(format!("${}\r\n", argument.len()).as_bytes());
+                protocol.extend_from_slice(argument.as_bytes());
+                protocol.extend_from_slice(b"\r\n");
+            }
+        }
+        let input = tempfile::NamedTempFile::new().expect("a temporary file");
+        std::fs::write(input.path(), &protocol).expect("writing the commands");
+        // `timeout` bounds it (the helper that bounds other commands gives them no input).
+        let output = self
+            .redis_cli(&["timeout", "300"])
+            .arg("--pipe")
+            .stdin(std::fs::File::open(input.path()).expect("the commands"))
+            .output()
+            .expect("running redis-cli --pipe");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && text.contains("errors: 0"),
+            "redis-cli --pipe: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();

@@ -1,10 +1,15 @@
-//! Ban and operator-rule propagation. A change made on this node (CLI, admin API, later L7
-//! feedback) goes through [`ChangeSink`] to the publisher, which records it in a durable hash
-//! (`{prefix}:bans`, `{prefix}:rules`) and publishes it on `{prefix}:events` in one MULTI.
-//! Every node subscribes and applies the changes of other nodes to its own [`Replica`] (the firewall)
-//! (state file and XDP maps) through [`apply_remote`], which does not publish again: events
-//! carry their origin node, and a node ignores its own. After (re)subscribing, a node reads
-//! the durable hashes and applies what it lacks, so a restarted node catches up.
+//! Ban and operator-rule propagation. A change made on this node (CLI, admin API, auto-bans)
+//! goes through [`ChangeSink`] to the publisher, which records it in a durable hash
+//! (`{prefix}:bans`, `{prefix}:rules`, field: the network, value: the event) and publishes it
+//! on `{prefix}:events`. Every node subscribes and applies the changes of other nodes to its
+//! own [`Replica`] (the firewall: store and XDP maps), without publishing them again: events
+//! carry their origin node, and a node ignores its own. After (re)subscribing, a node catches
+//! up from the hashes ([`super::catch_up`]).
+//!
+//! Bulk: writes stay one `HSET` + `PUBLISH` per change, but the publisher sends whatever is
+//! waiting (up to [`PUBLISH_BATCH`] changes, an import or a burst of auto-bans) in one
+//! MULTI, one round trip; the subscriber takes every message already received (up to
+//! [`EVENT_BATCH`]) and applies runs of additions in one [`Replica::replicate`] call.
 //!
 //! Expiry: a ban or rule with a TTL is stored with its wall-clock expiry (Unix seconds; the
 //! nodes' clocks are assumed NTP-synchronised). Readers skip and delete expired entries.
@@ -13,23 +18,29 @@
 
 use std::{
     cell::Cell,
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::Replica;
 use super::link::RedisLink;
+use super::{Replica, Replicated};
 use crate::{
-    control::api::{BanRequest, RuleAction, RuleRequest},
-    firewall::FirewallError,
+    control::{
+        api::{BanRequest, RuleAction, RuleRequest},
+        valid::{self, Invalid},
+    },
+    firewall::{
+        FirewallError,
+        records::{OperatorBan, OperatorRule},
+    },
 };
 
 /// One change to the operator's firewall, as it travels between nodes.
@@ -62,6 +73,13 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// Unban and RemoveRule: what the hashes never hold.
+    fn is_removal(&self) -> bool {
+        matches!(self, Change::Unban { .. } | Change::RemoveRule { .. })
+    }
+}
+
 /// A change and the node it came from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
@@ -77,23 +95,49 @@ thread_local! {
 
 /// Where [`Replica`] (the firewall) reports the operator changes made on this node.
 #[derive(Debug, Clone)]
-pub struct ChangeSink(mpsc::UnboundedSender<Change>);
+pub struct ChangeSink {
+    sender: mpsc::UnboundedSender<Change>,
+    /// While a catch-up runs: this node's changes made meanwhile, applied again after it
+    /// (an entry read from Redis before such a change must not undo it here).
+    recording: Arc<Mutex<Option<Vec<Change>>>>,
+}
 
 impl ChangeSink {
     pub fn channel() -> (ChangeSink, mpsc::UnboundedReceiver<Change>) {
         let (sender, receiver) = mpsc::unbounded_channel();
-        (ChangeSink(sender), receiver)
+        let sink = ChangeSink {
+            sender,
+            recording: Arc::default(),
+        };
+        (sink, receiver)
     }
 
     /// Queues `change` for the cluster, unless it is a remote change being applied here.
     pub fn send(&self, change: Change) {
-        if !APPLYING_REMOTE.with(Cell::get) {
-            let _ = self.0.send(change);
+        if APPLYING_REMOTE.with(Cell::get) {
+            return;
         }
+        if let Some(recorded) = self.recording().as_mut() {
+            recorded.push(change.clone());
+        }
+        let _ = self.sender.send(change);
+    }
+
+    fn recording(&self) -> std::sync::MutexGuard<'_, Option<Vec<Change>>> {
+        self.recording.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn start_recording(&self) {
+        *self.recording() = Some(Vec::new());
+    }
+
+    /// This node's changes since [`start_recording`](Self::start_recording), in order.
+    pub(super) fn stop_recording(&self) -> Vec<Change> {
+        self.recording().take().unwrap_or_default()
     }
 }
 
-fn now() -> f64 {
+pub(super) fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |since| since.as_secs_f64())
@@ -103,10 +147,72 @@ fn expired(expires_at: Option<f64>, now: f64) -> bool {
     expires_at.is_some_and(|at| at <= now)
 }
 
-/// Applies another node's change to this node's state (state file and XDP maps) without
-/// publishing it again. Changes this node already has are skipped; returns whether
-/// anything changed.
-pub fn apply_remote(state: &dyn Replica, change: &Change) -> bool {
+/// An addition from another node, checked as the admin API checks a request (another node's
+/// data is untrusted input too); its expiry held to the API's range (a little more is
+/// allowed for clock skew, and capped). `Ok(None)`: expired, or a removal.
+pub(super) fn replicated(change: &Change, now: f64) -> Result<Option<Replicated>, Invalid> {
+    let left = |expires_at: Option<f64>| {
+        expires_at
+            .map(|at| valid::expiry("expires_at", at, now))
+            .transpose()
+    };
+    let capped = |expires_at: Option<f64>| {
+        expires_at.map(|at| at.min(now + valid::MAX_DURATION.as_secs_f64()))
+    };
+    Ok(Some(match change {
+        Change::Ban { expires_at, .. } | Change::AddRule { expires_at, .. }
+            if expired(*expires_at, now) =>
+        {
+            return Ok(None);
+        }
+        Change::Ban {
+            cidr,
+            expires_at,
+            comment,
+        } => {
+            let valid = BanRequest {
+                cidr: cidr.clone(),
+                duration_secs: left(*expires_at)?,
+                comment: comment.clone(),
+            }
+            .validate()?;
+            Replicated::Ban(OperatorBan {
+                cidr: valid.net,
+                expires_at: capped(*expires_at),
+                comment: valid.comment,
+            })
+        }
+        Change::AddRule {
+            cidr,
+            action,
+            comment,
+            expires_at,
+            shadow,
+        } => {
+            let valid = RuleRequest {
+                cidr: cidr.clone(),
+                action: *action,
+                comment: comment.clone(),
+                ttl_secs: left(*expires_at)?,
+                shadow: *shadow,
+            }
+            .validate()?;
+            Replicated::Rule(OperatorRule {
+                cidr: valid.net,
+                action: valid.action,
+                comment: valid.comment,
+                expires_at: capped(*expires_at),
+                shadow: valid.shadow,
+                seq: 0,
+            })
+        }
+        Change::Promote { cidr } => Replicated::Promote(valid::cidr("cidr", cidr)?),
+        Change::Unban { .. } | Change::RemoveRule { .. } => return Ok(None),
+    }))
+}
+
+/// Runs `apply` with this thread marked as applying remote changes (nothing is published).
+fn as_remote<T>(apply: impl FnOnce() -> T) -> T {
     struct Remote;
     impl Drop for Remote {
         fn drop(&mut self) {
@@ -115,68 +221,69 @@ pub fn apply_remote(state: &dyn Replica, change: &Change) -> bool {
     }
     APPLYING_REMOTE.with(|flag| flag.set(true));
     let _remote = Remote;
-    let now = now();
-    // Another node's expiry is untrusted input too: held to the API's range (a little more
-    // for clock skew), then checked again as a request by the firewall.
-    let left = |expires_at: Option<f64>| {
-        expires_at
-            .map(|at| crate::control::valid::expiry("expires_at", at, now))
-            .transpose()
-    };
+    apply()
+}
+
+/// Applies another node's change to this node's state (store and XDP maps) without
+/// publishing it again. Changes this node already has are skipped; returns whether
+/// anything changed.
+pub fn apply_remote(state: &dyn Replica, change: &Change) -> bool {
+    apply_in_order(state, std::slice::from_ref(change)) > 0
+}
+
+/// Applies other nodes' changes in order: each run of additions in one
+/// [`Replica::replicate`] call, removals one at a time. Returns how many changed anything.
+pub fn apply_in_order(state: &dyn Replica, changes: &[Change]) -> usize {
+    as_remote(|| {
+        let now = now();
+        let mut applied = 0;
+        let mut run: Vec<Replicated> = Vec::new();
+        let flush = |run: &mut Vec<Replicated>| {
+            let changed = replicate(state, run);
+            run.clear();
+            changed
+        };
+        for change in changes {
+            if change.is_removal() {
+                applied += flush(&mut run);
+                applied += usize::from(remove(state, change));
+                continue;
+            }
+            match replicated(change, now) {
+                Ok(Some(item)) => run.push(item),
+                Ok(None) => {}
+                Err(invalid) => {
+                    tracing::warn!(?change, reason = %invalid, "cluster: refusing another node's change");
+                }
+            }
+        }
+        applied + flush(&mut run)
+    })
+}
+
+/// One batch into the firewall; a failure is logged (the periodic resync tries again).
+pub(super) fn replicate(state: &dyn Replica, batch: &[Replicated]) -> usize {
+    if batch.is_empty() {
+        return 0;
+    }
+    match state.replicate(batch) {
+        Ok(changed) => changed,
+        Err(failure) => {
+            tracing::warn!(entries = batch.len(), reason = %failure, "cluster: applying other nodes' changes failed");
+            0
+        }
+    }
+}
+
+fn remove(state: &dyn Replica, change: &Change) -> bool {
     let result = match change {
-        Change::Ban {
-            cidr,
-            expires_at,
-            comment,
-        } => {
-            if expired(*expires_at, now) {
-                return false;
-            }
-            left(*expires_at)
-                .map_err(FirewallError::from)
-                .and_then(|duration_secs| {
-                    state.ban(&BanRequest {
-                        cidr: cidr.clone(),
-                        duration_secs,
-                        comment: comment.clone(),
-                    })
-                })
-        }
         Change::Unban { cidr } => state.unban(cidr),
-        Change::AddRule {
-            cidr,
-            action,
-            comment,
-            expires_at,
-            shadow,
-        } => {
-            if expired(*expires_at, now) {
-                return false;
-            }
-            match existing_rule(state, cidr) {
-                // Promoted elsewhere (a missed Promote event, seen again at catch-up).
-                Some(true) if !*shadow => return state.promote(cidr).is_ok(),
-                Some(_) => return false,
-                None => {}
-            }
-            left(*expires_at)
-                .map_err(FirewallError::from)
-                .and_then(|ttl_secs| {
-                    state.add_rule(&RuleRequest {
-                        cidr: cidr.clone(),
-                        action: *action,
-                        comment: comment.clone(),
-                        ttl_secs,
-                        shadow: *shadow,
-                    })
-                })
-        }
         Change::RemoveRule { cidr } => state.remove_rule(cidr),
-        Change::Promote { cidr } => state.promote(cidr),
+        _ => return false,
     };
     match result {
         Ok(()) => true,
-        // Already gone, already there, or bans without XDP: nothing to do here.
+        // Already gone: nothing to do here.
         Err(failure @ (FirewallError::NotFound(_) | FirewallError::Conflict(_))) => {
             tracing::debug!(?change, reason = %failure, "cluster: remote change not applied");
             false
@@ -186,22 +293,6 @@ pub fn apply_remote(state: &dyn Replica, change: &Change) -> bool {
             false
         }
     }
-}
-
-/// `192.0.2.7` -> `192.0.2.7/32`.
-fn canonical(cidr: &str) -> Option<ipnet::IpNet> {
-    cidr.parse::<ipnet::IpNet>()
-        .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-        .ok()
-}
-
-/// Whether a rule for `cidr` exists here, and if so whether it is a shadow rule.
-fn existing_rule(state: &dyn Replica, cidr: &str) -> Option<bool> {
-    state.rule_is_shadow(canonical(cidr)?)
-}
-
-fn is_banned(state: &dyn Replica, cidr: &str) -> bool {
-    canonical(cidr).is_some_and(|net| state.is_banned(net))
 }
 
 /// Redis keys and channel of one cluster.
@@ -225,11 +316,19 @@ impl Keys {
 /// How often a subscribed node reads the durable hashes again (and prunes expired entries).
 const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Most changes kept while Redis is down; older ones are dropped (and logged) beyond it.
-const MAX_PENDING: usize = 10_000;
+/// Most changes kept while Redis is down; older ones are dropped (and logged) beyond it. An
+/// import of a million rules made while Redis is away is still published when it returns
+/// (about 150 MB at worst).
+const MAX_PENDING: usize = 1_000_000;
 
-/// Publishes this node's changes, keeping them while Redis is down and sending them when it
-/// returns.
+/// Most changes sent in one MULTI (one round trip).
+pub const PUBLISH_BATCH: usize = 2_000;
+
+/// Most events taken from the subscription at once.
+pub const EVENT_BATCH: usize = 10_000;
+
+/// Publishes this node's changes, a batch per round trip, keeping them while Redis is down
+/// and sending them when it returns.
 pub async fn publish(
     link: Arc<RedisLink>,
     keys: Keys,
@@ -239,31 +338,48 @@ pub async fn publish(
 ) {
     let mut pending: VecDeque<Change> = VecDeque::new();
     let mut up = link.watch();
+    let mut dropped = 0usize;
     loop {
-        while let Some(change) = pending.front() {
+        while !pending.is_empty() {
             let Some(mut connection) = link.connection() else {
                 break;
             };
-            let result = record(&mut connection, &keys, &node, change).await;
+            let count = pending.len().min(PUBLISH_BATCH);
+            let batch = pending.range(..count);
+            let result = record(&mut connection, &keys, &node, batch).await;
             link.record(&result);
             match result {
                 Ok(()) => {
-                    pending.pop_front();
+                    pending.drain(..count);
+                    unpublished.store(pending.len(), Ordering::Relaxed);
                 }
                 Err(error) => {
-                    tracing::debug!(%error, "cluster: publishing a change failed; kept for later");
+                    tracing::debug!(%error, "cluster: publishing changes failed; kept for later");
                     break;
                 }
             }
         }
         unpublished.store(pending.len(), Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "cluster: too many changes waiting for Redis; the oldest were dropped"
+            );
+            dropped = 0;
+        }
         tokio::select! {
             change = changes.recv() => match change {
                 Some(change) => {
-                    if pending.len() == MAX_PENDING {
-                        tracing::warn!(dropped = ?pending.pop_front(), "cluster: too many changes waiting for Redis; the oldest is dropped");
+                    // What else is waiting joins it (a batch at a time, so that what
+                    // waits in `pending` is only what Redis has not taken).
+                    let more = std::iter::from_fn(|| changes.try_recv().ok());
+                    for change in std::iter::once(change).chain(more).take(PUBLISH_BATCH) {
+                        if pending.len() == MAX_PENDING {
+                            pending.pop_front();
+                            dropped += 1;
+                        }
+                        pending.push_back(change);
                     }
-                    pending.push_back(change);
                     unpublished.store(pending.len(), Ordering::Relaxed);
                 }
                 None => return,
@@ -275,44 +391,66 @@ pub async fn publish(
     }
 }
 
-/// The durable record and the event, in one MULTI.
+/// The durable records and the events of `changes`, in one MULTI: one round trip.
 async fn record(
     connection: &mut redis::aio::ConnectionManager,
     keys: &Keys,
     node: &str,
-    change: &Change,
+    changes: impl Iterator<Item = &Change> + Clone,
 ) -> redis::RedisResult<()> {
-    let event = serde_json::to_string(&Event {
-        origin: node.to_owned(),
-        change: change.clone(),
-    })
-    .expect("events serialize");
+    // A promotion rewrites the stored rule: those are read first, in one round trip.
+    let promoted: Vec<&str> = changes
+        .clone()
+        .filter_map(|change| match change {
+            Change::Promote { cidr } => Some(cidr.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut rules: HashMap<String, Event> = HashMap::new();
+    if !promoted.is_empty() {
+        let stored: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&keys.rules)
+            .arg(&promoted)
+            .query_async(connection)
+            .await?;
+        for (cidr, text) in promoted.iter().zip(stored) {
+            if let Some(event) = text.and_then(|text| serde_json::from_str::<Event>(&text).ok()) {
+                rules.insert((*cidr).to_owned(), event);
+            }
+        }
+    }
     let mut pipe = redis::pipe();
     pipe.atomic();
-    match change {
-        Change::Ban { cidr, .. } => pipe.hset(&keys.bans, cidr, &event).ignore(),
-        Change::Unban { cidr } => pipe.hdel(&keys.bans, cidr).ignore(),
-        Change::AddRule { cidr, .. } => pipe.hset(&keys.rules, cidr, &event).ignore(),
-        Change::RemoveRule { cidr } => pipe.hdel(&keys.rules, cidr).ignore(),
-        Change::Promote { cidr } => {
-            let stored: Option<String> = redis::cmd("HGET")
-                .arg(&keys.rules)
-                .arg(cidr)
-                .query_async(connection)
-                .await?;
-            if let Some(mut stored) =
-                stored.and_then(|text| serde_json::from_str::<Event>(&text).ok())
-            {
-                if let Change::AddRule { shadow, .. } = &mut stored.change {
-                    *shadow = false;
-                }
-                let text = serde_json::to_string(&stored).expect("events serialize");
-                pipe.hset(&keys.rules, cidr, text).ignore();
+    for change in changes {
+        let event = Event {
+            origin: node.to_owned(),
+            change: change.clone(),
+        };
+        let text = serde_json::to_string(&event).expect("events serialize");
+        match change {
+            Change::Ban { cidr, .. } => pipe.hset(&keys.bans, cidr, &text).ignore(),
+            Change::Unban { cidr } => pipe.hdel(&keys.bans, cidr).ignore(),
+            Change::AddRule { cidr, .. } => {
+                rules.insert(cidr.clone(), event);
+                pipe.hset(&keys.rules, cidr, &text).ignore()
             }
-            &mut pipe
-        }
-    };
-    pipe.publish(&keys.events, &event).ignore();
+            Change::RemoveRule { cidr } => {
+                rules.remove(cidr);
+                pipe.hdel(&keys.rules, cidr).ignore()
+            }
+            Change::Promote { cidr } => match rules.get_mut(cidr) {
+                Some(stored) => {
+                    if let Change::AddRule { shadow, .. } = &mut stored.change {
+                        *shadow = false;
+                    }
+                    let promoted = serde_json::to_string(stored).expect("events serialize");
+                    pipe.hset(&keys.rules, cidr, promoted).ignore()
+                }
+                None => &mut pipe,
+            },
+        };
+        pipe.publish(&keys.events, &text).ignore();
+    }
     pipe.query_async(connection).await
 }
 
@@ -328,6 +466,7 @@ pub async fn subscribe(
     node: String,
     state: Arc<dyn Replica>,
     unpublished: Arc<AtomicUsize>,
+    local: ChangeSink,
 ) {
     let mut up = link.watch();
     loop {
@@ -353,16 +492,14 @@ pub async fn subscribe(
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         }
-        // Subscribed first, then read: nothing published in between is missed.
-        for _ in 0..40 {
-            if unpublished.load(Ordering::Relaxed) == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        match catch_up(&link, &keys, &state).await {
+        // Subscribed first, then read: what is published meanwhile waits in the
+        // subscription and is applied after, in order, so the last change of each entry wins.
+        wait_published(&unpublished).await;
+        let started = std::time::Instant::now();
+        match super::catch_up::catch_up(&link, &keys, &state, &local).await {
             Ok(applied) => tracing::info!(
                 applied,
+                took_ms = started.elapsed().as_millis() as u64,
                 channel = %keys.events,
                 "cluster: subscribed to ban and rule changes; caught up from Redis"
             ),
@@ -378,7 +515,7 @@ pub async fn subscribe(
             RESYNC_INTERVAL,
         );
         loop {
-            let payload = tokio::select! {
+            let first = tokio::select! {
                 message = messages.next() => match message {
                     Some(message) => Some(message.get_payload_bytes().to_vec()),
                     None => break,
@@ -389,10 +526,10 @@ pub async fn subscribe(
                     break;
                 }
             };
-            let Some(payload) = payload else {
+            let Some(first) = first else {
                 // Anti-entropy: heals a lost message, and deletes expired entries.
                 if unpublished.load(Ordering::Relaxed) == 0 {
-                    match catch_up(&link, &keys, &state).await {
+                    match super::catch_up::catch_up(&link, &keys, &state, &local).await {
                         Ok(0) => {}
                         Ok(applied) => tracing::info!(
                             applied,
@@ -403,93 +540,63 @@ pub async fn subscribe(
                 }
                 continue;
             };
-            match serde_json::from_slice::<Event>(&payload) {
-                Ok(event) if event.origin == node => {}
-                Ok(event) => {
-                    let state = state.clone();
-                    let change = event.change.clone();
-                    let applied =
-                        tokio::task::spawn_blocking(move || apply_remote(state.as_ref(), &change))
-                            .await
-                            .unwrap_or(false);
-                    if applied {
-                        tracing::info!(origin = %event.origin, change = ?event.change, "cluster: applied a change from another node");
-                    }
+            // Whatever else has arrived is applied with it.
+            let mut payloads = vec![first];
+            while payloads.len() < EVENT_BATCH {
+                match messages.next().now_or_never() {
+                    Some(Some(message)) => payloads.push(message.get_payload_bytes().to_vec()),
+                    _ => break,
                 }
-                Err(error) => tracing::warn!(%error, "cluster: ignoring a malformed event"),
             }
+            apply_events(&state, &node, &payloads).await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// Applies the durable bans and rules this node lacks; deletes expired ones. Returns how
-/// many were applied.
-pub async fn catch_up(
-    link: &RedisLink,
-    keys: &Keys,
-    state: &Arc<dyn Replica>,
-) -> redis::RedisResult<usize> {
-    let Some(mut connection) = link.connection() else {
-        return Err(redis::RedisError::from((
-            redis::ErrorKind::IoError,
-            "Redis is down",
-        )));
-    };
-    let mut read = async |key: &str| -> redis::RedisResult<Vec<(String, String)>> {
-        let result = redis::cmd("HGETALL")
-            .arg(key)
-            .query_async(&mut connection)
-            .await;
-        link.record(&result);
-        result
-    };
-    let bans = read(&keys.bans).await?;
-    let rules = read(&keys.rules).await?;
-    let now = now();
-    let mut expired_fields: Vec<(&str, String)> = Vec::new();
-    let mut todo = Vec::new();
-    for (key, (field, text)) in bans
-        .into_iter()
-        .map(|entry| (keys.bans.as_str(), entry))
-        .chain(rules.into_iter().map(|entry| (keys.rules.as_str(), entry)))
-    {
-        let Ok(event) = serde_json::from_str::<Event>(&text) else {
-            tracing::warn!(key, field, "cluster: ignoring a malformed entry");
-            continue;
-        };
-        match &event.change {
-            Change::Ban { expires_at, .. } | Change::AddRule { expires_at, .. }
-                if expired(*expires_at, now) =>
-            {
-                expired_fields.push((key, field));
-            }
-            _ => todo.push(event.change),
+/// Waits (a little: at most two seconds) until this node's changes are in Redis.
+async fn wait_published(unpublished: &AtomicUsize) {
+    for _ in 0..40 {
+        if unpublished.load(Ordering::Relaxed) == 0 {
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The other nodes' events among `payloads`, applied in order off the async workers.
+async fn apply_events(state: &Arc<dyn Replica>, node: &str, payloads: &[Vec<u8>]) {
+    let mut changes = Vec::with_capacity(payloads.len());
+    for payload in payloads {
+        match serde_json::from_slice::<Event>(payload) {
+            Ok(event) if event.origin == node => {}
+            Ok(event) => changes.push(event),
+            Err(error) => tracing::warn!(%error, "cluster: ignoring a malformed event"),
+        }
+    }
+    if changes.is_empty() {
+        return;
     }
     let state = state.clone();
-    let applied = tokio::task::spawn_blocking(move || {
-        todo.iter()
-            .filter(|change| match change {
-                Change::Ban { cidr, .. } => !is_banned(state.as_ref(), cidr),
-                _ => true,
-            })
-            .filter(|change| apply_remote(state.as_ref(), change))
-            .count()
+    let result = tokio::task::spawn_blocking(move || {
+        let only: Vec<Change> = changes.iter().map(|event| event.change.clone()).collect();
+        (apply_in_order(state.as_ref(), &only), changes)
     })
-    .await
-    .unwrap_or(0);
-    if let Some(mut connection) = link.connection() {
-        for (key, field) in expired_fields {
-            let result: redis::RedisResult<()> = redis::cmd("HDEL")
-                .arg(key)
-                .arg(field)
-                .query_async(&mut connection)
-                .await;
-            link.record(&result);
+    .await;
+    match result {
+        Ok((1, changes)) if changes.len() == 1 => {
+            tracing::info!(origin = %changes[0].origin, change = ?changes[0].change, "cluster: applied a change from another node");
         }
+        Ok((0, _)) => {}
+        Ok((applied, changes)) => {
+            tracing::info!(
+                applied,
+                events = changes.len(),
+                "cluster: applied a batch of changes from other nodes"
+            );
+        }
+        Err(error) => tracing::warn!(%error, "cluster: applying remote changes panicked"),
     }
-    Ok(applied)
 }
 
 #[cfg(test)]
@@ -560,5 +667,139 @@ mod tests {
             .map(|ban| ban.cidr.to_string())
             .collect();
         assert_eq!(saved, ["192.0.2.5/32", "192.0.2.6/32", "192.0.2.7/32"]);
+    }
+
+    #[test]
+    fn a_local_unban_during_catch_up_is_not_undone_by_a_stale_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let (sink, mut published) = ChangeSink::channel();
+        crate::firewall::Firewall::set_cluster_sink(&state, sink.clone());
+        let request = |cidr: &str| BanRequest {
+            cidr: cidr.to_owned(),
+            duration_secs: None,
+            comment: Some("here".into()),
+        };
+        state.ban(&request("192.0.2.1")).unwrap();
+        state.ban(&request("192.0.2.2")).unwrap();
+        sink.start_recording();
+        // Lifted here while a catch-up reads Redis, which still holds both bans...
+        state.unban("192.0.2.1").unwrap();
+        // ...so the catch-up's batch (read before the lifting) restores it.
+        let stale: Vec<Change> = ["192.0.2.1/32", "192.0.2.2/32", "192.0.2.3/32"]
+            .map(|cidr| Change::Ban {
+                cidr: cidr.to_owned(),
+                expires_at: None,
+                comment: Some("here".into()),
+            })
+            .to_vec();
+        assert_eq!(apply_in_order(&state, &stale), 2);
+        // Applied again after the catch-up, this node's own changes win.
+        let mine = sink.stop_recording();
+        assert_eq!(
+            mine,
+            [Change::Unban {
+                cidr: "192.0.2.1/32".into()
+            }]
+        );
+        assert_eq!(apply_in_order(&state, &mine), 1);
+        let bans: Vec<String> = state
+            .bans(Default::default())
+            .unwrap()
+            .bans
+            .into_iter()
+            .map(|ban| ban.cidr)
+            .collect();
+        assert_eq!(bans, ["192.0.2.2/32", "192.0.2.3/32"]);
+        // Published: the two bans and the unban made here, nothing applied from elsewhere.
+        let mut sent = Vec::new();
+        while let Ok(change) = published.try_recv() {
+            sent.push(change);
+        }
+        assert_eq!(sent.len(), 3, "{sent:?}");
+        assert!(sink.stop_recording().is_empty(), "recording stopped");
+    }
+
+    /// Rules as (cidr, action, shadow) in listing order, and bans as (cidr, comment, timed).
+    fn listing(state: &crate::firewall::Firewall) -> (Vec<String>, Vec<String>) {
+        let rules = state.rules(Default::default()).unwrap().rules;
+        let bans = state.bans(Default::default()).unwrap().bans;
+        (
+            rules
+                .iter()
+                .map(|rule| format!("{} {} {}", rule.cidr, rule.action, rule.shadow))
+                .collect(),
+            bans.iter()
+                .map(|ban| {
+                    let timed = ban.expires_in_secs.is_some();
+                    format!("{} {:?} {timed}", ban.cidr, ban.comment)
+                })
+                .collect(),
+        )
+    }
+
+    fn any_change() -> impl proptest::strategy::Strategy<Value = Change> {
+        use proptest::prelude::*;
+        let cidr = prop::sample::select(vec![
+            "192.0.2.0/24",
+            "192.0.2.7/32",
+            "2001:db8::/64",
+            "198.51.100.0/25",
+        ])
+        .prop_map(str::to_owned);
+        let expires_at = prop::option::of(Just(now() + 3600.0));
+        let comment =
+            prop::option::of(prop::sample::select(vec!["a", "b"]).prop_map(str::to_owned));
+        prop_oneof![
+            (cidr.clone(), expires_at.clone(), comment.clone()).prop_map(
+                |(cidr, expires_at, comment)| Change::Ban {
+                    cidr,
+                    expires_at,
+                    comment
+                }
+            ),
+            cidr.clone().prop_map(|cidr| Change::Unban { cidr }),
+            (
+                cidr.clone(),
+                any::<bool>(),
+                any::<bool>(),
+                comment,
+                expires_at
+            )
+                .prop_map(|(cidr, deny, shadow, comment, expires_at)| {
+                    Change::AddRule {
+                        cidr,
+                        action: if deny || shadow {
+                            RuleAction::Deny
+                        } else {
+                            RuleAction::Allow
+                        },
+                        comment,
+                        expires_at,
+                        shadow,
+                    }
+                }),
+            cidr.clone().prop_map(|cidr| Change::RemoveRule { cidr }),
+            cidr.prop_map(|cidr| Change::Promote { cidr }),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Batching changes nothing: any sequence applied as one batch leaves the firewall as
+        /// the same changes applied one at a time.
+        #[test]
+        fn a_batch_ends_where_one_change_at_a_time_ends(
+            changes in proptest::collection::vec(any_change(), 1..30)
+        ) {
+            let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (batched, single) = (state(one.path()), state(two.path()));
+            apply_in_order(&batched, &changes);
+            for change in &changes {
+                apply_remote(&single, change);
+            }
+            proptest::prop_assert_eq!(listing(&batched), listing(&single));
+        }
     }
 }

@@ -19,8 +19,16 @@
 
 use std::{
     collections::HashMap,
+    num::NonZeroU32,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
+};
+
+use governor::{
+    Quota, RateLimiter,
+    clock::{Clock as _, DefaultClock},
+    middleware::StateInformationMiddleware,
+    state::{InMemoryState, NotKeyed},
 };
 
 use super::link::RedisLink;
@@ -138,7 +146,8 @@ struct Lease {
 const MIN_LEASE: Duration = Duration::from_millis(100);
 const MAX_LEASE: Duration = Duration::from_secs(1);
 
-/// Tables are trimmed of lapsed entries when they grow past this.
+/// The lease table is trimmed of lapsed entries when it grows past this; the local limiter
+/// keeps at most this many keys.
 const TRIM_AT: usize = 65_536;
 
 /// A rate limiter shared by every node of the cluster.
@@ -280,44 +289,68 @@ impl ClusterLimiter {
     }
 }
 
-/// GCRA on this node alone (one TAT per key in memory): the fallback while Redis is down,
-/// and the "locally limited" side of the bench.
-#[derive(Default)]
+/// One key's limiter on this node (governor's GCRA, with the state it was left in).
+type KeyLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+/// GCRA on this node alone, per key: the fallback while Redis is down, and the "locally
+/// limited" side of the bench. The `governor` crate does the arithmetic (as the throttle
+/// stage's node-local limits do); the Redis-side GCRA above stays a script because it must
+/// run atomically inside Redis, on Redis's clock, for every node at once, which an
+/// in-process limiter cannot. Memory is bounded: at most [`TRIM_AT`] keys, least recently
+/// used evicted (an evicted key starts with a full burst again).
 pub struct LocalLimiter {
-    tats: Mutex<HashMap<String, Instant>>,
+    clock: DefaultClock,
+    /// By key and limit, so a changed rate or burst starts a limiter of its own.
+    keys: quick_cache::sync::Cache<(String, u64, u32), Arc<KeyLimiter>>,
+}
+
+impl Default for LocalLimiter {
+    fn default() -> Self {
+        LocalLimiter {
+            clock: DefaultClock::default(),
+            keys: quick_cache::sync::Cache::new(TRIM_AT),
+        }
+    }
 }
 
 impl LocalLimiter {
     pub fn check(&self, key: &str, rate: Rate, burst: u32) -> Decision {
-        let burst = burst.max(1);
-        let now = Instant::now();
-        let interval = Duration::from_micros(rate.interval_micros());
-        let mut tats = self.tats.lock().unwrap_or_else(|p| p.into_inner());
-        if tats.len() >= TRIM_AT {
-            tats.retain(|_, tat| *tat > now);
-        }
-        let tat = tats.get(key).copied().unwrap_or(now).max(now);
-        // Allowed while the TAT is less than a full burst ahead of now.
-        let window = interval * burst;
-        let ahead = tat - now;
-        if ahead + interval > window {
-            return Decision {
-                allowed: false,
-                remaining: 0,
-                reset_after: ahead,
-                retry_after: Some(ahead + interval - window),
-                source: Source::Local,
-            };
-        }
-        let tat = tat + interval;
-        tats.insert(key.to_owned(), tat);
-        let ahead = tat - now;
-        Decision {
-            allowed: true,
-            remaining: ((window - ahead).as_micros() / interval.as_micros().max(1)) as u32,
-            reset_after: ahead,
-            retry_after: None,
-            source: Source::Local,
+        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        let interval_micros = rate.interval_micros();
+        let interval = Duration::from_micros(interval_micros);
+        let limiter = self
+            .keys
+            .get_or_insert_with(&(key.to_owned(), interval_micros, burst.get()), || {
+                let quota = Quota::with_period(interval)
+                    .expect("the interval is at least 1 us")
+                    .allow_burst(burst);
+                Ok::<_, std::convert::Infallible>(Arc::new(
+                    RateLimiter::direct_with_clock(quota, self.clock.clone())
+                        .with_middleware::<StateInformationMiddleware>(),
+                ))
+            })
+            .unwrap_or_else(|never| match never {});
+        match limiter.check() {
+            Ok(state) => {
+                let remaining = state.remaining_burst_capacity();
+                Decision {
+                    allowed: true,
+                    remaining,
+                    reset_after: interval * (burst.get() - remaining.min(burst.get())),
+                    retry_after: None,
+                    source: Source::Local,
+                }
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                Decision {
+                    allowed: false,
+                    remaining: 0,
+                    reset_after: wait + interval * (burst.get() - 1),
+                    retry_after: Some(wait),
+                    source: Source::Local,
+                }
+            }
         }
     }
 }
@@ -341,5 +374,51 @@ mod tests {
         std::thread::sleep(wait + Duration::from_millis(5));
         assert!(limiter.check("k", rate, 3).allowed);
         assert!(limiter.check("other", rate, 3).allowed);
+    }
+
+    #[test]
+    fn local_gcra_admits_exactly_the_burst_for_every_limit() {
+        // Slow rates (no refill while the test runs) and bursts from 1 to large.
+        for (rate, burst) in [
+            (Rate::per_minute(1), 1),
+            (Rate::per_minute(6), 2),
+            (Rate::per_minute(60), 7),
+            (Rate::per_minute(1), 100),
+            (
+                Rate {
+                    count: 1,
+                    period: Duration::from_secs(3600),
+                },
+                1000,
+            ),
+        ] {
+            let limiter = LocalLimiter::default();
+            let decisions: Vec<Decision> = (0..burst + 3)
+                .map(|_| limiter.check("k", rate, burst))
+                .collect();
+            let admitted = decisions.iter().filter(|d| d.allowed).count();
+            assert_eq!(admitted, burst as usize, "{rate:?} burst {burst}");
+            assert!(decisions[..burst as usize].iter().all(|d| d.allowed));
+            // Remaining counts down to 0, then refusals say how long to wait (about one
+            // interval: at most the whole period).
+            let remaining: Vec<u32> = decisions[..burst as usize]
+                .iter()
+                .map(|d| d.remaining)
+                .collect();
+            assert_eq!(remaining, (0..burst).rev().collect::<Vec<_>>());
+            for refused in &decisions[burst as usize..] {
+                let wait = refused.retry_after.expect("a refusal says when");
+                assert!(wait > Duration::ZERO && wait <= rate.period, "{wait:?}");
+                assert!(refused.reset_after >= wait);
+                assert_eq!(refused.source, Source::Local);
+            }
+            // Another key, or the same key under another limit, has a burst of its own.
+            assert!(limiter.check("other", rate, burst).allowed);
+            assert!(limiter.check("k", rate, burst + 1).allowed);
+        }
+        // A burst of 0 counts as 1, never as "nothing is ever allowed".
+        let limiter = LocalLimiter::default();
+        assert!(limiter.check("k", Rate::per_minute(1), 0).allowed);
+        assert!(!limiter.check("k", Rate::per_minute(1), 0).allowed);
     }
 }

@@ -2,11 +2,15 @@
 //!
 //! - [`link`]: the self-healing connection, its up/down state and health check.
 //! - [`events`]: bans and operator rules made on one node reach every node's XDP maps
-//!   (pub/sub on `{prefix}:events`, durable hashes `{prefix}:bans` and `{prefix}:rules`).
+//!   (pub/sub on `{prefix}:events`, durable hashes `{prefix}:bans` and `{prefix}:rules`),
+//!   published and applied in batches.
+//! - [`catch_up`]: a joining node reads the hashes a page at a time and applies them in
+//!   batches (a million entries in seconds), correct while changes keep coming.
 //! - [`limiter`]: [`ClusterLimiter`], cluster-wide GCRA rate limits with a local fast path
 //!   and a configured fallback while Redis is down.
 //! - [`metering`]: per-(consumer, route) totals summed over the nodes (`{prefix}:metering`).
 
+pub mod catch_up;
 pub mod events;
 pub mod limiter;
 pub mod link;
@@ -17,10 +21,10 @@ use std::sync::{Arc, LazyLock, OnceLock};
 
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
-pub use events::{Change, ChangeSink, apply_remote};
+pub use events::{Change, ChangeSink, apply_in_order, apply_remote};
 pub use limiter::{ClusterLimiter, Decision, LimiterOptions, LocalLimiter, Rate, Source};
 pub use link::RedisLink;
-pub use replica::Replica;
+pub use replica::{Replica, Replicated};
 
 use crate::config::ClusterConfig;
 
@@ -61,7 +65,7 @@ impl Cluster {
         let keys = events::Keys::new(&config.key_prefix);
         let (sink, changes) = ChangeSink::channel();
         let unpublished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        state.set_change_sink(sink);
+        state.set_change_sink(sink.clone());
         let tasks = vec![
             tokio::spawn(events::publish(
                 link.clone(),
@@ -76,6 +80,7 @@ impl Cluster {
                 config.node.clone(),
                 state,
                 unpublished,
+                sink,
             )),
             tokio::spawn(metering::push(
                 link.clone(),

@@ -4,21 +4,29 @@
 use ipnet::IpNet;
 
 use super::ChangeSink;
-use crate::{
-    control::api::{BanRequest, RuleRequest},
-    firewall::FirewallResult,
+use crate::firewall::{
+    FirewallResult,
+    records::{OperatorBan, OperatorRule},
 };
+
+/// A ban or rule another node holds, checked as the admin API checks a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Replicated {
+    /// Placed here, replacing this node's ban of the same network if it differs.
+    Ban(OperatorBan),
+    /// Added unless a rule for the network exists here; a shadow rule here is promoted when
+    /// this one drops (its Promote was missed).
+    Rule(OperatorRule),
+    /// The shadow rule for the network drops from now on.
+    Promote(IpNet),
+}
 
 pub trait Replica: Send + Sync + 'static {
     /// From now on, this node's own changes are also sent to `sink`.
     fn set_change_sink(&self, sink: ChangeSink);
-    fn ban(&self, request: &BanRequest) -> FirewallResult<()>;
+    /// Applies `batch` in order, in one store transaction for its rules and one for its
+    /// bans; returns how many entries changed here.
+    fn replicate(&self, batch: &[Replicated]) -> FirewallResult<usize>;
     fn unban(&self, cidr: &str) -> FirewallResult<()>;
-    fn add_rule(&self, request: &RuleRequest) -> FirewallResult<()>;
     fn remove_rule(&self, cidr: &str) -> FirewallResult<()>;
-    fn promote(&self, cidr: &str) -> FirewallResult<()>;
-    /// Whether a rule for `net` exists here, and if so whether it is a shadow rule.
-    fn rule_is_shadow(&self, net: IpNet) -> Option<bool>;
-    /// Whether `net` itself is banned here now.
-    fn is_banned(&self, net: IpNet) -> bool;
 }

@@ -234,7 +234,7 @@ impl Firewall {
 impl Inner {
     /// Stores `bans` (each replacing one of the same prefix) in one transaction, then
     /// enforces them: in the kernel, or at accept when XDP is off. All or none.
-    fn place_bans(&mut self, bans: &[OperatorBan]) -> FirewallResult<()> {
+    pub(super) fn place_bans(&mut self, bans: &[OperatorBan]) -> FirewallResult<()> {
         let family = |net: &IpNet| net.addr().is_ipv4();
         for v4 in [true, false] {
             let adding = bans

@@ -9,6 +9,7 @@
 //!
 //! - [`rules`]: operator rules, import, rate limits
 //! - [`bans`]: bans, auto-bans, expiry
+//! - [`replicate`]: other nodes' bans and rules, a batch at a time
 //! - [`explain`]: what the kernel would do with a packet, and why
 //! - [`kernel`]: counters and under-attack mode, read and switched in XDP
 //! - [`store`], [`records`], [`migrate`]: persistence
@@ -21,6 +22,7 @@ mod kernel;
 pub mod migrate;
 mod ports;
 pub mod records;
+mod replicate;
 mod rules;
 pub mod store;
 

@@ -7,8 +7,7 @@ use ipnet::IpNet;
 
 use super::{Firewall, FirewallResult};
 use crate::{
-    cluster::{ChangeSink, Replica},
-    control::api::{BanRequest, RuleRequest},
+    cluster::{ChangeSink, Replica, Replicated},
     defend::{BanOrder, Enforcer},
     xdp::NewSources,
 };
@@ -40,31 +39,15 @@ impl Replica for Firewall {
         self.set_cluster_sink(sink);
     }
 
-    fn ban(&self, request: &BanRequest) -> FirewallResult<()> {
-        Firewall::ban(self, request).map(|_| ())
+    fn replicate(&self, batch: &[Replicated]) -> FirewallResult<usize> {
+        Firewall::replicate(self, batch)
     }
 
     fn unban(&self, cidr: &str) -> FirewallResult<()> {
         Firewall::unban(self, cidr)
     }
 
-    fn add_rule(&self, request: &RuleRequest) -> FirewallResult<()> {
-        Firewall::add_rule(self, request).map(|_| ())
-    }
-
     fn remove_rule(&self, cidr: &str) -> FirewallResult<()> {
         Firewall::remove_rule(self, cidr)
-    }
-
-    fn promote(&self, cidr: &str) -> FirewallResult<()> {
-        Firewall::promote(self, cidr)
-    }
-
-    fn rule_is_shadow(&self, net: IpNet) -> Option<bool> {
-        Firewall::rule_is_shadow(self, net)
-    }
-
-    fn is_banned(&self, net: IpNet) -> bool {
-        Firewall::is_banned(self, net)
     }
 }

@@ -5,6 +5,9 @@
 //! keys, a quota high enough that nearly everything is admitted (the cost measured is the
 //! decision, not the refusal). Reports each rate and its ratio to the local one.
 //!
+//! With `--catch-up`: how long a joining node takes to catch up with 10k, 100k and 1M rules
+//! (see `catch_up.rs`).
+//!
 //! Then the same through the proxy: requests/s of a route with a cluster-wide limit
 //! (`cluster = true`) against the same route with a node-local limit, on one gateway.
 
@@ -49,6 +52,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--seconds" => seconds = args.next().context("--seconds needs a value")?.parse()?,
+            // The joining node's catch-up instead (its own options follow).
+            "--catch-up" => return crate::catch_up::run(args.as_slice()),
             _ => bail!("unknown option {arg}"),
         }
     }

@@ -1,6 +1,7 @@
 //! `gateway-bench`: benchmarks that compare side by side in one run and report ratios.
 //! Run through `cargo xtask bench <which>` (release build, root).
 
+mod catch_up;
 mod cluster;
 mod defend;
 mod peers;
@@ -19,7 +20,7 @@ fn main() -> anyhow::Result<()> {
         Some("cluster") => cluster::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: gateway-bench xdp [--seconds N] [--repeat N] | proxy [--seconds N] | defend [--seconds N] | cluster [--seconds N]"
+                "usage: gateway-bench xdp [--seconds N] [--repeat N] | proxy [--seconds N] | defend [--seconds N] | cluster [--seconds N] | cluster --catch-up [--sizes 10000,100000,1000000]"
             );
             std::process::exit(2);
         }
