@@ -1,6 +1,7 @@
 //! The gateway daemon and CLI as a library, so integration tests and benchmarks drive the
 //! same code as the `gateway` binary.
 
+pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use super::Replica;
 use super::link::RedisLink;
 use crate::{
-    control::api::{BanRequest, RuleAction, RuleRequest},
+    api::{BanRequest, RuleAction, RuleRequest},
     firewall::FirewallError,
 };
 
@@ -120,7 +120,7 @@ pub fn apply_remote(state: &dyn Replica, change: &Change) -> bool {
     // for clock skew), then checked again as a request by the firewall.
     let left = |expires_at: Option<f64>| {
         expires_at
-            .map(|at| crate::control::valid::expiry("expires_at", at, now))
+            .map(|at| crate::api::valid::expiry("expires_at", at, now))
             .transpose()
     };
     let result = match change {
@@ -510,7 +510,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = state(dir.path());
         let now = now();
-        let max = crate::control::valid::MAX_DURATION.as_secs_f64();
+        let max = crate::api::valid::MAX_DURATION.as_secs_f64();
         let ban = |cidr: &str, expires_at: Option<f64>| Change::Ban {
             cidr: cidr.to_owned(),
             expires_at,

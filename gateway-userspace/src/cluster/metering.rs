@@ -6,7 +6,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use super::link::RedisLink;
-use crate::control::api::{Metering, MeteringRow};
+use crate::api::{Metering, MeteringRow};
 
 const FIELDS: [&str; 3] = ["requests", "bytes_in", "bytes_out"];
 

@@ -99,7 +99,7 @@ impl Cluster {
     }
 
     /// Cluster-wide metering totals.
-    pub async fn metering(&self) -> redis::RedisResult<crate::control::api::Metering> {
+    pub async fn metering(&self) -> redis::RedisResult<crate::api::Metering> {
         metering::read(&self.link, &metering_key(&self.config.key_prefix)).await
     }
 }

@@ -5,7 +5,7 @@ use ipnet::IpNet;
 
 use super::ChangeSink;
 use crate::{
-    control::api::{BanRequest, RuleRequest},
+    api::{BanRequest, RuleRequest},
     firewall::FirewallResult,
 };
 

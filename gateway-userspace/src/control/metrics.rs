@@ -197,7 +197,7 @@ fn encode_reasons(
     encoder: &mut DescriptorEncoder,
     prefix: &str,
     by: &str,
-    rows: &[(Option<&str>, &crate::control::api::ReasonStats)],
+    rows: &[(Option<&str>, &crate::api::ReasonStats)],
 ) -> Result<(), std::fmt::Error> {
     for (unit, what) in [("packets", "Packets"), ("bytes", "Bytes")] {
         let name = format!("{prefix}_{unit}");

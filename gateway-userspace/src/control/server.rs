@@ -21,15 +21,14 @@ use tokio::{
 
 use super::{
     ReloadRequest,
-    api::{
-        self, ApiError, BanRequest, Done, ImportRequest, ImportResult, Reloaded, RemoveRuleRequest,
-        RuleRequest, UnbanRequest,
-    },
     failure::ApiFailure,
     listen::{Listen, serve_connections},
-    valid::ValidPage,
 };
 use crate::{
+    api::{
+        self, ApiError, BanRequest, Done, ImportRequest, ImportResult, Reloaded, RemoveRuleRequest,
+        RuleRequest, UnbanRequest, valid::ValidPage,
+    },
     config::{AdminConfig, SideLimits},
     firewall::{Firewall, FirewallResult},
 };

@@ -26,12 +26,12 @@ use std::{
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+
 use tokio::sync::mpsc;
 
 use crate::{
+    api::{KnownGood, L7Decision, SourceView, UnderAttackStatus},
     config::DefendConfig,
-    control::api::{KnownGood, UnderAttackStatus},
     firewall::{FirewallError, FirewallResult},
     xdp::NewSources,
 };
@@ -51,33 +51,6 @@ pub struct L7Event {
     pub path: String,
     pub route: Option<String>,
     pub identity: Option<String>,
-}
-
-/// One request from a source, as explain shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct L7Decision {
-    /// Unix seconds.
-    pub at: f64,
-    pub status: u16,
-    pub path: String,
-    pub route: Option<String>,
-    pub identity: Option<String>,
-    /// The signals this request counted as (`auth-failure`, `trap`, ...).
-    #[serde(default)]
-    pub signals: Vec<String>,
-}
-
-/// What the defender knows about one source, for explain.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SourceView {
-    /// The key signals are counted under: the address, or its /64 for IPv6.
-    pub counted_as: String,
-    /// In `defend.never_ban`: signals are recorded, never acted on.
-    pub never_ban: bool,
-    /// Per trigger: "auth-failure: 2/5 in 1m".
-    pub progress: Vec<String>,
-    /// Most recent last.
-    pub recent: Vec<L7Decision>,
 }
 
 /// The ban a crossed trigger asks for.

@@ -11,11 +11,11 @@ use super::{
     store::Op,
 };
 use crate::{
-    cluster::Change,
-    control::{
-        api::{Ban, BanList, BanRequest},
+    api::{
+        Ban, BanList, BanRequest,
         valid::{self, ValidPage},
     },
+    cluster::Change,
     defend::BanOrder,
     xdp,
 };

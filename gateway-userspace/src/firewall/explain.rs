@@ -9,11 +9,8 @@ use super::{
     rules::{action_name, policy_name},
 };
 use crate::{
+    api::{Explanation, RateState, RuleEntry, valid},
     config::Action,
-    control::{
-        api::{Explanation, RateState, RuleEntry},
-        valid,
-    },
     xdp::{self, XdpFirewall},
 };
 

@@ -4,7 +4,7 @@ use std::{net::IpAddr, time::Duration};
 
 use super::{Firewall, FirewallError, FirewallResult};
 use crate::{
-    control::api::{InterfaceStats, ReasonStats, SourceDrops, Stats, XdpStats},
+    api::{InterfaceStats, ReasonStats, SourceDrops, Stats, XdpStats},
     xdp::{self, XdpFirewall},
 };
 

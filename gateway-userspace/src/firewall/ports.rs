@@ -7,8 +7,8 @@ use ipnet::IpNet;
 
 use super::{Firewall, FirewallResult};
 use crate::{
+    api::{BanRequest, RuleRequest},
     cluster::{ChangeSink, Replica},
-    control::api::{BanRequest, RuleRequest},
     defend::{BanOrder, Enforcer},
     xdp::NewSources,
 };
