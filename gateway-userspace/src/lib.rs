@@ -9,6 +9,8 @@ pub mod control;
 pub mod daemon;
 pub mod defend;
 pub mod firewall;
+pub mod guard;
 pub mod proxy;
 pub mod rlimit;
+pub mod wiring;
 pub mod xdp;

@@ -24,8 +24,10 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     // Services talk to each other only through traits they define, wired by the daemon.
     ("services", &["firewall", "defend", "cluster", "proxy"]),
     ("control", &["control"]),
+    // The composition root's adapters: each service's trait implemented by its neighbour.
+    ("wiring", &["wiring"]),
     // The composition root: builds every service and passes the handles in.
-    ("daemon", &["daemon", "wiring"]),
+    ("daemon", &["daemon"]),
     ("cli", &["cli"]),
 ];
 
@@ -55,20 +57,11 @@ pub const ALLOWED: &[(&str, &str, &str)] = &[
         "Enforcer (the trait the defender defines) returns FirewallResult",
     ),
     (
-        "cluster",
-        "proxy",
-        "metering reads proxy::observe::METRICS; inject a metering source once proxy's \
-         METRICS is an instance (branch `reqpath`)",
-    ),
-    (
         "proxy",
         "cluster",
         "throttle holds the ClusterLimiter it is handed; a limiter trait owned by proxy would \
          end it",
     ),
-    // In progress on this branch (`layers`): the accept guard and the defender's static.
-    ("firewall", "defend", "the accept guard's ban set"),
-    ("proxy", "defend", "the accept guard and defend::report"),
 ];
 
 /// Which top-level module a source file belongs to (`None`: the crate root).

@@ -37,7 +37,7 @@ impl Firewall {
         let policy = effective.policy;
         let known_good = match inner.xdp.as_ref() {
             Some(xdp) => xdp
-                .known_good(crate::defend::guard::canonical(address))?
+                .known_good(crate::guard::canonical(address))?
                 .map(|until| until.saturating_sub(now).as_secs_f64()),
             None => None,
         };
@@ -164,7 +164,7 @@ impl Firewall {
                 )
             },
             rate,
-            l7: crate::defend::running().map(|defender| defender.view(address)),
+            l7: None, // the admin API adds the defender's view
             known_good_expires_in_secs: known_good,
             under_attack,
         })

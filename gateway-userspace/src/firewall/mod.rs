@@ -18,15 +18,15 @@ mod bans;
 pub mod error;
 mod explain;
 mod kernel;
+mod metrics;
 pub mod migrate;
-mod ports;
 pub mod records;
 mod rules;
 pub mod store;
 
 use std::{
     collections::{BTreeMap, HashSet},
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use ipnet::IpNet;
@@ -37,6 +37,7 @@ use store::{Op, Store};
 
 use crate::{
     config::{AdminConfig, CidrRule, FirewallConfig, RawLimits, XdpConfig},
+    guard::AcceptGuard,
     xdp::{self, XdpFirewall},
 };
 
@@ -70,6 +71,8 @@ struct Inner {
     max_bans: usize,
     operator: Operator,
     store: Store,
+    /// Where the bans go when XDP is off: the proxy's accept stage reads them.
+    guard: Arc<AcceptGuard>,
 }
 
 impl Firewall {
@@ -140,6 +143,7 @@ impl Firewall {
             max_bans,
             operator,
             store,
+            guard: Arc::default(),
         };
         inner.apply()?;
         inner.restore_bans();
@@ -152,6 +156,11 @@ impl Firewall {
             inner: Mutex::new(inner),
             cluster: Default::default(),
         })
+    }
+
+    /// The bans to enforce at accept (the proxy's guard when XDP is off), kept current.
+    pub fn accept_guard(&self) -> Arc<AcceptGuard> {
+        self.lock().guard.clone()
     }
 
     /// Cluster mode: from now on, bans and operator rule changes are also sent to `sink`.
