@@ -13,13 +13,17 @@ use std::{
 };
 
 use anyhow::Context as _;
+use prometheus_client::registry::Registry;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
+    cluster::Cluster,
     config::{Config, XdpMode},
     control::{AdminServer, Metrics, MetricsServer, ReloadRequest},
+    defend::Defender,
     firewall::Firewall,
-    proxy::Proxy,
+    proxy::{Handles, Proxy},
+    wiring::ProxyMetering,
     xdp::{XdpFirewall, interface_index},
 };
 
@@ -55,28 +59,54 @@ pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> 
     }
 
     // After the maps hold this node's own state: what the cluster has is added to it.
-    if let Some(cluster) = &config.cluster {
-        let _ =
-            crate::cluster::CLUSTER.set(crate::cluster::Cluster::start(cluster, state.clone())?);
-    }
+    let cluster = match &config.cluster {
+        Some(cluster) => Some(Cluster::start(
+            cluster,
+            state.clone(),
+            Arc::new(ProxyMetering),
+        )?),
+        None => None,
+    };
 
     if let Some(otlp) = &config.otlp {
         crate::proxy::start_otlp(otlp)?;
     }
     // Before the proxy: its first request may already be a signal.
-    let _defender = crate::defend::start(config.defend.clone(), state.clone());
+    let guard = state.accept_guard();
+    let defender = crate::defend::start(config.defend.clone(), state.clone(), guard.clone());
 
     // Bound before the admin socket: a ready daemon is a serving proxy. No listeners, no proxy.
-    let proxy = Proxy::start(&config.proxy).await?;
+    let handles = Handles {
+        guard,
+        signals: Some(defender.clone()),
+        limiter: cluster.as_ref().map(|cluster| cluster.limiter.clone()),
+    };
+    let proxy = Proxy::start(&config.proxy, handles).await?;
 
     let (reloads, reload_requests) = tokio::sync::mpsc::channel(4);
     let _metrics = match config.metrics {
-        Some(config) => Some(
-            MetricsServer::bind(config, state.clone(), metrics.clone(), proxy.collector()).await?,
-        ),
+        Some(config) => {
+            // Each part adds its own metrics; the endpoint only serves them.
+            let mut registry = Registry::default();
+            metrics.register(&mut registry);
+            proxy.register(&mut registry);
+            if let Some(cluster) = &cluster {
+                cluster.register(&mut registry);
+            }
+            state.register(&mut registry);
+            defender.register(&mut registry);
+            Some(MetricsServer::bind(config, registry, metrics.clone()).await?)
+        }
         None => None,
     };
-    let _admin = AdminServer::bind(&config.admin, state.clone(), reloads).await?;
+    let _admin = AdminServer::bind(
+        &config.admin,
+        state.clone(),
+        defender.clone(),
+        cluster.clone(),
+        reloads,
+    )
+    .await?;
     tracing::info!(socket = %config.admin.socket.display(), "admin API listening");
     metrics.set_ready();
     let sweeper = tokio::spawn(sweep_expired(state.clone()));
@@ -85,9 +115,12 @@ pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> 
         .wait_for_shutdown(
             &config_path,
             &config,
-            &state,
+            Reloadable {
+                firewall: &state,
+                defender: &defender,
+                proxy: &proxy,
+            },
             &metrics,
-            &proxy,
             reload_requests,
         )
         .await;
@@ -224,9 +257,8 @@ impl Signals {
         mut self,
         config_path: &Path,
         running: &Config,
-        state: &Firewall,
+        services: Reloadable<'_>,
         metrics: &Metrics,
-        proxy: &Proxy,
         mut reload_requests: tokio::sync::mpsc::Receiver<ReloadRequest>,
     ) {
         tracing::info!(
@@ -237,11 +269,11 @@ impl Signals {
                 _ = self.interrupt.recv() => break,
                 _ = self.terminate.recv() => break,
                 _ = self.hangup.recv() => {
-                    let result = reload(config_path, running, state, proxy);
+                    let result = reload(config_path, running, &services);
                     metrics.reload_finished(result.is_ok());
                 }
                 Some(reply) = reload_requests.recv() => {
-                    let result = reload(config_path, running, state, proxy);
+                    let result = reload(config_path, running, &services);
                     metrics.reload_finished(result.is_ok());
                     let _ = reply.send(result);
                 }
@@ -252,11 +284,17 @@ impl Signals {
 }
 
 /// Re-reads the config file; says what changed, or why the running config stays.
+/// The services a reload reconfigures.
+struct Reloadable<'a> {
+    firewall: &'a Firewall,
+    defender: &'a Defender,
+    proxy: &'a Proxy,
+}
+
 fn reload(
     config_path: &Path,
     running: &Config,
-    state: &Firewall,
-    proxy: &Proxy,
+    services: &Reloadable<'_>,
 ) -> Result<String, String> {
     let config = match Config::load(config_path) {
         Ok(config) => config,
@@ -279,13 +317,11 @@ fn reload(
     if config.otlp != running.otlp {
         tracing::warn!("[otlp] changes take effect at the next restart");
     }
-    match state.reload(config.firewall) {
+    match services.firewall.reload(config.firewall) {
         Ok(rules) => {
             tracing::info!(rules, "firewall rules reloaded");
-            proxy.reload(&config.proxy);
-            if let Some(defender) = crate::defend::running() {
-                defender.reconfigure(config.defend.clone());
-            }
+            services.proxy.reload(&config.proxy);
+            services.defender.reconfigure(config.defend.clone());
             crate::proxy::observe::configure(&config.access_log);
             Ok(format!(
                 "reloaded {}: {rules} firewall rules, {} routes",

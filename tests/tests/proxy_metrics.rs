@@ -160,3 +160,64 @@ fn target_health_in_flight_requests_connections_and_tls_failures_are_exported() 
     let values = wait_for(&metrics, failures, 1.0);
     assert_eq!(values[failures], 1.0, "{values:#?}");
 }
+
+/// Every family the daemon exports, with its type, is pinned: each service registers its own
+/// metrics now, and an operator's dashboards and alerts depend on the names staying put.
+#[test]
+fn every_service_still_exports_its_families() {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let proxy = Proxy::start(&format!(
+        "[metrics]\naddress = \"{metrics}\"\n[access_log]\nenabled = false\n"
+    ));
+    let body = curl(&[&format!("http://{metrics}/metrics")]).body;
+    let exported: Vec<(String, String)> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .map(|line| {
+            let (name, kind) = line.split_once(' ').expect("# TYPE name kind");
+            (name.to_owned(), kind.to_owned())
+        })
+        .collect();
+    let mut sorted = exported.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        exported.len(),
+        "a family is exported twice: {body}"
+    );
+    let mut expected: Vec<(String, String)> = [
+        // the daemon
+        ("gateway_config_reloads", "counter"),
+        // the proxy
+        ("gateway_auth_failures", "counter"),
+        ("gateway_cache_requests", "counter"),
+        ("gateway_http_request_duration_seconds", "histogram"),
+        ("gateway_http_requests", "counter"),
+        ("gateway_metered_bytes_in", "counter"),
+        ("gateway_metered_bytes_out", "counter"),
+        ("gateway_metered_requests", "counter"),
+        ("gateway_proxy_connections", "gauge"),
+        ("gateway_rate_limited", "counter"),
+        ("gateway_request_errors", "counter"),
+        ("gateway_tls_handshake_failures", "counter"),
+        ("gateway_upstream_response_seconds", "histogram"),
+        ("gateway_upstream_target_outstanding", "gauge"),
+        ("gateway_upstream_target_up", "gauge"),
+        // the firewall (XDP off: no kernel counters)
+        ("gateway_bans_active", "gauge"),
+        ("gateway_firewall_rules", "gauge"),
+        ("gateway_xdp_under_attack", "gauge"),
+        // the defender
+        ("gateway_defend_auto_bans", "counter"),
+        ("gateway_defend_refused_connections", "counter"),
+        ("gateway_defend_reports_dropped", "counter"),
+        ("gateway_defend_tracked_sources", "gauge"),
+    ]
+    .iter()
+    .map(|(name, kind)| (name.to_string(), kind.to_string()))
+    .collect();
+    expected.sort();
+    assert_eq!(sorted, expected, "{body}");
+    drop(proxy);
+}

@@ -5,6 +5,7 @@
 
 mod cmd;
 mod fuzz;
+mod layers;
 mod setup;
 mod tasks;
 
@@ -51,7 +52,7 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Check formatting, then run clippy on the host crates and on the eBPF crate.
+    /// Check the layer table (DESIGN.md), formatting, then run clippy on the host crates and on the eBPF crate.
     Lint,
     /// Build the fuzz targets in fuzz/ and run each for a while (the XDP one needs root).
     Fuzz {

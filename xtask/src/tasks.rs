@@ -137,6 +137,11 @@ pub fn test(extra: &[String]) -> Result<()> {
 /// Formatting, then clippy in two passes as aya-template does: host crates, then the eBPF
 /// crate for its own target (one pass over both fails because features unify across them).
 pub fn lint() -> Result<()> {
+    crate::layers::check(&cmd::workspace_root().join("gateway-userspace").join("src")).step(
+        "lint: layers",
+        "an import points to a layer above (or beside) its module: use a trait the lower \
+         module defines and wire it in daemon.rs (see DESIGN.md)",
+    )?;
     cmd::run(&mut cmd::cargo(["fmt", "--all", "--", "--check"]))
         .step("lint: fmt", "run `cargo fmt --all` and review the diff")?;
     // fuzz/ is a workspace of its own (built only by `cargo xtask fuzz`).

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use super::paging::{PageArgs, Pager, print_more};
-use crate::control::{
-    Client,
+use crate::{
     api::{BANS_PATH, Ban, BanList, BanRequest, Done, UNBAN_PATH, UnbanRequest},
+    control::Client,
 };
 
 pub async fn ban(client: &Client, cidr: &str, duration: Option<Duration>) -> anyhow::Result<()> {

@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use crate::control::{
-    Client,
+use crate::{
     api::{
         KNOWN_GOOD_PATH, KnownGood, KnownGoodRequest, UNDER_ATTACK_PATH, UnderAttackRequest,
         UnderAttackStatus,
     },
+    control::Client,
 };
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -6,13 +6,13 @@ use std::{path::Path, time::Duration};
 use anyhow::Context as _;
 
 use super::paging::{PageArgs, Pager, print_more};
-use crate::control::{
-    Client,
+use crate::{
     api::{
         Done, EXPLAIN_PATH, Explanation, IMPORT_PATH, ImportRequest, ImportResult, PROMOTE_PATH,
         RATE_LIMITS_PATH, RATE_LIMITS_RESET_PATH, REMOVE_RULE_PATH, RULES_PATH, RateLimits,
         RawLimits, RemoveRuleRequest, RuleAction, RuleEntry, RuleList, RuleRequest,
     },
+    control::Client,
 };
 
 pub async fn add(
@@ -235,7 +235,7 @@ pub async fn explain(client: &Client, address: &str, json: bool) -> anyhow::Resu
 }
 
 /// The defender's view of a source: trigger progress and its recent requests.
-fn print_l7(l7: &crate::defend::SourceView) {
+fn print_l7(l7: &crate::api::SourceView) {
     let never = if l7.never_ban {
         ", never banned (defend.never_ban)"
     } else {

@@ -438,7 +438,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { admin } => {
-            use crate::control::api::{RELOAD_PATH, Reloaded};
+            use crate::api::{RELOAD_PATH, Reloaded};
             let client = admin.client();
             let reloaded: Reloaded = runtime()?.block_on(client.post(RELOAD_PATH, &()))?;
             println!("{}", reloaded.message);
@@ -457,7 +457,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cache(CacheCommand::Purge { key, prefix, admin }) => {
-            use crate::control::api::{CACHE_PURGE_PATH, PurgeRequest, Purged};
+            use crate::api::{CACHE_PURGE_PATH, PurgeRequest, Purged};
             let request = PurgeRequest { key, prefix };
             let purged: Purged =
                 runtime()?.block_on(admin.client().post(CACHE_PURGE_PATH, &request))?;
@@ -501,7 +501,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_firewall(command: FirewallCommand) -> anyhow::Result<()> {
-    use crate::control::api::RuleAction;
+    use crate::api::RuleAction;
     match command {
         FirewallCommand::Allow(rule) => add_rule(RuleAction::Allow, rule).await,
         FirewallCommand::Deny(rule) => add_rule(RuleAction::Deny, rule).await,
@@ -555,7 +555,7 @@ async fn run_firewall(command: FirewallCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn add_rule(action: crate::control::api::RuleAction, rule: RuleArgs) -> anyhow::Result<()> {
+async fn add_rule(action: crate::api::RuleAction, rule: RuleArgs) -> anyhow::Result<()> {
     let client = rule.admin.client();
     firewall::add(
         &client,
@@ -578,7 +578,7 @@ fn quiet_on_closed_pipe() {
 
 /// A request the daemon would refuse, refused here in the daemon's words, with the flag that
 /// set the field (`flags`: field -> flag).
-fn refused(invalid: crate::control::valid::Invalid, flags: &[(&str, &str)]) -> anyhow::Error {
+fn refused(invalid: crate::api::valid::Invalid, flags: &[(&str, &str)]) -> anyhow::Error {
     match flags.iter().find(|(field, _)| *field == invalid.field) {
         Some((_, flag)) => anyhow::anyhow!("{flag}: {invalid}"),
         None => anyhow::anyhow!("{invalid}"),

@@ -3,9 +3,9 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::control::{
-    Client,
+use crate::{
     api::{BanList, MAX_PAGE, RuleList},
+    control::Client,
 };
 
 /// Entries asked for per request.

@@ -2,9 +2,9 @@
 
 use std::io::IsTerminal as _;
 
-use crate::control::{
-    Client,
+use crate::{
     api::{STATS_PATH, Stats},
+    control::Client,
 };
 
 pub async fn run(client: &Client, json: bool, watch: bool) -> anyhow::Result<()> {
@@ -31,11 +31,11 @@ pub async fn run(client: &Client, json: bool, watch: bool) -> anyhow::Result<()>
 /// With `cluster`: the totals of every node, from Redis.
 pub async fn consumers(client: &Client, json: bool, cluster: bool) -> anyhow::Result<()> {
     let path = if cluster {
-        format!("{}?cluster=1", crate::control::api::METERING_PATH)
+        format!("{}?cluster=1", crate::api::METERING_PATH)
     } else {
-        crate::control::api::METERING_PATH.to_owned()
+        crate::api::METERING_PATH.to_owned()
     };
-    let metering: crate::control::api::Metering = client.get(&path).await?;
+    let metering: crate::api::Metering = client.get(&path).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&metering)?);
         return Ok(());
@@ -87,7 +87,7 @@ fn table(stats: &Stats) -> String {
 mod tests {
     use super::*;
     use crate::{
-        control::api::{InterfaceStats, ReasonStats, XdpStats},
+        api::{InterfaceStats, ReasonStats, XdpStats},
         xdp::AttachMode,
     };
 
@@ -107,7 +107,7 @@ mod tests {
                     packets: 3,
                     bytes: 180,
                 }],
-                top_sources: vec![crate::control::api::SourceDrops {
+                top_sources: vec![crate::api::SourceDrops {
                     address: "203.0.113.7".into(),
                     packets: 3,
                 }],

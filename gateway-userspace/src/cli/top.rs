@@ -11,9 +11,9 @@ use ratatui::{
     widgets::{Block, Row, Table},
 };
 
-use crate::control::{
-    Client,
+use crate::{
     api::{STATS_PATH, Stats},
+    control::Client,
 };
 
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -213,7 +213,7 @@ fn draw(frame: &mut ratatui::Frame, view: &View) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::api::{ReasonStats, SourceDrops, XdpStats};
+    use crate::api::{ReasonStats, SourceDrops, XdpStats};
 
     fn stats(deny: u64, source: u64) -> Stats {
         Stats {

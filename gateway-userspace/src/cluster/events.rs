@@ -33,8 +33,8 @@ use tokio::sync::mpsc;
 use super::link::RedisLink;
 use super::{Replica, Replicated};
 use crate::{
-    control::{
-        api::{BanRequest, RuleAction, RuleRequest},
+    api::{
+        BanRequest, RuleAction, RuleRequest,
         valid::{self, Invalid},
     },
     firewall::{
@@ -617,7 +617,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = state(dir.path());
         let now = now();
-        let max = crate::control::valid::MAX_DURATION.as_secs_f64();
+        let max = crate::api::valid::MAX_DURATION.as_secs_f64();
         let ban = |cidr: &str, expires_at: Option<f64>| Change::Ban {
             cidr: cidr.to_owned(),
             expires_at,

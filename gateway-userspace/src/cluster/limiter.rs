@@ -272,7 +272,7 @@ impl ClusterLimiter {
     }
 
     fn fallback(&self, key: &str, rate: Rate, burst: u32) -> Decision {
-        super::METRICS.fallbacks.inc();
+        self.link.metrics.fallbacks.inc();
         match self.on_down {
             OnRedisDown::Deny => Decision {
                 allowed: false,

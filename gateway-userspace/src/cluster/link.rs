@@ -28,6 +28,8 @@ pub struct RedisLink {
     state: watch::Sender<bool>,
     /// Set when the health task is stopped.
     health: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// This link's metrics: Redis up, and the limiter's fallbacks while it is down.
+    pub metrics: super::ClusterMetrics,
 }
 
 impl RedisLink {
@@ -64,6 +66,7 @@ impl RedisLink {
             up: AtomicBool::new(false),
             state,
             health: Mutex::new(None),
+            metrics: Default::default(),
         });
         let task = tokio::spawn(health(Arc::downgrade(&link)));
         *link.health.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
@@ -119,7 +122,7 @@ impl RedisLink {
 
     fn set(&self, up: bool, error: Option<&redis::RedisError>) {
         if self.up.swap(up, Ordering::Relaxed) != up {
-            super::METRICS.redis_up.set(i64::from(up));
+            self.metrics.redis_up.set(i64::from(up));
             if up {
                 tracing::info!(
                     "cluster: Redis is reachable; cluster-wide limits, bans and metering are on"

@@ -6,41 +6,57 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use super::link::RedisLink;
-use crate::control::api::{Metering, MeteringRow};
+use crate::api::{Metering, MeteringRow};
 
 const FIELDS: [&str; 3] = ["requests", "bytes_in", "bytes_out"];
 
 type Totals = HashMap<(String, String), [u64; 3]>;
 
-fn local_totals() -> Totals {
-    crate::proxy::observe::METRICS
-        .metering()
+/// This node's own metering totals since start: the daemon hands the cluster one.
+pub trait LocalMetering: Send + Sync + 'static {
+    fn totals(&self) -> Metering;
+}
+
+fn local_totals(local: &dyn LocalMetering) -> Totals {
+    local
+        .totals()
+        .rows
         .into_iter()
-        .map(|(consumer, route, counts)| {
+        .map(|row| {
             (
-                (consumer, route),
-                [counts.requests, counts.bytes_in, counts.bytes_out],
+                (row.consumer, row.route),
+                [row.requests, row.bytes_in, row.bytes_out],
             )
         })
         .collect()
 }
 
 /// Pushes this node's metering deltas until the link is dropped.
-pub async fn push(link: Arc<RedisLink>, key: String, every: Duration) {
+pub async fn push(
+    link: Arc<RedisLink>,
+    key: String,
+    every: Duration,
+    local: Arc<dyn LocalMetering>,
+) {
     let mut pushed: Totals = HashMap::new();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(error) = push_once(&link, &key, &mut pushed).await {
+        if let Err(error) = push_once(&link, &key, local.as_ref(), &mut pushed).await {
             tracing::debug!(%error, "cluster: metering push failed; retried next time");
         }
     }
 }
 
 /// Adds the deltas since `pushed` to Redis; on success `pushed` becomes the new totals.
-pub async fn push_once(link: &RedisLink, key: &str, pushed: &mut Totals) -> redis::RedisResult<()> {
-    let totals = local_totals();
+pub async fn push_once(
+    link: &RedisLink,
+    key: &str,
+    local: &dyn LocalMetering,
+    pushed: &mut Totals,
+) -> redis::RedisResult<()> {
+    let totals = local_totals(local);
     let mut pipe = redis::pipe();
     pipe.atomic();
     let mut any = false;

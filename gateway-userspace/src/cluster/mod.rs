@@ -17,19 +17,24 @@ pub mod link;
 pub mod metering;
 mod replica;
 
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::Arc;
 
-use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+use prometheus_client::{
+    metrics::{counter::Counter, gauge::Gauge},
+    registry::Registry,
+};
 
 pub use events::{Change, ChangeSink, apply_in_order, apply_remote};
 pub use limiter::{ClusterLimiter, Decision, LimiterOptions, LocalLimiter, Rate, Source};
 pub use link::RedisLink;
+pub use metering::LocalMetering;
 pub use replica::{Replica, Replicated};
 
 use crate::config::ClusterConfig;
 
-/// Cluster metrics, registered on the metrics endpoint when `[cluster]` is configured.
-#[derive(Default)]
+/// Cluster metrics, one set per link, registered on the metrics endpoint when `[cluster]` is
+/// configured.
+#[derive(Debug, Default)]
 pub struct ClusterMetrics {
     /// 1 while Redis answers, 0 while it does not.
     pub redis_up: Gauge,
@@ -38,16 +43,17 @@ pub struct ClusterMetrics {
     pub fallbacks: Counter,
 }
 
-pub static METRICS: LazyLock<ClusterMetrics> = LazyLock::new(ClusterMetrics::default);
-
-/// The running daemon's cluster membership (set once by `gateway run`).
-pub static CLUSTER: OnceLock<Arc<Cluster>> = OnceLock::new();
-
 /// This node's part of the cluster.
 pub struct Cluster {
     pub config: ClusterConfig,
     pub link: Arc<RedisLink>,
-    /// For the throttle stage: cluster-wide rate limits.
+    /// For the throttle stage (the daemon hands it to the proxy): a route limit marked
+    /// cluster-wide calls `limiter.check(&format!("{route}|{consumer}"), rate, burst).await`
+    /// and answers from the [`Decision`]: allowed -> continue (with `RateLimit-Remaining`/
+    /// `-Reset` from `remaining` and `reset_after`); refused -> 429 with `Retry-After` from
+    /// `retry_after`, or 503 when [`Decision::is_unavailable`] (Redis down and
+    /// `on_redis_down = "deny"`). Without a cluster (or for limits not marked cluster-wide)
+    /// the proxy keeps its local limiter.
     pub limiter: Arc<ClusterLimiter>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -55,8 +61,12 @@ pub struct Cluster {
 impl Cluster {
     /// Joins the cluster: opens the link (without waiting for Redis: a node starts while
     /// Redis is down and catches up when it returns), hooks `state` so local changes are
-    /// published, and starts the subscriber and the metering push.
-    pub fn start(config: &ClusterConfig, state: Arc<dyn Replica>) -> anyhow::Result<Arc<Cluster>> {
+    /// published, and starts the subscriber and the metering push of `metering`.
+    pub fn start(
+        config: &ClusterConfig,
+        state: Arc<dyn Replica>,
+        metering: Arc<dyn LocalMetering>,
+    ) -> anyhow::Result<Arc<Cluster>> {
         let link = RedisLink::open(
             &config.redis,
             config.password.as_deref(),
@@ -86,6 +96,7 @@ impl Cluster {
                 link.clone(),
                 metering_key(&config.key_prefix),
                 config.metering_interval,
+                metering,
             )),
         ];
         let limiter = Arc::new(ClusterLimiter::new(
@@ -103,8 +114,23 @@ impl Cluster {
         }))
     }
 
+    /// Adds the cluster's metrics to the daemon's registry.
+    pub fn register(&self, registry: &mut Registry) {
+        let metrics = &self.link.metrics;
+        registry.register(
+            "gateway_cluster_redis_up",
+            "1 while the cluster's Redis answers, 0 while it does not",
+            metrics.redis_up.clone(),
+        );
+        registry.register(
+            "gateway_cluster_fallbacks",
+            "Rate-limit decisions taken by cluster.on_redis_down because Redis was down",
+            metrics.fallbacks.clone(),
+        );
+    }
+
     /// Cluster-wide metering totals.
-    pub async fn metering(&self) -> redis::RedisResult<crate::control::api::Metering> {
+    pub async fn metering(&self) -> redis::RedisResult<crate::api::Metering> {
         metering::read(&self.link, &metering_key(&self.config.key_prefix)).await
     }
 }
@@ -117,18 +143,7 @@ impl Drop for Cluster {
     }
 }
 
-/// The running daemon's cluster-wide limiter; `None` without `[cluster]`.
-///
-/// For the throttle stage: a route limit marked cluster-wide calls
-/// `limiter.check(&format!("{route}|{consumer}"), rate, burst).await` and answers from the
-/// [`Decision`]: allowed -> continue (with `RateLimit-Remaining`/`-Reset` from `remaining`
-/// and `reset_after`); refused -> 429 with `Retry-After` from `retry_after`, or 503 when
-/// [`Decision::is_unavailable`] (Redis down and `on_redis_down = "deny"`). Without a
-/// cluster (or for limits not marked cluster-wide) it keeps its local limiter.
-pub fn limiter() -> Option<&'static Arc<ClusterLimiter>> {
-    CLUSTER.get().map(|cluster| &cluster.limiter)
-}
-
+/// The Redis hash that holds the cluster-wide metering totals.
 pub fn metering_key(prefix: &str) -> String {
     format!("{prefix}:metering")
 }

@@ -8,7 +8,7 @@ use hyper_util::rt::TokioIo;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::net::{TcpStream, UnixStream};
 
-use super::api::ApiError;
+use crate::api::ApiError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -3,7 +3,7 @@
 
 use hyper::StatusCode;
 
-use crate::firewall::FirewallError;
+use crate::{api::valid::Invalid, firewall::FirewallError};
 
 #[derive(Debug)]
 pub struct ApiFailure {
@@ -25,6 +25,16 @@ impl ApiFailure {
 
 pub type ApiResult<T> = Result<T, ApiFailure>;
 
+impl From<Invalid> for ApiFailure {
+    fn from(invalid: Invalid) -> ApiFailure {
+        ApiFailure {
+            status: StatusCode::BAD_REQUEST,
+            message: invalid.to_string(),
+            field: Some(invalid.field),
+        }
+    }
+}
+
 impl From<FirewallError> for ApiFailure {
     fn from(error: FirewallError) -> ApiFailure {
         let status = match &error {
@@ -41,7 +51,6 @@ impl From<FirewallError> for ApiFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::valid::Invalid;
 
     #[test]
     fn each_domain_error_has_its_status() {

@@ -1,14 +1,12 @@
 //! The control plane: an HTTP/1.1 admin API on a unix socket (root-only by default), served
-//! by the daemon and used by the CLI. A thin adapter: wire types in, domain calls
+//! by the daemon and used by the CLI. A thin adapter: wire types ([`crate::api`]) in, domain calls
 //! ([`crate::firewall`]), domain errors out as statuses ([`failure`]).
 
-pub mod api;
 mod client;
 mod failure;
 mod listen;
 mod metrics;
 mod server;
-pub mod valid;
 
 pub use client::{Client, ClientError};
 pub use failure::{ApiFailure, ApiResult};

@@ -21,16 +21,18 @@ use tokio::{
 
 use super::{
     ReloadRequest,
+    failure::ApiFailure,
+    listen::{Listen, serve_connections},
+};
+use crate::{
     api::{
         self, ApiError, BanRequest, Done, ImportRequest, ImportResult, Reloaded, RemoveRuleRequest,
         RuleRequest, UnbanRequest,
+        valid::{self, ValidPage},
     },
-    failure::ApiFailure,
-    listen::{Listen, serve_connections},
-    valid::ValidPage,
-};
-use crate::{
+    cluster::Cluster,
     config::{AdminConfig, SideLimits},
+    defend::Defender,
     firewall::{Firewall, FirewallResult},
 };
 
@@ -64,11 +66,18 @@ impl AdminServer {
     pub async fn bind(
         admin: &AdminConfig,
         firewall: Arc<Firewall>,
+        defender: Arc<Defender>,
+        cluster: Option<Arc<Cluster>>,
         reloads: mpsc::Sender<ReloadRequest>,
     ) -> anyhow::Result<AdminServer> {
         use anyhow::Context as _;
         let path = admin.socket.as_path();
-        let api = Arc::new(Api { firewall, reloads });
+        let api = Arc::new(Api {
+            firewall,
+            defender,
+            cluster,
+            reloads,
+        });
         let mut tasks = Vec::new();
         // TCP first: the socket appearing is the "ready" signal.
         if let Some(tcp) = &admin.tcp {
@@ -127,6 +136,9 @@ impl Drop for AdminServer {
 /// What request handlers reach: the daemon's firewall and its reload loop.
 struct Api {
     firewall: Arc<Firewall>,
+    defender: Arc<Defender>,
+    /// Cluster mode (`[cluster]`): the cluster-wide metering.
+    cluster: Option<Arc<Cluster>>,
     reloads: mpsc::Sender<ReloadRequest>,
 }
 
@@ -201,14 +213,23 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
                 .and_then(|query| query.strip_prefix("address="))
                 .unwrap_or("")
                 .to_owned();
-            blocking(firewall, move |f| f.explain(&address))
-                .await
-                .map(|explanation| json(&explanation))
+            // The defender's view joins the firewall's here: neither service knows the other.
+            let defender = api.defender.clone();
+            blocking(firewall, move |f| {
+                let mut explanation = f.explain(&address)?;
+                let address = valid::address("address", &address)?;
+                explanation.l7 = Some(defender.view(address));
+                Ok(explanation)
+            })
+            .await
+            .map(|explanation| json(&explanation))
         }
         (&Method::GET, api::METERING_PATH) if query.as_deref() == Some("cluster=1") => {
-            cluster_metering().await.map(|metering| json(&metering))
+            cluster_metering(api.cluster.as_deref())
+                .await
+                .map(|metering| json(&metering))
         }
-        (&Method::GET, api::METERING_PATH) => Ok(json(&metering())),
+        (&Method::GET, api::METERING_PATH) => Ok(json(&crate::proxy::metering())),
         (&Method::GET, api::RULES_PATH) => match page(query.as_deref()) {
             Ok(page) => blocking(firewall, move |f| f.rules(page))
                 .await
@@ -279,17 +300,14 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
                 Err(failure) => Err(failure),
             }
         }
-        (&Method::GET, api::UNDER_ATTACK_PATH) => {
-            defender().map(|defender| json(&defender.under_attack_status()))
-        }
+        (&Method::GET, api::UNDER_ATTACK_PATH) => Ok(json(&api.defender.under_attack_status())),
         (&Method::POST, api::UNDER_ATTACK_PATH) => {
             match body::<api::UnderAttackRequest>(request, MAX_BODY).await {
-                Ok(switch) => defender().and_then(|defender| {
-                    defender
-                        .switch_under_attack(switch.on, "operator".to_owned())
-                        .map(|status| json(&status))
-                        .map_err(ApiFailure::from)
-                }),
+                Ok(switch) => api
+                    .defender
+                    .switch_under_attack(switch.on, "operator".to_owned())
+                    .map(|status| json(&status))
+                    .map_err(ApiFailure::from),
                 Err(failure) => Err(failure),
             }
         }
@@ -300,12 +318,10 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
                         .validate()
                         .map_err(ApiFailure::from)
                         .and_then(|(address, ttl)| {
-                            defender().and_then(|defender| {
-                                defender
-                                    .mark_known_good(address, ttl)
-                                    .map(|known| json(&known))
-                                    .map_err(ApiFailure::from)
-                            })
+                            api.defender
+                                .mark_known_good(address, ttl)
+                                .map(|known| json(&known))
+                                .map_err(ApiFailure::from)
                         })
                 }
                 Err(failure) => Err(failure),
@@ -510,8 +526,8 @@ async fn purge_cache(purge: api::PurgeRequest) -> Result<Response<Full<Bytes>>, 
 }
 
 /// Metering totals of every node (`?cluster=1`).
-async fn cluster_metering() -> Result<api::Metering, ApiFailure> {
-    let Some(cluster) = crate::cluster::CLUSTER.get() else {
+async fn cluster_metering(cluster: Option<&Cluster>) -> Result<api::Metering, ApiFailure> {
+    let Some(cluster) = cluster else {
         return Err(ApiFailure::new(
             StatusCode::CONFLICT,
             "cluster mode is off: there is no [cluster] section in the config",
@@ -521,31 +537,6 @@ async fn cluster_metering() -> Result<api::Metering, ApiFailure> {
         ApiFailure::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("reading the cluster's metering from Redis failed: {error}"),
-        )
-    })
-}
-
-fn metering() -> api::Metering {
-    let rows = crate::proxy::observe::METRICS
-        .metering()
-        .into_iter()
-        .map(|(consumer, route, counts)| api::MeteringRow {
-            consumer,
-            route,
-            requests: counts.requests,
-            bytes_in: counts.bytes_in,
-            bytes_out: counts.bytes_out,
-        })
-        .collect();
-    api::Metering { rows }
-}
-
-/// The daemon's defender (L7 signals, under-attack mode).
-fn defender() -> Result<&'static std::sync::Arc<crate::defend::Defender>, ApiFailure> {
-    crate::defend::running().ok_or_else(|| {
-        ApiFailure::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the defender is not running yet: retry in a moment",
         )
     })
 }

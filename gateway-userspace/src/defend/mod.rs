@@ -2,7 +2,7 @@
 //! bounded channel it never waits on; the defender counts each source's signals against the
 //! `[defend]` triggers and bans a source that crosses one (IPv6 sources as their /64),
 //! through the daemon's own ban path, so auto-bans are persisted, listed by `gateway bans`
-//! with their reason, and enforced in XDP (or at accept, see [`guard`], when XDP is off).
+//! with their reason, and enforced in XDP (or at accept, see [`crate::guard`], when XDP is off).
 //!
 //! Memory is bounded: at most `defend.max_tracked_sources` sources are tracked (the least
 //! recently seen are forgotten first), each with at most `count` timestamps per trigger and a
@@ -10,15 +10,16 @@
 
 pub mod attack;
 mod enforcer;
-pub mod guard;
+mod metrics;
 
+pub use crate::guard::BanOrder;
 pub use enforcer::Enforcer;
 
 use std::{
     collections::{HashMap, VecDeque},
     net::IpAddr,
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -26,13 +27,14 @@ use std::{
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+
 use tokio::sync::mpsc;
 
 use crate::{
+    api::{KnownGood, L7Decision, SourceView, UnderAttackStatus},
     config::DefendConfig,
-    control::api::{KnownGood, UnderAttackStatus},
     firewall::{FirewallError, FirewallResult},
+    guard::AcceptGuard,
     xdp::NewSources,
 };
 
@@ -53,45 +55,10 @@ pub struct L7Event {
     pub identity: Option<String>,
 }
 
-/// One request from a source, as explain shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct L7Decision {
-    /// Unix seconds.
-    pub at: f64,
-    pub status: u16,
-    pub path: String,
-    pub route: Option<String>,
-    pub identity: Option<String>,
-    /// The signals this request counted as (`auth-failure`, `trap`, ...).
-    #[serde(default)]
-    pub signals: Vec<String>,
-}
-
-/// What the defender knows about one source, for explain.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SourceView {
-    /// The key signals are counted under: the address, or its /64 for IPv6.
-    pub counted_as: String,
-    /// In `defend.never_ban`: signals are recorded, never acted on.
-    pub never_ban: bool,
-    /// Per trigger: "auth-failure: 2/5 in 1m".
-    pub progress: Vec<String>,
-    /// Most recent last.
-    pub recent: Vec<L7Decision>,
-}
-
-/// The ban a crossed trigger asks for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BanOrder {
-    pub net: IpNet,
-    pub duration: Duration,
-    pub comment: String,
-}
-
 /// The address or prefix a source's signals are counted and banned under: IPv4 addresses
 /// as themselves, IPv6 as their /64 (one host owns a /64, and can pick any address in it).
 pub fn source_key(address: IpAddr) -> IpNet {
-    match guard::canonical(address) {
+    match crate::guard::canonical(address) {
         IpAddr::V4(v4) => IpNet::from(IpAddr::V4(v4)),
         IpAddr::V6(v6) => IpNet::new(IpAddr::V6(v6), 64)
             .expect("64 is a valid prefix length")
@@ -180,7 +147,9 @@ impl Tracker {
                 });
             }
         }
-        let never_ban = self.config.never_banned(guard::canonical(event.client));
+        let never_ban = self
+            .config
+            .never_banned(crate::guard::canonical(event.client));
         if order.is_some() {
             // Counting starts over: the ban answers what was counted.
             source.hits.iter_mut().for_each(VecDeque::clear);
@@ -251,7 +220,7 @@ impl Tracker {
             .collect();
         SourceView {
             counted_as: key.to_string(),
-            never_ban: self.config.never_banned(guard::canonical(address)),
+            never_ban: self.config.never_banned(crate::guard::canonical(address)),
             progress,
             recent: source.map_or_else(Vec::new, |source| source.recent.iter().cloned().collect()),
         }
@@ -266,16 +235,21 @@ pub struct Defender {
     dropped: AtomicU64,
     bans: AtomicU64,
     state: Arc<dyn Enforcer>,
+    /// The accept stage's counts (the `connections_per_second` load signal).
+    guard: Arc<AcceptGuard>,
     /// Sources marked known-good, and when (so a busy client is not re-marked per request).
     marked: Mutex<HashMap<IpAddr, Instant>>,
     last_switch: Mutex<attack::LastSwitch>,
     last_sample: Mutex<Option<u64>>,
 }
 
-static DEFENDER: OnceLock<Arc<Defender>> = OnceLock::new();
-
-/// Starts the defender for this process (the daemon calls it once) and returns it.
-pub fn start(config: DefendConfig, state: Arc<dyn Enforcer>) -> Arc<Defender> {
+/// Starts the defender (the daemon calls it once, and hands the result to whoever reports
+/// to it or asks it).
+pub fn start(
+    config: DefendConfig,
+    state: Arc<dyn Enforcer>,
+    guard: Arc<AcceptGuard>,
+) -> Arc<Defender> {
     let (queue, events) = mpsc::channel(QUEUE);
     let defender = Arc::new(Defender {
         queue,
@@ -284,13 +258,11 @@ pub fn start(config: DefendConfig, state: Arc<dyn Enforcer>) -> Arc<Defender> {
         dropped: AtomicU64::new(0),
         bans: AtomicU64::new(0),
         state: state.clone(),
+        guard,
         marked: Mutex::new(HashMap::new()),
         last_switch: Mutex::new(attack::LastSwitch::default()),
         last_sample: Mutex::new(None),
     });
-    if DEFENDER.set(defender.clone()).is_err() {
-        tracing::warn!("the defender was already running; keeping the first one");
-    }
     tokio::spawn(run(defender.clone(), events, state));
     tokio::spawn(auto_switch(defender.clone()));
     defender
@@ -323,7 +295,7 @@ async fn auto_switch(defender: Arc<Defender>) {
                     _ => continue,
                 }
             }
-            crate::config::LoadSignal::ConnectionsPerSecond => guard::accepted(),
+            crate::config::LoadSignal::ConnectionsPerSecond => defender.guard.accepted(),
         };
         let sample = match previous {
             Some((signal, before)) if signal == switch.signal => total.saturating_sub(before),
@@ -354,35 +326,28 @@ async fn auto_switch(defender: Arc<Defender>) {
     }
 }
 
-/// The process's defender, if the daemon started one.
-pub fn running() -> Option<&'static Arc<Defender>> {
-    DEFENDER.get()
-}
-
-/// Called by the proxy for every finished request: never blocks, never fails the request.
-pub fn report(
-    client: IpAddr,
-    status: u16,
-    path: &str,
-    route: Option<&str>,
-    identity: Option<&str>,
-) {
-    let Some(defender) = DEFENDER.get() else {
-        return;
-    };
-    let event = L7Event {
-        client,
-        status,
-        path: path.to_owned(),
-        route: route.map(str::to_owned),
-        identity: identity.map(str::to_owned),
-    };
-    if defender.queue.try_send(event).is_err() {
-        defender.dropped.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 impl Defender {
+    /// Called for every finished request: never blocks, never fails the request.
+    pub fn report(
+        &self,
+        client: IpAddr,
+        status: u16,
+        path: &str,
+        route: Option<&str>,
+        identity: Option<&str>,
+    ) {
+        let event = L7Event {
+            client,
+            status,
+            path: path.to_owned(),
+            route: route.map(str::to_owned),
+            identity: identity.map(str::to_owned),
+        };
+        if self.queue.try_send(event).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Applies a reloaded `[defend]` section.
     pub fn reconfigure(&self, config: DefendConfig) {
         self.lock().reconfigure(config.clone());
@@ -457,7 +422,7 @@ impl Defender {
         }
         tracing::info!(source = %parsed, ttl = %humantime::format_duration(ttl), "source marked known-good");
         Ok(KnownGood {
-            address: guard::canonical(parsed).to_string(),
+            address: crate::guard::canonical(parsed).to_string(),
             expires_in_secs: ttl.as_secs_f64(),
         })
     }

@@ -11,12 +11,12 @@ use super::{
     store::Op,
 };
 use crate::{
-    cluster::Change,
-    control::{
-        api::{Ban, BanList, BanRequest},
+    api::{
+        Ban, BanList, BanRequest,
         valid::{self, ValidPage},
     },
-    defend::BanOrder,
+    cluster::Change,
+    guard::BanOrder,
     xdp,
 };
 
@@ -347,15 +347,15 @@ impl Inner {
     /// Hands the bans to the accept stage when XDP is off (with XDP on it enforces none).
     pub(super) fn publish_bans(&self) {
         let set = match self.xdp {
-            Some(_) => crate::defend::guard::BanSet::default(),
-            None => crate::defend::guard::BanSet::new(
+            Some(_) => crate::guard::BanSet::default(),
+            None => crate::guard::BanSet::new(
                 self.operator
                     .bans
                     .values()
                     .map(|ban| (ban.cidr, ban.expires_at)),
             ),
         };
-        crate::defend::guard::publish(set);
+        self.guard.publish(set);
     }
 }
 

@@ -1,7 +1,7 @@
 //! What can go wrong with a firewall change, in the domain's words. The admin API maps each
 //! kind to a status (`control::server`); the messages say what to do.
 
-use crate::{control::valid::Invalid, xdp::XdpError};
+use crate::{api::valid::Invalid, xdp::XdpError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {

@@ -9,11 +9,8 @@ use super::{
     rules::{action_name, policy_name},
 };
 use crate::{
+    api::{Explanation, RateState, RuleEntry, valid},
     config::Action,
-    control::{
-        api::{Explanation, RateState, RuleEntry},
-        valid,
-    },
     xdp::{self, XdpFirewall},
 };
 
@@ -40,7 +37,7 @@ impl Firewall {
         let policy = effective.policy;
         let known_good = match inner.xdp.as_ref() {
             Some(xdp) => xdp
-                .known_good(crate::defend::guard::canonical(address))?
+                .known_good(crate::guard::canonical(address))?
                 .map(|until| until.saturating_sub(now).as_secs_f64()),
             None => None,
         };
@@ -167,7 +164,7 @@ impl Firewall {
                 )
             },
             rate,
-            l7: crate::defend::running().map(|defender| defender.view(address)),
+            l7: None, // the admin API adds the defender's view
             known_good_expires_in_secs: known_good,
             under_attack,
         })

@@ -4,7 +4,7 @@ use std::{net::IpAddr, time::Duration};
 
 use super::{Firewall, FirewallError, FirewallResult};
 use crate::{
-    control::api::{InterfaceStats, ReasonStats, SourceDrops, Stats, XdpStats},
+    api::{InterfaceStats, ReasonStats, SourceDrops, Stats, XdpStats},
     xdp::{self, XdpFirewall},
 };
 
@@ -92,7 +92,7 @@ impl Firewall {
         let mut inner = self.lock();
         match inner.xdp.as_mut() {
             Some(xdp) => {
-                let source = crate::defend::guard::canonical(source);
+                let source = crate::guard::canonical(source);
                 xdp.mark_known_good(source, xdp::now().saturating_add(ttl))?;
                 Ok(true)
             }

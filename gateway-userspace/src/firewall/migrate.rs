@@ -132,7 +132,7 @@ pub fn migrate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::valid;
+    use crate::api::valid;
 
     #[test]
     fn entries_out_of_range_are_skipped_the_rest_moves_and_the_file_is_renamed() {

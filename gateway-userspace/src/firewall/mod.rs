@@ -19,8 +19,8 @@ mod bans;
 pub mod error;
 mod explain;
 mod kernel;
+mod metrics;
 pub mod migrate;
-mod ports;
 pub mod records;
 mod replicate;
 mod rules;
@@ -28,7 +28,7 @@ pub mod store;
 
 use std::{
     collections::{BTreeMap, HashSet},
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use ipnet::IpNet;
@@ -39,6 +39,7 @@ use store::{Op, Store};
 
 use crate::{
     config::{AdminConfig, CidrRule, FirewallConfig, RawLimits, XdpConfig},
+    guard::AcceptGuard,
     xdp::{self, XdpFirewall},
 };
 
@@ -72,6 +73,8 @@ struct Inner {
     max_bans: usize,
     operator: Operator,
     store: Store,
+    /// Where the bans go when XDP is off: the proxy's accept stage reads them.
+    guard: Arc<AcceptGuard>,
 }
 
 impl Firewall {
@@ -142,6 +145,7 @@ impl Firewall {
             max_bans,
             operator,
             store,
+            guard: Arc::default(),
         };
         inner.apply()?;
         inner.restore_bans();
@@ -154,6 +158,11 @@ impl Firewall {
             inner: Mutex::new(inner),
             cluster: Default::default(),
         })
+    }
+
+    /// The bans to enforce at accept (the proxy's guard when XDP is off), kept current.
+    pub fn accept_guard(&self) -> Arc<AcceptGuard> {
+        self.lock().guard.clone()
     }
 
     /// Cluster mode: from now on, bans and operator rule changes are also sent to `sink`.

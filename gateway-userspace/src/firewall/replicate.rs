@@ -174,7 +174,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::api::RuleAction;
+    use crate::api::RuleAction;
 
     fn firewall(dir: &std::path::Path, config_rules: &str) -> Firewall {
         let config = crate::config::Config::parse(&format!(

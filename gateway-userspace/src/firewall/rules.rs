@@ -11,14 +11,12 @@ use super::{
     store::Op,
 };
 use crate::{
-    cluster::Change,
-    config::{Action, Policy},
-    control::{
-        api::{
-            ImportRequest, RateClassView, RateLimits, RawLimits, RuleEntry, RuleList, RuleRequest,
-        },
+    api::{
+        ImportRequest, RateClassView, RateLimits, RawLimits, RuleEntry, RuleList, RuleRequest,
         valid::{self, ValidPage},
     },
+    cluster::Change,
+    config::{Action, Policy},
 };
 
 pub(super) fn action_name(action: Action) -> &'static str {

@@ -273,7 +273,7 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::api::RuleAction;
+    use crate::api::RuleAction;
 
     fn rule(cidr: &str, seq: u64) -> OperatorRule {
         OperatorRule {

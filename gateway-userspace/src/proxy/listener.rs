@@ -20,7 +20,10 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{HttpLimits, ListenerConfig};
+use crate::{
+    config::{HttpLimits, ListenerConfig},
+    guard::AcceptGuard,
+};
 
 use super::{
     ConnectionInfo,
@@ -55,6 +58,8 @@ pub struct Shared {
     pub connections: Arc<Semaphore>,
     /// Flips to `true` once: stop accepting, finish what is in flight.
     pub shutdown: watch::Receiver<bool>,
+    /// The bans enforced at accept when XDP is off.
+    pub guard: Arc<AcceptGuard>,
 }
 
 /// Whether a reload changes what the listening sockets are (name, address, protocol):
@@ -93,9 +98,9 @@ pub async fn accept_loop(
             },
             () = stopped(&mut shutdown) => break,
         };
-        crate::defend::guard::count_accept();
+        shared.guard.count_accept();
         // Bans when XDP is off (with XDP on, a banned source never gets this far).
-        if crate::defend::guard::refuses(client.ip()) {
+        if shared.guard.refuses(client.ip()) {
             tracing::debug!(%client, "connection refused: the source is banned");
             drop(stream);
             continue;

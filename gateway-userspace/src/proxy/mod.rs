@@ -28,6 +28,7 @@ pub mod credential;
 mod error;
 mod forward;
 mod h2_watch;
+mod handles;
 mod headers;
 mod health;
 mod jwt;
@@ -36,6 +37,7 @@ mod listener;
 pub mod normalise;
 pub mod observe;
 mod otlp;
+mod register;
 mod route;
 mod snapshot;
 mod throttle;
@@ -57,8 +59,10 @@ use crate::config::{ProxyConfig, RouteConfig};
 pub use access_log::AccessLogLayer;
 pub use body::ProxyBody;
 pub use error::{Cause, ErrorKind, ProxyError};
+pub use handles::{Finished, Handles, RequestSignals};
 pub use headers::HOP_BY_HOP;
 pub use otlp::{start as start_otlp, stop as stop_otlp};
+pub use register::metering;
 use snapshot::{Snapshot, Upstream};
 
 /// What a stage decided.
@@ -270,13 +274,15 @@ async fn handle(
     // From here on the normalised path; the raw one only if it was refused.
     let path = ctx.path.take().unwrap_or(raw_path);
     // L7 signals for the defender (auto-bans, known-good sources): a non-blocking report.
-    crate::defend::report(
-        ctx.connection.client.ip(),
-        response.status().as_u16(),
-        &path,
-        ctx.route.map(|_| ctx.route().name.as_str()),
-        ctx.identity.as_ref().map(|identity| identity.name.as_str()),
-    );
+    if let Some(signals) = &ctx.snapshot.handles.signals {
+        signals.finished(Finished {
+            client: ctx.connection.client.ip(),
+            status: response.status().as_u16(),
+            path: &path,
+            route: ctx.route.map(|_| ctx.route().name.as_str()),
+            identity: ctx.identity.as_ref().map(|identity| identity.name.as_str()),
+        });
+    }
     let record = observe::Record {
         log_line: logged,
         upstream: ctx
@@ -318,10 +324,15 @@ pub struct Proxy {
 
 impl Proxy {
     /// Binds every listener (an address in use is an error naming the listener) and starts
-    /// serving. With no listeners configured it does nothing.
-    pub async fn start(config: &ProxyConfig) -> anyhow::Result<Proxy> {
+    /// serving, with the neighbours the daemon hands it. With no listeners configured it
+    /// does nothing.
+    pub async fn start(config: &ProxyConfig, handles: Handles) -> anyhow::Result<Proxy> {
         let bound = listener::bind(&config.listeners).await?;
-        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)));
+        let guard = handles.guard.clone();
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
+            handles,
+            ..Snapshot::build(config)
+        }));
         snapshot.load().cache.make_current();
         let max_connections = config.limits.max_connections;
         let connections = Arc::new(Semaphore::new(max_connections as usize));
@@ -330,6 +341,7 @@ impl Proxy {
             snapshot: snapshot.clone(),
             connections: connections.clone(),
             shutdown: stop,
+            guard,
         });
         let mut tasks = JoinSet::new();
         let mut tls_configs = Vec::new();

@@ -10,6 +10,7 @@ use crate::config::{
 };
 
 use super::{
+    Handles,
     balance::Balancer,
     cache::{Counters, Store},
     forward::{RetryBudget, UpstreamClient, client, h2c_client},
@@ -37,6 +38,8 @@ pub struct Snapshot {
     pub providers: Vec<Arc<Provider>>,
     /// Per route: its rate limiters (`None`: no limits).
     pub throttles: Vec<Option<Arc<RouteLimits>>>,
+    /// The neighbours the daemon handed the proxy; the same for the proxy's life.
+    pub handles: Handles,
 }
 
 pub struct Upstream {
@@ -155,6 +158,7 @@ impl Snapshot {
                     RouteLimits::build(route, old)
                 })
                 .collect(),
+            handles: previous.map_or_else(Handles::default, |previous| previous.handles.clone()),
         }
     }
 }

@@ -156,7 +156,8 @@ pub async fn throttle(
     let mut tightest: Option<(u32, u32, u64)> = None;
     for (index, limit) in limits.limits.iter().enumerate() {
         let key = key(ctx, req, &limit.rule.key);
-        let outcome = match crate::cluster::limiter().filter(|_| limit.rule.cluster) {
+        let cluster = ctx.snapshot.handles.limiter.as_ref();
+        let outcome = match cluster.filter(|_| limit.rule.cluster) {
             Some(cluster) => {
                 let rate = crate::cluster::Rate {
                     count: limit.rule.count,

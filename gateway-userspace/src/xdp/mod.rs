@@ -28,7 +28,6 @@ use aya::{
 use gateway_common::{
     Counter, INTERFACE_BLOCKS, PROGRAM_NAME, Reason, Settings, maps as map_names,
 };
-use serde::{Deserialize, Serialize};
 
 pub use attack::NewSources;
 pub use error::XdpError;
@@ -40,13 +39,7 @@ pub use bans::now;
 static PROGRAM_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-xdp"));
 
-/// How the program ended up attached to an interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AttachMode {
-    Native,
-    Skb,
-}
+pub use crate::api::AttachMode;
 
 #[derive(Debug)]
 pub struct Attachment {

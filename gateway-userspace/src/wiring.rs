@@ -1,17 +1,43 @@
-//! The firewall behind the narrow interfaces its neighbours define: the defender's
-//! [`Enforcer`] and the cluster's [`Replica`].
+//! The composition root's adapters: each service defines the trait it needs of a neighbour,
+//! and this file implements it for the neighbour that answers, so no service imports
+//! another. The daemon passes the results in.
 
 use std::{net::IpAddr, time::Duration};
 
 use ipnet::IpNet;
 
-use super::{Firewall, FirewallResult};
 use crate::{
-    cluster::{ChangeSink, Replica, Replicated},
-    defend::{BanOrder, Enforcer},
+    api::Metering,
+    cluster::{ChangeSink, LocalMetering, Replica, Replicated},
+    defend::{BanOrder, Defender, Enforcer},
+    firewall::{Firewall, FirewallResult},
+    proxy::{Finished, RequestSignals},
     xdp::NewSources,
 };
 
+/// The proxy's finished requests are the defender's L7 signals.
+impl RequestSignals for Defender {
+    fn finished(&self, request: Finished<'_>) {
+        self.report(
+            request.client,
+            request.status,
+            request.path,
+            request.route,
+            request.identity,
+        );
+    }
+}
+
+/// The cluster pushes what this node's proxy metered.
+pub struct ProxyMetering;
+
+impl LocalMetering for ProxyMetering {
+    fn totals(&self) -> Metering {
+        crate::proxy::metering()
+    }
+}
+
+/// The defender acts on the kernel through the firewall.
 impl Enforcer for Firewall {
     fn auto_ban(&self, orders: &[BanOrder]) -> FirewallResult<Vec<IpNet>> {
         Firewall::auto_ban(self, orders)
@@ -34,6 +60,7 @@ impl Enforcer for Firewall {
     }
 }
 
+/// Other nodes' changes reach this node's firewall.
 impl Replica for Firewall {
     fn set_change_sink(&self, sink: ChangeSink) {
         self.set_cluster_sink(sink);

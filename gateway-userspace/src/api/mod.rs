@@ -1,8 +1,18 @@
-//! The admin API's JSON shapes, shared by the daemon (server) and the CLI (client).
+//! The admin API's JSON shapes, shared by the daemon (server) and the CLI (client), and
+//! their ranges ([`valid`]). Below the services: each speaks these types, none needs another
+//! service or the HTTP adapter (control/) for them.
+
+pub mod valid;
 
 use serde::{Deserialize, Serialize};
 
-use crate::xdp::AttachMode;
+/// How the XDP program ended up attached to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachMode {
+    Native,
+    Skb,
+}
 
 /// `GET /v1/stats`.
 pub const STATS_PATH: &str = "/v1/stats";
@@ -228,7 +238,7 @@ pub struct Explanation {
     /// What the defender saw from this source: trigger progress and recent L7 decisions
     /// (absent when no defender runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub l7: Option<crate::defend::SourceView>,
+    pub l7: Option<crate::api::SourceView>,
     /// Seconds the source stays known-good (admitted under attack); absent: not known-good.
     #[serde(default)]
     pub known_good_expires_in_secs: Option<f64>,
@@ -349,4 +359,31 @@ pub struct PurgeRequest {
 pub struct Purged {
     /// Responses removed (every variant counts).
     pub purged: usize,
+}
+
+/// One request from a source, as explain shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct L7Decision {
+    /// Unix seconds.
+    pub at: f64,
+    pub status: u16,
+    pub path: String,
+    pub route: Option<String>,
+    pub identity: Option<String>,
+    /// The signals this request counted as (`auth-failure`, `trap`, ...).
+    #[serde(default)]
+    pub signals: Vec<String>,
+}
+
+/// What the defender knows about one source, for explain.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceView {
+    /// The key signals are counted under: the address, or its /64 for IPv6.
+    pub counted_as: String,
+    /// In `defend.never_ban`: signals are recorded, never acted on.
+    pub never_ban: bool,
+    /// Per trigger: "auth-failure: 2/5 in 1m".
+    pub progress: Vec<String>,
+    /// Most recent last.
+    pub recent: Vec<L7Decision>,
 }

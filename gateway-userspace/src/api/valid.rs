@@ -6,15 +6,11 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use hyper::StatusCode;
 use ipnet::IpNet;
 
 use super::{
-    api::{
-        BanRequest, ImportRequest, KnownGoodRequest, MAX_PAGE, PageQuery, RemoveRuleRequest,
-        RuleAction, RuleRequest, UnbanRequest,
-    },
-    failure::ApiFailure,
+    BanRequest, ImportRequest, KnownGoodRequest, MAX_PAGE, PageQuery, RemoveRuleRequest,
+    RuleAction, RuleRequest, UnbanRequest,
 };
 
 /// Longest ban, rule TTL or known-good TTL: 10 years.
@@ -40,16 +36,6 @@ impl Invalid {
         Invalid {
             field: field.to_owned(),
             reason: reason.into(),
-        }
-    }
-}
-
-impl From<Invalid> for ApiFailure {
-    fn from(invalid: Invalid) -> ApiFailure {
-        ApiFailure {
-            status: StatusCode::BAD_REQUEST,
-            message: invalid.to_string(),
-            field: Some(invalid.field),
         }
     }
 }

@@ -1,12 +1,14 @@
-//! The accept-stage ban check used when XDP is off: the daemon publishes its bans here, and
-//! every accepted connection is looked up in them (one hash lookup per distinct prefix
-//! length, on a snapshot read without a lock).
+//! Bans as plain values: the order to place one ([`BanOrder`]), and the accept-stage ban
+//! check used when XDP is off: the firewall publishes its bans into the
+//! daemon's one [`AcceptGuard`], and the proxy looks every accepted connection up in it (one
+//! hash lookup per distinct prefix length, on a snapshot read without a lock). A leaf: the
+//! firewall, the proxy and the defender share it without knowing each other.
 
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
     sync::{
-        LazyLock,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::{SystemTime, UNIX_EPOCH},
@@ -14,6 +16,14 @@ use std::{
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
+
+/// A ban to place: the defender orders it when a trigger is crossed, the firewall places it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BanOrder {
+    pub net: IpNet,
+    pub duration: std::time::Duration,
+    pub comment: String,
+}
 
 /// Banned prefixes -> wall-clock expiry (Unix seconds; `f64::INFINITY`: until unbanned).
 #[derive(Debug, Default)]
@@ -74,44 +84,51 @@ pub fn canonical(address: IpAddr) -> IpAddr {
     }
 }
 
-static BANS: LazyLock<ArcSwap<BanSet>> = LazyLock::new(Default::default);
-static REFUSED: AtomicU64 = AtomicU64::new(0);
-static ACCEPTED: AtomicU64 = AtomicU64::new(0);
-
-/// Counts a connection the proxy accepted (the `connections_per_second` load signal).
-pub fn count_accept() {
-    ACCEPTED.fetch_add(1, Ordering::Relaxed);
+/// The bans enforced at accept, and what the accept stage counted. The daemon makes one and
+/// hands it to the firewall (which publishes), the proxy (which checks) and the defender.
+#[derive(Debug, Default)]
+pub struct AcceptGuard {
+    bans: ArcSwap<BanSet>,
+    refused: AtomicU64,
+    accepted: AtomicU64,
 }
 
-/// Connections accepted since start.
-pub fn accepted() -> u64 {
-    ACCEPTED.load(Ordering::Relaxed)
-}
-
-/// Replaces the bans the accept stage enforces (empty while XDP enforces them).
-pub fn publish(set: BanSet) {
-    BANS.store(std::sync::Arc::new(set));
-}
-
-/// Whether the accept stage must close a connection from `address`; counts refusals.
-pub fn refuses(address: IpAddr) -> bool {
-    let bans = BANS.load();
-    if bans.is_empty() {
-        return false;
+impl AcceptGuard {
+    /// Counts a connection the proxy accepted (the `connections_per_second` load signal).
+    pub fn count_accept(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |since| since.as_secs_f64());
-    let banned = bans.find(address, now).is_some();
-    if banned {
-        REFUSED.fetch_add(1, Ordering::Relaxed);
-    }
-    banned
-}
 
-/// Connections closed at accept because their source is banned, since start.
-pub fn refused() -> u64 {
-    REFUSED.load(Ordering::Relaxed)
+    /// Connections accepted since start.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the bans the accept stage enforces (empty while XDP enforces them).
+    pub fn publish(&self, set: BanSet) {
+        self.bans.store(Arc::new(set));
+    }
+
+    /// Whether the accept stage must close a connection from `address`; counts refusals.
+    pub fn refuses(&self, address: IpAddr) -> bool {
+        let bans = self.bans.load();
+        if bans.is_empty() {
+            return false;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64());
+        let banned = bans.find(address, now).is_some();
+        if banned {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        banned
+    }
+
+    /// Connections closed at accept because their source is banned, since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]
@@ -142,5 +159,26 @@ mod tests {
             Some("198.51.100.0/24".parse().unwrap())
         );
         assert_eq!(at("198.51.100.3", 11.0), None);
+    }
+
+    #[test]
+    fn the_guard_refuses_published_bans_and_counts() {
+        let guard = AcceptGuard::default();
+        let banned: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert!(!guard.refuses(banned), "nothing published yet");
+        guard.publish(BanSet::new([("192.0.2.0/24".parse().unwrap(), None)]));
+        for (address, refused) in [
+            (banned, true),
+            (mapped, true),
+            ("192.0.3.1".parse().unwrap(), false),
+        ] {
+            assert_eq!(guard.refuses(address), refused, "{address}");
+        }
+        assert_eq!(guard.refused(), 2);
+        guard.count_accept();
+        assert_eq!(guard.accepted(), 1);
+        guard.publish(BanSet::default());
+        assert!(!guard.refuses(banned), "XDP took over: the set is empty");
     }
 }
