@@ -1,6 +1,7 @@
 //! The gateway daemon and CLI as a library, so integration tests and benchmarks drive the
 //! same code as the `gateway` binary.
 
+pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -8,6 +9,7 @@ pub mod control;
 pub mod daemon;
 pub mod defend;
 pub mod firewall;
+pub mod http;
 pub mod proxy;
 pub mod rlimit;
 pub mod xdp;

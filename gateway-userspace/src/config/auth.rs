@@ -490,7 +490,7 @@ fn compile_provider(raw: RawJwt, key: &str, problems: &mut Problems) -> Option<J
     for (claim, header) in raw.forward_claims {
         match HeaderName::from_bytes(header.as_bytes()) {
             Ok(name)
-                if !crate::proxy::HOP_BY_HOP.contains(&name.as_str())
+                if !crate::http::HOP_BY_HOP.contains(&name.as_str())
                     && !RESERVED_FORWARD.contains(&name.as_str()) =>
             {
                 forward_claims.push((claim, name))

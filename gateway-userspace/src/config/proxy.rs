@@ -663,7 +663,7 @@ fn compile_tls(
             names.push(host);
         }
         let loaded = match (&certificate.cert, &certificate.key, certificate.self_signed) {
-            (Some(cert), Some(key), false) => crate::proxy::tls::load(cert, key),
+            (Some(cert), Some(key), false) => crate::certs::load(cert, key),
             (None, None, true) if names.is_empty() => {
                 problems.add(
                     format!("{entry}.names"),
@@ -678,7 +678,7 @@ fn compile_tls(
                      unless told to (curl -k); for trying HTTPS out, not for production",
                     certificate.names
                 ));
-                crate::proxy::tls::self_signed(&certificate.names)
+                crate::certs::self_signed(&certificate.names)
             }
             (_, _, true) => {
                 problems.add(
@@ -712,7 +712,7 @@ fn compile_tls(
                     warnings.push(format!("{entry}.cert: the certificate in {file} {problem}"));
                 }
                 for (at, (name, host)) in certificate.names.iter().zip(&names).enumerate() {
-                    if !loaded.covers(host) {
+                    if !sni_probe(host).is_none_or(|probe| loaded.covers(&probe)) {
                         warnings.push(format!(
                             "{entry}.names[{at}]: the certificate in {file} is not valid for \
                              {name:?} (see its subject alternative names): clients will refuse it"
@@ -726,11 +726,11 @@ fn compile_tls(
                     certified: loaded.key,
                 });
             }
-            Err(crate::proxy::tls::LoadError::Cert(reason)) => {
+            Err(crate::certs::LoadError::Cert(reason)) => {
                 problems.add(format!("{entry}.cert"), reason);
                 complete = false;
             }
-            Err(crate::proxy::tls::LoadError::Key(reason)) => {
+            Err(crate::certs::LoadError::Key(reason)) => {
                 problems.add(format!("{entry}.key"), reason);
                 complete = false;
             }
@@ -771,6 +771,16 @@ fn compile_tls(
         certificates,
         default,
     })
+}
+
+/// The name a certificate must be valid for to serve `host`: the name itself, or for a
+/// wildcard a name one label under it. `None` (anything goes) for `HostMatch::Any`.
+fn sni_probe(host: &HostMatch) -> Option<String> {
+    match host {
+        HostMatch::Exact(name) => Some(name.clone()),
+        HostMatch::Suffix(suffix) => Some(format!("sni-probe{suffix}")),
+        HostMatch::Any => None,
+    }
 }
 
 impl RawLimits {
@@ -1280,7 +1290,7 @@ impl RawHeaderOps {
 /// Header fields that are the proxy's own business, so config may not edit them: the
 /// hop-by-hop fields the proxy removes, and the framing it sets.
 fn is_reserved_header(name: &str) -> bool {
-    crate::proxy::HOP_BY_HOP.contains(&name) || name == "content-length"
+    crate::http::HOP_BY_HOP.contains(&name) || name == "content-length"
 }
 
 fn header_name(name: &str, key: &str, problems: &mut Problems) -> Option<HeaderName> {

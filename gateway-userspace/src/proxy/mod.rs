@@ -57,7 +57,6 @@ use crate::config::{ProxyConfig, RouteConfig};
 pub use access_log::AccessLogLayer;
 pub use body::ProxyBody;
 pub use error::{Cause, ErrorKind, ProxyError};
-pub use headers::HOP_BY_HOP;
 pub use otlp::{start as start_otlp, stop as stop_otlp};
 use snapshot::{Snapshot, Upstream};
 
