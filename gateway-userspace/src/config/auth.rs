@@ -17,7 +17,11 @@ use jsonwebtoken::{
 use rustls_pki_types::{CertificateDer, pem::PemObject as _};
 use serde::Deserialize;
 
-use super::{Problems, firewall::parse_cidr};
+use super::{
+    Problems,
+    firewall::parse_cidr,
+    units::{duration, duration_or_zero},
+};
 
 // ---- The validated form ----
 
@@ -472,16 +476,8 @@ fn compile_provider(raw: RawJwt, key: &str, problems: &mut Problems) -> Option<J
             "refresh, refetch_cooldown and jwks_ca need jwks_url",
         );
     }
-    let leeway = match raw.leeway {
-        None => DEFAULT_LEEWAY,
-        Some(text) => humantime::parse_duration(&text).unwrap_or_else(|_| {
-            problems.add(
-                format!("{key}.leeway"),
-                format!("{text:?} is not a duration (e.g. \"30s\")"),
-            );
-            DEFAULT_LEEWAY
-        }),
-    };
+    let leeway =
+        duration_or_zero(raw.leeway, &format!("{key}.leeway"), problems).unwrap_or(DEFAULT_LEEWAY);
     let token = raw
         .token
         .map(|token| token.compile(&format!("{key}.token"), problems))
@@ -876,20 +872,6 @@ pub(super) fn compile_cors(raw: RawCors, key: &str, problems: &mut Problems) -> 
         expose: names(&raw.expose, "expose", problems),
         credentials: raw.credentials,
         max_age: duration(raw.max_age, &format!("{key}.max_age"), problems),
-    }
-}
-
-fn duration(value: Option<String>, key: &str, problems: &mut Problems) -> Option<Duration> {
-    let text = value?;
-    match humantime::parse_duration(&text) {
-        Ok(duration) if !duration.is_zero() => Some(duration),
-        _ => {
-            problems.add(
-                key,
-                format!("{text:?} is not a duration above 0s (e.g. \"30s\", \"5m\")"),
-            );
-            None
-        }
     }
 }
 
