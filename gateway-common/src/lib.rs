@@ -259,6 +259,21 @@ pub struct Bucket {
 /// A never-expiring ban.
 pub const BAN_PERMANENT: u64 = u64::MAX;
 
+// The kernel and the daemon read these bytes each with its own compile of this file: a size
+// that changes (a field added, padding the compiler inserted) must be a deliberate change of
+// the map layout, so it fails the build until the numbers here are changed with it. Each
+// size is also the sum of the fields', so no implicit padding hides in them.
+const _: () = {
+    use core::mem::{align_of, size_of};
+    assert!(size_of::<Reason>() == 4);
+    assert!(size_of::<Counter>() == 16 && align_of::<Counter>() == 8);
+    assert!(size_of::<Rule>() == 8 && align_of::<Rule>() == 4);
+    assert!(size_of::<Settings>() == 12 && align_of::<Settings>() == 4);
+    assert!(size_of::<NewSourceBudget>() == 32 && align_of::<NewSourceBudget>() == 8);
+    assert!(size_of::<RateClass>() == 48 && align_of::<RateClass>() == 8);
+    assert!(size_of::<Bucket>() == 32 && align_of::<Bucket>() == 8);
+};
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers with explicit padding, valid for any bit pattern.

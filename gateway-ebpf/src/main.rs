@@ -218,6 +218,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// The kernel lets only GPL-compatible programs call GPL-only helpers; "Dual MIT/GPL" is
+/// what Cargo.toml's `license = "MIT OR GPL-2.0-only"` says, in the kernel's words.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -2,6 +2,7 @@
 //! same code as the `gateway` binary.
 
 pub mod api;
+pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod daemon;
 pub mod defend;
 pub mod firewall;
 pub mod guard;
+pub mod http;
 pub mod proxy;
 pub mod rlimit;
 pub mod wiring;

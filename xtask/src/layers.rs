@@ -14,8 +14,9 @@ use anyhow::{Context as _, Result};
 /// Top-level modules of gateway-userspace, lowest layer first. A module may use modules of
 /// the layers below its own, never its own layer's neighbours or a layer above.
 pub const LAYERS: &[(&str, &[&str])] = &[
-    // Pure building blocks, no `crate::` imports: the accept-stage ban set.
-    ("leaves", &["guard"]),
+    // Pure building blocks, no `crate::` imports: the accept-stage ban set, HTTP constants,
+    // certificate loading.
+    ("leaves", &["guard", "http", "certs"]),
     ("config", &["config"]),
     // The admin API's wire types and their range checks (they reuse config's shapes).
     ("wire", &["api"]),
@@ -34,11 +35,6 @@ pub const LAYERS: &[(&str, &[&str])] = &[
 /// Edges that break the table today, each with why and who removes it. The goal is an empty
 /// list: the check fails when a listed edge no longer occurs, so a fixed entry gets deleted.
 pub const ALLOWED: &[(&str, &str, &str)] = &[
-    (
-        "config",
-        "proxy",
-        "HOP_BY_HOP and certificate loading move to leaves (branch `tidy`)",
-    ),
     (
         "firewall",
         "cluster",

@@ -44,6 +44,8 @@ pub const APT_PACKAGES: &[&str] = &[
 
 /// The bpf-linker release that builds against the LLVM 22 shipped inside the nightly toolchain.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The newest LLVM major that [`BPF_LINKER_VERSION`] has an `llvm-N` feature for.
+const BPF_LINKER_MAX_LLVM: u32 = 22;
 
 /// Where the libLLVM prefix folders live. Not under `target/`: bpf-linker bakes the folder in
 /// as its rpath, so `cargo clean` must not remove it.
@@ -181,24 +183,47 @@ fn apt_get(args: &[&str]) -> Result<()> {
 /// eBPF lint pass.
 const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
 
+/// The eBPF crate's toolchain file: the one place its nightly is pinned (by date).
+const EBPF_TOOLCHAIN_FILE: &str = "gateway-ebpf/rust-toolchain.toml";
+
+/// The pinned nightly, e.g. `nightly-2026-05-20`, read from [`EBPF_TOOLCHAIN_FILE`].
+pub fn ebpf_toolchain() -> Result<String> {
+    let path = cmd::workspace_root().join(EBPF_TOOLCHAIN_FILE);
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let file: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    file.get("toolchain")
+        .and_then(|table| table.get("channel"))
+        .and_then(toml::Value::as_str)
+        .map(str::to_owned)
+        .with_context(|| format!("{}: no toolchain.channel string", path.display()))
+}
+
 /// Components of the default (stable) toolchain that `cargo xtask lint` uses.
 const DEFAULT_COMPONENTS: &[&str] = &["rustfmt", "clippy"];
 
 const RUSTUP_HINT: &str = "check the rustup output above (network, disk space), then rerun";
 
 fn nightly_toolchain() -> Result<Outcome> {
-    // Fails when nightly is not installed (auto-install is off so it cannot hide that).
-    let Ok(missing) = missing_components(Some("nightly"), NIGHTLY_COMPONENTS) else {
+    let nightly = ebpf_toolchain()?;
+    // Fails when it is not installed (auto-install is off so it cannot hide that).
+    let Ok(missing) = missing_components(Some(&nightly), NIGHTLY_COMPONENTS) else {
         let mut install = rustup();
-        install.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+        install.args(["toolchain", "install", &nightly, "--profile", "minimal"]);
         install.args(["--component", &NIGHTLY_COMPONENTS.join(",")]);
-        cmd::run(&mut install).step("setup: nightly toolchain", RUSTUP_HINT)?;
+        cmd::run(&mut install).step(
+            "setup: nightly toolchain",
+            format!(
+                "{RUSTUP_HINT}; if rustup says {nightly} does not exist for this host, pin \
+                 another date in {EBPF_TOOLCHAIN_FILE}"
+            ),
+        )?;
         return Ok(Outcome::Done(format!(
-            "installed nightly with {}",
+            "installed {nightly} with {}",
             NIGHTLY_COMPONENTS.join(", ")
         )));
     };
-    add_components(Some("nightly"), NIGHTLY_COMPONENTS, &missing)
+    add_components(Some(&nightly), NIGHTLY_COMPONENTS, &missing)
 }
 
 fn default_components() -> Result<Outcome> {
@@ -270,9 +295,15 @@ fn rustup() -> Command {
 fn bpf_linker() -> Result<Outcome> {
     let llvm = NightlyLlvm::find().step(
         "setup: bpf-linker",
-        "the nightly toolchain should ship libLLVM.so.<major>.<minor>-rust-*; \
-         try `rustup update nightly`, then rerun",
+        format!(
+            "the pinned nightly should ship libLLVM.so.<major>.<minor>-rust-*; reinstall it \
+             (`rustup toolchain uninstall` it, then rerun setup) or pin another date in \
+             {EBPF_TOOLCHAIN_FILE}"
+        ),
     )?;
+    if let Some((problem, what_to_do)) = linker_cannot_link(llvm.major) {
+        return Err(anyhow::anyhow!(problem)).step("setup: bpf-linker", what_to_do);
+    }
     let summary = |path: &Path| {
         format!(
             "{} {BPF_LINKER_VERSION}, LLVM {}",
@@ -293,6 +324,25 @@ fn bpf_linker() -> Result<Outcome> {
         )?;
     ensure_on_path(&path)?;
     Ok(Outcome::Done(format!("installed {}", summary(&path))))
+}
+
+/// When bpf-linker [`BPF_LINKER_VERSION`] has no `llvm-N` feature for the pinned nightly's
+/// LLVM major: what is wrong, and exactly what to do about it.
+fn linker_cannot_link(llvm_major: u32) -> Option<(String, String)> {
+    (llvm_major > BPF_LINKER_MAX_LLVM).then(|| {
+        (
+            format!(
+                "the pinned nightly ships LLVM {llvm_major}, but bpf-linker \
+                 {BPF_LINKER_VERSION} knows LLVM majors only up to {BPF_LINKER_MAX_LLVM}"
+            ),
+            format!(
+                "either pin a nightly on LLVM {BPF_LINKER_MAX_LLVM} in {EBPF_TOOLCHAIN_FILE} \
+                 (`rustc +nightly-YYYY-MM-DD -vV` prints its LLVM version), or raise \
+                 BPF_LINKER_VERSION and BPF_LINKER_MAX_LLVM in xtask/src/setup.rs to a \
+                 bpf-linker release with an `llvm-{llvm_major}` feature; then rerun setup"
+            ),
+        )
+    })
 }
 
 /// The eBPF build looks bpf-linker up on PATH, so a copy only in cargo's bin folder is not enough.
@@ -324,8 +374,8 @@ struct NightlyLlvm {
 
 impl NightlyLlvm {
     fn find() -> Result<Self> {
-        let sysroot =
-            cmd::output(rustup().args(["run", "nightly", "rustc", "--print", "sysroot"]))?;
+        let nightly = ebpf_toolchain()?;
+        let sysroot = cmd::output(rustup().args(["run", &nightly, "rustc", "--print", "sysroot"]))?;
         let lib = Path::new(sysroot.trim()).join("lib");
         let entries = fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))?;
         for entry in entries {
@@ -433,6 +483,34 @@ fn cargo_home() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nightly_on_an_llvm_bpf_linker_does_not_know_says_what_to_do() {
+        for major in [19, 20, 21, BPF_LINKER_MAX_LLVM] {
+            assert_eq!(linker_cannot_link(major), None, "LLVM {major}");
+        }
+        for major in [BPF_LINKER_MAX_LLVM + 1, BPF_LINKER_MAX_LLVM + 2, 99] {
+            let (problem, what_to_do) = linker_cannot_link(major).expect("refused");
+            assert!(problem.contains(&format!("LLVM {major}")), "{problem}");
+            assert!(problem.contains(BPF_LINKER_VERSION), "{problem}");
+            assert!(what_to_do.contains(EBPF_TOOLCHAIN_FILE), "{what_to_do}");
+            assert!(
+                what_to_do.contains(&format!("llvm-{major}")),
+                "{what_to_do}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_ebpf_nightly_is_pinned_by_date() {
+        let pinned = ebpf_toolchain().unwrap();
+        let date = pinned.strip_prefix("nightly-").expect("a nightly");
+        let parts: Vec<&str> = date.split('-').collect();
+        assert!(
+            parts.len() == 3 && parts.iter().all(|part| part.parse::<u32>().is_ok()),
+            "{pinned} is not nightly-YYYY-MM-DD"
+        );
+    }
 
     #[test]
     fn llvm_prefix_links_are_made_once_and_repaired() {

@@ -156,7 +156,8 @@ pub fn lint() -> Result<()> {
     host.args(HOST_CRATES)
         .args(["--all-targets", "--", "-D", "warnings"]);
     cmd::run(&mut host).step("lint: clippy (host crates)", "fix the warnings above")?;
-    let mut ebpf = cmd::cargo(["+nightly", "clippy", "--package", "gateway-ebpf"]);
+    let nightly = format!("+{}", crate::setup::ebpf_toolchain()?);
+    let mut ebpf = cmd::cargo([nightly.as_str(), "clippy", "--package", "gateway-ebpf"]);
     ebpf.args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["--", "-D", "warnings"]);
     cmd::run(&mut ebpf).step(

@@ -23,7 +23,8 @@ use serde::Deserialize;
 
 use super::{
     Problems, UpstreamConfig,
-    proxy::{PathMatch, Size, duration, size},
+    routes::PathMatch,
+    units::{Size, duration, size},
 };
 
 #[derive(Debug, Clone)]

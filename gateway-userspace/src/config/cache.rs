@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::{
     Problems,
-    proxy::{Size, duration, size},
+    units::{Size, duration, size},
 };
 
 /// `[cache]`: the in-memory store every caching route shares.

@@ -122,7 +122,7 @@ impl RawCluster {
                 format!("{key_prefix:?} must be non-empty without spaces"),
             );
         }
-        let metering_interval = super::proxy::duration(
+        let metering_interval = super::units::duration(
             self.metering_interval,
             "cluster.metering_interval",
             problems,

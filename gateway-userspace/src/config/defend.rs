@@ -19,7 +19,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::Problems;
+use super::{Problems, units::duration};
 
 /// Sources tracked at once unless `defend.max_tracked_sources` says (least recent forgotten).
 const DEFAULT_MAX_TRACKED: usize = 100_000;
@@ -269,8 +269,7 @@ impl RawUnderAttack {
         const KEY: &str = "defend.under_attack";
         let defaults = UnderAttackConfig::default();
         let mut span = |text: Option<String>, name: &str, default: Duration| {
-            text.and_then(|text| duration(&text, &format!("{KEY}.{name}"), problems))
-                .unwrap_or(default)
+            duration(text, &format!("{KEY}.{name}"), problems).unwrap_or(default)
         };
         let probation = span(self.probation, "probation", defaults.probation);
         let known_good_ttl = span(
@@ -365,7 +364,7 @@ impl RawTrigger {
             );
         }
         let window = match self.window {
-            Some(text) => duration(&text, &format!("{key}.window"), problems),
+            Some(text) => duration(Some(text), &format!("{key}.window"), problems),
             None if count > 1 => {
                 problems.add(
                     format!("{key}.window"),
@@ -376,7 +375,7 @@ impl RawTrigger {
             None => Some(Duration::from_secs(1)),
         };
         let ban = match self.ban {
-            Some(text) => duration(&text, &format!("{key}.ban"), problems),
+            Some(text) => duration(Some(text), &format!("{key}.ban"), problems),
             None => {
                 problems.add(
                     format!("{key}.ban"),
@@ -427,23 +426,6 @@ impl RawTrigger {
     }
 }
 
-fn duration(text: &str, key: &str, problems: &mut Problems) -> Option<Duration> {
-    match humantime::parse_duration(text) {
-        Ok(duration) if !duration.is_zero() => Some(duration),
-        Ok(_) => {
-            problems.add(key, "must be longer than 0s");
-            None
-        }
-        Err(_) => {
-            problems.add(
-                key,
-                format!("{text:?} is not a duration (e.g. \"30s\", \"10m\", \"1h\")"),
-            );
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use crate::config::{Config, ParseError};
@@ -490,7 +472,7 @@ mod tests {
             [
                 "defend.never_ban[0]: \"10.0.0.300/8\" is not an IP address or CIDR (e.g. \"10.0.0.0/8\")",
                 "defend.triggers[0].window: count = 5 needs a window to count in (e.g. \"1m\")",
-                "defend.triggers[0].ban: \"soon\" is not a duration (e.g. \"30s\", \"10m\", \"1h\")",
+                "defend.triggers[0].ban: \"soon\" is not a duration (e.g. \"500ms\", \"30s\", \"2m\")",
                 "defend.triggers[1].paths: a trap needs at least one path (e.g. [\"/wp-login.php\"])",
                 "defend.triggers[2].paths: only signal = \"trap\" takes paths; client-error counts every path",
             ]

@@ -8,10 +8,18 @@ mod cache;
 mod cluster;
 mod defend;
 mod firewall;
+mod header_ops;
+mod http_limits;
+mod listeners;
 mod normalise;
+mod precedence;
 mod proxy;
 mod rate_limit;
+mod routes;
 mod side_limits;
+mod tls;
+mod units;
+mod upstreams;
 
 use std::{fmt, path::Path, path::PathBuf};
 
@@ -24,13 +32,15 @@ pub use defend::{
     AutoSwitch, DefendConfig, LoadSignal, Signal, TrapPath, Trigger, UnderAttackConfig,
 };
 pub use firewall::{Action, CidrRule, FirewallConfig, Policy, ProtectedPorts};
+pub use header_ops::HeaderOps;
+pub use http_limits::HttpLimits;
+pub use listeners::{ListenerConfig, ListenerProtocol};
 pub use normalise::{EscapedSlashes, NormaliseConfig};
-pub use proxy::{
-    Balance, HeaderOps, HostMatch, HttpLimits, ListenerConfig, ListenerProtocol, PathMatch,
-    ProxyConfig, RouteConfig, RouteMatch, TargetConfig, UpstreamConfig, UpstreamProtocol,
-};
+pub use proxy::ProxyConfig;
 pub use rate_limit::{Limits, RateClassConfig, RateLimitConfig, RawLimits};
+pub use routes::{HostMatch, PathMatch, RouteConfig, RouteMatch};
 pub use side_limits::SideLimits;
+pub use upstreams::{Balance, TargetConfig, UpstreamConfig, UpstreamProtocol};
 
 /// Where the CLI and the daemon meet when the config does not say otherwise.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/gateway/admin.sock";
@@ -205,15 +215,15 @@ struct RawConfig {
     #[serde(default)]
     defend: defend::RawDefend,
     #[serde(default)]
-    listeners: Vec<proxy::RawListener>,
+    listeners: Vec<listeners::RawListener>,
     #[serde(default)]
-    limits: proxy::RawLimits,
+    limits: http_limits::RawLimits,
     #[serde(default)]
     normalise: normalise::RawNormalise,
     #[serde(default)]
-    upstreams: Vec<proxy::RawUpstream>,
+    upstreams: Vec<upstreams::RawUpstream>,
     #[serde(default)]
-    routes: Vec<proxy::RawRoute>,
+    routes: Vec<routes::RawRoute>,
     cache: Option<cache::RawCacheStore>,
     #[serde(default)]
     auth: auth::RawAuth,
@@ -274,7 +284,7 @@ impl RawOtlp {
                 ),
             ),
         }
-        let timeout = proxy::duration(self.timeout, "otlp.timeout", problems);
+        let timeout = units::duration(self.timeout, "otlp.timeout", problems);
         Some(OtlpConfig {
             endpoint: self.endpoint,
             protocol: self.protocol,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{Problems, proxy::duration};
+use super::{Problems, units::duration};
 
 /// Limits of one side listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use hyper::{
     header::{CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, TE, UPGRADE},
 };
 
-use crate::config::HeaderOps;
+use crate::{config::HeaderOps, http::HOP_BY_HOP};
 
 use super::{Flow, RequestContext, body::ProxyBody, error::ProxyError, trace::TRACEPARENT};
 
@@ -17,18 +17,6 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-
-/// Hop-by-hop fields (RFC 9110 7.6.1), besides those `Connection` names.
-pub const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
-];
 
 /// Longest client-supplied request id kept; longer ones are replaced.
 const MAX_REQUEST_ID: usize = 128;

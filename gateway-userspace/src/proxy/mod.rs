@@ -60,7 +60,6 @@ pub use access_log::AccessLogLayer;
 pub use body::ProxyBody;
 pub use error::{Cause, ErrorKind, ProxyError};
 pub use handles::{Finished, Handles, RequestSignals};
-pub use headers::HOP_BY_HOP;
 pub use otlp::{start as start_otlp, stop as stop_otlp};
 pub use register::metering;
 use snapshot::{Snapshot, Upstream};

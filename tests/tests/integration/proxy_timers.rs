@@ -8,8 +8,6 @@
 //!
 //! Timers are 1 s; assertions are upper bounds with a wide margin (machines are shared).
 
-mod proxy_support;
-
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpStream},
@@ -17,11 +15,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_tests::{Gateway, upstream::Upstream};
-use proxy_support::{
+use crate::proxy_support::{
     IO_TIMEOUT, Proxy, curl, free_port, raw_exchange, raw_status, read_bytes_until_close,
     upstream_toml,
 };
+use gateway_tests::{Gateway, upstream::Upstream};
 
 /// Upper bound for anything a 1 s timer must have done.
 const MARGIN: Duration = Duration::from_secs(15);

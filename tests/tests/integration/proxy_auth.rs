@@ -2,20 +2,20 @@
 //! library (jsonwebtoken) with keys made by openssl, a JWKS served over HTTP and rotated
 //! during the test, API keys, scopes, claims, groups and source CIDRs.
 
-mod proxy_support;
-
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
+use crate::proxy_support::{
+    IO_TIMEOUT, Proxy, Reply, RustClient, config, curl, free_port, upstream_toml,
+};
 use gateway_tests::{
     Gateway, gateway_cmd,
     jwks::{JwksServer, KeyKind, TestKey, b64url, jwks, now, sign_hmac},
     upstream::Upstream,
 };
 use jsonwebtoken::Algorithm;
-use proxy_support::{IO_TIMEOUT, Proxy, Reply, RustClient, config, curl, free_port, upstream_toml};
 use serde_json::json;
 
 const SECRET: &str = "an-hmac-secret-of-at-least-32-bytes!!";

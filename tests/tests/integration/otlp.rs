@@ -2,8 +2,6 @@
 //! for an OpenTelemetry collector) gets one server span per sampled request, with the ids of
 //! the `traceparent` the upstream got.
 
-mod proxy_support;
-
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -11,11 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::proxy_support::{Proxy, Reply, curl, upstream_toml};
 use gateway_tests::upstream::Upstream;
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, Response, body::Bytes, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
-use proxy_support::{Proxy, Reply, curl, upstream_toml};
 
 /// What the receiver got: (path, content type, JSON body) per export request.
 type Exports = Arc<Mutex<Vec<(String, String, serde_json::Value)>>>;

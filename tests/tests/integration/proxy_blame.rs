@@ -5,8 +5,6 @@
 //! retried on another target. Real binary, real upstreams, hand-written bytes on loopback;
 //! every wait is bounded and timers are checked only against wide upper bounds.
 
-mod proxy_support;
-
 use std::{
     collections::HashMap,
     io::Write as _,
@@ -15,10 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_tests::upstream::Upstream;
-use proxy_support::{
+use crate::proxy_support::{
     IO_TIMEOUT, Proxy, RustClient, curl, free_port, raw_status, read_until_close, upstream_toml,
 };
+use gateway_tests::upstream::Upstream;
 
 /// Passive ejection after this many failures in a row: a handful of blamed client faults
 /// would take every target out.

@@ -3,20 +3,18 @@
 //! `--path-as-is`, so the bytes reach the gateway unchanged), each checked by its status
 //! and by what the recording upstream received.
 
-mod proxy_support;
-
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
+use crate::proxy_support::{Proxy, Reply, config, curl, free_port, upstream_toml};
 use gateway_tests::{
     Gateway,
     jwks::{now, sign_hmac},
     upstream::Upstream,
 };
 use jsonwebtoken::Algorithm;
-use proxy_support::{Proxy, Reply, config, curl, free_port, upstream_toml};
 use sha2::Digest as _;
 
 const KEY: &str = "the-api-key-0123456789";

@@ -3,12 +3,12 @@
 //! coalescing of 100 concurrent cold misses, stale-while-revalidate, stale-if-error with the
 //! upstream down, purge through the CLI, and the identity guard. Every wait is bounded.
 
-mod proxy_support;
+use crate::proxy_support;
 
 use std::time::{Duration, Instant};
 
+use crate::proxy_support::{IO_TIMEOUT, Proxy, Reply, RustClient, upstream_toml};
 use gateway_tests::{gateway_cmd, upstream::Upstream};
-use proxy_support::{IO_TIMEOUT, Proxy, Reply, RustClient, upstream_toml};
 
 /// One upstream `api` and one caching route over it, with `cache` as the route's table.
 fn cached(cache: &str) -> (Upstream, Proxy) {

@@ -1,10 +1,10 @@
 //! The proxy's routing, versioning, header handling and balancing, through the real binary
 //! with real upstreams and real clients (curl, including HTTP/2 prior knowledge, and hyper).
 
-mod proxy_support;
+use crate::proxy_support;
 
+use crate::proxy_support::{Proxy, RustClient, curl, upstream_toml};
 use gateway_tests::{gateway_cmd, upstream::Upstream};
-use proxy_support::{Proxy, RustClient, curl, upstream_toml};
 
 /// One upstream per name, each its own pool.
 fn upstreams(names: &[&str]) -> (Vec<Upstream>, String) {

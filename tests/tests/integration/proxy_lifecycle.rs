@@ -2,7 +2,7 @@
 //! finish on the config they started with; an invalid file changes nothing), graceful drain
 //! on SIGTERM, and a daemon without listeners.
 
-mod proxy_support;
+use crate::proxy_support;
 
 use std::{
     net::TcpStream,
@@ -10,8 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::proxy_support::{IO_TIMEOUT, Proxy, curl, upstream_toml};
 use gateway_tests::{Gateway, upstream::Upstream};
-use proxy_support::{IO_TIMEOUT, Proxy, curl, upstream_toml};
 
 fn routes_to(target: &Upstream, others: &[&Upstream]) -> String {
     let mut toml: String = std::iter::once(target)

@@ -2,10 +2,8 @@
 //! before authentication, refused for origins, methods and headers the policy does not
 //! allow, and the allow headers on actual responses, errors included.
 
-mod proxy_support;
-
+use crate::proxy_support::{Proxy, curl, upstream_toml};
 use gateway_tests::upstream::Upstream;
-use proxy_support::{Proxy, curl, upstream_toml};
 
 const APP: &str = "https://app.example.com";
 

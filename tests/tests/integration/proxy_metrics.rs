@@ -1,15 +1,13 @@
 //! Proxy metrics and metering: known requests in, exact counts out of a parsed scrape and the
 //! admin API; metering survives a reload.
 
-mod proxy_support;
-
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
 };
 
+use crate::proxy_support::{Proxy, curl, free_port, upstream_toml};
 use gateway_tests::upstream::Upstream;
-use proxy_support::{Proxy, curl, free_port, upstream_toml};
 
 /// `name{labels}` -> value; a histogram's value is its observation count.
 fn scrape(address: &str) -> HashMap<String, f64> {

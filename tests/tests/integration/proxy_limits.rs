@@ -1,18 +1,16 @@
 //! Client-facing limits and malformed requests: each gets its status (431, 413, 400) or a
 //! closed connection (slow heads, too many connections), and the gateway keeps serving.
 
-mod proxy_support;
-
 use std::{
     io::Write as _,
     net::TcpStream,
     time::{Duration, Instant},
 };
 
-use gateway_tests::upstream::Upstream;
-use proxy_support::{
+use crate::proxy_support::{
     IO_TIMEOUT, Proxy, RustClient, curl, raw_exchange, raw_status, read_until_close, upstream_toml,
 };
+use gateway_tests::upstream::Upstream;
 
 fn proxy_with(limits: &str) -> (Upstream, Proxy) {
     let upstream = Upstream::start("echo");

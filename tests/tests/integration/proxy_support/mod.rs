@@ -1,8 +1,6 @@
 //! Shared by the `proxy_*` tests: gateway configs with a proxy listener, and real clients
 //! (curl, a hyper client, raw TCP for malformed requests). Loopback only; every wait bounded.
 
-#![allow(dead_code)] // each test file uses its own part
-
 use std::{
     collections::HashMap,
     io::{Read as _, Write as _},

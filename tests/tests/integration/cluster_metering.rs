@@ -2,15 +2,13 @@
 //! redis-server add up their metering (`gateway stats --consumers --cluster`) and export the
 //! Redis link's state as a metric.
 
-mod proxy_support;
-
 use std::time::{Duration, Instant};
 
+use crate::proxy_support::{Proxy, curl, free_port, upstream_toml};
 use gateway_tests::{
     redis::{RedisServer, redis_available},
     upstream::Upstream,
 };
-use proxy_support::{Proxy, curl, free_port, upstream_toml};
 
 fn cluster_rows(proxy: &Proxy) -> serde_json::Value {
     let output = proxy

@@ -2,17 +2,15 @@
 //! through the real binary with real upstreams on loopback. Every loop is bounded in count
 //! and time; nothing asserts on timing, only on who got what.
 
-mod proxy_support;
-
 use std::{
     net::SocketAddr,
     thread,
     time::{Duration, Instant},
 };
 
+use crate::proxy_support::{Proxy, RustClient, free_port, upstream_toml};
 use gateway_tests::upstream::Upstream;
 use hyper::body::Bytes;
-use proxy_support::{Proxy, RustClient, free_port, upstream_toml};
 
 /// Any wait for a state change gives up after this.
 const WAIT: Duration = Duration::from_secs(20);

@@ -3,15 +3,13 @@
 //! with Redis gone `on_redis_down = "deny"` answers 503, and the limit works again when Redis
 //! is back. Every wait is bounded.
 
-mod proxy_support;
-
 use std::time::{Duration, Instant};
 
+use crate::proxy_support::{Proxy, curl, free_port, upstream_toml};
 use gateway_tests::{
     redis::{RedisServer, redis_available},
     upstream::Upstream,
 };
-use proxy_support::{Proxy, curl, free_port, upstream_toml};
 
 /// Waits (bounded) until the node's metrics say its Redis link is up.
 fn wait_for_redis(metrics: &str) {

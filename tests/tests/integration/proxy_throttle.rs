@@ -3,12 +3,12 @@
 //! do not bleed across identities, several limits apply at once, and limiter state survives
 //! a reload that does not change the route.
 
-mod proxy_support;
+use crate::proxy_support;
 
 use std::time::{Duration, Instant};
 
+use crate::proxy_support::{Proxy, Reply, RustClient, upstream_toml};
 use gateway_tests::upstream::Upstream;
-use proxy_support::{Proxy, Reply, RustClient, upstream_toml};
 
 fn hash(key: &str) -> String {
     use sha2::Digest as _;

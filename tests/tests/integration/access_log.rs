@@ -1,12 +1,12 @@
 //! The access log: one JSON line per request with the documented fields, an off switch and
 //! sampling, written off the request path.
 
-mod proxy_support;
+use crate::proxy_support;
 
 use std::time::{Duration, Instant};
 
+use crate::proxy_support::{Proxy, curl, upstream_toml};
 use gateway_tests::upstream::Upstream;
-use proxy_support::{Proxy, curl, upstream_toml};
 
 /// Reads the access-log file until it holds `count` lines (bounded wait), parsed as JSON.
 fn lines(path: &std::path::Path, count: usize) -> Vec<serde_json::Value> {

@@ -2,12 +2,10 @@
 //! them slow past its call timeout, under both partial-failure policies; templates filled from
 //! the path's named captures and the query; selected headers forwarded; bounded bodies.
 
-mod proxy_support;
-
 use std::time::{Duration, Instant};
 
+use crate::proxy_support::{Proxy, RustClient, upstream_toml};
 use gateway_tests::upstream::Upstream;
-use proxy_support::{Proxy, RustClient, upstream_toml};
 
 /// The slow upstream's delay: far past the call timeout, well within the client's patience.
 const SLOW: Duration = Duration::from_secs(8);

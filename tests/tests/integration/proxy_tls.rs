@@ -4,8 +4,6 @@
 //! one kept out), startup errors naming the key and the file, and the handshake timeout.
 //! Loopback only; no kernel features needed.
 
-mod proxy_support;
-
 use std::{
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
@@ -13,12 +11,12 @@ use std::{
     time::Duration,
 };
 
+use crate::proxy_support::{IO_TIMEOUT, free_port, read_until_close};
 use gateway_tests::{
     Gateway,
     daemon::{gateway_cmd, run_expect_failure},
     upstream::Upstream,
 };
-use proxy_support::{IO_TIMEOUT, free_port, read_until_close};
 use tempfile::TempDir;
 
 /// A private key as one of the PEM forms the gateway accepts.

@@ -3,7 +3,7 @@
 //! raw length-prefixed gRPC frames and trailers) called by a hyper HTTP/2 client.
 //! Loopback only; every wait bounded.
 
-mod proxy_support;
+use crate::proxy_support;
 
 use std::{
     convert::Infallible,
@@ -14,6 +14,7 @@ use std::{
     },
 };
 
+use crate::proxy_support::{IO_TIMEOUT, Proxy, free_port, raw_exchange, raw_status, upstream_toml};
 use futures_util::{SinkExt as _, StreamExt as _};
 use gateway_tests::upstream::Upstream;
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
@@ -24,7 +25,6 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proxy_support::{IO_TIMEOUT, Proxy, free_port, raw_exchange, raw_status, upstream_toml};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
