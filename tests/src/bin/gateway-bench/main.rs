@@ -2,6 +2,7 @@
 //! Run through `cargo xtask bench <which>` (release build, root).
 
 mod cluster;
+mod control;
 mod defend;
 mod peers;
 mod proxy;
@@ -17,9 +18,10 @@ fn main() -> anyhow::Result<()> {
         Some("proxy") => proxy::run(&args[1..]),
         Some("defend") => defend::run(&args[1..]),
         Some("cluster") => cluster::run(&args[1..]),
+        Some("control") => control::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: gateway-bench xdp [--seconds N] [--repeat N] | proxy [--seconds N] | defend [--seconds N] | cluster [--seconds N]"
+                "usage: gateway-bench xdp [--seconds N] [--repeat N] | proxy [--seconds N] | defend [--seconds N] | cluster [--seconds N] | control [--ops N] [--sizes 10000,100000,1000000]"
             );
             std::process::exit(2);
         }
