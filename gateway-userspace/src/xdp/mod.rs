@@ -193,7 +193,9 @@ impl XdpFirewall {
             attachments: Vec::new(),
             // Adopted ports may hold anything: an impossible value makes `apply` write all.
             ports: vec![if adopted { u8::MAX } else { 0 }; gateway_common::PORT_SLOTS as usize],
-            rules: rules::RuleSlots::default(),
+            // Fresh maps: no counter slot has counted yet, so none needs zeroing when first
+            // given out. Adopted ones may hold the last daemon's counts.
+            rules: rules::RuleSlots::new(!adopted),
             settings,
             pins,
         })

@@ -95,6 +95,9 @@ pub(super) struct RuleSlots {
     shadows: HashSet<IpNet>,
     free: Vec<u32>,
     next_id: u32,
+    /// Whether slots never given out are known to be zero (the maps were made by this
+    /// daemon): then only a reused slot is zeroed, not each of a million new rules'.
+    unused_are_zero: bool,
     /// False until every entry was written once, and after a failed write: the next full
     /// [`reconcile`](Self::reconcile) writes every entry and the caller clears stale keys.
     pub synced: bool,
@@ -108,12 +111,21 @@ impl Default for RuleSlots {
             free: Vec::new(),
             // 0 is no rule.
             next_id: 1,
+            unused_are_zero: false,
             synced: false,
         }
     }
 }
 
 impl RuleSlots {
+    /// `unused_are_zero`: the hit counters were just made (not adopted), all zero.
+    pub fn new(unused_are_zero: bool) -> RuleSlots {
+        RuleSlots {
+            unused_are_zero,
+            ..RuleSlots::default()
+        }
+    }
+
     /// The counter slot of the rule for `net`.
     pub fn id(&self, net: &IpNet) -> Option<u32> {
         self.entries.get(net).map(|entry| entry.id)
@@ -167,14 +179,18 @@ impl RuleSlots {
 
     fn place(&mut self, net: IpNet, action: Action, shadow: bool, writes: &mut Writes) {
         let old = self.entries.get(&net).copied();
-        let id = match old {
-            Some(entry) => entry.id,
-            None => self.free.pop().unwrap_or_else(|| {
-                self.next_id += 1;
-                self.next_id - 1
-            }),
+        let (id, never_used) = match old {
+            Some(entry) => (entry.id, false),
+            None => match self.free.pop() {
+                Some(id) => (id, false),
+                None => {
+                    self.next_id += 1;
+                    (self.next_id - 1, self.unused_are_zero)
+                }
+            },
         };
-        if old.map(|entry| (entry.action, entry.shadow)) != Some((action, shadow)) {
+        let changed = old.map(|entry| (entry.action, entry.shadow)) != Some((action, shadow));
+        if changed && !never_used {
             // A new rule, or a changed one: its count starts over.
             writes.reset.push(id);
         }
@@ -353,6 +369,21 @@ mod tests {
         let both = Writes::merge(vec![a, b]);
         assert_eq!(both.put.len(), 2);
         assert_eq!(both.reset.len(), 2);
+    }
+
+    #[test]
+    fn fresh_maps_zero_only_reused_slots() {
+        let mut slots = RuleSlots::new(true);
+        let first = slots.set(net("192.0.2.0/24"), Some((Action::Deny, false)));
+        assert!(
+            first.reset.is_empty(),
+            "a never-used slot of fresh maps is zero"
+        );
+        slots.set(net("192.0.2.0/24"), None);
+        let reused = slots.set(net("198.51.100.0/24"), Some((Action::Deny, false)));
+        assert_eq!(reused.reset, [1], "a reused slot is zeroed");
+        let promoted = slots.set(net("198.51.100.0/24"), Some((Action::Allow, false)));
+        assert_eq!(promoted.reset, [1], "a changed rule's count starts over");
     }
 
     #[test]
