@@ -24,6 +24,9 @@ pub enum Bench {
     Defend,
     /// Cluster-wide rate limits (Redis) against local ones (`gateway-bench cluster`).
     Cluster,
+    /// The control plane at 10k, 100k and 1M rules: single changes to the kernel map,
+    /// import, start, memory, the proxy under imports and auto-bans (`gateway-bench control`).
+    Control,
 }
 
 impl Bench {
@@ -33,6 +36,7 @@ impl Bench {
             Bench::Proxy => "proxy",
             Bench::Defend => "defend",
             Bench::Cluster => "cluster",
+            Bench::Control => "control",
         }
     }
 }

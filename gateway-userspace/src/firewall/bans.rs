@@ -31,6 +31,9 @@ pub(super) fn kernel_expiry(expires_at: Option<f64>, now: f64) -> Option<Duratio
     })
 }
 
+/// How often the sweep scans every rule and ban even when none should have expired.
+const FULL_SCAN_EVERY_SECS: f64 = 60.0;
+
 impl Firewall {
     /// Bans in force, in address order: all of them, or one page.
     pub fn bans(&self, page: ValidPage) -> FirewallResult<BanList> {
@@ -177,6 +180,21 @@ impl Firewall {
     pub fn sweep(&self) {
         let mut inner = self.lock();
         let now = unix_now();
+        // Nothing expires yet: no scan of every rule and ban while holding the lock. A full
+        // scan a minute still runs, whatever the hint says.
+        let operator = &mut inner.operator;
+        if now < operator.next_expiry && now - operator.last_scan < FULL_SCAN_EVERY_SECS {
+            return;
+        }
+        operator.last_scan = now;
+        operator.next_expiry = operator
+            .rules
+            .iter()
+            .map(|rule| rule.expires_at)
+            .chain(operator.bans.values().map(|ban| ban.expires_at))
+            .flatten()
+            .filter(|&at| !is_expired(Some(at), now))
+            .fold(f64::INFINITY, f64::min);
         let bans: Vec<IpNet> = inner
             .operator
             .bans
@@ -219,7 +237,7 @@ impl Firewall {
                     .retain(|rule| !is_expired(rule.expires_at, now));
             },
             |_| {},
-            None,
+            Some(&rules),
         );
         match result {
             Ok(()) => rules
@@ -236,7 +254,9 @@ impl Inner {
     /// enforces them: in the kernel, or at accept when XDP is off. All or none.
     pub(super) fn place_bans(&mut self, bans: &[OperatorBan]) -> FirewallResult<()> {
         let family = |net: &IpNet| net.addr().is_ipv4();
-        for v4 in [true, false] {
+        // Both families together fit: each does (no count of every ban).
+        let room = self.max_bans.saturating_sub(self.operator.bans.len());
+        for v4 in [true, false].into_iter().filter(|_| bans.len() > room) {
             let adding = bans
                 .iter()
                 .filter(|ban| {
@@ -267,6 +287,7 @@ impl Inner {
         self.store
             .commit(bans.iter().cloned().map(Op::PutBan).collect())?;
         for ban in bans {
+            self.operator.note_expiry(ban.expires_at);
             self.operator.bans.insert(ban.cidr, ban.clone());
         }
         let now = unix_now();
@@ -294,6 +315,7 @@ impl Inner {
                 }
                 match old {
                     Some(old) => {
+                        self.operator.note_expiry(old.expires_at);
                         self.operator.bans.insert(net, old.clone());
                         undo.push(Op::PutBan(old));
                     }

@@ -129,8 +129,7 @@ impl Firewall {
             inner
                 .operator
                 .rules
-                .iter()
-                .find(|rule| rule.cidr == net)
+                .get(&net)
                 .and_then(|rule| rule.comment.clone())
         };
         Ok(Explanation {

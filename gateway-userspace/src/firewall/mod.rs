@@ -21,6 +21,7 @@ mod explain;
 mod kernel;
 mod metrics;
 pub mod migrate;
+mod operator_rules;
 pub mod records;
 mod replicate;
 mod rules;
@@ -31,10 +32,12 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
+use operator_rules::OperatorRules;
+
 use ipnet::IpNet;
 
 pub use error::{FirewallError, FirewallResult};
-use records::{OperatorBan, OperatorRule, is_expired, unix_now};
+use records::{OperatorBan, is_expired, unix_now};
 use store::{Op, Store};
 
 use crate::{
@@ -54,13 +57,26 @@ pub struct Firewall {
 /// What the operator added, in memory; the store holds the same.
 #[derive(Debug, Default)]
 struct Operator {
-    /// In order of addition (the kernel numbers rules in this order).
-    rules: Vec<OperatorRule>,
+    /// In order of addition (the kernel numbers rules in this order), indexed by network.
+    rules: OperatorRules,
     bans: BTreeMap<IpNet, OperatorBan>,
     /// Default-class rate limits set through the admin API; replace the config's.
     rate_limit_default: Option<RawLimits>,
     /// Order number of the next rule added.
     next_seq: u64,
+    /// No rule or ban expires before this (Unix seconds), so the sweep can skip its scan.
+    next_expiry: f64,
+    /// When the sweep last scanned everything.
+    last_scan: f64,
+}
+
+impl Operator {
+    /// A rule or ban that expires at `at` was added.
+    fn note_expiry(&mut self, at: Option<f64>) {
+        if let Some(at) = at {
+            self.next_expiry = self.next_expiry.min(at);
+        }
+    }
 }
 
 struct Inner {
@@ -122,13 +138,15 @@ impl Firewall {
         if !expired.is_empty() {
             store.commit(expired)?;
         }
-        let rules: Vec<OperatorRule> = contents
-            .rules
-            .into_iter()
-            .filter(|rule| !is_expired(rule.expires_at, now))
-            .collect();
+        let rules = OperatorRules::new(
+            contents
+                .rules
+                .into_iter()
+                .filter(|rule| !is_expired(rule.expires_at, now))
+                .collect(),
+        );
         let operator = Operator {
-            next_seq: rules.last().map_or(1, |rule| rule.seq + 1),
+            next_seq: rules.last_seq().map_or(1, |seq| seq + 1),
             rules,
             bans: contents
                 .bans
@@ -137,6 +155,9 @@ impl Firewall {
                 .map(|ban| (ban.cidr, ban))
                 .collect(),
             rate_limit_default: contents.rate_limit_default,
+            // The first sweep scans everything and sets the real hint.
+            next_expiry: f64::NEG_INFINITY,
+            last_scan: now,
         };
         let mut inner = Inner {
             xdp,
@@ -257,21 +278,16 @@ impl Inner {
     }
 
     /// Refuses `v4` and `v6` more rules if the maps cannot hold them: checked before any
-    /// work is done.
+    /// work is done. Costs the config file's rules, not the operator's (they are counted).
     fn check_capacity(&self, v4: usize, v6: usize) -> FirewallResult<()> {
-        let configured: HashSet<IpNet> = self.firewall.rules.iter().map(|rule| rule.net).collect();
-        let (mut have_v4, mut have_v6) = (0, 0);
-        let all = self.firewall.rules.iter().map(|rule| rule.net).chain(
-            self.operator
-                .rules
-                .iter()
-                .map(|rule| rule.cidr)
-                .filter(|net| !configured.contains(net)),
-        );
-        for net in all {
-            match net {
-                IpNet::V4(_) => have_v4 += 1,
-                IpNet::V6(_) => have_v6 += 1,
+        let (mut have_v4, mut have_v6) = self.operator.rules.counts();
+        // A network in both is one trie entry: the operator's copy is already counted.
+        for net in self.firewall.rules.iter().map(|rule| rule.net) {
+            if !self.operator.rules.contains(&net) {
+                match net {
+                    IpNet::V4(_) => have_v4 += 1,
+                    IpNet::V6(_) => have_v6 += 1,
+                }
             }
         }
         let (v4, v6) = (have_v4 + v4, have_v6 + v6);
@@ -298,19 +314,19 @@ impl Inner {
     }
 
     /// Commits `ops`, then `edit`s the rules in memory and writes them into the kernel:
-    /// the one rule for `only`, or all of them. If the kernel refuses, `unedit` puts memory
+    /// the rules for `only`, or all of them. If the kernel refuses, `unedit` puts memory
     /// back, `undo` is committed and the kernel rewritten: nothing changed.
     fn change_rules(
         &mut self,
         (ops, undo): (Vec<Op>, Vec<Op>),
         edit: impl FnOnce(&mut Operator),
         unedit: impl FnOnce(&mut Operator),
-        only: Option<IpNet>,
+        only: Option<&[IpNet]>,
     ) -> FirewallResult<()> {
         self.store.commit(ops)?;
         edit(&mut self.operator);
         let written = match only {
-            Some(net) => self.write_rule(net),
+            Some(nets) => self.write_rules(nets),
             None => self.apply(),
         };
         if let Err(failure) = written {
@@ -326,20 +342,23 @@ impl Inner {
         Ok(())
     }
 
-    /// Writes the rule for `net` alone into the kernel: the operator's, or none. A rule
+    /// Writes the rules for `nets` alone into the kernel: the operator's, or none. A rule
     /// of the config file for the same network wins, and stays.
-    fn write_rule(&mut self, net: IpNet) -> FirewallResult<()> {
-        if self.xdp.is_none() || self.firewall.rules.iter().any(|rule| rule.net == net) {
+    fn write_rules(&mut self, nets: &[IpNet]) -> FirewallResult<()> {
+        if self.xdp.is_none() || nets.is_empty() {
             return Ok(());
         }
-        let rule = self
-            .operator
-            .rules
+        let configured: HashSet<IpNet> = self.firewall.rules.iter().map(|rule| rule.net).collect();
+        let rules: Vec<_> = nets
             .iter()
-            .find(|rule| rule.cidr == net)
-            .map(|rule| (rule.action.into(), rule.shadow));
+            .filter(|net| !configured.contains(net))
+            .map(|&net| {
+                let rule = self.operator.rules.get(&net);
+                (net, rule.map(|rule| (rule.action.into(), rule.shadow)))
+            })
+            .collect();
         if let Some(xdp) = self.xdp.as_mut() {
-            xdp.set_rule(net, rule)?;
+            xdp.set_rules(&rules)?;
         }
         Ok(())
     }

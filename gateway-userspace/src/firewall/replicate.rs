@@ -58,24 +58,19 @@ impl Inner {
             return Ok(0);
         }
         let configured: HashSet<IpNet> = self.firewall.rules.iter().map(|rule| rule.net).collect();
-        let existing: HashMap<IpNet, usize> = self
-            .operator
-            .rules
-            .iter()
-            .enumerate()
-            .map(|(index, rule)| (rule.cidr, index))
-            .collect();
         let mut added: Vec<OperatorRule> = Vec::new();
         let mut added_at: HashMap<IpNet, usize> = HashMap::new();
-        let mut promoted: Vec<usize> = Vec::new();
-        let mut promoting: HashSet<usize> = HashSet::new();
+        let mut promoted: Vec<IpNet> = Vec::new();
+        let mut promoting: HashSet<IpNet> = HashSet::new();
         for item in items {
             let (net, promote) = match item {
                 Replicated::Rule(rule) => {
                     if is_expired(rule.expires_at, now) || configured.contains(&rule.cidr) {
                         continue;
                     }
-                    if !existing.contains_key(&rule.cidr) && !added_at.contains_key(&rule.cidr) {
+                    if !self.operator.rules.contains(&rule.cidr)
+                        && !added_at.contains_key(&rule.cidr)
+                    {
                         added_at.insert(rule.cidr, added.len());
                         added.push(rule.clone());
                         continue;
@@ -89,9 +84,9 @@ impl Inner {
             if !promote {
                 continue;
             }
-            if let Some(&index) = existing.get(&net) {
-                if self.operator.rules[index].shadow && promoting.insert(index) {
-                    promoted.push(index);
+            if let Some(rule) = self.operator.rules.get(&net) {
+                if rule.shadow && promoting.insert(net) {
+                    promoted.push(net);
                 }
             } else if let Some(&index) = added_at.get(&net) {
                 added[index].shadow = false;
@@ -111,7 +106,7 @@ impl Inner {
         }
         let was_shadow: Vec<OperatorRule> = promoted
             .iter()
-            .map(|&index| self.operator.rules[index].clone())
+            .filter_map(|net| self.operator.rules.get(net).cloned())
             .collect();
         let now_real = was_shadow.iter().map(|rule| OperatorRule {
             shadow: false,
@@ -124,19 +119,25 @@ impl Inner {
             .map(Op::PutRule)
             .collect();
         self.store.commit(ops)?;
-        let before = self.operator.rules.len();
         self.operator.next_seq += added.len() as u64;
-        self.operator.rules.extend(added.iter().cloned());
-        for &index in &promoted {
-            self.operator.rules[index].shadow = false;
+        for rule in &added {
+            self.operator.rules.insert(rule.clone());
+        }
+        for rule in &was_shadow {
+            self.operator.rules.insert(OperatorRule {
+                shadow: false,
+                ..rule.clone()
+            });
         }
         let written = self.write_replicated(&added, &promoted);
         if let Err(failure) = written {
             // Not in force: not kept either (memory, store, kernel as before the batch).
-            self.operator.rules.truncate(before);
+            for rule in &added {
+                self.operator.rules.remove(&rule.cidr);
+            }
             self.operator.next_seq = first;
-            for (&index, old) in promoted.iter().zip(&was_shadow) {
-                self.operator.rules[index] = old.clone();
+            for old in &was_shadow {
+                self.operator.rules.insert(old.clone());
             }
             let undo = added
                 .iter()
@@ -158,15 +159,19 @@ impl Inner {
     fn write_replicated(
         &mut self,
         added: &[OperatorRule],
-        promoted: &[usize],
+        promoted: &[IpNet],
     ) -> FirewallResult<()> {
         let Some(xdp) = self.xdp.as_mut() else {
             return Ok(());
         };
-        let promoted = promoted.iter().map(|&index| &self.operator.rules[index]);
-        for rule in added.iter().chain(promoted) {
-            xdp.set_rule(rule.cidr, Some((rule.action.into(), rule.shadow)))?;
-        }
+        let rules = &self.operator.rules;
+        let promoted = promoted.iter().filter_map(|net| rules.get(net));
+        let rules: Vec<_> = added
+            .iter()
+            .chain(promoted)
+            .map(|rule| (rule.cidr, Some((rule.action.into(), rule.shadow))))
+            .collect();
+        xdp.set_rules(&rules)?;
         Ok(())
     }
 }

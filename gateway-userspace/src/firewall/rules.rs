@@ -46,11 +46,22 @@ impl Firewall {
     pub fn rules(&self, page: ValidPage) -> FirewallResult<RuleList> {
         let inner = self.lock();
         let now = unix_now();
-        // Entries are made for the page only: skipping on the slices costs nothing, so
-        // walking a million rules page by page is not quadratic.
-        let entries = |start: usize| {
-            let configured = inner.firewall.rules.len();
-            let from_config = inner.firewall.rules[start.min(configured)..]
+        // Entries are made for the page only, and a page starts at its cursor through the
+        // index: walking a million rules page by page is not quadratic.
+        let operator_from = |start: Start| -> Box<dyn Iterator<Item = &OperatorRule> + '_> {
+            match start {
+                Start::Config(_) => Box::new(inner.operator.rules.iter()),
+                Start::After(net) => {
+                    Box::new(inner.operator.rules.after(net).into_iter().flatten())
+                }
+            }
+        };
+        let entries = |start: Start| {
+            let configured = match start {
+                Start::Config(index) => index.min(inner.firewall.rules.len()),
+                Start::After(_) => inner.firewall.rules.len(),
+            };
+            let from_config = inner.firewall.rules[configured..]
                 .iter()
                 .map(|rule| RuleEntry {
                     cidr: rule.net.to_string(),
@@ -62,38 +73,38 @@ impl Firewall {
                     hits: None,
                     shadow: false,
                 });
-            let operator = &inner.operator.rules;
-            let from_operator = operator[start.saturating_sub(configured).min(operator.len())..]
-                .iter()
-                .map(|rule| RuleEntry {
-                    cidr: rule.cidr.to_string(),
-                    action: action_name(rule.action.into()).to_owned(),
-                    origin: "operator".to_owned(),
-                    key: None,
-                    comment: rule.comment.clone(),
-                    expires_in_secs: remaining(rule.expires_at, now),
-                    hits: None,
-                    shadow: rule.shadow,
-                });
+            let from_operator = operator_from(start).map(|rule| RuleEntry {
+                cidr: rule.cidr.to_string(),
+                action: action_name(rule.action.into()).to_owned(),
+                origin: "operator".to_owned(),
+                key: None,
+                comment: rule.comment.clone(),
+                expires_in_secs: remaining(rule.expires_at, now),
+                hits: None,
+                shadow: rule.shadow,
+            });
             from_config.chain(from_operator)
         };
         let start = match page.after {
-            Some(after) => {
-                let position = inner
-                    .firewall
-                    .rules
-                    .iter()
-                    .map(|rule| rule.net)
-                    .chain(inner.operator.rules.iter().map(|rule| rule.cidr))
-                    .position(|net| net == after)
-                    .ok_or_else(|| {
-                        FirewallError::NotFound(format!(
-                            "no rule {after} to list after: it was removed; list from the start"
-                        ))
-                    })?;
-                position + 1
-            }
-            None => 0,
+            Some(after) => inner
+                .firewall
+                .rules
+                .iter()
+                .position(|rule| rule.net == after)
+                .map(|index| Start::Config(index + 1))
+                .or_else(|| {
+                    inner
+                        .operator
+                        .rules
+                        .contains(&after)
+                        .then_some(Start::After(after))
+                })
+                .ok_or_else(|| {
+                    FirewallError::NotFound(format!(
+                        "no rule {after} to list after: it was removed; list from the start"
+                    ))
+                })?,
+            None => Start::Config(0),
         };
         let limit = page.limit.unwrap_or(usize::MAX);
         let mut rules: Vec<RuleEntry> = entries(start).take(limit.saturating_add(1)).collect();
@@ -164,13 +175,14 @@ impl Firewall {
                 (vec![Op::PutRule(rule.clone())], vec![Op::DeleteRule(net)]),
                 |operator| {
                     operator.next_seq += 1;
-                    operator.rules.push(rule);
+                    operator.note_expiry(rule.expires_at);
+                    operator.rules.insert(rule);
                 },
                 |operator| {
                     operator.next_seq -= 1;
-                    operator.rules.pop();
+                    operator.rules.remove(&net);
                 },
-                Some(net),
+                Some(&[net]),
             )?;
         }
         self.publish(change);
@@ -183,8 +195,7 @@ impl Firewall {
         let net = valid::cidr("cidr", cidr)?;
         {
             let mut inner = self.lock();
-            let index = inner.operator_rule(net)?;
-            let old = inner.operator.rules[index].clone();
+            let old = inner.operator_rule(net)?.clone();
             if !old.shadow {
                 return Err(FirewallError::Conflict(format!(
                     "{net} is not a shadow rule"
@@ -199,9 +210,9 @@ impl Firewall {
                     vec![Op::PutRule(promoted.clone())],
                     vec![Op::PutRule(old.clone())],
                 ),
-                |operator| operator.rules[index] = promoted,
-                |operator| operator.rules[index] = old,
-                Some(net),
+                |operator| operator.rules.insert(promoted),
+                |operator| operator.rules.insert(old),
+                Some(&[net]),
             )?;
         }
         self.publish(Change::Promote {
@@ -215,15 +226,17 @@ impl Firewall {
         let net = valid::cidr("cidr", cidr)?;
         {
             let mut inner = self.lock();
-            let index = inner.operator_rule(net)?;
-            let old = inner.operator.rules[index].clone();
+            let old = inner.operator_rule(net)?.clone();
             inner.change_rules(
                 (vec![Op::DeleteRule(net)], vec![Op::PutRule(old.clone())]),
                 |operator| {
-                    operator.rules.remove(index);
+                    operator.rules.remove(&net);
                 },
-                |operator| operator.rules.insert(index, old),
-                Some(net),
+                |operator| {
+                    operator.note_expiry(old.expires_at);
+                    operator.rules.insert(old);
+                },
+                Some(&[net]),
             )?;
         }
         self.publish(Change::RemoveRule {
@@ -261,21 +274,25 @@ impl Firewall {
                 .collect();
             let ops = rules.iter().cloned().map(Op::PutRule).collect();
             let undo = nets.iter().copied().map(Op::DeleteRule).collect();
-            let before = inner.operator.rules.len();
             inner.change_rules(
                 (ops, undo),
                 |operator| {
                     operator.next_seq += count as u64;
-                    operator.rules.extend(rules);
+                    for rule in rules {
+                        operator.rules.insert(rule);
+                    }
                 },
                 |operator| {
                     operator.next_seq = first;
-                    operator.rules.truncate(before);
+                    for net in &nets {
+                        operator.rules.remove(net);
+                    }
                 },
-                None,
+                Some(&nets),
             )?;
         }
-        for net in nets {
+        // Made only for a cluster: a million changes nobody reads are not free.
+        for net in nets.into_iter().filter(|_| self.cluster.get().is_some()) {
             self.publish(Change::AddRule {
                 cidr: net.to_string(),
                 action: request.action,
@@ -295,12 +312,7 @@ impl Firewall {
         if inner.firewall.rules.iter().any(|rule| rule.net == net) {
             return Some(false);
         }
-        inner
-            .operator
-            .rules
-            .iter()
-            .find(|rule| rule.cidr == net)
-            .map(|rule| rule.shadow)
+        inner.operator.rules.get(&net).map(|rule| rule.shadow)
     }
 
     // ---- Rate limits ----
@@ -362,11 +374,19 @@ impl Firewall {
     }
 }
 
+/// Where a page of the rule listing starts: at an index of the config file's rules, or
+/// after an operator rule.
+#[derive(Clone, Copy)]
+enum Start {
+    Config(usize),
+    After(IpNet),
+}
+
 impl Inner {
-    /// The index of the operator rule for `net`; a config-file rule or none is an error.
-    fn operator_rule(&self, net: IpNet) -> FirewallResult<usize> {
-        if let Some(index) = self.operator.rules.iter().position(|rule| rule.cidr == net) {
-            return Ok(index);
+    /// The operator rule for `net`; a config-file rule or none is an error.
+    fn operator_rule(&self, net: IpNet) -> FirewallResult<&OperatorRule> {
+        if let Some(rule) = self.operator.rules.get(&net) {
+            return Ok(rule);
         }
         Err(
             match self.firewall.rules.iter().find(|rule| rule.net == net) {
@@ -379,7 +399,8 @@ impl Inner {
         )
     }
 
-    /// New operator rules must not repeat a rule that exists (in the file or added before).
+    /// New operator rules must not repeat a rule that exists (in the file or added before):
+    /// one index lookup per new rule.
     fn check_new_rules(&self, nets: &[IpNet]) -> FirewallResult<()> {
         let config: HashMap<IpNet, &str> = self
             .firewall
@@ -390,23 +411,12 @@ impl Inner {
         let conflict = |net: IpNet, owner: String| {
             FirewallError::Conflict(format!("{net} is already in {owner}; remove it first"))
         };
-        if let [net] = nets {
-            // One rule: a scan, no set of everything.
-            if let Some(origin) = config.get(net) {
-                return Err(conflict(*net, format!("the config file ({origin})")));
-            }
-            if self.operator.rules.iter().any(|rule| rule.cidr == *net) {
-                return Err(conflict(*net, "an operator rule".to_owned()));
-            }
-            return Ok(());
-        }
-        let operator: HashSet<IpNet> = self.operator.rules.iter().map(|rule| rule.cidr).collect();
         let mut seen: HashMap<IpNet, usize> = HashMap::with_capacity(nets.len());
         for (index, &net) in nets.iter().enumerate() {
             if let Some(origin) = config.get(&net) {
                 return Err(conflict(net, format!("the config file ({origin})")));
             }
-            if operator.contains(&net) {
+            if self.operator.rules.contains(&net) {
                 return Err(conflict(net, "an operator rule".to_owned()));
             }
             if let Some(line) = seen.insert(net, index + 1) {

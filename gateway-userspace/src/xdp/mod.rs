@@ -186,7 +186,9 @@ impl XdpFirewall {
             attachments: Vec::new(),
             // Adopted ports may hold anything: an impossible value makes `apply` write all.
             ports: vec![if adopted { u8::MAX } else { 0 }; gateway_common::PORT_SLOTS as usize],
-            rules: rules::RuleSlots::default(),
+            // Fresh maps: no counter slot has counted yet, so none needs zeroing when first
+            // given out. Adopted ones may hold the last daemon's counts.
+            rules: rules::RuleSlots::new(!adopted),
             settings,
             pins,
         })
@@ -264,16 +266,18 @@ impl XdpFirewall {
         self.write_settings(settings)
     }
 
-    /// Adds, changes (`Some`) or removes (`None`) the one rule for `net`: one trie entry
-    /// (and the shadow rules inside it), not a rewrite of every rule. The caller makes sure
-    /// `net` is not also a rule of the config file.
-    pub fn set_rule(
+    /// Adds, changes (`Some`) or removes (`None`) the rules for `rules`' networks (each
+    /// once): one trie entry each (and the shadow rules inside), not a rewrite of every
+    /// rule. The caller makes sure no network is also a rule of the config file.
+    pub fn set_rules(
         &mut self,
-        net: IpNet,
-        rule: Option<(crate::config::Action, bool)>,
+        rules: &[(IpNet, Option<(crate::config::Action, bool)>)],
     ) -> Result<(), XdpError> {
-        let writes = self.rules.set(net, rule);
-        self.write_rules(&writes)
+        let writes = rules
+            .iter()
+            .map(|&(net, rule)| self.rules.set(net, rule))
+            .collect();
+        self.write_rules(&rules::Writes::merge(writes))
     }
 
     /// Deletes, zeroes and writes as told; on failure the next `apply` writes everything.

@@ -55,6 +55,38 @@ pub(super) struct Writes {
     pub put: Vec<(IpNet, Rule)>,
 }
 
+impl Writes {
+    /// The writes of several changes made one after another, as one: for a network both
+    /// put and deleted, only the later of the two is kept (deletes run first).
+    pub fn merge(all: Vec<Writes>) -> Writes {
+        let mut merged = Writes::default();
+        if all.iter().all(|writes| writes.delete.is_empty()) {
+            for writes in all {
+                merged.reset.extend(writes.reset);
+                merged.put.extend(writes.put);
+            }
+            return merged;
+        }
+        let mut last: HashMap<IpNet, Option<Rule>> = HashMap::new();
+        for writes in all {
+            merged.reset.extend(writes.reset);
+            for net in writes.delete {
+                last.insert(net, None);
+            }
+            for (net, rule) in writes.put {
+                last.insert(net, Some(rule));
+            }
+        }
+        for (net, rule) in last {
+            match rule {
+                Some(rule) => merged.put.push((net, rule)),
+                None => merged.delete.push(net),
+            }
+        }
+        merged
+    }
+}
+
 /// The rules as written into the tries (the daemon's copy: never read back).
 #[derive(Debug)]
 pub(super) struct RuleSlots {
@@ -63,6 +95,9 @@ pub(super) struct RuleSlots {
     shadows: HashSet<IpNet>,
     free: Vec<u32>,
     next_id: u32,
+    /// Whether slots never given out are known to be zero (the maps were made by this
+    /// daemon): then only a reused slot is zeroed, not each of a million new rules'.
+    unused_are_zero: bool,
     /// False until every entry was written once, and after a failed write: the next full
     /// [`reconcile`](Self::reconcile) writes every entry and the caller clears stale keys.
     pub synced: bool,
@@ -76,12 +111,21 @@ impl Default for RuleSlots {
             free: Vec::new(),
             // 0 is no rule.
             next_id: 1,
+            unused_are_zero: false,
             synced: false,
         }
     }
 }
 
 impl RuleSlots {
+    /// `unused_are_zero`: the hit counters were just made (not adopted), all zero.
+    pub fn new(unused_are_zero: bool) -> RuleSlots {
+        RuleSlots {
+            unused_are_zero,
+            ..RuleSlots::default()
+        }
+    }
+
     /// The counter slot of the rule for `net`.
     pub fn id(&self, net: &IpNet) -> Option<u32> {
         self.entries.get(net).map(|entry| entry.id)
@@ -135,14 +179,18 @@ impl RuleSlots {
 
     fn place(&mut self, net: IpNet, action: Action, shadow: bool, writes: &mut Writes) {
         let old = self.entries.get(&net).copied();
-        let id = match old {
-            Some(entry) => entry.id,
-            None => self.free.pop().unwrap_or_else(|| {
-                self.next_id += 1;
-                self.next_id - 1
-            }),
+        let (id, never_used) = match old {
+            Some(entry) => (entry.id, false),
+            None => match self.free.pop() {
+                Some(id) => (id, false),
+                None => {
+                    self.next_id += 1;
+                    (self.next_id - 1, self.unused_are_zero)
+                }
+            },
         };
-        if old.map(|entry| (entry.action, entry.shadow)) != Some((action, shadow)) {
+        let changed = old.map(|entry| (entry.action, entry.shadow)) != Some((action, shadow));
+        if changed && !never_used {
             // A new rule, or a changed one: its count starts over.
             writes.reset.push(id);
         }
@@ -297,6 +345,48 @@ mod tests {
     }
 
     #[test]
+    fn merged_writes_keep_the_later_of_a_put_and_a_delete() {
+        let mut slots = RuleSlots::default();
+        slots.reconcile(&[
+            (net("10.0.0.0/8"), Action::Deny, false),
+            (net("10.0.0.0/24"), Action::Deny, true),
+            (net("192.0.2.0/24"), Action::Deny, false),
+        ]);
+        slots.synced = true;
+        // The rule around a shadow rule goes (the shadow rule is rewritten), then the
+        // shadow rule goes too: it must not come back.
+        let outer = slots.set(net("10.0.0.0/8"), None);
+        let inner = slots.set(net("10.0.0.0/24"), None);
+        let added = slots.set(net("198.51.100.0/24"), Some((Action::Deny, false)));
+        let mut merged = Writes::merge(vec![outer, inner, added]);
+        merged.delete.sort();
+        assert_eq!(merged.delete, [net("10.0.0.0/8"), net("10.0.0.0/24")]);
+        assert_eq!(ids(&merged)[0].0, "198.51.100.0/24");
+        assert_eq!(merged.put.len(), 1);
+        // Only puts: kept as they are, in order.
+        let a = slots.set(net("203.0.113.0/24"), Some((Action::Deny, false)));
+        let b = slots.set(net("203.0.113.0/25"), Some((Action::Allow, false)));
+        let both = Writes::merge(vec![a, b]);
+        assert_eq!(both.put.len(), 2);
+        assert_eq!(both.reset.len(), 2);
+    }
+
+    #[test]
+    fn fresh_maps_zero_only_reused_slots() {
+        let mut slots = RuleSlots::new(true);
+        let first = slots.set(net("192.0.2.0/24"), Some((Action::Deny, false)));
+        assert!(
+            first.reset.is_empty(),
+            "a never-used slot of fresh maps is zero"
+        );
+        slots.set(net("192.0.2.0/24"), None);
+        let reused = slots.set(net("198.51.100.0/24"), Some((Action::Deny, false)));
+        assert_eq!(reused.reset, [1], "a reused slot is zeroed");
+        let promoted = slots.set(net("198.51.100.0/24"), Some((Action::Allow, false)));
+        assert_eq!(promoted.reset, [1], "a changed rule's count starts over");
+    }
+
+    #[test]
     fn not_synced_writes_every_entry() {
         let mut slots = RuleSlots::default();
         let wanted = [(net("10.0.0.0/8"), Action::Deny, false)];
@@ -306,5 +396,47 @@ mod tests {
         let again = slots.reconcile(&wanted);
         assert_eq!(again.put.len(), 1);
         assert!(again.reset.is_empty(), "the count is kept");
+    }
+
+    /// The tries after `writes`, in the order the maps are written: deletes, then puts.
+    fn written(tries: &mut HashMap<IpNet, Rule>, writes: &Writes) {
+        for net in &writes.delete {
+            tries.remove(net);
+        }
+        for (net, rule) in &writes.put {
+            tries.insert(*net, *rule);
+        }
+    }
+
+    proptest::proptest! {
+        /// Changes written merged leave the tries as the same changes written one by one.
+        #[test]
+        fn merged_writes_leave_the_tries_as_one_by_one(
+            changes in proptest::collection::vec((0u8..16, 24u8..=26, 0u8..3), 1..60)
+        ) {
+            let (mut one_by_one, mut merged) = (RuleSlots::default(), RuleSlots::default());
+            let (mut tries_one, mut tries_merged) = (HashMap::new(), HashMap::new());
+            let mut batch = Vec::new();
+            for (n, len, kind) in changes {
+                let net = net(&format!("10.0.{n}.0/{len}")).trunc();
+                let rule = match kind {
+                    0 => None,
+                    1 => Some((Action::Deny, false)),
+                    _ => Some((Action::Deny, true)),
+                };
+                written(&mut tries_one, &one_by_one.set(net, rule));
+                batch.push(merged.set(net, rule));
+            }
+            written(&mut tries_merged, &Writes::merge(batch));
+            let values = |tries: &HashMap<IpNet, Rule>| {
+                let mut all: Vec<(IpNet, u8, u8)> = tries
+                    .iter()
+                    .map(|(net, rule)| (*net, rule.action, rule.fallback))
+                    .collect();
+                all.sort();
+                all
+            };
+            proptest::prop_assert_eq!(values(&tries_one), values(&tries_merged));
+        }
     }
 }

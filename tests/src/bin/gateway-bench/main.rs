@@ -3,6 +3,7 @@
 
 mod catch_up;
 mod cluster;
+mod control;
 mod defend;
 mod peers;
 mod proxy;
@@ -18,9 +19,10 @@ fn main() -> anyhow::Result<()> {
         Some("proxy") => proxy::run(&args[1..]),
         Some("defend") => defend::run(&args[1..]),
         Some("cluster") => cluster::run(&args[1..]),
+        Some("control") => control::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: gateway-bench xdp [--seconds N] [--repeat N] | proxy [--seconds N] | defend [--seconds N] | cluster [--seconds N] | cluster --catch-up [--sizes 10000,100000,1000000]"
+                "usage: gateway-bench xdp [--seconds N] [--repeat N] | proxy [--seconds N] | defend [--seconds N] | cluster [--seconds N] | cluster --catch-up [--sizes 10000,100000,1000000] | control [--ops N] [--sizes 10000,100000,1000000]"
             );
             std::process::exit(2);
         }

@@ -259,9 +259,29 @@ pub struct LoadResult {
     pub elapsed: Duration,
     /// Latencies in ms, sorted.
     latencies: Vec<f64>,
+    /// (sent at, latency in ms) of every request, to look at a window of the run.
+    samples: Vec<(Instant, f64)>,
 }
 
 impl LoadResult {
+    /// The requests sent between `from` and `to` only.
+    pub fn within(&self, from: Instant, to: Instant) -> LoadResult {
+        let samples: Vec<(Instant, f64)> = self
+            .samples
+            .iter()
+            .filter(|(sent, _)| (from..to).contains(sent))
+            .copied()
+            .collect();
+        let mut latencies: Vec<f64> = samples.iter().map(|(_, ms)| *ms).collect();
+        latencies.sort_by(f64::total_cmp);
+        LoadResult {
+            requests: latencies.len() as u64,
+            elapsed: to.saturating_duration_since(from),
+            latencies,
+            samples,
+        }
+    }
+
     pub fn rate(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
@@ -379,7 +399,7 @@ pub async fn load_dial(
                             fail(format!("response body: {error}"));
                             break;
                         }
-                        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                        latencies.push((sent, sent.elapsed().as_secs_f64() * 1000.0));
                     }
                     Ok(response) => {
                         fail(format!("status {}", response.status()));
@@ -394,9 +414,9 @@ pub async fn load_dial(
             latencies
         }));
     }
-    let mut latencies = Vec::new();
+    let mut samples = Vec::new();
     for task in tasks {
-        latencies.extend(task.await?);
+        samples.extend(task.await?);
     }
     let elapsed = started.elapsed();
     let errors = errors.lock().expect("not poisoned");
@@ -407,10 +427,12 @@ pub async fn load_dial(
             errors[..errors.len().min(3)].join("; ")
         );
     }
+    let mut latencies: Vec<f64> = samples.iter().map(|(_, ms)| *ms).collect();
     latencies.sort_by(f64::total_cmp);
     Ok(LoadResult {
         requests: latencies.len() as u64,
         elapsed,
         latencies,
+        samples,
     })
 }
