@@ -322,7 +322,7 @@ impl Proxy {
     pub async fn start(config: &ProxyConfig) -> anyhow::Result<Proxy> {
         let bound = listener::bind(&config.listeners).await?;
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)));
-        snapshot.load().cache.make_current();
+        cache::make_current(&snapshot.load().cache);
         let max_connections = config.limits.max_connections;
         let connections = Arc::new(Semaphore::new(max_connections as usize));
         let (shutdown, stop) = watch::channel(false);

@@ -38,299 +38,57 @@
 //! response is stored they are served from it; when it could not be stored (too large,
 //! private, an error) each goes upstream itself.
 
+mod body;
+mod key;
+mod lock;
+mod policy;
+mod store;
+
 use std::{
-    collections::HashMap,
-    pin::Pin,
-    sync::{Arc, Mutex},
-    task::{Context, Poll},
-    time::{Duration, Instant, SystemTime},
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwapOption;
 use http_body_util::BodyExt as _;
 use hyper::{
     HeaderMap, Method, Request, Response, StatusCode,
-    body::{Body, Bytes, Frame, SizeHint},
+    body::Bytes,
     header::{
         AGE, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, COOKIE, DATE, ETAG, EXPIRES, HeaderName,
-        HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, PRAGMA, SET_COOKIE, VARY,
+        HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, VARY,
     },
-};
-use moka::Expiry;
-use tokio::sync::watch;
-
-use crate::config::{CacheConfig, CacheStoreConfig};
-
-use super::{
-    Flow, RequestContext,
-    body::{BoxError, ProxyBody, empty, full},
-    error::{ErrorKind, ProxyError},
-    observe::METRICS,
 };
 use prometheus_client::metrics::counter::Counter;
 
+use super::{
+    Flow, RequestContext,
+    body::{ProxyBody, empty, full},
+    error::{ErrorKind, ProxyError},
+    observe::METRICS,
+};
+use body::Prefixed;
+use key::{variant_key, vary_names};
+use lock::Leader;
+pub use policy::Directives;
+use policy::storable;
+use store::Entry;
+pub use store::{PurgeTarget, Store};
+
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
-
-/// The shortest time a stale entry with a validator is kept for revalidation.
-const REVALIDATABLE_FOR: Duration = Duration::from_secs(60);
-
-/// Variant records and responses, by internal key.
-type Entries = moka::future::Cache<Arc<str>, Arc<Stored>>;
-
-/// The response cache: entries, and the misses being fetched.
-pub struct Store {
-    entries: Entries,
-    /// `[cache] max_size` it was built with (a change needs a restart).
-    pub max_size: u64,
-    in_flight: Mutex<HashMap<Arc<str>, watch::Receiver<Option<Outcome>>>>,
-}
-
-/// What a leader's fetch came to, for the requests waiting on it.
-type Outcome = Option<Arc<Entry>>;
-
-enum Stored {
-    /// The response varies on these request headers: its entries are under the variant
-    /// keys. Kept as long as the longest-lived variant.
-    Vary {
-        names: Vec<HeaderName>,
-        keep: Duration,
-    },
-    Response(Arc<Entry>),
-}
-
-/// One stored response.
-pub struct Entry {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-    stored: Instant,
-    /// Its age when stored (the upstream's `Age`).
-    initial_age: Duration,
-    /// Freshness lifetime.
-    fresh_for: Duration,
-    stale_while_revalidate: Duration,
-    stale_if_error: Duration,
-    /// `no-cache`, `must-revalidate`, `proxy-revalidate` or `s-maxage`: never served stale;
-    /// with `no_cache`, never served without revalidation.
-    must_revalidate: bool,
-    no_cache: bool,
-    /// The variant key it is stored under: waiters compare theirs.
-    key: Arc<str>,
-}
-
-impl Entry {
-    fn age(&self) -> Duration {
-        self.initial_age + self.stored.elapsed()
-    }
-
-    /// How long past its storing the entry is worth keeping: fresh, or stale but usable,
-    /// or (with a validator) revalidatable for another freshness lifetime, a minute at least.
-    fn keep(&self) -> Duration {
-        let mut extra = self.stale_while_revalidate.max(self.stale_if_error);
-        if self.has_validators() {
-            extra = extra.max(self.fresh_for.max(REVALIDATABLE_FOR));
-        }
-        (self.fresh_for + extra).saturating_sub(self.initial_age)
-    }
-
-    fn weight(&self) -> usize {
-        self.body.len()
-            + self
-                .headers
-                .iter()
-                .map(|(name, value)| name.as_str().len() + value.len() + 32)
-                .sum::<usize>()
-            + 128
-    }
-}
-
-struct KeepFor;
-
-impl Expiry<Arc<str>, Arc<Stored>> for KeepFor {
-    fn expire_after_create(
-        &self,
-        _key: &Arc<str>,
-        value: &Arc<Stored>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(match &**value {
-            Stored::Vary { keep, .. } => *keep,
-            Stored::Response(entry) => entry.keep(),
-        })
-    }
-
-    fn expire_after_update(
-        &self,
-        key: &Arc<str>,
-        value: &Arc<Stored>,
-        updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        self.expire_after_create(key, value, updated_at)
-    }
-}
 
 /// The running proxy's store, for the control plane ([`purge`]).
 static CURRENT: ArcSwapOption<Store> = ArcSwapOption::const_empty();
 
-impl Store {
-    pub fn new(config: &CacheStoreConfig) -> Arc<Store> {
-        let entries = moka::future::Cache::builder()
-            .max_capacity(config.max_size)
-            .weigher(|key: &Arc<str>, value: &Arc<Stored>| {
-                let size = key.len()
-                    + match &**value {
-                        Stored::Vary { names, .. } => names.len() * 32 + 64,
-                        Stored::Response(entry) => entry.weight(),
-                    };
-                u32::try_from(size).unwrap_or(u32::MAX)
-            })
-            .expire_after(KeepFor)
-            .build();
-        Arc::new(Store {
-            entries,
-            max_size: config.max_size,
-            in_flight: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Makes this the store [`purge`] acts on.
-    pub fn make_current(self: &Arc<Store>) {
-        CURRENT.store(Some(self.clone()));
-    }
-
-    /// The entry for `base` that fits these request headers (following a Vary record).
-    async fn find(&self, base: &str, headers: &HeaderMap) -> Option<Arc<Entry>> {
-        match &*self.entries.get(base).await? {
-            Stored::Response(entry) => Some(entry.clone()),
-            Stored::Vary { names, .. } => {
-                let key = variant_key(base, names, headers);
-                match &*self.entries.get(key.as_str()).await? {
-                    Stored::Response(entry) => Some(entry.clone()),
-                    Stored::Vary { .. } => None,
-                }
-            }
-        }
-    }
-
-    /// Becomes the one request fetching `base`, or gets a receiver for that request's
-    /// outcome.
-    fn lead_or_wait(
-        self: &Arc<Store>,
-        base: &Arc<str>,
-    ) -> Result<Leader, watch::Receiver<Option<Outcome>>> {
-        let mut in_flight = self.lock();
-        if let Some(waiting) = in_flight.get(base) {
-            return Err(waiting.clone());
-        }
-        let (done, waiting) = watch::channel(None);
-        in_flight.insert(base.clone(), waiting);
-        Ok(Leader {
-            store: self.clone(),
-            base: base.clone(),
-            done,
-        })
-    }
-
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, watch::Receiver<Option<Outcome>>>> {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    async fn insert(&self, base: &Arc<str>, vary: Vec<HeaderName>, entry: Arc<Entry>) {
-        if vary.is_empty() {
-            self.entries
-                .insert(base.clone(), Arc::new(Stored::Response(entry)))
-                .await;
-            return;
-        }
-        let keep = match self.entries.get(base).await.as_deref() {
-            Some(Stored::Vary { names, keep }) if *names == vary => (*keep).max(entry.keep()),
-            _ => entry.keep(),
-        };
-        self.entries
-            .insert(entry.key.clone(), Arc::new(Stored::Response(entry)))
-            .await;
-        self.entries
-            .insert(base.clone(), Arc::new(Stored::Vary { names: vary, keep }))
-            .await;
-    }
-
-    /// Removes the entries named by `key` (exactly) or by `prefix`; returns how many
-    /// responses went.
-    pub async fn purge(&self, target: &PurgeTarget) -> usize {
-        let matching: Vec<(Arc<str>, bool)> = self
-            .entries
-            .iter()
-            .filter(|(key, _)| {
-                let visible = key.split('\n').next().unwrap_or("");
-                match target {
-                    PurgeTarget::Key(exact) => visible == exact.trim(),
-                    PurgeTarget::Prefix(prefix) => {
-                        let host_path = visible.strip_prefix("GET ").unwrap_or(visible);
-                        match prefix.starts_with('/') {
-                            true => host_path
-                                .find('/')
-                                .is_some_and(|at| host_path[at..].starts_with(prefix.as_str())),
-                            false => host_path.starts_with(prefix.as_str()),
-                        }
-                    }
-                }
-            })
-            .map(|(key, value)| {
-                let response = matches!(&*value, Stored::Response(_));
-                (Arc::clone(&*key), response)
-            })
-            .collect();
-        let mut purged = 0;
-        for (key, response) in matching {
-            self.entries.invalidate(&key).await;
-            purged += usize::from(response);
-        }
-        purged
-    }
-}
-
-/// What to purge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PurgeTarget {
-    /// `GET host/path?query`, as the cache names it.
-    Key(String),
-    /// A prefix of `host/path` (`api.example.com/v1/users`), or of the path alone
-    /// (`/v1/users`, any host).
-    Prefix(String),
+/// Makes this the store [`purge`] acts on.
+pub fn make_current(store: &Arc<Store>) {
+    CURRENT.store(Some(store.clone()));
 }
 
 /// Purges the running proxy's cache; `None` when no proxy runs.
 pub async fn purge(target: &PurgeTarget) -> Option<usize> {
     let store = CURRENT.load_full()?;
     Some(store.purge(target).await)
-}
-
-/// The one request fetching a key: its outcome wakes the waiters; dropped without one
-/// (an error, a cancelled request) it tells them to fetch for themselves.
-pub struct Leader {
-    store: Arc<Store>,
-    base: Arc<str>,
-    done: watch::Sender<Option<Outcome>>,
-}
-
-impl Leader {
-    fn finish(self, outcome: Outcome) {
-        self.done.send_replace(Some(outcome));
-    }
-}
-
-impl Drop for Leader {
-    fn drop(&mut self) {
-        self.store.lock().remove(&self.base);
-        if self.done.borrow().is_none() {
-            self.done.send_replace(Some(None));
-        }
-    }
 }
 
 /// What `lookup` leaves for `store` and for the error path.
@@ -473,7 +231,7 @@ pub async fn lookup(
         }
         if stale_ok && age < entry.fresh_for + entry.stale_while_revalidate {
             count(ctx, Lookup::Stale);
-            if !head && let Ok(leader) = store.lead_or_wait(&base) {
+            if !head && let Ok(leader) = store.in_flight.lead_or_wait(&base) {
                 state.request_headers = req.headers().clone();
                 refresh(ctx, req, state.clone_for_refresh(leader, &entry));
             }
@@ -493,7 +251,7 @@ pub async fn lookup(
             Some(aggregate) => aggregate.timeout,
             None => ctx.upstream().config.request_timeout,
         } + Duration::from_secs(1);
-        match store.lead_or_wait(&base) {
+        match store.in_flight.lead_or_wait(&base) {
             Ok(leader) => {
                 // A leader that finished between our lookup and now has stored its entry.
                 if !skip_lookup
@@ -769,7 +527,7 @@ async fn revalidated(
             }
         }
         // It may no longer be stored (no-store now): served this once, then gone.
-        None => ctx.snapshot.cache.entries.invalidate(&entry.key).await,
+        None => ctx.snapshot.cache.remove(&entry.key).await,
     }
     state.respond(&refreshed, "REVALIDATED")
 }
@@ -843,244 +601,16 @@ impl CacheState {
     }
 }
 
-impl Entry {
-    /// Whether it may be served as it is, without asking the upstream.
-    fn fresh(&self) -> bool {
-        !self.no_cache && self.age() < self.fresh_for
-    }
-
-    /// Its validators, as the conditional fields of a revalidation request.
-    fn add_validators(&self, headers: &mut HeaderMap) {
-        if let Some(etag) = self.headers.get(ETAG) {
-            headers.insert(IF_NONE_MATCH, etag.clone());
-        }
-        if let Some(modified) = self.headers.get(LAST_MODIFIED) {
-            headers.insert(IF_MODIFIED_SINCE, modified.clone());
-        }
-    }
-
-    fn has_validators(&self) -> bool {
-        self.headers.contains_key(ETAG) || self.headers.contains_key(LAST_MODIFIED)
-    }
-}
-
-/// How a cacheable response is kept.
-struct Plan {
-    vary: Vec<HeaderName>,
-    initial_age: Duration,
-    fresh_for: Duration,
-    stale_while_revalidate: Duration,
-    stale_if_error: Duration,
-    must_revalidate: bool,
-    no_cache: bool,
-}
-
-/// Whether (and how long) a response may be stored; `None`: it may not.
-fn storable(config: &CacheConfig, response: &Response<ProxyBody>, head: bool) -> Option<Plan> {
-    let headers = response.headers();
-    if head || !config.statuses.contains(&response.status().as_u16()) {
-        return None;
-    }
-    let directives = Directives::parse(headers);
-    let validators = headers.contains_key(ETAG) || headers.contains_key(LAST_MODIFIED);
-    if directives.no_store
-        || directives.private
-        || (directives.no_cache && !validators)
-        || headers.contains_key(SET_COOKIE)
-    {
-        return None;
-    }
-    let vary = vary_names(headers);
-    if vary.iter().any(|name| name.as_str() == "*")
-        || headers.get_all(VARY).iter().any(|v| v == "*")
-    {
-        return None;
-    }
-    let date = headers
-        .get(DATE)
-        .and_then(|value| httpdate::parse_http_date(value.to_str().ok()?).ok())
-        .unwrap_or_else(SystemTime::now);
-    let expires = headers.get(EXPIRES).map(|value| {
-        value
-            .to_str()
-            .ok()
-            .and_then(|text| httpdate::parse_http_date(text).ok())
-            // An invalid Expires (e.g. "0") means already expired (RFC 9111 5.3).
-            .map_or(Duration::ZERO, |at| {
-                at.duration_since(date).unwrap_or_default()
-            })
-    });
-    let stated = directives
-        .s_maxage
-        .or(directives.max_age)
-        .map(Duration::from_secs)
-        .or(expires);
-    let fresh_for = match config.override_ttl {
-        true => config.ttl,
-        false => stated.or(config.ttl),
-    }?;
-    let initial_age = headers
-        .get(AGE)
-        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
-    let stale_while_revalidate = directives
-        .stale_while_revalidate
-        .map(Duration::from_secs)
-        .or(config.stale_while_revalidate)
-        .unwrap_or_default();
-    let stale_if_error = directives
-        .stale_if_error
-        .map(Duration::from_secs)
-        .or(config.stale_if_error)
-        .unwrap_or_default();
-    let plan = Plan {
-        vary,
-        initial_age,
-        fresh_for,
-        stale_while_revalidate,
-        stale_if_error,
-        must_revalidate: directives.must_revalidate
-            || directives.no_cache
-            || directives.s_maxage.is_some(),
-        no_cache: directives.no_cache,
-    };
-    let usable = plan.fresh_for + plan.stale_while_revalidate.max(plan.stale_if_error);
-    (usable > plan.initial_age).then_some(plan)
-}
-
-/// The request headers a response's `Vary` names, lowercase and sorted.
-fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
-    let mut names: Vec<HeaderName> = headers
-        .get_all(VARY)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| {
-            let name = name.trim();
-            match name {
-                "*" => Some(HeaderName::from_static("*")),
-                _ => HeaderName::from_bytes(name.as_bytes()).ok(),
-            }
-        })
-        .collect();
-    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    names.dedup();
-    names
-}
-
-/// The key of the variant of `base` for these request headers.
-fn variant_key(base: &str, names: &[HeaderName], headers: &HeaderMap) -> String {
-    let mut key = base.to_owned();
-    for name in names {
-        key.push_str("\nvary:");
-        key.push_str(name.as_str());
-        key.push('=');
-        let values: Vec<&str> = headers
-            .get_all(name)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .map(str::trim)
-            .collect();
-        key.push_str(&values.join(","));
-    }
-    key
-}
-
-/// The `Cache-Control` directives the cache acts on (request or response). Public for the
-/// fuzz target `cache_control`.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Directives {
-    pub no_store: bool,
-    pub no_cache: bool,
-    pub private: bool,
-    pub must_revalidate: bool,
-    pub max_age: Option<u64>,
-    pub s_maxage: Option<u64>,
-    pub stale_while_revalidate: Option<u64>,
-    pub stale_if_error: Option<u64>,
-}
-
-impl Directives {
-    pub fn parse(headers: &HeaderMap) -> Directives {
-        let mut directives = Directives::default();
-        for value in headers.get_all(CACHE_CONTROL) {
-            let Ok(value) = value.to_str() else {
-                // Unreadable: take the safe side.
-                directives.no_store = true;
-                continue;
-            };
-            for directive in value.split(',') {
-                let (name, argument) = match directive.split_once('=') {
-                    Some((name, argument)) => {
-                        (name.trim(), Some(argument.trim().trim_matches('"')))
-                    }
-                    None => (directive.trim(), None),
-                };
-                let seconds = || argument.and_then(|text| text.parse::<u64>().ok());
-                match name.to_ascii_lowercase().as_str() {
-                    "no-store" => directives.no_store = true,
-                    "no-cache" => directives.no_cache = true,
-                    "private" => directives.private = true,
-                    "must-revalidate" | "proxy-revalidate" => directives.must_revalidate = true,
-                    // An invalid max-age is stale at once (RFC 9111 4.2.1).
-                    "max-age" => directives.max_age = Some(seconds().unwrap_or(0)),
-                    "s-maxage" => directives.s_maxage = Some(seconds().unwrap_or(0)),
-                    "stale-while-revalidate" => directives.stale_while_revalidate = seconds(),
-                    "stale-if-error" => directives.stale_if_error = seconds(),
-                    _ => {}
-                }
-            }
-        }
-        // HTTP/1.0's `Pragma: no-cache`, for requests without Cache-Control.
-        if headers.get_all(CACHE_CONTROL).iter().next().is_none()
-            && headers
-                .get(PRAGMA)
-                .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"no-cache"))
-        {
-            directives.no_cache = true;
-        }
-        directives
-    }
-}
-
-/// A body whose first chunks were already read.
-struct Prefixed {
-    prefix: std::collections::VecDeque<Bytes>,
-    rest: ProxyBody,
-}
-
-impl Body for Prefixed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(chunk) = self.prefix.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
-        }
-        Pin::new(&mut self.rest).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.prefix.is_empty() && self.rest.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let buffered: u64 = self.prefix.iter().map(|chunk| chunk.len() as u64).sum();
-        let rest = self.rest.size_hint();
-        let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower() + buffered);
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper + buffered);
-        }
-        hint
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::{
+        pin::Pin,
+        task::{Context, Poll},
+    };
+
+    use hyper::body::{Body, Frame};
+
+    use super::super::body::BoxError;
     use super::*;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -1091,155 +621,11 @@ mod tests {
         map
     }
 
-    #[test]
-    fn cache_control_parses() {
-        let parsed = Directives::parse(&headers(&[
-            ("cache-control", "public, max-age=60, s-maxage=\"120\""),
-            ("cache-control", "stale-while-revalidate=5, Must-Revalidate"),
-        ]));
-        assert_eq!(
-            parsed,
-            Directives {
-                must_revalidate: true,
-                max_age: Some(60),
-                s_maxage: Some(120),
-                stale_while_revalidate: Some(5),
-                ..Directives::default()
-            }
-        );
-        let invalid = Directives::parse(&headers(&[("cache-control", "max-age=soon")]));
-        assert_eq!(invalid.max_age, Some(0));
-        let pragma = Directives::parse(&headers(&[("pragma", "no-cache")]));
-        assert!(pragma.no_cache);
-    }
-
-    fn config(ttl: Option<u64>, override_ttl: bool) -> CacheConfig {
-        CacheConfig {
-            ttl: ttl.map(Duration::from_secs),
-            override_ttl,
-            max_entry_size: 1024,
-            statuses: vec![200, 404],
-            stale_while_revalidate: None,
-            stale_if_error: Some(Duration::from_secs(30)),
-            key_by_identity: false,
-        }
-    }
-
     fn response(status: u16, pairs: &[(&'static str, &str)]) -> Response<ProxyBody> {
         let mut response = Response::new(empty());
         *response.status_mut() = StatusCode::from_u16(status).unwrap();
         *response.headers_mut() = headers(pairs);
         response
-    }
-
-    #[test]
-    fn freshness_follows_rfc_9111() {
-        let fresh = |config: &CacheConfig, pairs: &[(&'static str, &str)]| {
-            storable(config, &response(200, pairs), false).map(|plan| plan.fresh_for.as_secs())
-        };
-        let route = config(Some(10), false);
-        assert_eq!(fresh(&route, &[]), Some(10));
-        assert_eq!(fresh(&route, &[("cache-control", "max-age=60")]), Some(60));
-        assert_eq!(
-            fresh(&route, &[("cache-control", "max-age=60, s-maxage=5")]),
-            Some(5)
-        );
-        let now = SystemTime::now();
-        let date = httpdate::fmt_http_date(now);
-        let expires = httpdate::fmt_http_date(now + Duration::from_secs(100));
-        assert_eq!(
-            fresh(&route, &[("date", &date), ("expires", &expires)]),
-            Some(100)
-        );
-        assert_eq!(fresh(&config(None, false), &[]), None);
-        assert_eq!(
-            fresh(&config(Some(7), true), &[("cache-control", "max-age=60")]),
-            Some(7)
-        );
-        for refused in ["no-store", "private", "no-cache", "private=\"x\""] {
-            assert_eq!(
-                fresh(&route, &[("cache-control", refused)]),
-                None,
-                "{refused}"
-            );
-        }
-        // no-cache with a validator: kept, to be revalidated on every use.
-        let plan = storable(
-            &route,
-            &response(200, &[("cache-control", "no-cache"), ("etag", "\"1\"")]),
-            false,
-        )
-        .unwrap();
-        assert!(plan.no_cache && plan.must_revalidate);
-        assert_eq!(fresh(&route, &[("set-cookie", "a=b")]), None);
-        assert_eq!(fresh(&route, &[("vary", "*")]), None);
-        assert!(storable(&route, &response(500, &[]), false).is_none());
-        assert!(storable(&route, &response(200, &[]), true).is_none());
-        let plan = storable(
-            &route,
-            &response(404, &[("vary", "Accept, accept-language")]),
-            false,
-        )
-        .unwrap();
-        assert_eq!(plan.vary, ["accept", "accept-language"]);
-    }
-
-    #[test]
-    fn variant_keys_name_the_values() {
-        let names = vec![HeaderName::from_static("accept-language")];
-        let key = variant_key("GET h/p\nr", &names, &headers(&[("accept-language", "fr")]));
-        assert_eq!(key, "GET h/p\nr\nvary:accept-language=fr");
-        assert_ne!(
-            key,
-            variant_key("GET h/p\nr", &names, &headers(&[("accept-language", "de")]))
-        );
-    }
-
-    #[tokio::test]
-    async fn purge_by_key_and_prefix() {
-        let store = Store::new(&CacheStoreConfig::default());
-        let entry = |key: &str| {
-            Arc::new(Entry {
-                status: StatusCode::OK,
-                headers: HeaderMap::new(),
-                body: Bytes::from_static(b"x"),
-                stored: Instant::now(),
-                initial_age: Duration::ZERO,
-                fresh_for: Duration::from_secs(60),
-                stale_while_revalidate: Duration::ZERO,
-                stale_if_error: Duration::ZERO,
-                must_revalidate: false,
-                no_cache: false,
-                key: key.into(),
-            })
-        };
-        for key in [
-            "GET a.test/v1/users/1\nr",
-            "GET a.test/v1/users/2?x=1\nr",
-            "GET b.test/v1/users/3\nr",
-            "GET a.test/v1/orders/1\nr",
-        ] {
-            let key: Arc<str> = key.into();
-            store.insert(&key, Vec::new(), entry(&key)).await;
-        }
-        let purged = store
-            .purge(&PurgeTarget::Key("GET a.test/v1/users/1".into()))
-            .await;
-        assert_eq!(purged, 1);
-        assert_eq!(
-            store.purge(&PurgeTarget::Prefix("/v1/users".into())).await,
-            2
-        );
-        assert_eq!(
-            store.purge(&PurgeTarget::Prefix("a.test/v1".into())).await,
-            1
-        );
-        assert!(
-            store
-                .find("GET a.test/v1/orders/1\nr", &HeaderMap::new())
-                .await
-                .is_none()
-        );
     }
 
     /// A request context on a one-route snapshot whose route caches with `cache`.
