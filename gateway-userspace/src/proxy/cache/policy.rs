@@ -126,14 +126,8 @@ impl Directives {
                 directives.no_store = true;
                 continue;
             };
-            for directive in value.split(',') {
-                let (name, argument) = match directive.split_once('=') {
-                    Some((name, argument)) => {
-                        (name.trim(), Some(argument.trim().trim_matches('"')))
-                    }
-                    None => (directive.trim(), None),
-                };
-                let seconds = || argument.and_then(|text| text.parse::<u64>().ok());
+            for (name, argument) in split_directives(value) {
+                let seconds = || argument.as_deref()?.parse::<u64>().ok();
                 match name.to_ascii_lowercase().as_str() {
                     "no-store" => directives.no_store = true,
                     "no-cache" => directives.no_cache = true,
@@ -158,6 +152,54 @@ impl Directives {
         }
         directives
     }
+}
+
+/// The directives of one `Cache-Control` value: (name, argument), the argument unquoted.
+/// Commas inside a quoted argument (`no-cache="a, b"`) belong to it (RFC 9110 5.6.4, 5.6.2),
+/// so text in quotes never reads as a directive of its own. An unterminated quote runs to
+/// the end of the value.
+fn split_directives(value: &str) -> Vec<(&str, Option<String>)> {
+    let mut directives = Vec::new();
+    let mut rest = value;
+    while !rest.is_empty() {
+        let end = rest.find([',', '=']).unwrap_or(rest.len());
+        let name = rest[..end].trim();
+        let mut argument = None;
+        rest = &rest[end..];
+        if let Some(after) = rest.strip_prefix('=') {
+            let after = after.trim_start();
+            let (text, remaining) = match after.strip_prefix('"') {
+                Some(quoted) => unquote(quoted),
+                None => {
+                    let end = after.find(',').unwrap_or(after.len());
+                    (after[..end].trim_end().to_owned(), &after[end..])
+                }
+            };
+            argument = Some(text);
+            // Anything between a closing quote and the next comma is malformed: dropped.
+            rest = remaining.find(',').map_or("", |at| &remaining[at..]);
+        }
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+        if !name.is_empty() {
+            directives.push((name, argument));
+        }
+    }
+    directives
+}
+
+/// A quoted-string's content (the opening quote already consumed), with `\x` escapes
+/// resolved, and what follows its closing quote.
+fn unquote(quoted: &str) -> (String, &str) {
+    let mut text = String::new();
+    let mut chars = quoted.char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '"' => return (text, &quoted[at + 1..]),
+            '\\' => text.extend(chars.next().map(|(_, escaped)| escaped)),
+            _ => text.push(c),
+        }
+    }
+    (text, "")
 }
 
 #[cfg(test)]
@@ -195,6 +237,90 @@ mod tests {
         assert_eq!(invalid.max_age, Some(0));
         let pragma = Directives::parse(&headers(&[("pragma", "no-cache")]));
         assert!(pragma.no_cache);
+    }
+
+    #[test]
+    fn split_directives_keeps_quoted_commas_inside_the_argument() {
+        let some = |text: &str| Some(text.to_owned());
+        type Directive<'a> = (&'a str, Option<String>);
+        let cases: &[(&str, &[Directive])] = &[
+            ("", &[]),
+            (" , ,", &[]),
+            ("public", &[("public", None)]),
+            ("max-age=60", &[("max-age", some("60"))]),
+            ("max-age = 60 ", &[("max-age", some("60"))]),
+            ("s-maxage=\"120\"", &[("s-maxage", some("120"))]),
+            (
+                "no-cache=\"a, b\", max-age=5",
+                &[("no-cache", some("a, b")), ("max-age", some("5"))],
+            ),
+            (
+                "private=\"set-cookie, no-store\"",
+                &[("private", some("set-cookie, no-store"))],
+            ),
+            (
+                "no-cache=\"x,max-age=9999\",s-maxage=1",
+                &[
+                    ("no-cache", some("x,max-age=9999")),
+                    ("s-maxage", some("1")),
+                ],
+            ),
+            (
+                "no-cache=\"a\\\", no-store\", public",
+                &[("no-cache", some("a\", no-store")), ("public", None)],
+            ),
+            // Unterminated: the rest is the argument, never a directive.
+            (
+                "no-cache=\"a, no-store",
+                &[("no-cache", some("a, no-store"))],
+            ),
+            (
+                "no-cache=\"a\"junk, public",
+                &[("no-cache", some("a")), ("public", None)],
+            ),
+            ("max-age=", &[("max-age", some(""))]),
+            ("=5, public", &[("public", None)]),
+            ("a=1=2, b", &[("a", some("1=2")), ("b", None)]),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(split_directives(value), *expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn quoted_arguments_never_set_directives() {
+        for hidden in [
+            "no-store",
+            "max-age=0",
+            "s-maxage=0",
+            "private",
+            "must-revalidate",
+        ] {
+            for (before, after) in [("", ""), ("x, ", ""), ("", ", y"), (" ", " ")] {
+                let value = format!("public, no-cache=\"{before}{hidden}{after}\", max-age=60");
+                let parsed = Directives::parse(&headers(&[("cache-control", &value)]));
+                let expected = Directives {
+                    no_cache: true,
+                    max_age: Some(60),
+                    ..Directives::default()
+                };
+                assert_eq!(parsed, expected, "{value:?}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever a quoted argument holds, the directives after it are read the same.
+        #[test]
+        fn quoted_text_is_opaque(inside in "[ -~]{0,40}") {
+            let escaped = inside.replace('\\', "\\\\").replace('"', "\\\"");
+            let value = format!("no-cache=\"{escaped}\", max-age=7");
+            let directives = split_directives(&value);
+            proptest::prop_assert_eq!(
+                directives,
+                vec![("no-cache", Some(inside.clone())), ("max-age", Some("7".to_owned()))]
+            );
+        }
     }
 
     fn config(ttl: Option<u64>, override_ttl: bool) -> CacheConfig {
