@@ -76,7 +76,7 @@ pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> 
         ),
         None => None,
     };
-    let _admin = AdminServer::bind(&config.admin, state.clone(), reloads).await?;
+    let _admin = AdminServer::bind(&config.admin, state.clone(), reloads, proxy.cache()).await?;
     tracing::info!(socket = %config.admin.socket.display(), "admin API listening");
     metrics.set_ready();
     let sweeper = tokio::spawn(sweep_expired(state.clone()));

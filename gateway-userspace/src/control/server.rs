@@ -65,10 +65,15 @@ impl AdminServer {
         admin: &AdminConfig,
         firewall: Arc<Firewall>,
         reloads: mpsc::Sender<ReloadRequest>,
+        cache: Arc<crate::proxy::cache::Store>,
     ) -> anyhow::Result<AdminServer> {
         use anyhow::Context as _;
         let path = admin.socket.as_path();
-        let api = Arc::new(Api { firewall, reloads });
+        let api = Arc::new(Api {
+            firewall,
+            reloads,
+            cache,
+        });
         let mut tasks = Vec::new();
         // TCP first: the socket appearing is the "ready" signal.
         if let Some(tcp) = &admin.tcp {
@@ -124,10 +129,12 @@ impl Drop for AdminServer {
     }
 }
 
-/// What request handlers reach: the daemon's firewall and its reload loop.
+/// What request handlers reach: the daemon's firewall, its reload loop and the proxy's
+/// response cache.
 struct Api {
     firewall: Arc<Firewall>,
     reloads: mpsc::Sender<ReloadRequest>,
+    cache: Arc<crate::proxy::cache::Store>,
 }
 
 /// Serves one admin listener. Over TCP every request must carry the bearer token; the unix
@@ -275,7 +282,7 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
         (&Method::POST, api::RELOAD_PATH) => reload(&api.reloads).await,
         (&Method::POST, api::CACHE_PURGE_PATH) => {
             match body::<api::PurgeRequest>(request, MAX_BODY).await {
-                Ok(purge) => purge_cache(purge).await,
+                Ok(purge) => purge_cache(&api.cache, purge).await,
                 Err(failure) => Err(failure),
             }
         }
@@ -490,7 +497,10 @@ fn json(body: &impl Serialize) -> Response<Full<Bytes>> {
 }
 
 /// Removes cached responses by exact key or by prefix.
-async fn purge_cache(purge: api::PurgeRequest) -> Result<Response<Full<Bytes>>, ApiFailure> {
+async fn purge_cache(
+    cache: &crate::proxy::cache::Store,
+    purge: api::PurgeRequest,
+) -> Result<Response<Full<Bytes>>, ApiFailure> {
     use crate::proxy::cache::PurgeTarget;
     let bad = |message: &str| ApiFailure::new(StatusCode::BAD_REQUEST, message);
     let target = match (purge.key, purge.prefix) {
@@ -503,8 +513,7 @@ async fn purge_cache(purge: api::PurgeRequest) -> Result<Response<Full<Bytes>>, 
             ));
         }
     };
-    // No proxy running (no listeners): nothing is cached.
-    let purged = crate::proxy::cache::purge(&target).await.unwrap_or(0);
+    let purged = cache.purge(&target).await;
     tracing::info!(?target, purged, "cache purged");
     Ok(json(&api::Purged { purged }))
 }
@@ -612,14 +621,18 @@ mod tests {
             key: Some("  ".into()),
             prefix: None,
         };
+        let cache = crate::proxy::cache::Store::new(&Default::default());
         for request in [api::PurgeRequest::default(), both, blank] {
-            let failure = purge_cache(request.clone()).await.unwrap_err();
+            let failure = purge_cache(&cache, request.clone()).await.unwrap_err();
             assert_eq!(failure.status, StatusCode::BAD_REQUEST, "{request:?}");
         }
         let fine = api::PurgeRequest {
             key: None,
             prefix: Some("/x".into()),
         };
-        assert_eq!(purge_cache(fine).await.unwrap().status(), StatusCode::OK);
+        assert_eq!(
+            purge_cache(&cache, fine).await.unwrap().status(),
+            StatusCode::OK
+        );
     }
 }

@@ -322,7 +322,6 @@ impl Proxy {
     pub async fn start(config: &ProxyConfig) -> anyhow::Result<Proxy> {
         let bound = listener::bind(&config.listeners).await?;
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)));
-        cache::make_current(&snapshot.load().cache);
         let max_connections = config.limits.max_connections;
         let connections = Arc::new(Semaphore::new(max_connections as usize));
         let (shutdown, stop) = watch::channel(false);
@@ -359,6 +358,11 @@ impl Proxy {
             tasks,
             tls: tls_configs,
         })
+    }
+
+    /// The response cache, for the admin API's purge (one store for the proxy's life).
+    pub fn cache(&self) -> Arc<cache::Store> {
+        self.snapshot.load().cache.clone()
     }
 
     /// The proxy's live state for `/metrics`.

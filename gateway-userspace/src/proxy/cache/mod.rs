@@ -49,7 +49,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use arc_swap::ArcSwapOption;
 use http_body_util::BodyExt as _;
 use hyper::{
     HeaderMap, Method, Request, Response, StatusCode,
@@ -76,20 +75,6 @@ use store::Entry;
 pub use store::{PurgeTarget, Store};
 
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
-
-/// The running proxy's store, for the control plane ([`purge`]).
-static CURRENT: ArcSwapOption<Store> = ArcSwapOption::const_empty();
-
-/// Makes this the store [`purge`] acts on.
-pub fn make_current(store: &Arc<Store>) {
-    CURRENT.store(Some(store.clone()));
-}
-
-/// Purges the running proxy's cache; `None` when no proxy runs.
-pub async fn purge(target: &PurgeTarget) -> Option<usize> {
-    let store = CURRENT.load_full()?;
-    Some(store.purge(target).await)
-}
 
 /// What `lookup` leaves for `store` and for the error path.
 pub struct CacheState {
