@@ -144,7 +144,7 @@ fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
 
 /// Removes every value of `source`: from the header fields, and from `path`'s query (the
 /// one the upstream gets).
-pub fn strip(headers: &mut HeaderMap, path: &mut Option<PathAndQuery>, source: &TokenSource) {
+pub fn strip(headers: &mut HeaderMap, path: &mut PathAndQuery, source: &TokenSource) {
     match source {
         TokenSource::Bearer => {
             headers.remove(AUTHORIZATION);
@@ -163,7 +163,7 @@ pub fn strip(headers: &mut HeaderMap, path: &mut Option<PathAndQuery>, source: &
             }
         }
         TokenSource::Query(name) => {
-            let Some(current) = path.as_ref() else { return };
+            let current = &*path;
             let Some(query) = current.query() else { return };
             let kept: Vec<&str> = query
                 .split('&')
@@ -177,7 +177,7 @@ pub fn strip(headers: &mut HeaderMap, path: &mut Option<PathAndQuery>, source: &
                 false => format!("{}?{}", current.path(), kept.join("&")),
             };
             if let Ok(rebuilt) = rebuilt.parse::<PathAndQuery>() {
-                *path = Some(rebuilt);
+                *path = rebuilt;
             }
         }
     }
@@ -301,7 +301,7 @@ mod tests {
     #[test]
     fn strip_removes_every_form() {
         let mut map = headers(&[("x_api_key", "a"), ("x-api-key", "b"), ("x-other", "c")]);
-        let mut path = Some(PathAndQuery::from_static("/p?a=1&tok%65n=x&token=y&b=2"));
+        let mut path = PathAndQuery::from_static("/p?a=1&tok%65n=x&token=y&b=2");
         strip(
             &mut map,
             &mut path,
@@ -309,6 +309,6 @@ mod tests {
         );
         assert_eq!(map.len(), 1);
         strip(&mut map, &mut path, &TokenSource::Query("token".into()));
-        assert_eq!(path.unwrap().as_str(), "/p?a=1&b=2");
+        assert_eq!(path.as_str(), "/p?a=1&b=2");
     }
 }
