@@ -13,6 +13,7 @@ use hyper::{
     body::{Bytes, Incoming},
 };
 use serde::{Serialize, de::DeserializeOwned};
+use subtle::ConstantTimeEq as _;
 use tokio::{
     net::{TcpListener, UnixListener},
     sync::{mpsc, oneshot},
@@ -170,12 +171,8 @@ fn bearer_matches<B>(request: &Request<B>, token: &str) -> bool {
     else {
         return false;
     };
-    given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
+    // Unequal lengths answer at once: the length is not the secret.
+    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
 }
 
 fn unauthorized() -> Response<Full<Bytes>> {
@@ -609,6 +606,35 @@ mod tests {
         let ban: BanRequest =
             parse_body(br#"{"cidr": "192.0.2.7", "duration_secs": null}"#).unwrap();
         assert_eq!(ban.duration_secs, None);
+    }
+
+    #[test]
+    fn only_the_exact_bearer_token_matches() {
+        let token = "s3cret-token";
+        let with = |value: &str| {
+            let mut request = Request::new(());
+            request.headers_mut().insert(
+                hyper::header::AUTHORIZATION,
+                hyper::header::HeaderValue::from_str(value).unwrap(),
+            );
+            bearer_matches(&request, token)
+        };
+        assert!(with("Bearer s3cret-token"));
+        for refused in [
+            "Bearer S3cret-token",
+            "Bearer s3cret-tokem",
+            "Bearer s3cret-toke",
+            "Bearer s3cret-token ",
+            "Bearer s3cret-tokenx",
+            "Bearer ",
+            "Bearer",
+            "bearer s3cret-token",
+            "Basic s3cret-token",
+            "s3cret-token",
+        ] {
+            assert!(!with(refused), "{refused:?}");
+        }
+        assert!(!bearer_matches(&Request::new(()), token));
     }
 
     #[tokio::test]
