@@ -68,6 +68,7 @@ pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> 
 
     // Bound before the admin socket: a ready daemon is a serving proxy. No listeners, no proxy.
     let proxy = Proxy::start(&config.proxy).await?;
+    proxy.configure_access_log(&config.access_log);
 
     let (reloads, reload_requests) = tokio::sync::mpsc::channel(4);
     let _metrics = match config.metrics {
@@ -286,7 +287,7 @@ fn reload(
             if let Some(defender) = crate::defend::running() {
                 defender.reconfigure(config.defend.clone());
             }
-            crate::proxy::observe::configure(&config.access_log);
+            proxy.configure_access_log(&config.access_log);
             Ok(format!(
                 "reloaded {}: {rules} firewall rules, {} routes",
                 config_path.display(),

@@ -156,14 +156,16 @@ async fn fetch(
     Ok(response)
 }
 
-/// Serves one request: the request stages, then the response stages.
+/// Serves one request: the request stages, then the response stages. `log_line`: the
+/// access log records it (sampling).
 async fn handle(
     snapshot: Arc<Snapshot>,
+    log_line: bool,
     connection: Arc<ConnectionInfo>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let mut ctx = RequestCtx::new(connection, &req);
-    let arrival = observe::Arrival::of(&req);
+    let arrival = observe::Arrival::of(&req, log_line);
     // Every request is metered; the access log may sample.
     let req = req.map(|incoming| {
         body::boxed(observe::Counted::new(
@@ -244,6 +246,8 @@ pub struct Proxy {
     connections: Arc<Semaphore>,
     max_connections: u32,
     tasks: JoinSet<()>,
+    /// Which requests the access log records (`[access_log]`).
+    sampling: Arc<observe::Sampling>,
     /// The rustls config of each `https` listener, by listener name; a reload swaps it.
     tls: Vec<(String, tls::Current)>,
 }
@@ -257,10 +261,12 @@ impl Proxy {
         let max_connections = config.limits.max_connections;
         let connections = Arc::new(Semaphore::new(max_connections as usize));
         let (shutdown, stop) = watch::channel(false);
+        let sampling = Arc::new(observe::Sampling::default());
         let shared = Arc::new(listener::Shared {
             snapshot: snapshot.clone(),
             connections: connections.clone(),
             shutdown: stop,
+            sampling: sampling.clone(),
         });
         let mut tasks = JoinSet::new();
         let mut tls_configs = Vec::new();
@@ -288,6 +294,7 @@ impl Proxy {
             connections,
             max_connections,
             tasks,
+            sampling,
             tls: tls_configs,
         })
     }
@@ -295,6 +302,11 @@ impl Proxy {
     /// The response cache, for the admin API's purge (one store for the proxy's life).
     pub fn cache(&self) -> Arc<cache::Store> {
         self.snapshot.load().cache.clone()
+    }
+
+    /// Applies `[access_log]` (enabled, sample): at start and on reload.
+    pub fn configure_access_log(&self, config: &crate::config::AccessLogConfig) {
+        self.sampling.configure(config);
     }
 
     /// The proxy's live state for `/metrics`.

@@ -35,23 +35,37 @@ use crate::config::AccessLogConfig;
 /// The tracing target access-log lines use; the log setup routes it to its own writer.
 pub const TARGET: &str = "access_log";
 
-static ENABLED: AtomicBool = AtomicBool::new(true);
-/// Fraction of requests logged, in millionths.
-static SAMPLE_PPM: AtomicU32 = AtomicU32::new(1_000_000);
-
-/// Applies `[access_log]` (at start and on reload).
-pub fn configure(config: &AccessLogConfig) {
-    ENABLED.store(config.enabled, Ordering::Relaxed);
-    SAMPLE_PPM.store(
-        (config.sample * 1_000_000.0).round() as u32,
-        Ordering::Relaxed,
-    );
+/// Which requests get an access-log line (`[access_log]` enabled and sample), owned by the
+/// proxy and applied at start and on reload.
+pub struct Sampling {
+    enabled: AtomicBool,
+    /// Fraction of requests logged, in millionths.
+    ppm: AtomicU32,
 }
 
-/// Whether this request is logged (the off switch, then sampling).
-pub fn sampled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-        && fastrand::u32(0..1_000_000) < SAMPLE_PPM.load(Ordering::Relaxed)
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling {
+            enabled: AtomicBool::new(true),
+            ppm: AtomicU32::new(1_000_000),
+        }
+    }
+}
+
+impl Sampling {
+    pub fn configure(&self, config: &AccessLogConfig) {
+        self.enabled.store(config.enabled, Ordering::Relaxed);
+        self.ppm.store(
+            (config.sample * 1_000_000.0).round() as u32,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Whether this request is logged (the off switch, then sampling).
+    pub fn sampled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+            && fastrand::u32(0..1_000_000) < self.ppm.load(Ordering::Relaxed)
+    }
 }
 
 /// Labels of one series: a few known values each, never addresses or raw paths.
@@ -275,7 +289,7 @@ pub struct Arrival {
 }
 
 impl Arrival {
-    pub fn of<B>(req: &hyper::Request<B>) -> Arrival {
+    pub fn of<B>(req: &hyper::Request<B>, log_line: bool) -> Arrival {
         let host = req
             .uri()
             .authority()
@@ -290,7 +304,7 @@ impl Arrival {
             raw_path: req.uri().path().to_owned(),
             host,
             started: Instant::now(),
-            log_line: sampled(),
+            log_line,
             bytes_in: Arc::new(AtomicU64::new(0)),
         }
     }
