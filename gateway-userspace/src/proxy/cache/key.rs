@@ -45,17 +45,8 @@ pub(super) fn variant_key(base: &str, names: &[HeaderName], headers: &HeaderMap)
 
 #[cfg(test)]
 mod tests {
-    use hyper::header::HeaderValue;
-
+    use super::super::tests::headers;
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_str(value).unwrap());
-        }
-        map
-    }
 
     #[test]
     fn variant_keys_name_the_values() {

@@ -587,7 +587,8 @@ mod tests {
     use super::super::{body::BoxError, snapshot::Snapshot};
     use super::*;
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    /// Header fields from (name, value) pairs; the cache's other test modules use it too.
+    pub(super) fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
             map.append(*name, HeaderValue::from_str(value).unwrap());

@@ -204,18 +204,11 @@ fn unquote(quoted: &str) -> (String, &str) {
 
 #[cfg(test)]
 mod tests {
-    use hyper::{StatusCode, header::HeaderValue};
+    use hyper::StatusCode;
 
+    use super::super::tests::headers;
     use super::*;
     use crate::proxy::body::empty;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_str(value).unwrap());
-        }
-        map
-    }
 
     #[test]
     fn cache_control_parses() {
