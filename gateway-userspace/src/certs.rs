@@ -142,100 +142,29 @@ impl Validity {
     }
 }
 
-/// Reads the validity period of an X.509 certificate (DER). `None` if it cannot be found.
+/// Reads the validity period of an X.509 certificate (DER). `None` if it cannot be parsed.
 fn validity(cert: &[u8]) -> Option<Validity> {
-    // Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL,
-    //   serialNumber INTEGER, signature SEQUENCE, issuer SEQUENCE, validity SEQUENCE, ... } }
-    let (tag, certificate, _) = der_item(cert)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (tag, mut tbs, _) = der_item(certificate)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (tag, _, rest) = der_item(tbs)?;
-    if tag == 0xa0 {
-        tbs = rest; // the explicit version
-    }
-    for expected in [0x02, 0x30, 0x30] {
-        let (tag, _, rest) = der_item(tbs)?;
-        if tag != expected {
-            return None;
-        }
-        tbs = rest;
-    }
-    let (tag, validity, _) = der_item(tbs)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (tag, not_before, rest) = der_item(validity)?;
-    let not_before = der_time(tag, not_before)?;
-    let (tag, not_after, _) = der_item(rest)?;
-    let not_after = der_time(tag, not_after)?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let validity = parsed.validity();
     Some(Validity {
-        not_before,
-        not_after,
+        not_before: seconds_and_text(&validity.not_before),
+        not_after: seconds_and_text(&validity.not_after),
     })
 }
 
-/// One DER item: its tag, its contents, and what follows it.
-fn der_item(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, mut rest) = rest.split_first()?;
-    let length = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 || rest.len() < count {
-            return None;
-        }
-        let (bytes, after) = rest.split_at(count);
-        rest = after;
-        bytes
-            .iter()
-            .fold(0usize, |length, &byte| (length << 8) | usize::from(byte))
-    };
-    (rest.len() >= length).then(|| (tag, &rest[..length], &rest[length..]))
-}
-
-/// UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`) as Unix seconds.
-fn der_time(tag: u8, contents: &[u8]) -> Option<(i64, String)> {
-    let text = std::str::from_utf8(contents).ok()?;
-    let digits = text.strip_suffix('Z')?;
-    let (year, rest) = match tag {
-        0x17 if digits.len() == 12 => {
-            let year: i64 = digits[..2].parse().ok()?;
-            (
-                if year < 50 { 2000 + year } else { 1900 + year },
-                &digits[2..],
-            )
-        }
-        0x18 if digits.len() == 14 => (digits[..4].parse().ok()?, &digits[4..]),
-        _ => return None,
-    };
-    if !rest.bytes().all(|byte| byte.is_ascii_digit()) {
-        return None;
-    }
-    let field = |at: usize| rest[at..at + 2].parse::<i64>().ok();
-    let (month, day, hour, minute, second) =
-        (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return None;
-    }
-    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
-    let printed = format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02} UTC");
-    Some((seconds, printed))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+/// A certificate time as Unix seconds, and printed as `2024-02-29 12:34:56 UTC`.
+fn seconds_and_text(time: &x509_parser::time::ASN1Time) -> (i64, String) {
+    let utc = time.to_datetime();
+    let printed = format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        utc.year(),
+        u8::from(utc.month()),
+        utc.day(),
+        utc.hour(),
+        utc.minute(),
+        utc.second()
+    );
+    (time.timestamp(), printed)
 }
 
 #[cfg(test)]
@@ -243,23 +172,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn der_times_convert_to_unix_seconds() {
-        assert_eq!(der_time(0x17, b"700101000000Z").unwrap().0, 0);
-        assert_eq!(
-            der_time(0x17, b"240229123456Z").unwrap(),
-            (1_709_210_096, "2024-02-29 12:34:56 UTC".to_owned())
-        );
-        assert_eq!(der_time(0x18, b"20500101000000Z").unwrap().0, 2_524_608_000);
-        assert_eq!(der_time(0x17, b"2402291234Z"), None);
-        assert_eq!(der_time(0x17, b"241329123456Z"), None);
+    fn validity_is_read_from_the_certificate() {
+        // rcgen writes UTCTime before 2050 and GeneralizedTime from 2050 on (RFC 5280
+        // 4.1.2.5): both forms, and the epoch.
+        // ((year, month, day, hour, minute, second), Unix seconds, as printed)
+        type Case = ((i32, u8, u8, u64, u64, u64), i64, &'static str);
+        let cases: [Case; 4] = [
+            ((1970, 1, 1, 0, 0, 0), 0, "1970-01-01 00:00:00 UTC"),
+            (
+                (2024, 2, 29, 12, 34, 56),
+                1_709_210_096,
+                "2024-02-29 12:34:56 UTC",
+            ),
+            (
+                (2049, 12, 31, 23, 59, 59),
+                2_524_607_999,
+                "2049-12-31 23:59:59 UTC",
+            ),
+            (
+                (2050, 1, 1, 0, 0, 0),
+                2_524_608_000,
+                "2050-01-01 00:00:00 UTC",
+            ),
+        ];
+        for ((year, month, day, hour, minute, second), seconds, printed) in cases {
+            let mut params = rcgen::CertificateParams::new(vec!["a.test".to_owned()]).unwrap();
+            params.not_before = rcgen::date_time_ymd(1969, 12, 31);
+            let time: u64 = hour * 3600 + minute * 60 + second;
+            params.not_after =
+                rcgen::date_time_ymd(year, month, day) + std::time::Duration::from_secs(time);
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            let validity = validity(cert.der()).unwrap();
+            assert_eq!(validity.not_after, (seconds, printed.to_owned()));
+            assert_eq!(validity.not_before.0, -86_400);
+        }
     }
 
     #[test]
-    fn der_items_need_their_full_length() {
-        assert_eq!(der_item(&[0x30, 0x02, 1, 2, 3]).unwrap().1, &[1, 2]);
-        assert_eq!(der_item(&[0x30, 0x81, 0x01, 9]).unwrap().1, &[9]);
-        assert!(der_item(&[0x30, 0x05, 1]).is_none());
-        assert!(der_item(&[0x30, 0x80]).is_none());
+    fn validity_of_what_is_not_a_certificate_is_none() {
+        for bytes in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x05, 1],
+            &[0x30, 0x80],
+            b"not der at all",
+        ] {
+            assert_eq!(validity(bytes), None, "{bytes:?}");
+        }
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> 
         limiter: cluster.as_ref().map(|cluster| cluster.limiter.clone()),
     };
     let proxy = Proxy::start(&config.proxy, handles).await?;
+    proxy.configure_access_log(&config.access_log);
 
     let (reloads, reload_requests) = tokio::sync::mpsc::channel(4);
     let _metrics = match config.metrics {
@@ -105,6 +106,7 @@ pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> 
         defender.clone(),
         cluster.clone(),
         reloads,
+        proxy.cache(),
     )
     .await?;
     tracing::info!(socket = %config.admin.socket.display(), "admin API listening");
@@ -322,7 +324,7 @@ fn reload(
             tracing::info!(rules, "firewall rules reloaded");
             services.proxy.reload(&config.proxy);
             services.defender.reconfigure(config.defend.clone());
-            crate::proxy::observe::configure(&config.access_log);
+            services.proxy.configure_access_log(&config.access_log);
             Ok(format!(
                 "reloaded {}: {rules} firewall rules, {} routes",
                 config_path.display(),

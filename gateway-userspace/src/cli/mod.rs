@@ -399,7 +399,6 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             // The access log's destination comes from the config; errors still get logged.
             let _access_log = logging::init(loaded.as_ref().ok().map(|config| &config.access_log))?;
             let loaded = loaded?;
-            crate::proxy::observe::configure(&loaded.access_log);
             for warning in &loaded.warnings {
                 tracing::warn!("{warning}");
             }

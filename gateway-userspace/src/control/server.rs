@@ -13,6 +13,7 @@ use hyper::{
     body::{Bytes, Incoming},
 };
 use serde::{Serialize, de::DeserializeOwned};
+use subtle::ConstantTimeEq as _;
 use tokio::{
     net::{TcpListener, UnixListener},
     sync::{mpsc, oneshot},
@@ -69,6 +70,7 @@ impl AdminServer {
         defender: Arc<Defender>,
         cluster: Option<Arc<Cluster>>,
         reloads: mpsc::Sender<ReloadRequest>,
+        cache: Arc<crate::proxy::cache::Store>,
     ) -> anyhow::Result<AdminServer> {
         use anyhow::Context as _;
         let path = admin.socket.as_path();
@@ -77,6 +79,7 @@ impl AdminServer {
             defender,
             cluster,
             reloads,
+            cache,
         });
         let mut tasks = Vec::new();
         // TCP first: the socket appearing is the "ready" signal.
@@ -133,13 +136,15 @@ impl Drop for AdminServer {
     }
 }
 
-/// What request handlers reach: the daemon's firewall and its reload loop.
+/// What request handlers reach: the daemon's firewall, its reload loop and the proxy's
+/// response cache.
 struct Api {
     firewall: Arc<Firewall>,
     defender: Arc<Defender>,
     /// Cluster mode (`[cluster]`): the cluster-wide metering.
     cluster: Option<Arc<Cluster>>,
     reloads: mpsc::Sender<ReloadRequest>,
+    cache: Arc<crate::proxy::cache::Store>,
 }
 
 /// Serves one admin listener. Over TCP every request must carry the bearer token; the unix
@@ -175,12 +180,8 @@ fn bearer_matches<B>(request: &Request<B>, token: &str) -> bool {
     else {
         return false;
     };
-    given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
+    // Unequal lengths answer at once: the length is not the secret.
+    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
 }
 
 fn unauthorized() -> Response<Full<Bytes>> {
@@ -296,7 +297,7 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
         (&Method::POST, api::RELOAD_PATH) => reload(&api.reloads).await,
         (&Method::POST, api::CACHE_PURGE_PATH) => {
             match body::<api::PurgeRequest>(request, MAX_BODY).await {
-                Ok(purge) => purge_cache(purge).await,
+                Ok(purge) => purge_cache(&api.cache, purge).await,
                 Err(failure) => Err(failure),
             }
         }
@@ -506,7 +507,10 @@ fn json(body: &impl Serialize) -> Response<Full<Bytes>> {
 }
 
 /// Removes cached responses by exact key or by prefix.
-async fn purge_cache(purge: api::PurgeRequest) -> Result<Response<Full<Bytes>>, ApiFailure> {
+async fn purge_cache(
+    cache: &crate::proxy::cache::Store,
+    purge: api::PurgeRequest,
+) -> Result<Response<Full<Bytes>>, ApiFailure> {
     use crate::proxy::cache::PurgeTarget;
     let bad = |message: &str| ApiFailure::new(StatusCode::BAD_REQUEST, message);
     let target = match (purge.key, purge.prefix) {
@@ -519,8 +523,7 @@ async fn purge_cache(purge: api::PurgeRequest) -> Result<Response<Full<Bytes>>, 
             ));
         }
     };
-    // No proxy running (no listeners): nothing is cached.
-    let purged = crate::proxy::cache::purge(&target).await.unwrap_or(0);
+    let purged = cache.purge(&target).await;
     tracing::info!(?target, purged, "cache purged");
     Ok(json(&api::Purged { purged }))
 }
@@ -593,6 +596,35 @@ mod tests {
         assert_eq!(ban.duration_secs, None);
     }
 
+    #[test]
+    fn only_the_exact_bearer_token_matches() {
+        let token = "s3cret-token";
+        let with = |value: &str| {
+            let mut request = Request::new(());
+            request.headers_mut().insert(
+                hyper::header::AUTHORIZATION,
+                hyper::header::HeaderValue::from_str(value).unwrap(),
+            );
+            bearer_matches(&request, token)
+        };
+        assert!(with("Bearer s3cret-token"));
+        for refused in [
+            "Bearer S3cret-token",
+            "Bearer s3cret-tokem",
+            "Bearer s3cret-toke",
+            "Bearer s3cret-token ",
+            "Bearer s3cret-tokenx",
+            "Bearer ",
+            "Bearer",
+            "bearer s3cret-token",
+            "Basic s3cret-token",
+            "s3cret-token",
+        ] {
+            assert!(!with(refused), "{refused:?}");
+        }
+        assert!(!bearer_matches(&Request::new(()), token));
+    }
+
     #[tokio::test]
     async fn purge_needs_exactly_one_of_key_and_prefix() {
         let both = api::PurgeRequest {
@@ -603,14 +635,18 @@ mod tests {
             key: Some("  ".into()),
             prefix: None,
         };
+        let cache = crate::proxy::cache::Store::new(&Default::default());
         for request in [api::PurgeRequest::default(), both, blank] {
-            let failure = purge_cache(request.clone()).await.unwrap_err();
+            let failure = purge_cache(&cache, request.clone()).await.unwrap_err();
             assert_eq!(failure.status, StatusCode::BAD_REQUEST, "{request:?}");
         }
         let fine = api::PurgeRequest {
             key: None,
             prefix: Some("/x".into()),
         };
-        assert_eq!(purge_cache(fine).await.unwrap().status(), StatusCode::OK);
+        assert_eq!(
+            purge_cache(&cache, fine).await.unwrap().status(),
+            StatusCode::OK
+        );
     }
 }

@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use crate::config::{AggregateConfig, Merge, OnError, PathMatch, TemplatePart};
 
 use super::{
-    RequestContext, balance,
+    RequestCtx, Routed, balance,
     body::{ProxyBody, empty, full},
     error::{ErrorKind, ProxyError},
     forward,
@@ -57,20 +57,21 @@ pub enum CallError {
 
 /// Answers a composite route's request with the merged JSON of its calls.
 pub async fn respond(
-    ctx: &mut RequestContext,
+    routed: &Routed<'_>,
+    ctx: &mut RequestCtx,
     req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let route = ctx.route();
+    let route = routed.route;
     let config = route
         .aggregate
         .clone()
         .expect("respond is only called for aggregate routes");
     let paths = fill_paths(&config, &route.matcher.path, req.uri())?;
     let headers = call_headers(ctx, &config, req.headers());
-    let key = balance::request_key(ctx.upstream(), ctx.connection.client.ip(), req.headers());
+    let key = balance::request_key(routed.upstream, ctx.connection.client.ip(), req.headers());
     let mut calls = JoinSet::new();
     for (index, path) in paths.into_iter().enumerate() {
-        let snapshot = ctx.snapshot.clone();
+        let snapshot = routed.snapshot.clone();
         let (config, headers) = (config.clone(), headers.clone());
         calls.spawn(async move {
             let result = tokio::time::timeout(
@@ -176,7 +177,7 @@ async fn call(
     let target = balance::choose(upstream, key, &[]).ok_or(CallError::NoTarget)?;
     let mut req = Request::new(empty());
     *req.headers_mut() = headers;
-    let response = forward::attempt(upstream, target, path, req)
+    let response = forward::attempt(upstream, target, path, false, req)
         .await
         .map_err(|error| match error.kind {
             ErrorKind::UpstreamTimeout => CallError::Timeout(upstream.config.request_timeout),
@@ -200,7 +201,7 @@ async fn call(
 }
 
 /// The headers every call carries.
-fn call_headers(ctx: &RequestContext, config: &AggregateConfig, request: &HeaderMap) -> HeaderMap {
+fn call_headers(ctx: &RequestCtx, config: &AggregateConfig, request: &HeaderMap) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for name in &config.forward_headers {
         for value in request.get_all(name) {

@@ -14,7 +14,7 @@ use sha2::Digest as _;
 use crate::config::auth::TokenSource;
 
 use super::{
-    Flow, Identity, RequestContext,
+    Flow, Identity, RequestCtx, Routed,
     body::ProxyBody,
     credential,
     error::{ErrorKind, ProxyError},
@@ -22,13 +22,15 @@ use super::{
 };
 
 pub async fn authenticate(
-    ctx: &mut RequestContext,
+    routed: &mut Routed<'_>,
+    ctx: &mut RequestCtx,
     req: &mut Request<ProxyBody>,
 ) -> Result<Flow, ProxyError> {
-    let Some(auth) = ctx.route().auth.clone() else {
+    let snapshot = routed.snapshot;
+    let Some(auth) = &routed.route.auth else {
         return Ok(Flow::Continue);
     };
-    let provider = auth.jwt.map(|index| ctx.snapshot.providers[index].clone());
+    let provider = auth.jwt.map(|index| &snapshot.providers[index]);
     // Claim headers are the gateway's to set: a client must not be able to send its own,
     // nor one an upstream would read as it (`x_user` for `x-user`).
     if let Some(provider) = &provider {
@@ -51,16 +53,16 @@ pub async fn authenticate(
     let source = sources[index].clone();
     if auth.api_key.is_some() && index == 0 {
         let digest: [u8; 32] = sha2::Sha256::digest(value.as_bytes()).into();
-        let Some(&consumer) = ctx.snapshot.auth.api_keys.get(&digest) else {
+        let Some(&consumer) = snapshot.auth.api_keys.get(&digest) else {
             return Err(fail(ctx, "invalid_api_key", true));
         };
-        let consumer = &ctx.snapshot.auth.consumers[consumer];
+        let consumer = &snapshot.auth.consumers[consumer];
         ctx.identity = Some(Identity {
             name: consumer.name.clone(),
             groups: consumer.groups.clone(),
         });
         if auth.strip_credential {
-            credential::strip(req.headers_mut(), &mut ctx.upstream_path, &source);
+            credential::strip(req.headers_mut(), &mut routed.upstream_path, &source);
         }
         return Ok(Flow::Continue);
     }
@@ -95,7 +97,7 @@ pub async fn authenticate(
     });
     ctx.claims = Some(verified.claims.clone());
     if auth.strip_credential {
-        credential::strip(req.headers_mut(), &mut ctx.upstream_path, &source);
+        credential::strip(req.headers_mut(), &mut routed.upstream_path, &source);
     }
     Ok(Flow::Continue)
 }
@@ -112,7 +114,7 @@ fn ambiguity(ambiguous: credential::Ambiguous) -> ProxyError {
 
 /// Counts the failure and builds the 401. `invalid`: a credential was presented and is bad
 /// (RFC 6750 `error="invalid_token"`); otherwise none was presented (no error code).
-fn fail(ctx: &mut RequestContext, reason: &'static str, invalid: bool) -> ProxyError {
+fn fail(ctx: &mut RequestCtx, reason: &'static str, invalid: bool) -> ProxyError {
     observe::METRICS
         .auth_failures
         .get_or_create(&vec![("reason", reason.to_owned())])

@@ -7,14 +7,13 @@ use hyper::header::{HeaderValue, WWW_AUTHENTICATE};
 use serde_json::Value;
 
 use super::{
-    Flow, RequestContext,
+    Flow, RequestCtx, Routed,
     error::{ErrorKind, ProxyError},
     observe,
 };
 
-pub fn authorize(ctx: &mut RequestContext) -> Result<Flow, ProxyError> {
-    let snapshot = ctx.snapshot.clone();
-    let Some(rules) = &snapshot.routes[ctx.route.expect("route ran")].authorize else {
+pub fn authorize(routed: &Routed<'_>, ctx: &mut RequestCtx) -> Result<Flow, ProxyError> {
+    let Some(rules) = &routed.route.authorize else {
         return Ok(Flow::Continue);
     };
     let ip = ctx.connection.client.ip().to_canonical();
@@ -24,7 +23,7 @@ pub fn authorize(ctx: &mut RequestContext) -> Result<Flow, ProxyError> {
         count("source_denied");
         return Err(ProxyError::new(
             ErrorKind::SourceDenied,
-            format!("{ip} is not allowed on route {}", ctx.route().name),
+            format!("{ip} is not allowed on route {}", routed.route.name),
         ));
     }
     let claims = ctx.claims.as_deref();
@@ -83,7 +82,7 @@ pub fn authorize(ctx: &mut RequestContext) -> Result<Flow, ProxyError> {
             format!(
                 "{reason} for {} on route {}",
                 ctx.identity.as_ref().map_or("?", |identity| &identity.name),
-                ctx.route().name
+                routed.route.name
             ),
         ));
     }

@@ -24,15 +24,20 @@ use hyper::{HeaderMap, Request};
 use crate::config::{Balance, TargetConfig};
 
 use super::{
-    Flow, ProxyBody, RequestContext,
+    ProxyBody, RequestCtx, Routed,
     error::{ErrorKind, ProxyError},
     health::TargetState,
     snapshot::Upstream,
 };
 
-/// Picks `ctx.target` from the routed upstream; 503 when it has no target to offer.
-pub fn pick(ctx: &mut RequestContext, req: &Request<ProxyBody>) -> Result<Flow, ProxyError> {
-    let upstream = ctx.upstream();
+/// Picks a target of the routed upstream (noted in `ctx.target` for the log); 503 when it
+/// has no target to offer.
+pub fn pick(
+    routed: &Routed<'_>,
+    ctx: &mut RequestCtx,
+    req: &Request<ProxyBody>,
+) -> Result<usize, ProxyError> {
+    let upstream = routed.upstream;
     let key = request_key(upstream, ctx.connection.client.ip(), req.headers());
     let Some(target) = choose(upstream, key, &[]) else {
         return Err(ProxyError::new(
@@ -44,7 +49,7 @@ pub fn pick(ctx: &mut RequestContext, req: &Request<ProxyBody>) -> Result<Flow, 
         ));
     };
     ctx.target = Some(target);
-    Ok(Flow::Continue)
+    Ok(target)
 }
 
 /// The consistent-hash key of a request: its `hash_header` value when configured and

@@ -18,7 +18,7 @@ use hyper::{
 use crate::config::auth::Cors;
 
 use super::{
-    Flow, RequestContext,
+    Flow, RequestCtx, Routed,
     body::{ProxyBody, empty},
     error::{ErrorKind, ProxyError},
 };
@@ -30,9 +30,12 @@ pub fn is_preflight<B>(req: &Request<B>) -> bool {
         && req.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD)
 }
 
-pub fn cors(ctx: &mut RequestContext, req: &Request<ProxyBody>) -> Result<Flow, ProxyError> {
-    let snapshot = ctx.snapshot.clone();
-    let Some(policy) = &snapshot.routes[ctx.route.expect("route ran")].cors else {
+pub fn cors(
+    routed: &Routed<'_>,
+    ctx: &mut RequestCtx,
+    req: &Request<ProxyBody>,
+) -> Result<Flow, ProxyError> {
+    let Some(policy) = &routed.route.cors else {
         return Ok(Flow::Continue);
     };
     let Some(origin) = req.headers().get(ORIGIN) else {

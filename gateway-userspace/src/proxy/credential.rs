@@ -9,7 +9,9 @@
 //! - a header field whose name differs only by `_` for `-` (`x_api_key`) is the same field
 //!   to CGI/WSGI-style servers (`HTTP_X_API_KEY`), so it counts as another value;
 //! - query names and values are form-decoded (`%XX`, `+` as a space); a `;` inside the
-//!   pair that holds the credential is ambiguous (some servers split pairs on `;` too).
+//!   pair that holds the credential is ambiguous (some servers split pairs on `;` too);
+//! - cookie names and values are percent-decoded (`%XX`, `+` kept), as frameworks that
+//!   decode cookies read them: `sess%69on` is `session`, so it counts as another value.
 
 use hyper::{
     HeaderMap,
@@ -18,6 +20,8 @@ use hyper::{
 };
 
 use crate::config::auth::TokenSource;
+
+use cookie::Cookie;
 
 use super::normalise::percent_decode;
 
@@ -76,8 +80,8 @@ fn values(
             .map(|(_, value)| text(value))
             .collect(),
         TokenSource::Cookie(name) => cookies(headers)
-            .filter(|(cookie, _)| cookie == name)
-            .map(|(_, value)| value.to_owned())
+            .filter(|cookie| is_named(cookie, name))
+            .map(|cookie| percent_decode(cookie.value(), false))
             .collect(),
         TokenSource::Query(name) => {
             let mut found = Vec::new();
@@ -130,21 +134,24 @@ pub fn remove_field(headers: &mut HeaderMap, name: &HeaderName) {
     }
 }
 
-fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+/// The request's cookies, as sent (a pair without `=` is no cookie).
+fn cookies(headers: &HeaderMap) -> impl Iterator<Item = Cookie<'_>> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            Some((name.trim(), value.trim()))
-        })
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+}
+
+/// Whether `cookie` is called `name` once percent-decoded.
+fn is_named(cookie: &Cookie<'_>, name: &str) -> bool {
+    percent_decode(cookie.name(), false) == name
 }
 
 /// Removes every value of `source`: from the header fields, and from `path`'s query (the
 /// one the upstream gets).
-pub fn strip(headers: &mut HeaderMap, path: &mut Option<PathAndQuery>, source: &TokenSource) {
+pub fn strip(headers: &mut HeaderMap, path: &mut PathAndQuery, source: &TokenSource) {
     match source {
         TokenSource::Bearer => {
             headers.remove(AUTHORIZATION);
@@ -152,8 +159,8 @@ pub fn strip(headers: &mut HeaderMap, path: &mut Option<PathAndQuery>, source: &
         TokenSource::Header(name) => remove_field(headers, name),
         TokenSource::Cookie(name) => {
             let kept: Vec<String> = cookies(headers)
-                .filter(|(cookie, _)| cookie != name)
-                .map(|(cookie, value)| format!("{cookie}={value}"))
+                .filter(|cookie| !is_named(cookie, name))
+                .map(|cookie| format!("{}={}", cookie.name(), cookie.value()))
                 .collect();
             headers.remove(COOKIE);
             if let Ok(value) = HeaderValue::from_str(&kept.join("; "))
@@ -163,7 +170,7 @@ pub fn strip(headers: &mut HeaderMap, path: &mut Option<PathAndQuery>, source: &
             }
         }
         TokenSource::Query(name) => {
-            let Some(current) = path.as_ref() else { return };
+            let current = &*path;
             let Some(query) = current.query() else { return };
             let kept: Vec<&str> = query
                 .split('&')
@@ -177,7 +184,7 @@ pub fn strip(headers: &mut HeaderMap, path: &mut Option<PathAndQuery>, source: &
                 false => format!("{}?{}", current.path(), kept.join("&")),
             };
             if let Ok(rebuilt) = rebuilt.parse::<PathAndQuery>() {
-                *path = Some(rebuilt);
+                *path = rebuilt;
             }
         }
     }
@@ -227,6 +234,30 @@ mod tests {
             found(0, "k")
         );
         assert_eq!(one(&[], Some("token="), &[&query]), Ok(None));
+        // Cookies: split by the cookie crate, names and values percent-decoded.
+        for (field, value) in [
+            ("session=s", "s"),
+            (" session = s ", "s"),
+            ("a=1;session=s;b", "s"),
+            ("sess%69on=s", "s"),
+            ("session=a%2Bb+c", "a+b+c"),
+            ("session=a%zz", "a%zz"),
+            ("session=x=y", "x=y"),
+            ("other=1; Session=no; session=s", "s"),
+        ] {
+            assert_eq!(
+                one(&[("cookie", field)], None, &[&cookie]),
+                found(0, value),
+                "{field}"
+            );
+        }
+        for none in ["", "session", "sessions=a", "a=session", ";;", "session="] {
+            assert_eq!(
+                one(&[("cookie", none)], None, &[&cookie]),
+                Ok(None),
+                "{none}"
+            );
+        }
         assert_eq!(
             one(&[("authorization", "Basic eA==")], None, &[&bearer]),
             Ok(None)
@@ -269,6 +300,26 @@ mod tests {
                 None,
                 vec![&cookie],
             ),
+            (
+                vec![("cookie", "session=a; sess%69on=b")],
+                None,
+                vec![&cookie],
+            ),
+            (
+                vec![("cookie", "%73ession=a"), ("cookie", " session = b ")],
+                None,
+                vec![&cookie],
+            ),
+            (
+                vec![("cookie", "session=a; SESSION=x; session=")],
+                None,
+                vec![&cookie],
+            ),
+            (
+                vec![("cookie", "session=a")],
+                Some("token=b"),
+                vec![&cookie, &query],
+            ),
             (vec![], Some("token=a&token=b"), vec![&query]),
             (vec![], Some("token=a&tok%65n=b"), vec![&query]),
             (vec![], Some("token=a&token"), vec![&query]),
@@ -301,7 +352,7 @@ mod tests {
     #[test]
     fn strip_removes_every_form() {
         let mut map = headers(&[("x_api_key", "a"), ("x-api-key", "b"), ("x-other", "c")]);
-        let mut path = Some(PathAndQuery::from_static("/p?a=1&tok%65n=x&token=y&b=2"));
+        let mut path = PathAndQuery::from_static("/p?a=1&tok%65n=x&token=y&b=2");
         strip(
             &mut map,
             &mut path,
@@ -309,6 +360,13 @@ mod tests {
         );
         assert_eq!(map.len(), 1);
         strip(&mut map, &mut path, &TokenSource::Query("token".into()));
-        assert_eq!(path.unwrap().as_str(), "/p?a=1&b=2");
+        assert_eq!(path.as_str(), "/p?a=1&b=2");
+        let session = TokenSource::Cookie("session".into());
+        let mut map = headers(&[("cookie", "a=1; session=s; sess%69on=t; b=2")]);
+        strip(&mut map, &mut path, &session);
+        assert_eq!(map[COOKIE], "a=1; b=2");
+        let mut map = headers(&[("cookie", "session=s")]);
+        strip(&mut map, &mut path, &session);
+        assert!(!map.contains_key(COOKIE));
     }
 }

@@ -14,7 +14,6 @@ use std::{
 use http_body_util::BodyExt as _;
 use hyper::{
     Method, Request, Response, StatusCode, Uri, Version,
-    body::Body as _,
     http::uri::{PathAndQuery, Scheme},
     upgrade::OnUpgrade,
 };
@@ -26,11 +25,10 @@ use hyper_util::{
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 
 use super::{
-    ConnectionInfo, RequestContext, balance,
+    ConnectionInfo, RequestCtx, Routed, balance,
     body::{ProxyBody, boxed, empty},
     client_body::{BodyWatch, ClientBodyError, ClientFault},
     error::{Cause, ErrorKind, ProxyError},
-    headers,
     snapshot::Upstream,
 };
 
@@ -78,22 +76,23 @@ fn builder(config: &UpstreamConfig) -> hyper_util::client::legacy::Builder {
 /// retried (it is streamed, not buffered); POST and PATCH never are.
 /// A WebSocket handshake is never retried: on a 101 the two connections are joined.
 pub async fn forward(
-    ctx: &mut RequestContext,
+    routed: &Routed<'_>,
+    ctx: &mut RequestCtx,
+    target: usize,
     mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let snapshot = ctx.snapshot.clone();
-    let upstream = &snapshot.upstreams[ctx.route().upstream];
-    let path = ctx.upstream_path.clone().expect("route ran before forward");
-    let websocket = headers::is_websocket(&req).then(|| hyper::upgrade::on(&mut req));
+    let upstream = routed.upstream;
+    let path = routed.upstream_path.clone();
+    let grpc = ctx.class.grpc && !ctx.class.grpc_web;
+    let websocket = ctx.class.websocket.then(|| hyper::upgrade::on(&mut req));
     let retry = upstream.config.retry.as_ref().filter(|retry| {
         retry.attempts > 0
             && is_idempotent(req.method())
-            && req.body().is_end_stream()
+            && !ctx.class.has_body
             && websocket.is_none()
     });
     let Some(retry) = retry else {
-        let target = ctx.target.expect("balance ran before forward");
-        let response = attempt(upstream, target, path, req).await?;
+        let response = attempt(upstream, target, path, grpc, req).await?;
         return Ok(match websocket {
             Some(client) => tunnel(client, response, ctx.connection.clone()),
             None => response,
@@ -105,8 +104,8 @@ pub async fn forward(
     let key = balance::request_key(upstream, ctx.connection.client.ip(), &headers);
     let mut tried = Vec::new();
     let mut next = Some(req);
+    let mut target = target;
     loop {
-        let target = ctx.target.expect("balance ran before forward");
         tried.push(target);
         let req = next.take().unwrap_or_else(|| {
             let mut req = Request::new(empty());
@@ -114,7 +113,7 @@ pub async fn forward(
             *req.headers_mut() = headers.clone();
             req
         });
-        let result = attempt(upstream, target, path.clone(), req).await;
+        let result = attempt(upstream, target, path.clone(), grpc, req).await;
         let failed = match &result {
             Ok(response) => retry.on_status.contains(&response.status().as_u16()),
             // Only idempotent requests get here.
@@ -140,6 +139,7 @@ pub async fn forward(
             "retrying on another target"
         );
         ctx.target = Some(other);
+        target = other;
     }
 }
 
@@ -185,11 +185,13 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 /// One try on one target: counts it in flight, times it, and records the outcome for
-/// passive ejection (connect errors, timeouts and 5xx are failures).
+/// passive ejection (connect errors, timeouts and 5xx are failures). `grpc`: a gRPC
+/// request (not gRPC-Web), which goes on over HTTP/2 when the client spoke HTTP/2.
 pub(super) async fn attempt(
     upstream: &Upstream,
     index: usize,
     path: PathAndQuery,
+    grpc: bool,
     mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let target = &upstream.config.targets[index];
@@ -202,9 +204,7 @@ pub(super) async fn attempt(
         .map_err(|error| ProxyError::new(ErrorKind::Internal, format!("upstream URI: {error}")))?;
     // Upstreams get their `protocol` whatever the client spoke; gRPC from an HTTP/2 client
     // goes on over HTTP/2 (h2c), for its trailers (gRPC-Web works over HTTP/1.1).
-    let grpc = req.version() == Version::HTTP_2
-        && headers::is_grpc(req.headers())
-        && !headers::is_grpc_web(req.headers());
+    let grpc = grpc && req.version() == Version::HTTP_2;
     let h2c = upstream.config.protocol == UpstreamProtocol::H2c;
     *req.version_mut() = if grpc || h2c {
         Version::HTTP_2

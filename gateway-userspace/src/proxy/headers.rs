@@ -5,12 +5,12 @@ use std::net::IpAddr;
 
 use hyper::{
     HeaderMap, Method, Request, Response, StatusCode, Version,
-    header::{CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, TE, UPGRADE},
+    header::{CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, TE, UPGRADE, VARY},
 };
 
 use crate::{config::HeaderOps, http::HOP_BY_HOP};
 
-use super::{Flow, RequestContext, body::ProxyBody, error::ProxyError, trace::TRACEPARENT};
+use super::{Flow, RequestCtx, Routed, body::ProxyBody, error::ProxyError, trace::TRACEPARENT};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -82,12 +82,13 @@ fn keep_websocket(headers: &mut HeaderMap) {
 
 /// Prepares the request for the upstream.
 pub fn prepare_request(
-    ctx: &mut RequestContext,
+    routed: &Routed<'_>,
+    ctx: &mut RequestCtx,
     req: &mut Request<ProxyBody>,
 ) -> Result<Flow, ProxyError> {
-    let websocket = is_websocket(req);
+    let websocket = ctx.class.websocket;
     // gRPC servers want `TE: trailers`, the one TE value HTTP/2 allows.
-    let te_trailers = is_grpc(req.headers())
+    let te_trailers = ctx.class.grpc
         && req
             .headers()
             .get(TE)
@@ -103,7 +104,7 @@ pub fn prepare_request(
 
     let client = ctx.connection.client.ip();
     let proto = ctx.connection.scheme;
-    let host = ctx.host.as_ref().map(|host| host.as_str().to_owned());
+    let host = routed.host.as_ref().map(|host| host.as_str().to_owned());
     append(headers, X_FORWARDED_FOR, &client.to_string());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     let mut forwarded = format!("for={};proto={proto}", forwarded_node(client));
@@ -119,26 +120,32 @@ pub fn prepare_request(
     headers.insert(X_REQUEST_ID, ctx.request_id.clone());
     headers.insert(TRACEPARENT, ctx.trace.traceparent());
 
-    apply(&ctx.route().request_headers, headers);
+    apply(&routed.route.request_headers, headers);
     Ok(Flow::Continue)
 }
 
 /// Prepares the upstream's response for the client.
-pub fn prepare_response(ctx: &RequestContext, response: &mut Response<ProxyBody>) {
+pub fn prepare_response(routed: &Routed<'_>, response: &mut Response<ProxyBody>) {
     let websocket =
         response.status() == StatusCode::SWITCHING_PROTOCOLS && names_websocket(response.headers());
     remove_hop_by_hop(response.headers_mut());
     if websocket {
         keep_websocket(response.headers_mut());
     }
-    apply(&ctx.route().response_headers, response.headers_mut());
+    apply(&routed.route.response_headers, response.headers_mut());
 }
 
-/// Every response, the gateway's own errors included, carries the request id.
-pub fn finish_response(ctx: &RequestContext, response: &mut Response<ProxyBody>) {
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID, ctx.request_id.clone());
+/// Every response, the gateway's own errors included, carries the request id and the
+/// fields the stages asked for (CORS, `WWW-Authenticate`, `RateLimit-*`).
+pub fn finish_response(ctx: &mut RequestCtx, response: &mut Response<ProxyBody>) {
+    let headers = response.headers_mut();
+    headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+    for (name, value) in std::mem::take(&mut ctx.response_headers) {
+        match name == VARY {
+            true => headers.append(name, value),
+            false => headers.insert(name, value).is_some(),
+        };
+    }
 }
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {

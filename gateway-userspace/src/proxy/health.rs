@@ -34,6 +34,10 @@ const DEFAULT_LATENCY: Duration = Duration::from_millis(5);
 /// How fast an idle target's latency estimate decays towards 0 (so it is tried again).
 const DECAY: Duration = Duration::from_secs(10);
 
+/// The process's time origin for `ejected_until`, which an `AtomicU64` holds as ms after it
+/// (an `Instant` does not fit an atomic). A static by design: it is a clock reading, not a
+/// service; one origin per process keeps the values of every snapshot's targets comparable,
+/// and nothing about it is configured or replaced.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 fn now_ms() -> u64 {

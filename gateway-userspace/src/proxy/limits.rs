@@ -5,17 +5,17 @@
 use http_body_util::BodyExt as _;
 use hyper::{
     Method, Request,
-    body::Body as _,
     header::{CONNECTION, CONTENT_LENGTH, HeaderValue},
 };
 
 use crate::config::HttpLimits;
 
 use super::{
-    Flow, RequestContext,
+    Flow, RequestCtx,
     body::{ProxyBody, empty},
     client_body::{BodyLimits, ClientBody},
     error::{ErrorKind, ProxyError},
+    snapshot::Snapshot,
 };
 
 /// Checks the request line beyond what the HTTP parser does. A method token over
@@ -24,10 +24,11 @@ use super::{
 /// (hyper accepts any token, even 16 KiB). The asterisk-form target `*` is only for OPTIONS
 /// (RFC 9112 3.2.4): with another method (`PRI * HTTP/1.1`, say) it is a 400.
 pub fn limit_request_line(
-    ctx: &mut RequestContext,
+    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
     req: &Request<ProxyBody>,
 ) -> Result<Flow, ProxyError> {
-    let refused = request_line_problem(&ctx.snapshot.limits, req);
+    let refused = request_line_problem(&snapshot.limits, req);
     if refused.is_some() {
         // A client that sends such a line is not worth keeping (HTTP/1; h2 drops the field).
         ctx.response_headers
@@ -65,11 +66,8 @@ fn request_line_problem(limits: &HttpLimits, req: &Request<ProxyBody>) -> Option
 
 /// Refuses a request whose head (request line and header fields, as on the wire) is over
 /// `limits.max_header_bytes`. hyper refuses far larger heads before they are parsed.
-pub fn limit_headers(
-    ctx: &mut RequestContext,
-    req: &Request<ProxyBody>,
-) -> Result<Flow, ProxyError> {
-    let max = ctx.snapshot.limits.max_header_bytes;
+pub fn limit_headers(snapshot: &Snapshot, req: &Request<ProxyBody>) -> Result<Flow, ProxyError> {
+    let max = snapshot.limits.max_header_bytes;
     // "METHOD target HTTP/1.1\r\n"; the target is origin-form unless it has an authority.
     let uri = req.uri();
     let target = uri.path_and_query().map_or(1, |pq| pq.as_str().len())
@@ -97,10 +95,11 @@ pub fn limit_headers(
 /// limit or is too slow. Its [`BodyWatch`](super::client_body::BodyWatch) goes along as a
 /// request extension, for forward.rs.
 pub fn limit_body(
-    ctx: &mut RequestContext,
+    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
     req: &mut Request<ProxyBody>,
 ) -> Result<Flow, ProxyError> {
-    let max = ctx.snapshot.limits.max_body_bytes;
+    let max = snapshot.limits.max_body_bytes;
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -109,8 +108,8 @@ pub fn limit_body(
         return Err(too_large(max));
     }
     // An empty body has nothing to cap; keep its exact size hint (no chunked upstream).
-    if !req.body().is_end_stream() {
-        let limits = &ctx.snapshot.limits;
+    if ctx.class.has_body {
+        let limits = &snapshot.limits;
         let limits = BodyLimits {
             max_bytes: max,
             read_timeout: limits.body_read_timeout,

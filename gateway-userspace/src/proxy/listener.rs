@@ -60,6 +60,8 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// The bans enforced at accept when XDP is off.
     pub guard: Arc<AcceptGuard>,
+    /// Which requests the access log records.
+    pub sampling: Arc<super::observe::Sampling>,
 }
 
 /// Whether a reload changes what the listening sockets are (name, address, protocol):
@@ -218,10 +220,16 @@ async fn serve<S>(
     let activity = Activity::new();
     let service = {
         let (snapshot, activity) = (shared.snapshot.clone(), activity.clone());
+        let sampling = shared.sampling.clone();
         service_fn(move |req: Request<Incoming>| {
             let busy = activity.begin();
             // The snapshot is taken once per request and kept to its end.
-            let future = handle(snapshot.load_full(), connection.clone(), req);
+            let future = handle(
+                snapshot.load_full(),
+                sampling.sampled(),
+                connection.clone(),
+                req,
+            );
             async move {
                 let response = future.await.map(|body| Tracked::new(body, busy));
                 Ok::<_, std::convert::Infallible>(response)

@@ -9,7 +9,8 @@
 //! `cache` (store; stale-if-error). Authentication runs before the cache: a cached response
 //! is never served to an unauthenticated caller.
 //!
-//! Each stage is a plain function over a [`RequestContext`] that returns [`Flow::Continue`],
+//! Each stage is a plain function over the snapshot (before `route`) or the [`Routed`]
+//! match (after it) and a [`RequestCtx`] that returns [`Flow::Continue`],
 //! [`Flow::Respond`] with an early answer, or a [`ProxyError`]; error.rs alone turns errors
 //! into responses. Malformed HTTP (bad framing, CL with TE, bad field syntax) is refused by
 //! hyper's parser before any stage runs; the stages check what it lets through (Host).
@@ -23,6 +24,7 @@ mod balance;
 mod body;
 pub mod cache;
 mod client_body;
+mod context;
 mod cors;
 pub mod credential;
 mod error;
@@ -47,22 +49,22 @@ pub mod trace;
 use std::{net::SocketAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
-use hyper::http::uri::Authority;
-use hyper::{Request, Response, body::Incoming, header::HeaderValue, http::uri::PathAndQuery};
+use hyper::{Request, Response, body::Incoming};
 use tokio::{
     sync::{Semaphore, watch},
     task::JoinSet,
 };
 
-use crate::config::{ProxyConfig, RouteConfig};
+use crate::config::ProxyConfig;
 
 pub use access_log::AccessLogLayer;
 pub use body::ProxyBody;
+use context::{RequestCtx, Routed};
 pub use error::{Cause, ErrorKind, ProxyError};
 pub use handles::{Finished, Handles, RequestSignals};
 pub use otlp::{start as start_otlp, stop as stop_otlp};
 pub use register::metering;
-use snapshot::{Snapshot, Upstream};
+use snapshot::Snapshot;
 
 /// What a stage decided.
 pub enum Flow {
@@ -92,50 +94,6 @@ pub struct Identity {
     pub groups: Vec<String>,
 }
 
-/// Everything the stages learn about one request.
-pub struct RequestContext {
-    /// The config this request started with; a reload does not change it.
-    pub snapshot: Arc<Snapshot>,
-    pub connection: Arc<ConnectionInfo>,
-    pub request_id: HeaderValue,
-    /// The W3C trace this request belongs to, and the gateway's span in it.
-    pub trace: trace::TraceContext,
-    /// Who is calling (set by authentication; `None` on routes without it).
-    pub identity: Option<Identity>,
-    /// A verified JWT's claims, for `authorize` (set by authentication).
-    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
-    /// Added to the response whatever it is, error or not: CORS, `WWW-Authenticate`,
-    /// `RateLimit-*`.
-    pub response_headers: Vec<(hyper::header::HeaderName, HeaderValue)>,
-    /// The normalised request path (set by `normalise`; the URI holds it too).
-    pub path: Option<String>,
-    /// The authority the client addressed (set by `route`).
-    pub host: Option<Authority>,
-    /// Index into `snapshot.routes` (set by `route`).
-    pub route: Option<usize>,
-    /// Path and query for the upstream, after any prefix rewrite (set by `route`).
-    pub upstream_path: Option<PathAndQuery>,
-    /// Index into the upstream's targets (set by `balance`).
-    pub target: Option<usize>,
-    /// How long the upstream took to answer with a response head (set by `forward`).
-    pub upstream_ms: Option<f64>,
-    /// What the cache lookup left for the store (set by `cache::lookup` on a miss).
-    pub cache: Option<cache::CacheState>,
-    /// The route caches, but this request went around the cache (credentials, no-store).
-    pub cache_bypass: bool,
-}
-
-impl RequestContext {
-    /// The matched route; only stages after `route` may call it.
-    pub fn route(&self) -> &RouteConfig {
-        &self.snapshot.routes[self.route.expect("the route stage ran")]
-    }
-
-    pub fn upstream(&self) -> &Upstream {
-        &self.snapshot.upstreams[self.route().upstream]
-    }
-}
-
 /// Runs a stage; returns its early response from the pipeline if it gave one.
 macro_rules! stage {
     ($stage:expr) => {
@@ -146,44 +104,47 @@ macro_rules! stage {
     };
 }
 
-async fn pipeline(
-    ctx: &mut RequestContext,
+/// The request stages, in order. `routed` is filled by `route` for the response stages.
+async fn pipeline<'s>(
+    snapshot: &'s Arc<Snapshot>,
+    ctx: &mut RequestCtx,
+    routed: &mut Option<Routed<'s>>,
     mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    stage!(limits::limit_request_line(ctx, &req));
-    stage!(limits::limit_headers(ctx, &req));
-    stage!(normalise::normalise(ctx, &mut req));
-    stage!(route::route(ctx, &req));
-    stage!(cors::cors(ctx, &req));
-    stage!(authenticate::authenticate(ctx, &mut req).await);
-    stage!(authorize::authorize(ctx));
-    stage!(throttle::throttle(ctx, &req).await);
-    stage!(limits::limit_body(ctx, &mut req));
-    stage!(cache::lookup(ctx, &mut req).await);
-    stage!(headers::prepare_request(ctx, &mut req));
-    let response = match fetch(ctx, req).await {
+    stage!(limits::limit_request_line(snapshot, ctx, &req));
+    stage!(limits::limit_headers(snapshot, &req));
+    stage!(normalise::normalise(snapshot, ctx, &mut req));
+    let routed = routed.insert(route::route(snapshot, &req)?);
+    stage!(cors::cors(routed, ctx, &req));
+    stage!(authenticate::authenticate(routed, ctx, &mut req).await);
+    stage!(authorize::authorize(routed, ctx));
+    stage!(throttle::throttle(routed, ctx, &req).await);
+    stage!(limits::limit_body(snapshot, ctx, &mut req));
+    stage!(cache::lookup(routed, ctx, &mut req).await);
+    stage!(headers::prepare_request(routed, ctx, &mut req));
+    let response = match fetch(routed, ctx, req).await {
         Ok(response) => response,
         // stale-if-error covers upstream failures, not a client's broken request.
         Err(error) if error.cause() == Cause::Client => return Err(error),
-        Err(error) => return cache::on_error(ctx).ok_or(error),
+        Err(error) => return cache::on_error(routed, ctx).ok_or(error),
     };
-    cache::store(ctx, response).await
+    cache::store(routed, ctx, response).await
 }
 
 /// The upstream's answer to a prepared request: `aggregate`, or `balance` -> `forward`; then
 /// `headers` (response). Also used by the cache's background refresh.
 async fn fetch(
-    ctx: &mut RequestContext,
+    routed: &Routed<'_>,
+    ctx: &mut RequestCtx,
     req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let aggregate = ctx.route().aggregate.is_some();
-    if !aggregate {
-        stage!(balance::pick(ctx, &req));
-    }
     let asked = std::time::Instant::now();
-    let forwarded = match aggregate {
-        true => aggregate::respond(ctx, req).await,
-        false => forward::forward(ctx, req).await,
+    let forwarded = match routed.route.aggregate {
+        Some(_) => aggregate::respond(routed, ctx, req).await,
+        None => {
+            let target = balance::pick(routed, ctx, &req)?;
+            forward::forward(routed, ctx, target, req).await
+        }
     };
     // A client's fault says nothing about the upstream's latency.
     if forwarded
@@ -194,119 +155,96 @@ async fn fetch(
         ctx.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1000.0);
     }
     let mut response = forwarded?;
-    headers::prepare_response(ctx, &mut response);
+    headers::prepare_response(routed, &mut response);
     Ok(response)
 }
 
-/// Serves one request: the pipeline, then errors turned into responses.
+/// Serves one request: the request stages, then the response stages. `log_line`: the
+/// access log records it (sampling).
 async fn handle(
     snapshot: Arc<Snapshot>,
+    log_line: bool,
     connection: Arc<ConnectionInfo>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let mut ctx = RequestContext {
-        request_id: headers::request_id(&req),
-        trace: trace::TraceContext::from_headers(req.headers()),
-        snapshot,
-        connection,
-        identity: None,
-        claims: None,
-        response_headers: Vec::new(),
-        path: None,
-        host: None,
-        route: None,
-        upstream_path: None,
-        target: None,
-        upstream_ms: None,
-        cache: None,
-        cache_bypass: false,
-    };
-    let (method, raw_path) = (req.method().clone(), req.uri().path().to_owned());
-    let grpc = headers::is_grpc(req.headers());
-    let started = std::time::Instant::now();
-    let logged = observe::sampled();
-    let bytes_in = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let host = req
-        .uri()
-        .authority()
-        .map(|authority| authority.as_str().to_owned())
-        .or_else(|| {
-            let host = req.headers().get(hyper::header::HOST)?;
-            host.to_str().ok().map(str::to_owned)
-        })
-        .unwrap_or_default();
+    let mut ctx = RequestCtx::new(connection, &req);
+    let arrival = observe::Arrival::of(&req, log_line);
     // Every request is metered; the access log may sample.
     let req = req.map(|incoming| {
         body::boxed(observe::Counted::new(
             body::boxed(incoming),
-            bytes_in.clone(),
+            arrival.bytes_in.clone(),
         ))
     });
-    let mut failure = None;
-    let mut response = match pipeline(&mut ctx, req).await {
-        Ok(response) => response,
-        Err(error) => {
-            failure = Some(error.kind);
-            let request_id = ctx.request_id.to_str().unwrap_or("");
-            let client = ctx.connection.client;
-            let path = ctx.path.as_deref().unwrap_or(&raw_path);
-            match error.kind.cause() {
-                Cause::Client => {
-                    tracing::debug!(%client, %method, path, request_id, "{error}")
-                }
-                Cause::Upstream => tracing::warn!(%client, %method, path, request_id, "{error}"),
-                Cause::Gateway => tracing::error!(%client, %method, path, request_id, "{error}"),
-            }
-            match grpc {
-                true => error::respond_grpc(&error, request_id),
-                false => error::respond(&error, request_id),
-            }
-        }
-    };
-    headers::finish_response(&ctx, &mut response);
-    for (name, value) in std::mem::take(&mut ctx.response_headers) {
-        match name == hyper::header::VARY {
-            true => response.headers_mut().append(name, value),
-            false => response.headers_mut().insert(name, value).is_some(),
-        };
-    }
+    let mut routed = None;
+    let outcome = pipeline(&snapshot, &mut ctx, &mut routed, req).await;
+    let signals = snapshot.handles.signals.as_ref();
+    respond(ctx, routed.as_ref(), signals, arrival, outcome)
+}
+
+/// The response stages, in order. Every request passes them, an early answer or an error
+/// too: `answer` (errors to responses), `headers` (request id, the stages' fields),
+/// `report` (the defender's L7 signals), `observe` (metrics, access log, span; when the
+/// body has been sent).
+fn respond(
+    mut ctx: RequestCtx,
+    routed: Option<&Routed<'_>>,
+    signals: Option<&Arc<dyn RequestSignals>>,
+    arrival: observe::Arrival,
+    outcome: Result<Response<ProxyBody>, ProxyError>,
+) -> Response<ProxyBody> {
+    let (mut response, failure) = answer(&ctx, &arrival, outcome);
+    headers::finish_response(&mut ctx, &mut response);
     // From here on the normalised path; the raw one only if it was refused.
-    let path = ctx.path.take().unwrap_or(raw_path);
-    // L7 signals for the defender (auto-bans, known-good sources): a non-blocking report.
-    if let Some(signals) = &ctx.snapshot.handles.signals {
-        signals.finished(Finished {
-            client: ctx.connection.client.ip(),
-            status: response.status().as_u16(),
-            path: &path,
-            route: ctx.route.map(|_| ctx.route().name.as_str()),
-            identity: ctx.identity.as_ref().map(|identity| identity.name.as_str()),
-        });
-    }
-    let record = observe::Record {
-        log_line: logged,
-        upstream: ctx
-            .route
-            .filter(|_| ctx.route().aggregate.is_none())
-            .map(|_| ctx.upstream().config.name.clone()),
-        started,
-        request_id: ctx.request_id.to_str().unwrap_or("").to_owned(),
-        trace: ctx.trace,
-        client: ctx.connection.client,
-        method: method.to_string(),
-        host,
-        path,
-        route: ctx.route.map(|_| ctx.route().name.clone()),
-        identity: ctx.identity.as_ref().map(|identity| identity.name.clone()),
-        target: ctx
-            .target
-            .zip(ctx.route)
-            .map(|(target, _)| ctx.upstream().config.targets[target].address.clone()),
-        status: response.status().as_u16(),
-        error: failure,
-        upstream_ms: ctx.upstream_ms,
-        bytes_in,
+    let path = ctx.path.take().unwrap_or_else(|| arrival.raw_path.clone());
+    report(signals, &ctx, routed, &path, &response);
+    observe::attach(ctx, routed, arrival, path, failure, response)
+}
+
+/// The pipeline's response, or its error logged (by cause) and turned into one.
+fn answer(
+    ctx: &RequestCtx,
+    arrival: &observe::Arrival,
+    outcome: Result<Response<ProxyBody>, ProxyError>,
+) -> (Response<ProxyBody>, Option<ErrorKind>) {
+    let error = match outcome {
+        Ok(response) => return (response, None),
+        Err(error) => error,
     };
-    response.map(|body| body::boxed(observe::Logged::new(body, record)))
+    let request_id = ctx.request_id.to_str().unwrap_or("");
+    let client = ctx.connection.client;
+    let method = &arrival.method;
+    let path = ctx.path.as_deref().unwrap_or(&arrival.raw_path);
+    match error.kind.cause() {
+        Cause::Client => tracing::debug!(%client, %method, path, request_id, "{error}"),
+        Cause::Upstream => tracing::warn!(%client, %method, path, request_id, "{error}"),
+        Cause::Gateway => tracing::error!(%client, %method, path, request_id, "{error}"),
+    }
+    let response = match ctx.class.grpc {
+        true => error::respond_grpc(&error, request_id),
+        false => error::respond(&error, request_id),
+    };
+    (response, Some(error.kind))
+}
+
+/// L7 signals for the defender (auto-bans, known-good sources): a non-blocking report.
+fn report(
+    signals: Option<&Arc<dyn RequestSignals>>,
+    ctx: &RequestCtx,
+    routed: Option<&Routed<'_>>,
+    path: &str,
+    response: &Response<ProxyBody>,
+) {
+    let Some(signals) = signals else {
+        return;
+    };
+    signals.finished(Finished {
+        client: ctx.connection.client.ip(),
+        status: response.status().as_u16(),
+        path,
+        route: routed.map(|routed| routed.route.name.as_str()),
+        identity: ctx.identity.as_ref().map(|identity| identity.name.as_str()),
+    });
 }
 
 /// The running proxy: its listeners and the current snapshot.
@@ -317,6 +255,8 @@ pub struct Proxy {
     connections: Arc<Semaphore>,
     max_connections: u32,
     tasks: JoinSet<()>,
+    /// Which requests the access log records (`[access_log]`).
+    sampling: Arc<observe::Sampling>,
     /// The rustls config of each `https` listener, by listener name; a reload swaps it.
     tls: Vec<(String, tls::Current)>,
 }
@@ -332,15 +272,16 @@ impl Proxy {
             handles,
             ..Snapshot::build(config)
         }));
-        snapshot.load().cache.make_current();
         let max_connections = config.limits.max_connections;
         let connections = Arc::new(Semaphore::new(max_connections as usize));
         let (shutdown, stop) = watch::channel(false);
+        let sampling = Arc::new(observe::Sampling::default());
         let shared = Arc::new(listener::Shared {
             snapshot: snapshot.clone(),
             connections: connections.clone(),
             shutdown: stop,
             guard,
+            sampling: sampling.clone(),
         });
         let mut tasks = JoinSet::new();
         let mut tls_configs = Vec::new();
@@ -368,8 +309,19 @@ impl Proxy {
             connections,
             max_connections,
             tasks,
+            sampling,
             tls: tls_configs,
         })
+    }
+
+    /// The response cache, for the admin API's purge (one store for the proxy's life).
+    pub fn cache(&self) -> Arc<cache::Store> {
+        self.snapshot.load().cache.clone()
+    }
+
+    /// Applies `[access_log]` (enabled, sample): at start and on reload.
+    pub fn configure_access_log(&self, config: &crate::config::AccessLogConfig) {
+        self.sampling.configure(config);
     }
 
     /// The proxy's live state for `/metrics`.

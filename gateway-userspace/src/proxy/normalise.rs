@@ -27,9 +27,10 @@ use hyper::{Request, Uri, http::uri::PathAndQuery};
 use crate::config::EscapedSlashes;
 
 use super::{
-    Flow, RequestContext,
+    Flow, RequestCtx,
     body::ProxyBody,
     error::{ErrorKind, ProxyError},
+    snapshot::Snapshot,
 };
 
 /// How paths are normalised; the same for every route (they are read before routing).
@@ -238,13 +239,14 @@ pub fn has_escaped_slash(path: &str) -> bool {
 /// The stage: rewrites the request's URI to the normalised path (query untouched); 400
 /// when the path is refused. Escaped slashes pass here only if some route keeps them.
 pub fn normalise(
-    ctx: &mut RequestContext,
+    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
     req: &mut Request<ProxyBody>,
 ) -> Result<Flow, ProxyError> {
     let Some(target) = req.uri().path_and_query() else {
         return Ok(Flow::Continue);
     };
-    let options = ctx.snapshot.normalise;
+    let options = snapshot.normalise;
     let path = normalise_path(target.path(), &options).map_err(|rejection| {
         ProxyError::new(
             ErrorKind::BadRequest,

@@ -35,23 +35,37 @@ use crate::config::AccessLogConfig;
 /// The tracing target access-log lines use; the log setup routes it to its own writer.
 pub const TARGET: &str = "access_log";
 
-static ENABLED: AtomicBool = AtomicBool::new(true);
-/// Fraction of requests logged, in millionths.
-static SAMPLE_PPM: AtomicU32 = AtomicU32::new(1_000_000);
-
-/// Applies `[access_log]` (at start and on reload).
-pub fn configure(config: &AccessLogConfig) {
-    ENABLED.store(config.enabled, Ordering::Relaxed);
-    SAMPLE_PPM.store(
-        (config.sample * 1_000_000.0).round() as u32,
-        Ordering::Relaxed,
-    );
+/// Which requests get an access-log line (`[access_log]` enabled and sample), owned by the
+/// proxy and applied at start and on reload.
+pub struct Sampling {
+    enabled: AtomicBool,
+    /// Fraction of requests logged, in millionths.
+    ppm: AtomicU32,
 }
 
-/// Whether this request is logged (the off switch, then sampling).
-pub fn sampled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-        && fastrand::u32(0..1_000_000) < SAMPLE_PPM.load(Ordering::Relaxed)
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling {
+            enabled: AtomicBool::new(true),
+            ppm: AtomicU32::new(1_000_000),
+        }
+    }
+}
+
+impl Sampling {
+    pub fn configure(&self, config: &AccessLogConfig) {
+        self.enabled.store(config.enabled, Ordering::Relaxed);
+        self.ppm.store(
+            (config.sample * 1_000_000.0).round() as u32,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Whether this request is logged (the off switch, then sampling).
+    pub fn sampled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+            && fastrand::u32(0..1_000_000) < self.ppm.load(Ordering::Relaxed)
+    }
 }
 
 /// Labels of one series: a few known values each, never addresses or raw paths.
@@ -257,6 +271,79 @@ pub struct Record {
     pub upstream_ms: Option<f64>,
     /// Request body bytes read so far (the request body may still be streaming).
     pub bytes_in: Arc<AtomicU64>,
+}
+
+/// What is known of a request when it arrives, before any stage runs: for the log and the
+/// metrics, whatever the stages make of it.
+pub struct Arrival {
+    pub method: hyper::Method,
+    /// The path as it came (the log shows it only when normalising refused it).
+    pub raw_path: String,
+    /// The authority the client addressed, as sent (URI, else the Host field).
+    pub host: String,
+    pub started: Instant,
+    /// Whether this request gets an access-log line.
+    pub log_line: bool,
+    /// Request body bytes read so far.
+    pub bytes_in: Arc<AtomicU64>,
+}
+
+impl Arrival {
+    pub fn of<B>(req: &hyper::Request<B>, log_line: bool) -> Arrival {
+        let host = req
+            .uri()
+            .authority()
+            .map(|authority| authority.as_str().to_owned())
+            .or_else(|| {
+                let host = req.headers().get(hyper::header::HOST)?;
+                host.to_str().ok().map(str::to_owned)
+            })
+            .unwrap_or_default();
+        Arrival {
+            method: req.method().clone(),
+            raw_path: req.uri().path().to_owned(),
+            host,
+            started: Instant::now(),
+            log_line,
+            bytes_in: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+/// The `observe` response stage: the response's body records the request (metrics, access
+/// log, span) when it has been sent or dropped.
+pub fn attach(
+    ctx: super::RequestCtx,
+    routed: Option<&super::Routed<'_>>,
+    arrival: Arrival,
+    path: String,
+    error: Option<super::error::ErrorKind>,
+    response: hyper::Response<ProxyBody>,
+) -> hyper::Response<ProxyBody> {
+    let record = Record {
+        log_line: arrival.log_line,
+        upstream: routed
+            .filter(|routed| routed.route.aggregate.is_none())
+            .map(|routed| routed.upstream.config.name.clone()),
+        started: arrival.started,
+        request_id: ctx.request_id.to_str().unwrap_or("").to_owned(),
+        trace: ctx.trace,
+        client: ctx.connection.client,
+        method: arrival.method.to_string(),
+        host: arrival.host,
+        path,
+        route: routed.map(|routed| routed.route.name.clone()),
+        identity: ctx.identity.map(|identity| identity.name),
+        target: ctx
+            .target
+            .zip(routed)
+            .map(|(target, routed)| routed.upstream.config.targets[target].address.clone()),
+        status: response.status().as_u16(),
+        error,
+        upstream_ms: ctx.upstream_ms,
+        bytes_in: arrival.bytes_in,
+    };
+    response.map(|body| super::body::boxed(Logged::new(body, record)))
 }
 
 /// Counts the bytes of a body as they pass (the request body, for `bytes_in`).

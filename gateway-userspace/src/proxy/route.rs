@@ -9,15 +9,22 @@ use hyper::{
 
 use crate::config::{EscapedSlashes, HostMatch, PathMatch, RouteConfig, RouteMatch};
 
+use std::sync::Arc;
+
 use super::{
-    Flow, RequestContext,
+    Routed,
     body::ProxyBody,
     error::{ErrorKind, ProxyError},
     normalise::has_escaped_slash,
+    snapshot::Snapshot,
 };
 
-/// Sets `ctx.route`, `ctx.host` and `ctx.upstream_path`; 404 when no route matches.
-pub fn route(ctx: &mut RequestContext, req: &Request<ProxyBody>) -> Result<Flow, ProxyError> {
+/// The first route that matches, with the authority addressed and the upstream's path and
+/// query; 404 when no route matches.
+pub fn route<'s>(
+    snapshot: &'s Arc<Snapshot>,
+    req: &Request<ProxyBody>,
+) -> Result<Routed<'s>, ProxyError> {
     let authority = authority(req)?;
     let host = authority
         .as_ref()
@@ -28,7 +35,7 @@ pub fn route(ctx: &mut RequestContext, req: &Request<ProxyBody>) -> Result<Flow,
         .then(|| req.headers()[hyper::header::ACCESS_CONTROL_REQUEST_METHOD].as_bytes())
         .and_then(|method| Method::from_bytes(method).ok())
         .unwrap_or_else(|| req.method().clone());
-    let Some(index) = ctx.snapshot.routes.iter().position(|route| {
+    let Some(index) = snapshot.routes.iter().position(|route| {
         matches(
             &route.matcher,
             host.as_deref(),
@@ -42,7 +49,7 @@ pub fn route(ctx: &mut RequestContext, req: &Request<ProxyBody>) -> Result<Flow,
             format!("{} {}{path}", req.method(), host.as_deref().unwrap_or("")),
         ));
     };
-    let route = &ctx.snapshot.routes[index];
+    let route = &snapshot.routes[index];
     // normalise.rs let escaped slashes through because some route keeps them; this one?
     if route.escaped_slashes == EscapedSlashes::Reject && has_escaped_slash(path) {
         return Err(ProxyError::new(
@@ -53,10 +60,8 @@ pub fn route(ctx: &mut RequestContext, req: &Request<ProxyBody>) -> Result<Flow,
             ),
         ));
     }
-    ctx.upstream_path = Some(upstream_path(route, req)?);
-    ctx.host = authority;
-    ctx.route = Some(index);
-    Ok(Flow::Continue)
+    let upstream_path = upstream_path(route, req)?;
+    Ok(Routed::new(snapshot, index, authority, upstream_path))
 }
 
 /// The authority the client addressed: the Host field (exactly one, valid, no userinfo), or

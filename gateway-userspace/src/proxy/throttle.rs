@@ -32,7 +32,7 @@ use crate::config::{
 };
 
 use super::{
-    Flow, RequestContext,
+    Flow, RequestCtx, Routed,
     body::ProxyBody,
     error::{ErrorKind, ProxyError},
     observe,
@@ -146,17 +146,18 @@ impl RouteLimits {
 }
 
 pub async fn throttle(
-    ctx: &mut RequestContext,
+    routed: &Routed<'_>,
+    ctx: &mut RequestCtx,
     req: &Request<ProxyBody>,
 ) -> Result<Flow, ProxyError> {
-    let Some(limits) = ctx.snapshot.throttles[ctx.route.expect("route ran")].clone() else {
+    let Some(limits) = &routed.snapshot.throttles[routed.index] else {
         return Ok(Flow::Continue);
     };
     // The tightest limit so far: (burst, remaining, seconds until full).
     let mut tightest: Option<(u32, u32, u64)> = None;
     for (index, limit) in limits.limits.iter().enumerate() {
         let key = key(ctx, req, &limit.rule.key);
-        let cluster = ctx.snapshot.handles.limiter.as_ref();
+        let cluster = routed.snapshot.handles.limiter.as_ref();
         let outcome = match cluster.filter(|_| limit.rule.cluster) {
             Some(cluster) => {
                 let rate = crate::cluster::Rate {
@@ -221,7 +222,7 @@ pub async fn throttle(
     Ok(Flow::Continue)
 }
 
-fn push_headers(ctx: &mut RequestContext, limit: u32, remaining: u32, reset: u64) {
+fn push_headers(ctx: &mut RequestCtx, limit: u32, remaining: u32, reset: u64) {
     ctx.response_headers.extend([
         (RATELIMIT_LIMIT, HeaderValue::from(limit)),
         (RATELIMIT_REMAINING, HeaderValue::from(remaining)),
@@ -231,7 +232,7 @@ fn push_headers(ctx: &mut RequestContext, limit: u32, remaining: u32, reset: u64
 
 /// The key a request counts against. Identity falls back to the IP for anonymous callers,
 /// and a header to the IP when it is absent, so neither can share one bucket with everyone.
-fn key(ctx: &RequestContext, req: &Request<ProxyBody>, key: &LimitKey) -> String {
+fn key(ctx: &RequestCtx, req: &Request<ProxyBody>, key: &LimitKey) -> String {
     let ip = || format!("ip:{}", ctx.connection.client.ip().to_canonical());
     let key = match key {
         LimitKey::Ip => ip(),
