@@ -494,20 +494,33 @@ pub async fn subscribe(
         }
         // Subscribed first, then read: what is published meanwhile waits in the
         // subscription and is applied after, in order, so the last change of each entry wins.
-        wait_published(&unpublished).await;
-        let started = std::time::Instant::now();
-        match super::catch_up::catch_up(&link, &keys, &state, &local).await {
-            Ok(applied) => tracing::info!(
-                applied,
-                took_ms = started.elapsed().as_millis() as u64,
-                channel = %keys.events,
-                "cluster: subscribed to ban and rule changes; caught up from Redis"
-            ),
-            Err(error) => {
-                tracing::warn!(%error, "cluster: reading the cluster's bans and rules failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
+        // A failed read is retried on the same subscription: a scan cut short may have
+        // applied entries that were removed meanwhile, and only the removals waiting in this
+        // subscription undo them.
+        let caught_up = loop {
+            wait_published(&unpublished).await;
+            let started = std::time::Instant::now();
+            match super::catch_up::catch_up(&link, &keys, &state, &local).await {
+                Ok(applied) => {
+                    tracing::info!(
+                        applied,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        channel = %keys.events,
+                        "cluster: subscribed to ban and rule changes; caught up from Redis"
+                    );
+                    break true;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cluster: reading the cluster's bans and rules failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if !*up.borrow() {
+                        break false;
+                    }
+                }
             }
+        };
+        if !caught_up {
+            continue;
         }
         let mut messages = pubsub.into_on_message();
         let mut resync = tokio::time::interval_at(
