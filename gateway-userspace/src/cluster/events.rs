@@ -30,55 +30,15 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::Replica;
 use super::link::RedisLink;
-use super::{Replica, Replicated};
-use crate::{
-    api::{
-        BanRequest, RuleAction, RuleRequest,
-        valid::{self, Invalid},
-    },
-    firewall::{
-        FirewallError,
-        records::{OperatorBan, OperatorRule},
-    },
+use crate::api::{
+    BanRequest, RuleRequest,
+    failure::ServiceError,
+    records::{OperatorBan, OperatorRule},
+    replication::{Change, Replicated},
+    valid::{self, Invalid},
 };
-
-/// One change to the operator's firewall, as it travels between nodes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Change {
-    Ban {
-        cidr: String,
-        /// Unix seconds; absent: until unbanned.
-        expires_at: Option<f64>,
-        /// Why (an operator's note, or the auto-ban's trigger).
-        #[serde(default)]
-        comment: Option<String>,
-    },
-    Unban {
-        cidr: String,
-    },
-    AddRule {
-        cidr: String,
-        action: RuleAction,
-        comment: Option<String>,
-        expires_at: Option<f64>,
-        shadow: bool,
-    },
-    RemoveRule {
-        cidr: String,
-    },
-    Promote {
-        cidr: String,
-    },
-}
-
-impl Change {
-    /// Unban and RemoveRule: what the hashes never hold.
-    fn is_removal(&self) -> bool {
-        matches!(self, Change::Unban { .. } | Change::RemoveRule { .. })
-    }
-}
 
 /// A change and the node it came from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -284,7 +244,7 @@ fn remove(state: &dyn Replica, change: &Change) -> bool {
     match result {
         Ok(()) => true,
         // Already gone: nothing to do here.
-        Err(failure @ (FirewallError::NotFound(_) | FirewallError::Conflict(_))) => {
+        Err(failure @ (ServiceError::NotFound(_) | ServiceError::Conflict(_))) => {
             tracing::debug!(?change, reason = %failure, "cluster: remote change not applied");
             false
         }
@@ -602,6 +562,7 @@ async fn apply_events(state: &Arc<dyn Replica>, node: &str, payloads: &[Vec<u8>]
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::RuleAction;
 
     fn state(dir: &std::path::Path) -> crate::firewall::Firewall {
         let config = crate::config::Config::parse(&format!(
@@ -674,7 +635,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = state(dir.path());
         let (sink, mut published) = ChangeSink::channel();
-        crate::firewall::Firewall::set_cluster_sink(&state, sink.clone());
+        state.set_change_listener(Box::new(sink.clone()));
         let request = |cidr: &str| BanRequest {
             cidr: cidr.to_owned(),
             duration_secs: None,

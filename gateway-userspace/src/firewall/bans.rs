@@ -13,9 +13,9 @@ use super::{
 use crate::{
     api::{
         Ban, BanList, BanRequest,
+        replication::Change,
         valid::{self, ValidPage},
     },
-    cluster::Change,
     guard::BanOrder,
     xdp,
 };

@@ -13,9 +13,9 @@ use super::{
 use crate::{
     api::{
         ImportRequest, RateClassView, RateLimits, RawLimits, RuleEntry, RuleList, RuleRequest,
+        replication::Change,
         valid::{self, ValidPage},
     },
-    cluster::Change,
     config::{Action, Policy},
 };
 
@@ -292,7 +292,7 @@ impl Firewall {
             )?;
         }
         // Made only for a cluster: a million changes nobody reads are not free.
-        for net in nets.into_iter().filter(|_| self.cluster.get().is_some()) {
+        for net in nets.into_iter().filter(|_| self.publishes()) {
             self.publish(Change::AddRule {
                 cidr: net.to_string(),
                 action: request.action,
