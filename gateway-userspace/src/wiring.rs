@@ -106,10 +106,10 @@ impl Replica for Firewall {
     }
 
     fn unban(&self, cidr: &str) -> ServiceResult<()> {
-        Firewall::unban(self, cidr).map_err(Into::into)
+        Firewall::unban_replicated(self, cidr).map_err(Into::into)
     }
 
     fn remove_rule(&self, cidr: &str) -> ServiceResult<()> {
-        Firewall::remove_rule(self, cidr).map_err(Into::into)
+        Firewall::remove_rule_replicated(self, cidr).map_err(Into::into)
     }
 }

@@ -17,7 +17,6 @@
 //! not what was removed).
 
 use std::{
-    cell::Cell,
     collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex,
@@ -48,11 +47,6 @@ pub struct Event {
     pub change: Change,
 }
 
-thread_local! {
-    /// Set while a remote change is applied: what it changes is not published again.
-    static APPLYING_REMOTE: Cell<bool> = const { Cell::new(false) };
-}
-
 /// Where [`Replica`] (the firewall) reports the operator changes made on this node.
 #[derive(Debug, Clone)]
 pub struct ChangeSink {
@@ -72,11 +66,8 @@ impl ChangeSink {
         (sink, receiver)
     }
 
-    /// Queues `change` for the cluster, unless it is a remote change being applied here.
+    /// Queues `change`, made on this node, for the cluster.
     pub fn send(&self, change: Change) {
-        if APPLYING_REMOTE.with(Cell::get) {
-            return;
-        }
         if let Some(recorded) = self.recording().as_mut() {
             recorded.push(change.clone());
         }
@@ -171,19 +162,6 @@ pub(super) fn replicated(change: &Change, now: f64) -> Result<Option<Replicated>
     }))
 }
 
-/// Runs `apply` with this thread marked as applying remote changes (nothing is published).
-fn as_remote<T>(apply: impl FnOnce() -> T) -> T {
-    struct Remote;
-    impl Drop for Remote {
-        fn drop(&mut self) {
-            APPLYING_REMOTE.with(|flag| flag.set(false));
-        }
-    }
-    APPLYING_REMOTE.with(|flag| flag.set(true));
-    let _remote = Remote;
-    apply()
-}
-
 /// Applies another node's change to this node's state (store and XDP maps) without
 /// publishing it again. Changes this node already has are skipped; returns whether
 /// anything changed.
@@ -194,31 +172,29 @@ pub fn apply_remote(state: &dyn Replica, change: &Change) -> bool {
 /// Applies other nodes' changes in order: each run of additions in one
 /// [`Replica::replicate`] call, removals one at a time. Returns how many changed anything.
 pub fn apply_in_order(state: &dyn Replica, changes: &[Change]) -> usize {
-    as_remote(|| {
-        let now = now();
-        let mut applied = 0;
-        let mut run: Vec<Replicated> = Vec::new();
-        let flush = |run: &mut Vec<Replicated>| {
-            let changed = replicate(state, run);
-            run.clear();
-            changed
-        };
-        for change in changes {
-            if change.is_removal() {
-                applied += flush(&mut run);
-                applied += usize::from(remove(state, change));
-                continue;
-            }
-            match replicated(change, now) {
-                Ok(Some(item)) => run.push(item),
-                Ok(None) => {}
-                Err(invalid) => {
-                    tracing::warn!(?change, reason = %invalid, "cluster: refusing another node's change");
-                }
+    let now = now();
+    let mut applied = 0;
+    let mut run: Vec<Replicated> = Vec::new();
+    let flush = |run: &mut Vec<Replicated>| {
+        let changed = replicate(state, run);
+        run.clear();
+        changed
+    };
+    for change in changes {
+        if change.is_removal() {
+            applied += flush(&mut run);
+            applied += usize::from(remove(state, change));
+            continue;
+        }
+        match replicated(change, now) {
+            Ok(Some(item)) => run.push(item),
+            Ok(None) => {}
+            Err(invalid) => {
+                tracing::warn!(?change, reason = %invalid, "cluster: refusing another node's change");
             }
         }
-        applied + flush(&mut run)
-    })
+    }
+    applied + flush(&mut run)
 }
 
 /// One batch into the firewall; a failure is logged (the periodic resync tries again).

@@ -4,6 +4,8 @@
 use super::ChangeSink;
 use crate::api::{failure::ServiceResult, replication::Replicated};
 
+/// What is applied through these methods came from another node: it is never sent to the
+/// change sink again (only this node's own changes are).
 pub trait Replica: Send + Sync + 'static {
     /// From now on, this node's own changes are also sent to `sink`.
     fn set_change_sink(&self, sink: ChangeSink);
