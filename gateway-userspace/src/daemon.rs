@@ -79,7 +79,9 @@ pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> 
     let handles = Handles {
         guard,
         signals: Some(defender.clone()),
-        limiter: cluster.as_ref().map(|cluster| cluster.limiter.clone()),
+        limiter: cluster
+            .as_ref()
+            .map(|cluster| cluster.limiter.clone() as Arc<dyn crate::proxy::SharedLimiter>),
     };
     let proxy = Proxy::start(&config.proxy, handles).await?;
     proxy.configure_access_log(&config.access_log);

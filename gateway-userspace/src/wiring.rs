@@ -4,14 +4,20 @@
 
 use std::{net::IpAddr, time::Duration};
 
+use futures_util::{FutureExt as _, future::BoxFuture};
+
 use ipnet::IpNet;
 
 use crate::{
-    api::Metering,
-    cluster::{ChangeSink, LocalMetering, Replica, Replicated},
+    api::{
+        Metering,
+        failure::ServiceResult,
+        replication::{Change, Replicated},
+    },
+    cluster::{ChangeSink, ClusterLimiter, LocalMetering, Rate, Replica},
     defend::{BanOrder, Defender, Enforcer},
-    firewall::{Firewall, FirewallResult},
-    proxy::{Finished, RequestSignals},
+    firewall::{ChangeListener, Firewall},
+    proxy::{Finished, RequestSignals, SharedDecision, SharedLimiter},
     xdp::NewSources,
 };
 
@@ -28,6 +34,28 @@ impl RequestSignals for Defender {
     }
 }
 
+/// The proxy's cluster-wide rate limits are the cluster's.
+impl SharedLimiter for ClusterLimiter {
+    fn check<'a>(
+        &'a self,
+        key: &'a str,
+        count: u32,
+        period: Duration,
+        burst: u32,
+    ) -> BoxFuture<'a, SharedDecision> {
+        let rate = Rate { count, period };
+        ClusterLimiter::check(self, key, rate, burst)
+            .map(|decision| match decision.retry_after {
+                _ if decision.is_unavailable() => SharedDecision::Unavailable,
+                None if decision.allowed => SharedDecision::Allowed {
+                    remaining: decision.remaining,
+                },
+                retry_after => SharedDecision::Refused { retry_after },
+            })
+            .boxed()
+    }
+}
+
 /// The cluster pushes what this node's proxy metered.
 pub struct ProxyMetering;
 
@@ -39,20 +67,20 @@ impl LocalMetering for ProxyMetering {
 
 /// The defender acts on the kernel through the firewall.
 impl Enforcer for Firewall {
-    fn auto_ban(&self, orders: &[BanOrder]) -> FirewallResult<Vec<IpNet>> {
-        Firewall::auto_ban(self, orders)
+    fn auto_ban(&self, orders: &[BanOrder]) -> ServiceResult<Vec<IpNet>> {
+        Firewall::auto_ban(self, orders).map_err(Into::into)
     }
 
-    fn set_under_attack(&self, on: bool, budget: &NewSources) -> FirewallResult<()> {
-        Firewall::set_under_attack(self, on, budget)
+    fn set_under_attack(&self, on: bool, budget: &NewSources) -> ServiceResult<()> {
+        Firewall::set_under_attack(self, on, budget).map_err(Into::into)
     }
 
     fn under_attack(&self) -> Option<bool> {
         Firewall::under_attack(self)
     }
 
-    fn mark_known_good(&self, source: IpAddr, ttl: Duration) -> FirewallResult<bool> {
-        Firewall::mark_known_good(self, source, ttl)
+    fn mark_known_good(&self, source: IpAddr, ttl: Duration) -> ServiceResult<bool> {
+        Firewall::mark_known_good(self, source, ttl).map_err(Into::into)
     }
 
     fn dropped_packets(&self) -> Option<u64> {
@@ -60,21 +88,28 @@ impl Enforcer for Firewall {
     }
 }
 
+/// This node's firewall changes reach the cluster's publisher.
+impl ChangeListener for ChangeSink {
+    fn changed(&self, change: Change) {
+        self.send(change);
+    }
+}
+
 /// Other nodes' changes reach this node's firewall.
 impl Replica for Firewall {
     fn set_change_sink(&self, sink: ChangeSink) {
-        self.set_cluster_sink(sink);
+        self.set_change_listener(Box::new(sink));
     }
 
-    fn replicate(&self, batch: &[Replicated]) -> FirewallResult<usize> {
-        Firewall::replicate(self, batch)
+    fn replicate(&self, batch: &[Replicated]) -> ServiceResult<usize> {
+        Firewall::replicate(self, batch).map_err(Into::into)
     }
 
-    fn unban(&self, cidr: &str) -> FirewallResult<()> {
-        Firewall::unban(self, cidr)
+    fn unban(&self, cidr: &str) -> ServiceResult<()> {
+        Firewall::unban_replicated(self, cidr).map_err(Into::into)
     }
 
-    fn remove_rule(&self, cidr: &str) -> FirewallResult<()> {
-        Firewall::remove_rule(self, cidr)
+    fn remove_rule(&self, cidr: &str) -> ServiceResult<()> {
+        Firewall::remove_rule_replicated(self, cidr).map_err(Into::into)
     }
 }

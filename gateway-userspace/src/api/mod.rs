@@ -2,6 +2,9 @@
 //! their ranges ([`valid`]). Below the services: each speaks these types, none needs another
 //! service or the HTTP adapter (control/) for them.
 
+pub mod failure;
+pub mod records;
+pub mod replication;
 pub mod valid;
 
 use serde::{Deserialize, Serialize};

@@ -24,8 +24,10 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use crate::api::replication::Replicated;
+
 use super::{
-    ChangeSink, Replica, Replicated,
+    ChangeSink, Replica,
     events::{Event, Keys, apply_in_order, now, replicate, replicated},
     link::RedisLink,
 };

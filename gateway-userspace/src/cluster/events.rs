@@ -17,7 +17,6 @@
 //! not what was removed).
 
 use std::{
-    cell::Cell,
     collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex,
@@ -30,55 +29,15 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::Replica;
 use super::link::RedisLink;
-use super::{Replica, Replicated};
-use crate::{
-    api::{
-        BanRequest, RuleAction, RuleRequest,
-        valid::{self, Invalid},
-    },
-    firewall::{
-        FirewallError,
-        records::{OperatorBan, OperatorRule},
-    },
+use crate::api::{
+    BanRequest, RuleRequest,
+    failure::ServiceError,
+    records::{OperatorBan, OperatorRule},
+    replication::{Change, Replicated},
+    valid::{self, Invalid},
 };
-
-/// One change to the operator's firewall, as it travels between nodes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Change {
-    Ban {
-        cidr: String,
-        /// Unix seconds; absent: until unbanned.
-        expires_at: Option<f64>,
-        /// Why (an operator's note, or the auto-ban's trigger).
-        #[serde(default)]
-        comment: Option<String>,
-    },
-    Unban {
-        cidr: String,
-    },
-    AddRule {
-        cidr: String,
-        action: RuleAction,
-        comment: Option<String>,
-        expires_at: Option<f64>,
-        shadow: bool,
-    },
-    RemoveRule {
-        cidr: String,
-    },
-    Promote {
-        cidr: String,
-    },
-}
-
-impl Change {
-    /// Unban and RemoveRule: what the hashes never hold.
-    fn is_removal(&self) -> bool {
-        matches!(self, Change::Unban { .. } | Change::RemoveRule { .. })
-    }
-}
 
 /// A change and the node it came from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,11 +45,6 @@ pub struct Event {
     pub origin: String,
     #[serde(flatten)]
     pub change: Change,
-}
-
-thread_local! {
-    /// Set while a remote change is applied: what it changes is not published again.
-    static APPLYING_REMOTE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Where [`Replica`] (the firewall) reports the operator changes made on this node.
@@ -112,11 +66,8 @@ impl ChangeSink {
         (sink, receiver)
     }
 
-    /// Queues `change` for the cluster, unless it is a remote change being applied here.
+    /// Queues `change`, made on this node, for the cluster.
     pub fn send(&self, change: Change) {
-        if APPLYING_REMOTE.with(Cell::get) {
-            return;
-        }
         if let Some(recorded) = self.recording().as_mut() {
             recorded.push(change.clone());
         }
@@ -211,19 +162,6 @@ pub(super) fn replicated(change: &Change, now: f64) -> Result<Option<Replicated>
     }))
 }
 
-/// Runs `apply` with this thread marked as applying remote changes (nothing is published).
-fn as_remote<T>(apply: impl FnOnce() -> T) -> T {
-    struct Remote;
-    impl Drop for Remote {
-        fn drop(&mut self) {
-            APPLYING_REMOTE.with(|flag| flag.set(false));
-        }
-    }
-    APPLYING_REMOTE.with(|flag| flag.set(true));
-    let _remote = Remote;
-    apply()
-}
-
 /// Applies another node's change to this node's state (store and XDP maps) without
 /// publishing it again. Changes this node already has are skipped; returns whether
 /// anything changed.
@@ -234,31 +172,29 @@ pub fn apply_remote(state: &dyn Replica, change: &Change) -> bool {
 /// Applies other nodes' changes in order: each run of additions in one
 /// [`Replica::replicate`] call, removals one at a time. Returns how many changed anything.
 pub fn apply_in_order(state: &dyn Replica, changes: &[Change]) -> usize {
-    as_remote(|| {
-        let now = now();
-        let mut applied = 0;
-        let mut run: Vec<Replicated> = Vec::new();
-        let flush = |run: &mut Vec<Replicated>| {
-            let changed = replicate(state, run);
-            run.clear();
-            changed
-        };
-        for change in changes {
-            if change.is_removal() {
-                applied += flush(&mut run);
-                applied += usize::from(remove(state, change));
-                continue;
-            }
-            match replicated(change, now) {
-                Ok(Some(item)) => run.push(item),
-                Ok(None) => {}
-                Err(invalid) => {
-                    tracing::warn!(?change, reason = %invalid, "cluster: refusing another node's change");
-                }
+    let now = now();
+    let mut applied = 0;
+    let mut run: Vec<Replicated> = Vec::new();
+    let flush = |run: &mut Vec<Replicated>| {
+        let changed = replicate(state, run);
+        run.clear();
+        changed
+    };
+    for change in changes {
+        if change.is_removal() {
+            applied += flush(&mut run);
+            applied += usize::from(remove(state, change));
+            continue;
+        }
+        match replicated(change, now) {
+            Ok(Some(item)) => run.push(item),
+            Ok(None) => {}
+            Err(invalid) => {
+                tracing::warn!(?change, reason = %invalid, "cluster: refusing another node's change");
             }
         }
-        applied + flush(&mut run)
-    })
+    }
+    applied + flush(&mut run)
 }
 
 /// One batch into the firewall; a failure is logged (the periodic resync tries again).
@@ -284,7 +220,7 @@ fn remove(state: &dyn Replica, change: &Change) -> bool {
     match result {
         Ok(()) => true,
         // Already gone: nothing to do here.
-        Err(failure @ (FirewallError::NotFound(_) | FirewallError::Conflict(_))) => {
+        Err(failure @ (ServiceError::NotFound(_) | ServiceError::Conflict(_))) => {
             tracing::debug!(?change, reason = %failure, "cluster: remote change not applied");
             false
         }
@@ -615,6 +551,7 @@ async fn apply_events(state: &Arc<dyn Replica>, node: &str, payloads: &[Vec<u8>]
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::RuleAction;
 
     fn state(dir: &std::path::Path) -> crate::firewall::Firewall {
         let config = crate::config::Config::parse(&format!(
@@ -687,7 +624,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = state(dir.path());
         let (sink, mut published) = ChangeSink::channel();
-        crate::firewall::Firewall::set_cluster_sink(&state, sink.clone());
+        state.set_change_listener(Box::new(sink.clone()));
         let request = |cidr: &str| BanRequest {
             cidr: cidr.to_owned(),
             duration_secs: None,

@@ -24,11 +24,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-pub use events::{Change, ChangeSink, apply_in_order, apply_remote};
+pub use events::{ChangeSink, apply_in_order, apply_remote};
 pub use limiter::{ClusterLimiter, Decision, LimiterOptions, LocalLimiter, Rate, Source};
 pub use link::RedisLink;
 pub use metering::LocalMetering;
-pub use replica::{Replica, Replicated};
+pub use replica::Replica;
 
 use crate::config::ClusterConfig;
 

@@ -3,7 +3,10 @@
 
 use hyper::StatusCode;
 
-use crate::{api::valid::Invalid, firewall::FirewallError};
+use crate::{
+    api::{failure::ServiceError, valid::Invalid},
+    firewall::FirewallError,
+};
 
 #[derive(Debug)]
 pub struct ApiFailure {
@@ -35,16 +38,22 @@ impl From<Invalid> for ApiFailure {
     }
 }
 
-impl From<FirewallError> for ApiFailure {
-    fn from(error: FirewallError) -> ApiFailure {
+impl From<ServiceError> for ApiFailure {
+    fn from(error: ServiceError) -> ApiFailure {
         let status = match &error {
-            FirewallError::Invalid(invalid) => return invalid.clone().into(),
-            FirewallError::NotFound(_) => StatusCode::NOT_FOUND,
-            FirewallError::Conflict(_) => StatusCode::CONFLICT,
-            FirewallError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
-            FirewallError::Kernel(_) | FirewallError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServiceError::Invalid(invalid) => return invalid.clone().into(),
+            ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::Conflict(_) => StatusCode::CONFLICT,
+            ServiceError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ServiceError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiFailure::new(status, error.to_string())
+    }
+}
+
+impl From<FirewallError> for ApiFailure {
+    fn from(error: FirewallError) -> ApiFailure {
+        ServiceError::from(error).into()
     }
 }
 
@@ -71,7 +80,9 @@ mod tests {
             ),
         ];
         for (error, status) in table {
-            assert_eq!(ApiFailure::from(error).status, status);
+            let message = error.to_string();
+            let failure = ApiFailure::from(error);
+            assert_eq!((failure.status, failure.message), (status, message));
         }
         let failure = ApiFailure::from(FirewallError::Invalid(Invalid::new("cidr", "bad")));
         assert_eq!(failure.field.as_deref(), Some("cidr"));

@@ -6,18 +6,18 @@ use std::{net::IpAddr, time::Duration};
 use ipnet::IpNet;
 
 use super::BanOrder;
-use crate::{firewall::FirewallResult, xdp::NewSources};
+use crate::{api::failure::ServiceResult, xdp::NewSources};
 
 pub trait Enforcer: Send + Sync + 'static {
     /// Places `orders` (one store transaction for the batch); returns the networks banned
     /// (a longer ban in place is kept, and not counted).
-    fn auto_ban(&self, orders: &[BanOrder]) -> FirewallResult<Vec<IpNet>>;
+    fn auto_ban(&self, orders: &[BanOrder]) -> ServiceResult<Vec<IpNet>>;
     /// Switches XDP's under-attack mode (known-good sources and `budget` new ones pass).
-    fn set_under_attack(&self, on: bool, budget: &NewSources) -> FirewallResult<()>;
+    fn set_under_attack(&self, on: bool, budget: &NewSources) -> ServiceResult<()>;
     /// Whether XDP is in under-attack mode (`None`: XDP is off).
     fn under_attack(&self) -> Option<bool>;
     /// Marks `source` known-good for `ttl`; `false` with XDP off (nothing to admit).
-    fn mark_known_good(&self, source: IpAddr, ttl: Duration) -> FirewallResult<bool>;
+    fn mark_known_good(&self, source: IpAddr, ttl: Duration) -> ServiceResult<bool>;
     /// Packets XDP dropped so far, all reasons (`None`: XDP is off).
     fn dropped_packets(&self) -> Option<u64>;
 }

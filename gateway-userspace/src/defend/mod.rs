@@ -31,9 +31,11 @@ use ipnet::IpNet;
 use tokio::sync::mpsc;
 
 use crate::{
-    api::{KnownGood, L7Decision, SourceView, UnderAttackStatus},
+    api::{
+        KnownGood, L7Decision, SourceView, UnderAttackStatus,
+        failure::{ServiceError, ServiceResult},
+    },
     config::DefendConfig,
-    firewall::{FirewallError, FirewallResult},
     guard::AcceptGuard,
     xdp::NewSources,
 };
@@ -370,7 +372,7 @@ impl Defender {
     }
 
     /// Switches under-attack mode in XDP; `by` says who (the operator, or the auto switch).
-    pub fn switch_under_attack(&self, on: bool, by: String) -> FirewallResult<UnderAttackStatus> {
+    pub fn switch_under_attack(&self, on: bool, by: String) -> ServiceResult<UnderAttackStatus> {
         self.state.set_under_attack(on, &self.budget())?;
         tracing::warn!(
             switched_by = by,
@@ -411,10 +413,10 @@ impl Defender {
         &self,
         parsed: IpAddr,
         ttl: Option<Duration>,
-    ) -> FirewallResult<KnownGood> {
+    ) -> ServiceResult<KnownGood> {
         let ttl = ttl.unwrap_or(self.config.load().under_attack.known_good_ttl);
         if !self.state.mark_known_good(parsed, ttl)? {
-            return Err(FirewallError::Conflict(
+            return Err(ServiceError::Conflict(
                 "known-good sources are admitted by XDP, and xdp.mode is \"off\": \
                  set xdp.mode and restart"
                     .to_owned(),

@@ -13,9 +13,9 @@ use super::{
 use crate::{
     api::{
         Ban, BanList, BanRequest,
+        replication::Change,
         valid::{self, ValidPage},
     },
-    cluster::Change,
     guard::BanOrder,
     xdp,
 };
@@ -152,7 +152,21 @@ impl Firewall {
         Ok(bans.into_iter().map(|ban| ban.cidr).collect())
     }
 
+    /// Lifts the operator's ban on `cidr` and tells the cluster.
     pub fn unban(&self, cidr: &str) -> FirewallResult<()> {
+        let net = self.lift_ban(cidr)?;
+        self.publish(Change::Unban {
+            cidr: net.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Lifts the ban on `cidr` as another node did: not published again.
+    pub fn unban_replicated(&self, cidr: &str) -> FirewallResult<()> {
+        self.lift_ban(cidr).map(drop)
+    }
+
+    fn lift_ban(&self, cidr: &str) -> FirewallResult<IpNet> {
         let net = valid::cidr("cidr", cidr)?;
         {
             let mut inner = self.lock();
@@ -168,11 +182,8 @@ impl Firewall {
             inner.operator.bans.remove(&net);
             inner.publish_bans();
         }
-        self.publish(Change::Unban {
-            cidr: net.to_string(),
-        });
         tracing::info!(%net, "ban lifted");
-        Ok(())
+        Ok(net)
     }
 
     /// Drops expired rules and bans: bans already stopped matching in the kernel; rules are

@@ -1,7 +1,10 @@
 //! What can go wrong with a firewall change, in the domain's words. The admin API maps each
-//! kind to a status (`control::server`); the messages say what to do.
+//! kind to a status (`control::failure`, through [`ServiceError`]); the messages say what to do.
 
-use crate::{api::valid::Invalid, xdp::XdpError};
+use crate::{
+    api::{failure::ServiceError, valid::Invalid},
+    xdp::XdpError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -26,3 +29,17 @@ pub enum FirewallError {
 }
 
 pub type FirewallResult<T> = Result<T, FirewallError>;
+
+/// The firewall's error as its neighbours see it: the kind and the same message.
+impl From<FirewallError> for ServiceError {
+    fn from(error: FirewallError) -> ServiceError {
+        let message = error.to_string();
+        match error {
+            FirewallError::Invalid(invalid) => ServiceError::Invalid(invalid),
+            FirewallError::NotFound(_) => ServiceError::NotFound(message),
+            FirewallError::Conflict(_) => ServiceError::Conflict(message),
+            FirewallError::Full(_) => ServiceError::Full(message),
+            FirewallError::Kernel(_) | FirewallError::Store(_) => ServiceError::Failed(message),
+        }
+    }
+}

@@ -19,10 +19,10 @@ mod bans;
 pub mod error;
 mod explain;
 mod kernel;
+mod listener;
 mod metrics;
 pub mod migrate;
 mod operator_rules;
-pub mod records;
 mod replicate;
 mod rules;
 pub mod store;
@@ -36,8 +36,12 @@ use operator_rules::OperatorRules;
 
 use ipnet::IpNet;
 
+pub use crate::api::records;
 pub use error::{FirewallError, FirewallResult};
+pub use listener::ChangeListener;
 use records::{OperatorBan, is_expired, unix_now};
+
+use crate::api::replication::Change;
 use store::{Op, Store};
 
 use crate::{
@@ -51,7 +55,7 @@ use crate::{
 pub struct Firewall {
     inner: Mutex<Inner>,
     /// Cluster mode: told of every operator change made on this node.
-    cluster: std::sync::OnceLock<crate::cluster::ChangeSink>,
+    listener: std::sync::OnceLock<Box<dyn ChangeListener>>,
 }
 
 /// What the operator added, in memory; the store holds the same.
@@ -177,7 +181,7 @@ impl Firewall {
         }
         Ok(Firewall {
             inner: Mutex::new(inner),
-            cluster: Default::default(),
+            listener: Default::default(),
         })
     }
 
@@ -186,14 +190,19 @@ impl Firewall {
         self.lock().guard.clone()
     }
 
-    /// Cluster mode: from now on, bans and operator rule changes are also sent to `sink`.
-    pub fn set_cluster_sink(&self, sink: crate::cluster::ChangeSink) {
-        let _ = self.cluster.set(sink);
+    /// Cluster mode: from now on, bans and operator rule changes are also told to `listener`.
+    pub fn set_change_listener(&self, listener: Box<dyn ChangeListener>) {
+        let _ = self.listener.set(listener);
     }
 
-    fn publish(&self, change: crate::cluster::Change) {
-        if let Some(sink) = self.cluster.get() {
-            sink.send(change);
+    /// Whether anyone hears of changes (an import skips building them otherwise).
+    fn publishes(&self) -> bool {
+        self.listener.get().is_some()
+    }
+
+    fn publish(&self, change: Change) {
+        if let Some(listener) = self.listener.get() {
+            listener.changed(change);
         }
     }
 

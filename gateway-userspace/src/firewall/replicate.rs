@@ -11,7 +11,7 @@ use super::{
     records::{OperatorBan, OperatorRule, is_expired, unix_now},
     store::Op,
 };
-use crate::cluster::Replicated;
+use crate::api::replication::Replicated;
 
 impl Firewall {
     /// Applies `batch` in order; returns how many bans and rules it changed. What is here

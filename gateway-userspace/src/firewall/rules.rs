@@ -13,9 +13,9 @@ use super::{
 use crate::{
     api::{
         ImportRequest, RateClassView, RateLimits, RawLimits, RuleEntry, RuleList, RuleRequest,
+        replication::Change,
         valid::{self, ValidPage},
     },
-    cluster::Change,
     config::{Action, Policy},
 };
 
@@ -222,7 +222,21 @@ impl Firewall {
         Ok(())
     }
 
+    /// Removes the operator's rule for `cidr` and tells the cluster.
     pub fn remove_rule(&self, cidr: &str) -> FirewallResult<()> {
+        let net = self.drop_rule(cidr)?;
+        self.publish(Change::RemoveRule {
+            cidr: net.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Removes the rule for `cidr` as another node did: not published again.
+    pub fn remove_rule_replicated(&self, cidr: &str) -> FirewallResult<()> {
+        self.drop_rule(cidr).map(drop)
+    }
+
+    fn drop_rule(&self, cidr: &str) -> FirewallResult<IpNet> {
         let net = valid::cidr("cidr", cidr)?;
         {
             let mut inner = self.lock();
@@ -239,11 +253,8 @@ impl Firewall {
                 Some(&[net]),
             )?;
         }
-        self.publish(Change::RemoveRule {
-            cidr: net.to_string(),
-        });
         tracing::info!(%net, "operator rule removed");
-        Ok(())
+        Ok(net)
     }
 
     /// Adds every line of `request.text` as a rule, or none of them: room is checked before
@@ -292,7 +303,7 @@ impl Firewall {
             )?;
         }
         // Made only for a cluster: a million changes nobody reads are not free.
-        for net in nets.into_iter().filter(|_| self.cluster.get().is_some()) {
+        for net in nets.into_iter().filter(|_| self.publishes()) {
             self.publish(Change::AddRule {
                 cidr: net.to_string(),
                 action: request.action,

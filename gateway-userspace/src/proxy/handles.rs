@@ -2,9 +2,11 @@
 //! of it. The proxy defines these traits; the daemon implements them for the services that
 //! answer (wiring.rs), so the proxy knows no other service.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use crate::{cluster::ClusterLimiter, guard::AcceptGuard};
+use futures_util::future::BoxFuture;
+
+use crate::guard::AcceptGuard;
 
 /// Handles the pipeline reaches through its snapshot; a reload carries them over.
 #[derive(Clone, Default)]
@@ -14,7 +16,7 @@ pub struct Handles {
     /// Where every finished request is reported (the defender's L7 signals); `None`: nowhere.
     pub signals: Option<Arc<dyn RequestSignals>>,
     /// Cluster-wide rate limits (`[cluster]`); `None`: every limit is local.
-    pub limiter: Option<Arc<ClusterLimiter>>,
+    pub limiter: Option<Arc<dyn SharedLimiter>>,
 }
 
 /// One finished request, as the proxy reports it.
@@ -31,4 +33,27 @@ pub struct Finished<'a> {
 /// Receives every finished request. Called on the request's task: must never block.
 pub trait RequestSignals: Send + Sync + 'static {
     fn finished(&self, request: Finished<'_>);
+}
+
+/// Rate limits shared by every node (the cluster's limiter). Called on the request's task.
+pub trait SharedLimiter: Send + Sync + 'static {
+    /// Takes one request from `key`'s bucket: `count` per `period`, `burst` at once.
+    fn check<'a>(
+        &'a self,
+        key: &'a str,
+        count: u32,
+        period: Duration,
+        burst: u32,
+    ) -> BoxFuture<'a, SharedDecision>;
+}
+
+/// What the shared limiter decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedDecision {
+    /// `remaining` requests left in the burst.
+    Allowed { remaining: u32 },
+    /// Over the limit: retry after the wait (`None`: the limit's own interval).
+    Refused { retry_after: Option<Duration> },
+    /// The shared store is down and the config says fail closed: a 503, not a 429.
+    Unavailable,
 }

@@ -61,7 +61,7 @@ pub use access_log::AccessLogLayer;
 pub use body::ProxyBody;
 use context::{RequestCtx, Routed};
 pub use error::{Cause, ErrorKind, ProxyError};
-pub use handles::{Finished, Handles, RequestSignals};
+pub use handles::{Finished, Handles, RequestSignals, SharedDecision, SharedLimiter};
 pub use otlp::{start as start_otlp, stop as stop_otlp};
 pub use register::metering;
 use snapshot::Snapshot;

@@ -35,6 +35,7 @@ use super::{
     Flow, RequestCtx, Routed,
     body::ProxyBody,
     error::{ErrorKind, ProxyError},
+    handles::SharedDecision,
     observe,
 };
 
@@ -160,28 +161,25 @@ pub async fn throttle(
         let cluster = routed.snapshot.handles.limiter.as_ref();
         let outcome = match cluster.filter(|_| limit.rule.cluster) {
             Some(cluster) => {
-                let rate = crate::cluster::Rate {
-                    count: limit.rule.count,
-                    period: limit.rule.period,
-                };
                 let shared_key = format!("{}|{index}|{key}", limits.route);
-                let decision = cluster.check(&shared_key, rate, limit.rule.burst).await;
-                if decision.is_unavailable() {
-                    return Err(ProxyError::new(
-                        ErrorKind::LimitUnavailable,
-                        format!(
-                            "route {}: Redis is down and cluster.on_redis_down is \"deny\"",
-                            limits.route
-                        ),
-                    ));
-                }
-                match decision.retry_after {
-                    None if decision.allowed => Outcome::Allowed {
-                        remaining: decision.remaining,
+                let (count, period) = (limit.rule.count, limit.rule.period);
+                match cluster
+                    .check(&shared_key, count, period, limit.rule.burst)
+                    .await
+                {
+                    SharedDecision::Allowed { remaining } => Outcome::Allowed { remaining },
+                    SharedDecision::Refused { retry_after } => Outcome::Refused {
+                        wait: retry_after.unwrap_or(limit.interval()),
                     },
-                    wait => Outcome::Refused {
-                        wait: wait.unwrap_or(limit.interval()),
-                    },
+                    SharedDecision::Unavailable => {
+                        return Err(ProxyError::new(
+                            ErrorKind::LimitUnavailable,
+                            format!(
+                                "route {}: Redis is down and cluster.on_redis_down is \"deny\"",
+                                limits.route
+                            ),
+                        ));
+                    }
                 }
             }
             // A node-local limit, or cluster mode not started (config requires it).

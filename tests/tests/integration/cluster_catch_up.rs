@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway::cluster::{Change, events::Event};
+use gateway::{api::replication::Change, cluster::events::Event};
 use gateway_tests::{
     Gateway,
     cluster_lab::wait_log,

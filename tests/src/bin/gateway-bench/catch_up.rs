@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use gateway::api::RuleAction;
-use gateway::cluster::{Change, events::Event};
+use gateway::{api::replication::Change, cluster::events::Event};
 use gateway_tests::{Gateway, NetNs, VethLink, redis::RedisServer};
 
 /// How long one catch-up may take before the bench gives up on it.

@@ -1,12 +1,13 @@
-//! The operator's additions as the store keeps them: one record per rule and per ban, each
-//! held to the admin API's ranges when it is read back.
+//! The operator's additions as the firewall's store keeps them and the cluster carries them
+//! between nodes: one record per rule and per ban, each held to the admin API's ranges when
+//! it is read back. Here, below both services, so neither imports the other for them.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{RuleAction, valid};
+use super::{RuleAction, valid};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
