@@ -353,7 +353,18 @@ impl Inner {
             return;
         };
         let now = unix_now();
+        let all: Vec<_> = self
+            .operator
+            .bans
+            .iter()
+            .map(|(net, ban)| (*net, kernel_expiry(ban.expires_at, now)))
+            .collect();
+        // All at once; if the kernel refuses some, one by one to keep the rest.
+        let batched = xdp.ban_all(&all);
         self.operator.bans.retain(|net, ban| {
+            if batched.is_ok() {
+                return true;
+            }
             match xdp.ban(*net, kernel_expiry(ban.expires_at, now)) {
                 Ok(()) => true,
                 Err(error) => {
@@ -362,6 +373,10 @@ impl Inner {
                 }
             }
         });
+        // Fresh maps hold only what was just written: nothing to lift.
+        if !xdp.adopted() {
+            return;
+        }
         match xdp.bans() {
             Ok(in_kernel) => {
                 for (net, _) in in_kernel {

@@ -163,6 +163,10 @@ impl Firewall {
             next_expiry: f64::NEG_INFINITY,
             last_scan: now,
         };
+        let mut xdp = xdp;
+        if let Some(xdp) = xdp.as_mut() {
+            xdp.restore_rule_slots(&saved_slots_path(store_path));
+        }
         let mut inner = Inner {
             xdp,
             firewall,
@@ -224,9 +228,13 @@ impl Firewall {
         }
     }
 
-    /// Takes the XDP program out (to detach it on shutdown).
+    /// Takes the XDP program out (to detach it on shutdown), after saving what its rule
+    /// tries hold for the next start (used only if it adopts these very maps).
     pub fn take_xdp(&self) -> Option<XdpFirewall> {
-        self.lock().xdp.take()
+        let mut inner = self.lock();
+        let xdp = inner.xdp.take()?;
+        xdp.save_rule_slots(&saved_slots_path(inner.store.path()));
+        Some(xdp)
     }
 
     /// Replaces the config file's rules (SIGHUP). On failure the running rules stay.
@@ -252,6 +260,11 @@ impl Firewall {
             .count();
         (inner.firewall.rules.len(), inner.operator.rules.len(), bans)
     }
+}
+
+/// Beside the store: what the pinned rule tries hold, saved at a clean stop.
+fn saved_slots_path(store: &std::path::Path) -> std::path::PathBuf {
+    store.with_extension("xdp-slots")
 }
 
 impl Inner {

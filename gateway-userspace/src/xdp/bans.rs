@@ -60,6 +60,25 @@ pub(super) fn insert(
     }
 }
 
+/// Inserts every ban of `bans`, a batch of entries per syscall.
+pub(super) fn insert_all(
+    ebpf: &mut Ebpf,
+    bans: &[(IpNet, Option<Duration>)],
+) -> Result<(), XdpError> {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for &(net, expires) in bans {
+        let value = expiry_ns(expires);
+        let prefix_len = u32::from(net.prefix_len());
+        match net {
+            IpNet::V4(net) => v4.push((Key::new(prefix_len, net.addr().octets()), value)),
+            IpNet::V6(net) => v6.push((Key::new(prefix_len, net.addr().octets()), value)),
+        }
+    }
+    super::batch::update_trie(ebpf, map_names::BANS_V4, &v4)?;
+    super::batch::update_trie(ebpf, map_names::BANS_V6, &v6)
+}
+
 pub(super) fn remove(ebpf: &mut Ebpf, net: IpNet) -> Result<bool, XdpError> {
     let (name, result) = match net {
         IpNet::V4(net) => {

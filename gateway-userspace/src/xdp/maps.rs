@@ -88,25 +88,19 @@ fn trie_key(net: &IpNet) -> TrieKey {
     }
 }
 
-/// Writes each rule's trie entry (inserted or replaced in place: no moment without it).
+/// Writes each rule's trie entry (inserted or replaced in place: no moment without it), a
+/// batch of entries per syscall.
 pub(super) fn put_rules(ebpf: &mut Ebpf, rules: &[(IpNet, Rule)]) -> Result<(), XdpError> {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
     for (net, rule) in rules {
         match trie_key(net) {
-            TrieKey::V4(key) => {
-                let mut trie: LpmTrie<&mut MapData, [u8; 4], Rule> =
-                    map_mut(ebpf, map_names::RULES_V4)?;
-                trie.insert(&key, *rule, 0)
-                    .map_err(|error| XdpError::map(map_names::RULES_V4, error))?;
-            }
-            TrieKey::V6(key) => {
-                let mut trie: LpmTrie<&mut MapData, [u8; 16], Rule> =
-                    map_mut(ebpf, map_names::RULES_V6)?;
-                trie.insert(&key, *rule, 0)
-                    .map_err(|error| XdpError::map(map_names::RULES_V6, error))?;
-            }
+            TrieKey::V4(key) => v4.push((key, *rule)),
+            TrieKey::V6(key) => v6.push((key, *rule)),
         }
     }
-    Ok(())
+    super::batch::update_trie(ebpf, map_names::RULES_V4, &v4)?;
+    super::batch::update_trie(ebpf, map_names::RULES_V6, &v6)
 }
 
 /// Deletes the trie entries of `nets`; one already gone is fine.

@@ -3,10 +3,12 @@
 
 mod attack;
 mod bans;
+mod batch;
 mod error;
 mod maps;
 pub mod pin;
 mod rules;
+mod saved_slots;
 
 use std::{
     ffi::CString,
@@ -221,6 +223,56 @@ impl XdpFirewall {
         })
     }
 
+    /// The kernel ids of the rule tries and their hit counters.
+    fn rule_map_ids(&self) -> Result<saved_slots::MapIds, XdpError> {
+        let id = |name: &'static str| -> Result<u32, XdpError> {
+            let map = self.ebpf.map(name).ok_or(XdpError::MissingMap(name))?;
+            let info = match map {
+                aya::maps::Map::LpmTrie(data) | aya::maps::Map::PerCpuArray(data) => data.info(),
+                _ => return Err(XdpError::MissingMap(name)),
+            };
+            Ok(info.map_err(|error| XdpError::map(name, error))?.id())
+        };
+        Ok([
+            id(map_names::RULES_V4)?,
+            id(map_names::RULES_V6)?,
+            id(map_names::RULE_HITS)?,
+        ])
+    }
+
+    /// Adopted maps: takes what the daemon that stopped before saved of them in `path`, so
+    /// [`apply`](Self::apply) writes only what changed. The file is used once, whatever it
+    /// holds; without it (or for fresh maps) every rule is written.
+    pub fn restore_rule_slots(&mut self, path: &Path) {
+        if !self.adopted() {
+            let _ = std::fs::remove_file(path);
+            return;
+        }
+        let Ok(ids) = self.rule_map_ids() else {
+            let _ = std::fs::remove_file(path);
+            return;
+        };
+        if let Some(slots) = saved_slots::take(path, ids) {
+            tracing::info!(file = %path.display(), "the adopted rule tries are as the last daemon left them: only changes are written");
+            self.rules = slots;
+        }
+    }
+
+    /// Saves what the rule tries hold to `path` for the next daemon, when they stay pinned
+    /// and this daemon is sure of them; called last, after the last map write.
+    pub fn save_rule_slots(&self, path: &Path) {
+        if self.pins.is_none() || !self.rules.synced {
+            return;
+        }
+        let saved = self.rule_map_ids().and_then(|ids| {
+            saved_slots::save(path, ids, &self.rules)
+                .map_err(|error| XdpError::Pin(format!("saving {}: {error}", path.display())))
+        });
+        if let Err(error) = saved {
+            tracing::warn!(%error, "the next start writes every rule again");
+        }
+    }
+
     /// Switches under-attack mode: only known-good sources and `budget` new ones pass.
     pub fn set_under_attack(&mut self, on: bool, budget: &NewSources) -> Result<(), XdpError> {
         if on {
@@ -316,6 +368,15 @@ impl XdpFirewall {
         // Lookups first, so the ban holds from the moment it is in the map.
         self.set_bans_present(true)?;
         bans::insert(&mut self.ebpf, net, expires)
+    }
+
+    /// Bans every `(net, expires)` of `bans` (as [`ban`](Self::ban)), in batches.
+    pub fn ban_all(&mut self, bans: &[(IpNet, Option<Duration>)]) -> Result<(), XdpError> {
+        if bans.is_empty() {
+            return Ok(());
+        }
+        self.set_bans_present(true)?;
+        bans::insert_all(&mut self.ebpf, bans)
     }
 
     /// Lifts a ban; `false` if there was none.

@@ -17,12 +17,12 @@ use crate::config::Action;
 pub(super) type KernelRule = (IpNet, Action, bool);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
-    action: Action,
-    shadow: bool,
-    id: u32,
+pub(super) struct Entry {
+    pub action: Action,
+    pub shadow: bool,
+    pub id: u32,
     /// For a shadow rule: what decides instead (the nearest real rule around it).
-    fallback: u8,
+    pub fallback: u8,
 }
 
 impl Entry {
@@ -123,6 +123,30 @@ impl RuleSlots {
         RuleSlots {
             unused_are_zero,
             ..RuleSlots::default()
+        }
+    }
+
+    /// What the tries hold as this daemon knows it: every entry, the free slots, the next
+    /// new slot (saved at a clean stop, see `saved_slots`).
+    pub fn parts(&self) -> (&HashMap<IpNet, Entry>, &[u32], u32) {
+        (&self.entries, &self.free, self.next_id)
+    }
+
+    /// From [`parts`](Self::parts) saved by the daemon that wrote the (adopted) tries: they
+    /// are known to hold exactly `entries`, so only what differs is written.
+    pub fn from_parts(entries: HashMap<IpNet, Entry>, free: Vec<u32>, next_id: u32) -> RuleSlots {
+        let shadows = entries
+            .iter()
+            .filter(|(_, entry)| entry.shadow)
+            .map(|(net, _)| *net)
+            .collect();
+        RuleSlots {
+            entries,
+            shadows,
+            free,
+            next_id,
+            unused_are_zero: false,
+            synced: true,
         }
     }
 

@@ -563,6 +563,88 @@ fn kill_9_leaves_drops_in_force_and_a_restart_adopts_the_maps() {
     );
 }
 
+/// A clean stop saves what the pinned rule tries hold; the next start adopts them and writes
+/// only the difference (a rule gone from the config is gone from the kernel). After a kill -9
+/// nothing was saved: the next start writes every rule and clears what it did not write.
+#[test]
+fn a_restart_after_a_clean_stop_writes_only_what_changed() {
+    let Some(lab) = Lab::new("defendslots") else {
+        return;
+    };
+    let pins = persistent_bpffs();
+    let config = |socket: &str, deny: &str| {
+        format!(
+            "[admin]\nsocket = \"{socket}\"\nstate_file = \"{}\"\n[xdp]\nmode = \"native\"\n\
+             interfaces = [\"{}\"]\npin_dir = \"{}\"\n[firewall]\ndeny = [{deny}]\n",
+            lab.state_file().display(),
+            lab.link.a.name,
+            pins.display()
+        )
+    };
+    let receiver = lab.udp_receiver(SERVER_V4, 5000);
+    let exchange = |lab: &Lab| lab.udp_exchange(&receiver, (DENIED_V4, 5), (ALLOWED_V4, 3));
+    let count = |sources: &[std::net::IpAddr], from: &str| {
+        sources.iter().filter(|s| **s == ip(from)).count()
+    };
+    let denied = format!("\"{DENIED_V4}\"");
+    let saved = lab.state_file().with_file_name("firewall.xdp-slots");
+
+    let first = Gateway::start_pinned(Some(&lab.server), &config("{admin_socket}", &denied));
+    assert_eq!(count(&exchange(&lab), DENIED_V4), 0);
+    let (status, log) = first.stop();
+    assert!(status.success(), "{log}");
+    assert!(saved.exists(), "a clean stop saves the tries");
+
+    // The config's rule is gone: only that entry is deleted, and the saved file is used up.
+    let second = Gateway::start_pinned(Some(&lab.server), &config("{admin_socket}", ""));
+    assert!(
+        second.log().contains("only changes are written"),
+        "{}",
+        second.log()
+    );
+    assert!(!saved.exists(), "used once");
+    let sources = exchange(&lab);
+    assert_eq!(count(&sources, DENIED_V4), 5, "{sources:?}");
+    assert_eq!(count(&sources, ALLOWED_V4), 3, "{sources:?}");
+    let allowed_net = format!("{ALLOWED_V4}/32");
+    assert!(
+        second
+            .cli(&["firewall", "deny", &allowed_net])
+            .status
+            .success()
+    );
+    assert_eq!(count(&exchange(&lab), ALLOWED_V4), 0);
+    second.kill();
+    assert!(!saved.exists(), "nothing saved by a killed daemon");
+
+    // After the kill: everything written again, the operator's rule and the config's both.
+    let third = Gateway::start_pinned(Some(&lab.server), &config("{admin_socket}", &denied));
+    assert!(
+        !third.log().contains("only changes are written"),
+        "{}",
+        third.log()
+    );
+    let sources = exchange(&lab);
+    assert!(sources.is_empty(), "both dropped: {sources:?}");
+    third.cli(&["firewall", "remove", &allowed_net]);
+    let (status, log) = third.stop();
+    assert!(status.success(), "{log}");
+
+    // Clean up: nothing of this test stays attached.
+    let file = lab.state_dir.path().join("gateway.toml");
+    let socket = lab.state_dir.path().join("gone.sock");
+    std::fs::write(&file, config(socket.to_str().unwrap(), "")).unwrap();
+    let bin = gateway_tests::gateway_bin();
+    let detached = lab.server.exec(&[
+        bin.to_str().unwrap(),
+        "xdp",
+        "detach",
+        "--config",
+        file.to_str().unwrap(),
+    ]);
+    assert!(detached.status.success(), "{}", output_text(&detached));
+}
+
 #[test]
 fn invalid_jwts_ban_the_source_in_xdp_and_a_valid_one_makes_its_source_known_good() {
     use gateway_tests::jwks::{KeyKind, TestKey};
