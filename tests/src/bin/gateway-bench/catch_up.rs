@@ -21,18 +21,9 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut sizes = vec![10_000usize, 100_000, 1_000_000];
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--sizes" => {
-                sizes = args
-                    .next()
-                    .context("--sizes needs a value, e.g. 10000,100000")?
-                    .split(',')
-                    .map(|size| size.trim().parse())
-                    .collect::<Result<_, _>>()
-                    .context("--sizes: comma-separated numbers of rules")?;
-            }
+    for (arg, value) in crate::options::pairs(args)? {
+        match arg {
+            "--sizes" => sizes = crate::options::sizes(value)?,
             _ => bail!("unknown option {arg} (catch-up takes --sizes N,N,...)"),
         }
     }

@@ -61,17 +61,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         ops: 50,
         sizes: SIZES.to_vec(),
     };
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{arg} needs a value"))?;
-        match arg.as_str() {
+    for (arg, value) in crate::options::pairs(args)? {
+        match arg {
             "--ops" => options.ops = value.parse()?,
             // A quicker run: `--sizes 10000,100000` (the 1M-only rows need 1000000).
-            "--sizes" => {
-                options.sizes = value.split(',').map(str::parse).collect::<Result<_, _>>()?;
-            }
+            "--sizes" => options.sizes = crate::options::sizes(value)?,
             _ => bail!("unknown option {arg}"),
         }
     }

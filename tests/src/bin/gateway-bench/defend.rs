@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use gateway::{
     config::{Config, FirewallConfig, XdpConfig, XdpMode},
     xdp::{NewSources, XdpFirewall},
@@ -38,12 +38,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         bail!("bench defend needs root (BPF, namespaces)");
     }
     let mut seconds = 5u64;
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{arg} needs a value"))?;
-        match arg.as_str() {
+    for (arg, value) in crate::options::pairs(args)? {
+        match arg {
             "--seconds" => seconds = value.parse()?,
             _ => bail!("unknown option {arg}"),
         }

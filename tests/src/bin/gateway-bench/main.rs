@@ -5,6 +5,7 @@ mod catch_up;
 mod cluster;
 mod control;
 mod defend;
+mod options;
 mod peers;
 mod proxy;
 mod versus;

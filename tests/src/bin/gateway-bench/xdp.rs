@@ -42,12 +42,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         seconds: 5,
         repeat: 1_000_000,
     };
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{arg} needs a value"))?;
-        match arg.as_str() {
+    for (arg, value) in crate::options::pairs(args)? {
+        match arg {
             "--seconds" => options.seconds = value.parse()?,
             "--repeat" => options.repeat = value.parse()?,
             _ => bail!("unknown option {arg}"),
