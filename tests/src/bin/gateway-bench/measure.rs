@@ -161,6 +161,7 @@ pub fn print_header(settings: &Settings, title: &str, references: &[&str]) {
     ];
     for reference in references {
         columns.push(format!("req/s ÷ {reference}"));
+        columns.push(format!("p99 ÷ {reference}"));
         columns.push(format!("CPU ÷ {reference}"));
     }
     if settings.wrk {
@@ -189,6 +190,7 @@ pub fn print_row(connections: usize, name: &str, row: &Row, references: &[&Row])
     ];
     for reference in references {
         cells.push(format!("{:.2}", own.rate / reference.own.rate));
+        cells.push(format!("{:.2}", own.p99_ms / reference.own.p99_ms));
         cells.push(format!("{:.2}", own.cpu_us / reference.own.cpu_us));
     }
     if let Some(wrk) = &row.wrk {
