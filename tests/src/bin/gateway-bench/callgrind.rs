@@ -1,5 +1,6 @@
-//! `bench proxy --callgrind [--requests N]`: instructions per request, the steady guide on a
-//! shared machine. The release gateway (minimal config) runs under `valgrind --tool=callgrind`;
+//! `bench proxy --callgrind [--requests N] [--config full]`: instructions per request, the
+//! steady guide on a shared machine. The release gateway (the minimal config, or with `full`
+//! every feature of features.rs, the request carrying its JWT) runs under `valgrind --tool=callgrind`;
 //! after a warm-up, the counters are zeroed (`callgrind_control --zero`), N keep-alive GETs are
 //! sent, the counters dumped (`--dump`), then the same with 2N. Instructions per request are
 //! the 2N batch minus the N batch, over N: what is fixed per batch (timers, the dump) cancels.
@@ -30,7 +31,7 @@ const WARM_UP: usize = 200;
 /// Bounds each batch (callgrind runs the gateway some 50x slower).
 const BATCH_TIMEOUT: Duration = Duration::from_secs(600);
 
-pub fn run(requests: usize) -> anyhow::Result<()> {
+pub fn run(requests: usize, full: bool) -> anyhow::Result<()> {
     let upstream = UpstreamProcess::start()?;
     let dir = tempfile::tempdir()?;
     let credentials = Credentials::generate(dir.path());
@@ -41,12 +42,13 @@ pub fn run(requests: usize) -> anyhow::Result<()> {
         max_connections: 1_000,
         idle_seconds: IDLE_SECONDS,
     };
-    let config = configs::gateway(
-        upstream.address(),
-        &listeners,
-        Features::default(),
-        &credentials,
-    )?;
+    let features = if full {
+        Features::ALL
+    } else {
+        Features::default()
+    };
+    let config = configs::gateway(upstream.address(), &listeners, features, &credentials)?;
+    let headers = credentials.headers(features);
     let out = dir.path().join("callgrind.out");
     let wrapper = wrapper(dir.path(), &out)?;
     // Gateway::start runs GATEWAY_BIN: the wrapper execs valgrind on the real binary, so the
@@ -58,17 +60,18 @@ pub fn run(requests: usize) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(send(address, WARM_UP))?;
+    runtime.block_on(send(address, &headers, WARM_UP))?;
     let mut counts = Vec::new();
     for batch in [requests, 2 * requests] {
         control(gateway.pid(), "--zero")?;
-        runtime.block_on(send(address, batch))?;
+        runtime.block_on(send(address, &headers, batch))?;
         control(gateway.pid(), "--dump")?;
         counts.push(newest_total(dir.path())?);
     }
     println!(
-        "\n## Instructions per request (callgrind, release gateway, minimal config, \
-         {CONNECTIONS} keep-alive connections, GET through to the upstream)"
+        "\n## Instructions per request (callgrind, release gateway, {} config, \
+         {CONNECTIONS} keep-alive connections, GET through to the upstream)",
+        if full { "full" } else { "minimal" }
     );
     println!("| requests | instructions | per request |");
     println!("|---:|---:|---:|");
@@ -151,20 +154,28 @@ fn newest_total(dir: &Path) -> anyhow::Result<u64> {
         .with_context(|| format!("no instruction total in {}", newest.path().display()))
 }
 
-/// `count` keep-alive GETs over [`CONNECTIONS`] connections; every answer must be a 200.
-async fn send(address: SocketAddr, count: usize) -> anyhow::Result<()> {
+/// `count` keep-alive GETs with `headers` over [`CONNECTIONS`] connections; every answer must be a 200.
+async fn send(
+    address: SocketAddr,
+    headers: &[(String, String)],
+    count: usize,
+) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for connection in 0..CONNECTIONS {
         let share = count / CONNECTIONS + usize::from(connection < count % CONNECTIONS);
+        let headers = headers.to_vec();
         tasks.spawn(async move {
             let io = Dial::Plain(address).connect([127, 0, 0, 1].into()).await?;
             let (mut sender, connection) =
                 hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io).await?;
             tokio::spawn(connection);
             for _ in 0..share {
-                let request = hyper::Request::get("/bench")
-                    .header(hyper::header::HOST, "bench")
-                    .body(Empty::new())?;
+                let mut request =
+                    hyper::Request::get("/bench").header(hyper::header::HOST, "bench");
+                for (name, value) in &headers {
+                    request = request.header(name.as_str(), value.as_str());
+                }
+                let request = request.body(Empty::new())?;
                 let response = sender.send_request(request).await?;
                 if response.status() != 200 {
                     bail!("status {}", response.status());

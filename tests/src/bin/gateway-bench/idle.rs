@@ -34,17 +34,13 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(180);
 /// Connections being opened at once.
 const OPENING: usize = 256;
 
-/// Opens `count` connections to `address`, spread evenly over `sources`, one GET each, and
-/// returns them open and idle.
-pub async fn hold(
-    address: SocketAddr,
-    sources: &[IpAddr],
-    count: usize,
-) -> anyhow::Result<Vec<TcpStream>> {
+/// Opens a connection to `address` from each of `sources` (an address may repeat), one GET
+/// each, and returns them open and idle.
+pub async fn hold(address: SocketAddr, sources: Vec<IpAddr>) -> anyhow::Result<Vec<TcpStream>> {
+    let count = sources.len();
     let opening = Arc::new(Semaphore::new(OPENING));
     let mut tasks = JoinSet::new();
-    for index in 0..count {
-        let source = sources[index * sources.len() / count];
+    for source in sources {
         let permit = opening.clone().acquire_owned().await?;
         tasks.spawn(async move {
             let _permit = permit;
@@ -116,6 +112,9 @@ pub fn many(
     credentials: &Credentials,
     count: usize,
 ) -> anyhow::Result<()> {
+    if count / PER_SOURCE >= 250 {
+        bail!("--idle {count}: more connections than 127.0.2.x has source addresses for");
+    }
     raise_file_limit(count as u64 + 10_000)?;
     let port = free_port()?;
     let listeners = Listeners {
@@ -151,13 +150,10 @@ pub fn many(
     for quarter in 1..=4 {
         let (from, to) = (count * (quarter - 1) / 4, count * quarter / 4);
         // 127.0.2.1, .2, ...: PER_SOURCE connections from each.
-        let sources: Vec<IpAddr> = (from / PER_SOURCE..=(to - 1) / PER_SOURCE)
-            .map(|index| IpAddr::from([127, 0, 2, 1 + index as u8]))
+        let sources = (from..to)
+            .map(|index| IpAddr::from([127, 0, 2, 1 + (index / PER_SOURCE) as u8]))
             .collect();
-        if sources.len() > 200 {
-            bail!("--idle {count}: more connections than 127.0.2.x has source addresses for");
-        }
-        held.extend(runtime.block_on(hold(address, &sources, to - from))?);
+        held.extend(runtime.block_on(hold(address, sources))?);
         std::thread::sleep(Duration::from_secs(1));
         let rss = peers::tree_rss_kib(gateway.pid());
         println!(
@@ -186,18 +182,27 @@ pub fn many(
 
 /// Open files for `wanted` descriptors here and in the processes started from here.
 fn raise_file_limit(wanted: u64) -> anyhow::Result<()> {
-    let limit = libc::rlimit {
-        rlim_cur: wanted,
-        rlim_max: wanted.max(peers::file_limit()),
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    // SAFETY: setrlimit with a valid pointer to an rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        bail!(
-            "raising the open-file limit to {wanted} for --idle: {} (the limit is {} here; \
-             raising it needs CAP_SYS_RESOURCE, and fs.nr_open must allow it)",
-            std::io::Error::last_os_error(),
-            peers::file_limit()
-        );
+    // SAFETY: getrlimit and setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= wanted {
+            return Ok(());
+        }
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: wanted.max(limit.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            bail!(
+                "raising the open-file limit to {wanted} for --idle: {} (the hard limit is {} \
+                 here; raising it needs CAP_SYS_RESOURCE, and fs.nr_open must allow it)",
+                std::io::Error::last_os_error(),
+                limit.rlim_max
+            );
+        }
     }
     Ok(())
 }

@@ -41,6 +41,8 @@ pub struct Plan {
     /// `--callgrind`: instructions per request instead of everything else.
     pub callgrind: bool,
     pub requests: usize,
+    /// `--config full`: `--callgrind` runs the full config instead of the minimal one.
+    pub full: bool,
 }
 
 impl Plan {
@@ -62,6 +64,7 @@ impl Plan {
             idle: None,
             callgrind: false,
             requests: 5_000,
+            full: false,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -73,6 +76,13 @@ impl Plan {
                 "--rounds" => plan.settings.rounds = number(arg, value()?)?,
                 "--requests" => plan.requests = number(arg, value()?)?,
                 "--idle" => plan.idle = Some(number(arg, value()?)?),
+                "--config" => {
+                    plan.full = match value()?.as_str() {
+                        "minimal" => false,
+                        "full" => true,
+                        other => bail!("--config: {other:?} is neither minimal nor full"),
+                    }
+                }
                 "--only" => {
                     let names: Vec<String> = value()?.split(',').map(String::from).collect();
                     if let Some(unknown) =
@@ -87,7 +97,7 @@ impl Plan {
                 }
                 _ => bail!(
                     "unknown option {arg}; options: --seconds N --rounds N --wrk --only {} \
-                     --idle N --callgrind --requests N",
+                     --idle N --callgrind --requests N --config minimal|full",
                     SECTIONS.join(",")
                 ),
             }
@@ -108,7 +118,7 @@ fn number<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T> {
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let plan = Plan::parse(args)?;
     if plan.callgrind {
-        return crate::callgrind::run(plan.requests);
+        return crate::callgrind::run(plan.requests, plan.full);
     }
     let upstream = UpstreamProcess::start()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

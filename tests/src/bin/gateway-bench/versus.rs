@@ -240,7 +240,7 @@ fn idle_memory(runtime: &Runtime, contenders: &[Contender]) -> anyhow::Result<()
         // starve the next one's.
         let source: IpAddr = [127, 0, 1, index as u8 + 1].into();
         let before = peers::tree_rss_kib(contender.pid);
-        let held = runtime.block_on(idle::hold(address, &[source], count))?;
+        let held = runtime.block_on(idle::hold(address, vec![source; count]))?;
         std::thread::sleep(Duration::from_secs(1));
         let holding = peers::tree_rss_kib(contender.pid);
         drop(held);
