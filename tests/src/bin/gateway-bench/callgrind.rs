@@ -1,6 +1,6 @@
-//! `bench proxy --callgrind [--requests N] [--config full]`: instructions per request, the
-//! steady guide on a shared machine. The release gateway (the minimal config, or with `full`
-//! every feature of features.rs, the request carrying its JWT) runs under `valgrind --tool=callgrind`;
+//! `bench proxy --callgrind [--requests N] [--config NAME]`: instructions per request, the
+//! steady guide on a shared machine. The release gateway (the minimal config, or one of
+//! `configs::NAMED`: a feature alone, or `full`, the request carrying its credential) runs under `valgrind --tool=callgrind`;
 //! after a warm-up, the counters are zeroed (`callgrind_control --zero`), N keep-alive GETs are
 //! sent, the counters dumped (`--dump`), then the same with 2N. Instructions per request are
 //! the 2N batch minus the N batch, over N: what is fixed per batch (timers, the dump) cancels.
@@ -18,7 +18,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 
 use crate::{
-    configs::{self, Credentials, Features, Listeners},
+    configs::{self, Credentials, Listeners},
     peers::IDLE_SECONDS,
     proxy::{Dial, free_port},
     upstream_process::UpstreamProcess,
@@ -31,7 +31,7 @@ const WARM_UP: usize = 200;
 /// Bounds each batch (callgrind runs the gateway some 50x slower).
 const BATCH_TIMEOUT: Duration = Duration::from_secs(600);
 
-pub fn run(requests: usize, full: bool) -> anyhow::Result<()> {
+pub fn run(requests: usize, config_name: &str) -> anyhow::Result<()> {
     let upstream = UpstreamProcess::start()?;
     let dir = tempfile::tempdir()?;
     let credentials = Credentials::generate(dir.path());
@@ -42,11 +42,10 @@ pub fn run(requests: usize, full: bool) -> anyhow::Result<()> {
         max_connections: 1_000,
         idle_seconds: IDLE_SECONDS,
     };
-    let features = if full {
-        Features::ALL
-    } else {
-        Features::default()
-    };
+    let features = configs::NAMED
+        .iter()
+        .find_map(|(name, features)| (*name == config_name).then_some(*features))
+        .with_context(|| format!("no config {config_name:?}"))?;
     let config = configs::gateway(upstream.address(), &listeners, features, &credentials)?;
     let headers = credentials.headers(features);
     let out = dir.path().join("callgrind.out");
@@ -69,9 +68,9 @@ pub fn run(requests: usize, full: bool) -> anyhow::Result<()> {
         counts.push(newest_total(dir.path())?);
     }
     println!(
-        "\n## Instructions per request (callgrind, release gateway, {} config, \
+        "\n## Instructions per request (callgrind, release gateway, config {}, \
          {CONNECTIONS} keep-alive connections, GET through to the upstream)",
-        if full { "full" } else { "minimal" }
+        config_name
     );
     println!("| requests | instructions | per request |");
     println!("|---:|---:|---:|");

@@ -38,6 +38,52 @@ impl Features {
     };
 }
 
+/// The configs `--config NAME` picks for `--callgrind`: the minimal one, each feature alone,
+/// and all of them.
+pub const NAMED: [(&str, Features); 7] = {
+    let none = Features {
+        access_log: false,
+        defend: false,
+        jwt: false,
+        cache: false,
+        api_key: false,
+        cached_route: false,
+    };
+    [
+        ("minimal", none),
+        (
+            "access-log",
+            Features {
+                access_log: true,
+                ..none
+            },
+        ),
+        (
+            "defend",
+            Features {
+                defend: true,
+                ..none
+            },
+        ),
+        ("jwt", Features { jwt: true, ..none }),
+        (
+            "cache",
+            Features {
+                cache: true,
+                ..none
+            },
+        ),
+        (
+            "api-key",
+            Features {
+                api_key: true,
+                ..none
+            },
+        ),
+        ("full", Features::ALL),
+    ]
+};
+
 /// Listener ports and limits of one gateway.
 pub struct Listeners<'a> {
     pub plain: u16,

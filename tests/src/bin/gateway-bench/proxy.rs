@@ -14,7 +14,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{configs::Credentials, measure::Settings, upstream_process::UpstreamProcess};
+use crate::{
+    configs::{self, Credentials},
+    measure::Settings,
+    upstream_process::UpstreamProcess,
+};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -37,12 +41,12 @@ pub struct Plan {
     pub settings: Settings,
     only: Option<Vec<String>>,
     /// `--idle N`: hold N idle connections to the gateway instead of the default sections.
-    pub idle: Option<usize>,
+    idle: Option<usize>,
     /// `--callgrind`: instructions per request instead of everything else.
-    pub callgrind: bool,
-    pub requests: usize,
-    /// `--config full`: `--callgrind` runs the full config instead of the minimal one.
-    pub full: bool,
+    callgrind: bool,
+    requests: usize,
+    /// `--config NAME`: the config `--callgrind` runs (one of [`configs::NAMED`]).
+    config: &'static str,
 }
 
 impl Plan {
@@ -64,7 +68,7 @@ impl Plan {
             idle: None,
             callgrind: false,
             requests: 5_000,
-            full: false,
+            config: "minimal",
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -77,11 +81,18 @@ impl Plan {
                 "--requests" => plan.requests = number(arg, value()?)?,
                 "--idle" => plan.idle = Some(number(arg, value()?)?),
                 "--config" => {
-                    plan.full = match value()?.as_str() {
-                        "minimal" => false,
-                        "full" => true,
-                        other => bail!("--config: {other:?} is neither minimal nor full"),
-                    }
+                    let name = value()?;
+                    plan.config = configs::NAMED
+                        .iter()
+                        .map(|(known, _)| *known)
+                        .find(|known| known == name)
+                        .with_context(|| {
+                            let names: Vec<&str> = configs::NAMED.iter().map(|(n, _)| *n).collect();
+                            format!(
+                                "--config: no config {name:?}; the configs are {}",
+                                names.join(", ")
+                            )
+                        })?;
                 }
                 "--only" => {
                     let names: Vec<String> = value()?.split(',').map(String::from).collect();
@@ -97,7 +108,7 @@ impl Plan {
                 }
                 _ => bail!(
                     "unknown option {arg}; options: --seconds N --rounds N --wrk --only {} \
-                     --idle N --callgrind --requests N --config minimal|full",
+                     --idle N --callgrind --requests N --config NAME",
                     SECTIONS.join(",")
                 ),
             }
@@ -118,7 +129,7 @@ fn number<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T> {
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let plan = Plan::parse(args)?;
     if plan.callgrind {
-        return crate::callgrind::run(plan.requests, plan.full);
+        return crate::callgrind::run(plan.requests, plan.config);
     }
     let upstream = UpstreamProcess::start()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
