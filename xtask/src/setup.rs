@@ -22,6 +22,8 @@ use crate::cmd::{self, StepContext as _};
 /// - `curl`, `openssl`: real HTTP and TLS clients for the integration tests.
 /// - `nginx-light`, `haproxy`: the proxies `bench proxy` compares the gateway with (started by
 ///   the bench on loopback; their system services are not started, see [`apt_packages`]).
+/// - `wrk`: the second, independent load generator of `bench proxy` (`--wrk`).
+/// - `valgrind`: `bench proxy --callgrind` counts the gateway's instructions per request.
 /// - `clang`: builds the C reference program `bench xdp` times the gateway's XDP against.
 /// - `redis-server`: the Redis that the cluster-mode tests start themselves (own port, no
 ///   persistence); its system service is not started either.
@@ -37,6 +39,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "openssl",
     "nginx-light",
     "haproxy",
+    "wrk",
+    "valgrind",
     "clang",
     // Cluster-mode tests start their own redis-server processes (never the system service).
     "redis-server",

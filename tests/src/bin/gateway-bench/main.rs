@@ -1,14 +1,22 @@
 //! `gateway-bench`: benchmarks that compare side by side in one run and report ratios.
 //! Run through `cargo xtask bench <which>` (release build, root).
 
+mod callgrind;
 mod catch_up;
 mod cluster;
+mod configs;
 mod control;
+mod cpu;
 mod defend;
+mod features;
+mod idle;
+mod measure;
 mod options;
 mod peers;
 mod proxy;
+mod upstream_process;
 mod versus;
+mod wrk;
 mod xdp;
 mod xdp_reference;
 
@@ -21,9 +29,11 @@ fn main() -> anyhow::Result<()> {
         Some("defend") => defend::run(&args[1..]),
         Some("cluster") => cluster::run(&args[1..]),
         Some("control") => control::run(&args[1..]),
+        // The bench's own upstream process (upstream_process.rs), not a bench.
+        Some("upstream") => upstream_process::serve(),
         _ => {
             eprintln!(
-                "usage: gateway-bench xdp [--seconds N] [--repeat N] | proxy [--seconds N] | defend [--seconds N] | cluster [--seconds N] | cluster --catch-up [--sizes 10000,100000,1000000] | control [--ops N] [--sizes 10000,100000,1000000]"
+                "usage: gateway-bench xdp [--seconds N] [--repeat N] | proxy [--seconds N] [--rounds N] [--wrk] [--only plain-64,...] [--idle N] [--callgrind [--requests N] [--config minimal|full]] | defend [--seconds N] | cluster [--seconds N] | cluster --catch-up [--sizes 10000,100000,1000000] | control [--ops N] [--sizes 10000,100000,1000000]"
             );
             std::process::exit(2);
         }

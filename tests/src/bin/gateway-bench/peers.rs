@@ -219,7 +219,7 @@ pub fn tree_rss_kib(pid: u32) -> u64 {
     own + children(pid).into_iter().map(tree_rss_kib).sum::<u64>()
 }
 
-fn children(pid: u32) -> Vec<u32> {
+pub fn children(pid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

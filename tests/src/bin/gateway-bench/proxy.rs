@@ -1,11 +1,10 @@
-//! `bench proxy`: the same keep-alive load (64 and 256 connections) against the upstream
-//! directly, through the gateway with the access log off, and with it on (to a file), in one
-//! run: requests/s, p50 and p99 latency, and each ratio to the direct path. Then cache hits:
-//! the gateway serving a cached response, its uncached path, and nginx with `proxy_cache`
-//! serving the same hit. Then the same route behind JWT authentication (RS256, the same
-//! token on every request, as a client sends it) against the same request to the route
-//! without auth, in alternating rounds. Then the gateway against nginx and haproxy, plain and
-//! TLS, and their memory with 10,000 idle connections (versus.rs).
+//! `bench proxy`: the gateway beside nginx and haproxy configured as the same reverse proxy,
+//! and the upstream directly, under the same keep-alive load, plain and TLS, 64 and 256
+//! connections (versus.rs); what each gateway feature adds to the minimal config's cost
+//! (features.rs); cache hits against nginx's `proxy_cache`; memory per idle connection
+//! (idle.rs); and, with `--callgrind`, instructions per request (callgrind.rs). Every row
+//! reports requests/s, p50, p99 and CPU time per request (measure.rs). This file holds the
+//! options and the bench's own load generator.
 
 use std::{
     net::SocketAddr,
@@ -14,183 +13,142 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use gateway_tests::{
-    Gateway,
-    jwks::{KeyKind, TestKey},
-    upstream::Upstream,
-};
 
-use crate::peers::{self, Peer};
+use crate::{
+    configs::{self, Credentials},
+    measure::Settings,
+    upstream_process::UpstreamProcess,
+};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
 pub const CONNECTIONS: [usize; 2] = [64, 256];
-/// Alternating rounds of the auth comparison.
-const AUTH_ROUNDS: usize = 3;
+
+/// The parts of the bench `--only` picks from (comma-separated); all by default.
+const SECTIONS: [&str; 7] = [
+    "plain-64",
+    "plain-256",
+    "tls-64",
+    "tls-256",
+    "features",
+    "cache",
+    "idle",
+];
+
+/// What `bench proxy` runs, from its options.
+pub struct Plan {
+    pub settings: Settings,
+    only: Option<Vec<String>>,
+    /// `--idle N`: hold N idle connections to the gateway instead of the default sections.
+    idle: Option<usize>,
+    /// `--callgrind`: instructions per request instead of everything else.
+    callgrind: bool,
+    requests: usize,
+    /// `--config NAME`: the config `--callgrind` runs (one of [`configs::NAMED`]).
+    config: &'static str,
+}
+
+impl Plan {
+    /// Whether `section` (one of [`SECTIONS`]) is to run.
+    pub fn wants(&self, section: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|name| name == section))
+    }
+
+    fn parse(args: &[String]) -> anyhow::Result<Plan> {
+        let mut plan = Plan {
+            settings: Settings {
+                seconds: 3,
+                rounds: 3,
+                wrk: false,
+            },
+            only: None,
+            idle: None,
+            callgrind: false,
+            requests: 5_000,
+            config: "minimal",
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+            match arg.as_str() {
+                "--wrk" => plan.settings.wrk = true,
+                "--callgrind" => plan.callgrind = true,
+                "--seconds" => plan.settings.seconds = number(arg, value()?)?,
+                "--rounds" => plan.settings.rounds = number(arg, value()?)?,
+                "--requests" => plan.requests = number(arg, value()?)?,
+                "--idle" => plan.idle = Some(number(arg, value()?)?),
+                "--config" => {
+                    let name = value()?;
+                    plan.config = configs::NAMED
+                        .iter()
+                        .map(|(known, _)| *known)
+                        .find(|known| known == name)
+                        .with_context(|| {
+                            let names: Vec<&str> = configs::NAMED.iter().map(|(n, _)| *n).collect();
+                            format!(
+                                "--config: no config {name:?}; the configs are {}",
+                                names.join(", ")
+                            )
+                        })?;
+                }
+                "--only" => {
+                    let names: Vec<String> = value()?.split(',').map(String::from).collect();
+                    if let Some(unknown) =
+                        names.iter().find(|name| !SECTIONS.contains(&name.as_str()))
+                    {
+                        bail!(
+                            "--only: no section {unknown:?}; the sections are {}",
+                            SECTIONS.join(", ")
+                        );
+                    }
+                    plan.only = Some(names);
+                }
+                _ => bail!(
+                    "unknown option {arg}; options: --seconds N --rounds N --wrk --only {} \
+                     --idle N --callgrind --requests N --config NAME",
+                    SECTIONS.join(",")
+                ),
+            }
+        }
+        if plan.settings.rounds == 0 || plan.settings.seconds == 0 || plan.requests == 0 {
+            bail!("--rounds, --seconds and --requests must be at least 1");
+        }
+        Ok(plan)
+    }
+}
+
+fn number<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T> {
+    value
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{name}: {value:?} is not a whole number"))
+}
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let mut seconds = 5u64;
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--seconds" => seconds = args.next().context("--seconds needs a value")?.parse()?,
-            _ => bail!("unknown option {arg}"),
-        }
+    let plan = Plan::parse(args)?;
+    if plan.callgrind {
+        return crate::callgrind::run(plan.requests, plan.config);
     }
-    let upstream = Upstream::start("bench");
-    let log_dir = tempfile::tempdir()?;
-    let gateway_config = |access_log: &str, port: u16| {
-        format!(
-            "[admin]\nsocket = \"{{admin_socket}}\"\nstate_file = \"{{dir}}/state.json\"\n[xdp]\nmode = \"off\"\n\
-             {access_log}\n\
-             [[listeners]]\nname = \"bench\"\naddress = \"127.0.0.1:{port}\"\nprotocol = \"http\"\n\
-             [[upstreams]]\nname = \"bench\"\ntargets = [{{ address = \"{}\" }}]\n\
-             [[routes]]\nname = \"bench\"\nupstream = \"bench\"\nmatch = {{ path_prefix = \"/\" }}\n\
-             [[routes]]\nname = \"cached\"\nupstream = \"bench\"\nmatch = {{ path_prefix = \"/cached\" }}\n\
-             cache = {{ ttl = \"1h\" }}\n",
-            upstream.address()
-        )
-    };
-    let (quiet_port, logging_port) = (free_port()?, free_port()?);
-    let _quiet = Gateway::start(
-        None,
-        &gateway_config("[access_log]\nenabled = false", quiet_port),
-    );
-    let access_log = format!(
-        "[access_log]\npath = \"{}\"",
-        log_dir.path().join("access.log").display()
-    );
-    let _logging = Gateway::start(None, &gateway_config(&access_log, logging_port));
-    // The same route, JWT-protected: the key is made by openssl, the token signed by
-    // jsonwebtoken, verified by the gateway (then served from its verified-token cache).
-    let key = TestKey::generate(
-        log_dir.path(),
-        KeyKind::Rsa,
-        jsonwebtoken::Algorithm::RS256,
-        "bench",
-    );
-    let jwt_port = free_port()?;
-    let jwt_config = gateway_config("[access_log]\nenabled = false", jwt_port).replace(
-        "match = { path_prefix = \"/\" }\n",
-        &format!(
-            "match = {{ path_prefix = \"/\" }}\nauth = {{ jwt = \"bench\" }}\n\
-             [[auth.jwt]]\nname = \"bench\"\npublic_key = \"{}\"\n",
-            key.public_pem.display()
-        ),
-    );
-    let _jwt = Gateway::start(None, &jwt_config);
-    let token = key.sign(&serde_json::json!({
-        "sub": "bench", "exp": jsonwebtoken::get_current_timestamp() + 3600
-    }));
-    let bearer = Some(format!("Bearer {token}"));
-
-    let targets: [(&str, SocketAddr); 3] = [
-        ("upstream directly", upstream.address()),
-        (
-            "gateway, access log off",
-            format!("127.0.0.1:{quiet_port}").parse()?,
-        ),
-        (
-            "gateway, access log on (file)",
-            format!("127.0.0.1:{logging_port}").parse()?,
-        ),
-    ];
+    let upstream = UpstreamProcess::start()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let rows = targets.map(|(name, address)| (name, address, "/bench"));
-    compare(&runtime, "## Proxy throughput", "direct", &rows, seconds)?;
+    let dir = tempfile::tempdir()?;
+    let credentials = Credentials::generate(dir.path());
+    if let Some(count) = plan.idle {
+        return crate::idle::many(&runtime, &plan.settings, &upstream, &credentials, count);
+    }
     println!(
-        "\nLoad generator, gateway and upstream share this machine's cores, so the ratios, not the \
-         absolute numbers, are the result."
+        "Load generator, proxies and upstream share this machine's cores: the ratios and the CPU \
+         time per request, not the absolute rates, are the result."
     );
-    cache_hits(&runtime, &upstream, quiet_port, seconds)?;
-    let no_auth: SocketAddr = format!("127.0.0.1:{quiet_port}").parse()?;
-    let jwt: SocketAddr = format!("127.0.0.1:{jwt_port}").parse()?;
-    auth_cost(&runtime, no_auth, jwt, &bearer, seconds)?;
-    crate::versus::run(&runtime, &upstream, seconds)
-}
-
-/// The JWT route against the same request (token included) on the route without auth. The
-/// cost is small next to this machine's noise: the two alternate in rounds and the median
-/// ratio is the result, so a burst of other work cannot decide it.
-fn auth_cost(
-    runtime: &tokio::runtime::Runtime,
-    no_auth: SocketAddr,
-    jwt: SocketAddr,
-    bearer: &Option<String>,
-    seconds: u64,
-) -> anyhow::Result<()> {
-    println!(
-        "\n## JWT-protected route (RS256) vs the same request without auth \
-         ({AUTH_ROUNDS} alternating rounds of {seconds} s)"
-    );
-    println!("| connections | no auth requests/s | JWT requests/s | ratio |");
-    println!("|---:|---:|---:|---:|");
-    for connections in CONNECTIONS {
-        let mut ratios = Vec::new();
-        for _ in 0..AUTH_ROUNDS {
-            let mut rates = [0.0; 2];
-            for (rate, address) in rates.iter_mut().zip([no_auth, jwt]) {
-                let result = runtime.block_on(load(
-                    address,
-                    "/bench",
-                    bearer.clone(),
-                    connections,
-                    Duration::from_secs(seconds),
-                ))?;
-                *rate = result.rate();
-            }
-            println!(
-                "| {connections} | {:.0} | {:.0} | {:.2} |",
-                rates[0],
-                rates[1],
-                rates[1] / rates[0]
-            );
-            ratios.push(rates[1] / rates[0]);
-        }
-        ratios.sort_by(f64::total_cmp);
-        println!(
-            "| {connections} | | median | **{:.2}x** |",
-            ratios[ratios.len() / 2]
-        );
+    crate::versus::run(&runtime, &plan, &upstream, &credentials)?;
+    if plan.wants("features") {
+        crate::features::run(&runtime, &plan.settings, &upstream, &credentials)?;
     }
     Ok(())
-}
-
-/// Cache hits through the gateway, its uncached path, and nginx's `proxy_cache` hit.
-fn cache_hits(
-    runtime: &tokio::runtime::Runtime,
-    upstream: &Upstream,
-    gateway_port: u16,
-    seconds: u64,
-) -> anyhow::Result<()> {
-    let gateway: SocketAddr = format!("127.0.0.1:{gateway_port}").parse()?;
-    let (_cert_dir, cert, key) = peers::certificate()?;
-    let nginx = Peer::nginx(upstream.address(), &cert, &key)?;
-    let rows: [(&str, SocketAddr, &str); 3] = [
-        ("gateway, uncached", gateway, "/bench"),
-        ("gateway, cache hit", gateway, "/cached/bench"),
-        ("nginx proxy_cache, cache hit", nginx.plain, "/cached/bench"),
-    ];
-    // Warm both caches, and check that the rows measure what they say.
-    for (name, address, path) in &rows[1..] {
-        for _ in 0..3 {
-            runtime.block_on(probe(*address, path))?;
-        }
-        let status = runtime.block_on(probe(*address, path))?;
-        if status != "HIT" {
-            bail!("{name}: a warm request was not a cache hit ({status:?})");
-        }
-    }
-    compare(
-        runtime,
-        "\n## Cache hits",
-        "gateway uncached",
-        &rows,
-        seconds,
-    )
 }
 
 /// One table: each row's (name, address, path) under the same keep-alive GET load, at each
@@ -229,7 +187,7 @@ pub fn compare(
 }
 
 /// One GET; the response's `X-Cache` value ("" when absent).
-async fn probe(address: SocketAddr, path: &str) -> anyhow::Result<String> {
+pub async fn probe(address: SocketAddr, path: &str) -> anyhow::Result<String> {
     let stream = tokio::net::TcpStream::connect(address).await?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
@@ -339,21 +297,17 @@ pub async fn load(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<LoadResult> {
-    load_dial(
-        Dial::Plain(address),
-        path,
-        authorization,
-        connections,
-        duration,
-    )
-    .await
+    let headers = authorization
+        .map(|value| vec![("authorization".to_owned(), value)])
+        .unwrap_or_default();
+    load_dial(Dial::Plain(address), path, headers, connections, duration).await
 }
 
-/// [`load`] over any [`Dial`], with `authorization` on every request if given.
+/// [`load`] over any [`Dial`], with `headers` on every request.
 pub async fn load_dial(
     dial: Dial,
     path: &str,
-    authorization: Option<String>,
+    headers: Vec<(String, String)>,
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<LoadResult> {
@@ -365,7 +319,7 @@ pub async fn load_dial(
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let (errors, dial, path) = (errors.clone(), dial.clone(), path.to_owned());
-        let authorization = authorization.clone();
+        let headers = headers.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let fail = |what: String| errors.lock().expect("not poisoned").push(what);
@@ -388,8 +342,8 @@ pub async fn load_dial(
             while Instant::now() < deadline {
                 let mut request =
                     hyper::Request::get(path.as_str()).header(hyper::header::HOST, "bench");
-                if let Some(authorization) = &authorization {
-                    request = request.header(hyper::header::AUTHORIZATION, authorization);
+                for (name, value) in &headers {
+                    request = request.header(name.as_str(), value.as_str());
                 }
                 let request = request.body(Empty::new()).expect("a static request");
                 let sent = Instant::now();
