@@ -9,7 +9,7 @@ use std::{
     collections::HashMap,
     pin::Pin,
     sync::{
-        Arc, LazyLock, Mutex,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     task::{Context, Poll},
@@ -110,19 +110,40 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
-pub static METRICS: LazyLock<ProxyMetrics> = LazyLock::new(|| ProxyMetrics {
-    requests: Family::default(),
-    duration: Family::new_with_constructor(latency_histogram),
-    upstream_duration: Family::new_with_constructor(latency_histogram),
-    errors: Family::default(),
-    tls_handshake_failures: Family::default(),
-    cache: Family::default(),
-    auth_failures: Family::default(),
-    rate_limited: Family::default(),
-    meter: Mutex::new(HashMap::new()),
-});
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        ProxyMetrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            upstream_duration: Family::new_with_constructor(latency_histogram),
+            errors: Family::default(),
+            tls_handshake_failures: Family::default(),
+            cache: Family::default(),
+            auth_failures: Family::default(),
+            rate_limited: Family::default(),
+            meter: Mutex::new(HashMap::new()),
+        }
+    }
+}
 
 impl ProxyMetrics {
+    /// A refused credential or authorization (`reason`: one of a fixed set).
+    pub fn auth_failed(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+
+    /// A TLS handshake that failed on `listener` ("error" or "timeout").
+    pub fn handshake_failed(&self, listener: &str, reason: &'static str) {
+        self.tls_handshake_failures
+            .get_or_create(&vec![
+                ("listener", listener.to_owned()),
+                ("reason", reason.to_owned()),
+            ])
+            .inc();
+    }
+
     /// (consumer, route) -> counts, sorted, for the admin API. Survives reloads.
     pub fn metering(&self) -> Vec<(String, String, Metered)> {
         let meter = self
@@ -247,6 +268,9 @@ impl Collector for ProxyCollector {
 
 /// What is known about a request when its response starts; completed as the body is sent.
 pub struct Record {
+    /// Where the request is counted (the snapshot's metrics and span export).
+    pub metrics: Arc<ProxyMetrics>,
+    pub spans: Option<Arc<super::otlp::Spans>>,
     /// Whether this request gets an access-log line (sampling); metrics always count it.
     pub log_line: bool,
     /// The upstream's name (metrics label; bounded by the config).
@@ -313,6 +337,7 @@ impl Arrival {
 /// The `observe` response stage: the response's body records the request (metrics, access
 /// log, span) when it has been sent or dropped.
 pub fn attach(
+    handles: &super::Handles,
     ctx: super::RequestCtx,
     routed: Option<&super::Routed<'_>>,
     arrival: Arrival,
@@ -321,6 +346,8 @@ pub fn attach(
     response: hyper::Response<ProxyBody>,
 ) -> hyper::Response<ProxyBody> {
     let record = Record {
+        metrics: handles.metrics.clone(),
+        spans: handles.spans.clone(),
         log_line: arrival.log_line,
         upstream: routed
             .filter(|routed| routed.route.aggregate.is_none())
@@ -447,8 +474,10 @@ impl Logged {
         };
         let elapsed = record.started.elapsed();
         let seconds = elapsed.as_secs_f64();
-        METRICS.record(&record, self.bytes_out, seconds);
-        super::otlp::export(&record, record.status, elapsed);
+        record.metrics.record(&record, self.bytes_out, seconds);
+        if let Some(spans) = &record.spans {
+            spans.export(&record, record.status, elapsed);
+        }
         if !record.log_line {
             return;
         }

@@ -57,20 +57,22 @@ pub struct Upstream {
 
 impl Snapshot {
     /// Cannot fail: the config was validated when it was loaded.
-    pub fn build(config: &ProxyConfig) -> Snapshot {
-        Self::rebuild(config, None)
+    pub fn build(config: &ProxyConfig, handles: Handles) -> Snapshot {
+        Self::assemble(config, handles, None)
     }
 
     /// Like [`Snapshot::build`], keeping the target health of `previous` (the running
     /// snapshot) for targets that stay, and stopping its health checks.
-    pub fn rebuild(config: &ProxyConfig, previous: Option<&Snapshot>) -> Snapshot {
-        if let Some(previous) = previous {
-            for upstream in &previous.upstreams {
-                if let Some(health) = &upstream.health {
-                    health.stop();
-                }
+    pub fn rebuild(config: &ProxyConfig, previous: &Snapshot) -> Snapshot {
+        for upstream in &previous.upstreams {
+            if let Some(health) = &upstream.health {
+                health.stop();
             }
         }
+        Self::assemble(config, previous.handles.clone(), Some(previous))
+    }
+
+    fn assemble(config: &ProxyConfig, handles: Handles, previous: Option<&Snapshot>) -> Snapshot {
         Snapshot {
             routes: config.routes.clone(),
             upstreams: config
@@ -122,7 +124,7 @@ impl Snapshot {
                     route
                         .cache
                         .as_ref()
-                        .map(|_| Counters::for_route(&route.name))
+                        .map(|_| Counters::for_route(&handles.metrics, &route.name))
                 })
                 .collect(),
             cache: previous
@@ -155,10 +157,10 @@ impl Snapshot {
                             .flatten()
                             .find(|old| old.route() == route.name)
                     });
-                    RouteLimits::build(route, old)
+                    RouteLimits::build(route, old, &handles.metrics)
                 })
                 .collect(),
-            handles: previous.map_or_else(Handles::default, |previous| previous.handles.clone()),
+            handles,
         }
     }
 }
