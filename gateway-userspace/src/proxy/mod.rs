@@ -41,6 +41,7 @@ pub mod observe;
 mod otlp;
 mod register;
 mod route;
+mod series;
 mod snapshot;
 mod throttle;
 pub(crate) mod tls;
@@ -179,7 +180,7 @@ async fn handle(
     });
     let mut routed = None;
     let outcome = pipeline(&snapshot, &mut ctx, &mut routed, req).await;
-    respond(ctx, routed.as_ref(), &snapshot.handles, arrival, outcome)
+    respond(ctx, routed.as_ref(), &snapshot, arrival, outcome)
 }
 
 /// The response stages, in order. Every request passes them, an early answer or an error
@@ -189,7 +190,7 @@ async fn handle(
 fn respond(
     mut ctx: RequestCtx,
     routed: Option<&Routed<'_>>,
-    handles: &Handles,
+    snapshot: &Snapshot,
     arrival: observe::Arrival,
     outcome: Result<Response<ProxyBody>, ProxyError>,
 ) -> Response<ProxyBody> {
@@ -197,8 +198,14 @@ fn respond(
     headers::finish_response(&mut ctx, &mut response);
     // From here on the normalised path; the raw one only if it was refused.
     let path = ctx.path.take().unwrap_or_else(|| arrival.raw_path.clone());
-    report(handles.signals.as_ref(), &ctx, routed, &path, &response);
-    observe::attach(handles, ctx, routed, arrival, path, failure, response)
+    report(
+        snapshot.handles.signals.as_ref(),
+        &ctx,
+        routed,
+        &path,
+        &response,
+    );
+    observe::attach(snapshot, ctx, routed, arrival, path, failure, response)
 }
 
 /// The pipeline's response, or its error logged (by cause) and turned into one.

@@ -159,24 +159,8 @@ impl ProxyMetrics {
     }
 
     fn record(&self, record: &Record, bytes_out: u64, seconds: f64) {
-        let route = record.route.clone().unwrap_or_else(|| "none".to_owned());
-        let method = match record.method.as_str() {
-            "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => {
-                record.method.clone()
-            }
-            _ => "other".to_owned(),
-        };
-        let class = format!("{}xx", record.status / 100);
-        self.requests
-            .get_or_create(&vec![
-                ("route", route.clone()),
-                ("method", method),
-                ("status_class", class),
-            ])
-            .inc();
-        self.duration
-            .get_or_create(&vec![("route", route.clone())])
-            .observe(seconds);
+        let series = &record.series;
+        series.request(self, &record.method, record.status, seconds);
         if let Some(error) = record.error {
             self.errors
                 .get_or_create(&vec![
@@ -185,11 +169,13 @@ impl ProxyMetrics {
                 ])
                 .inc();
         }
-        if let (Some(upstream), Some(ms)) = (&record.upstream, record.upstream_ms) {
-            self.upstream_duration
-                .get_or_create(&vec![("upstream", upstream.clone())])
-                .observe(ms / 1000.0);
+        if let (Some(_), Some(ms)) = (&record.upstream, record.upstream_ms) {
+            series.upstream_answered(self, ms / 1000.0);
         }
+        let route = record
+            .route
+            .clone()
+            .unwrap_or_else(|| super::series::UNROUTED.to_owned());
         let mut meter = self
             .meter
             .lock()
@@ -270,6 +256,8 @@ impl Collector for ProxyCollector {
 pub struct Record {
     /// Where the request is counted (the snapshot's metrics and span export).
     pub metrics: Arc<ProxyMetrics>,
+    /// The request's route's series (resolved once per snapshot).
+    pub series: Arc<super::series::RouteSeries>,
     pub spans: Option<Arc<super::otlp::Spans>>,
     /// Whether this request gets an access-log line (sampling); metrics always count it.
     pub log_line: bool,
@@ -337,7 +325,7 @@ impl Arrival {
 /// The `observe` response stage: the response's body records the request (metrics, access
 /// log, span) when it has been sent or dropped.
 pub fn attach(
-    handles: &super::Handles,
+    snapshot: &super::snapshot::Snapshot,
     ctx: super::RequestCtx,
     routed: Option<&super::Routed<'_>>,
     arrival: Arrival,
@@ -345,8 +333,14 @@ pub fn attach(
     error: Option<super::error::ErrorKind>,
     response: hyper::Response<ProxyBody>,
 ) -> hyper::Response<ProxyBody> {
+    let handles = &snapshot.handles;
+    let series = match routed {
+        Some(routed) => &snapshot.series[routed.index],
+        None => &snapshot.unrouted,
+    };
     let record = Record {
         metrics: handles.metrics.clone(),
+        series: series.clone(),
         spans: handles.spans.clone(),
         log_line: arrival.log_line,
         upstream: routed

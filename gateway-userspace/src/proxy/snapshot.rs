@@ -17,6 +17,7 @@ use super::{
     health::{self, HealthTask, TargetState},
     jwt::Provider,
     normalise,
+    series::{RouteSeries, UNROUTED},
     throttle::RouteLimits,
 };
 
@@ -38,6 +39,10 @@ pub struct Snapshot {
     pub providers: Vec<Arc<Provider>>,
     /// Per route: its rate limiters (`None`: no limits).
     pub throttles: Vec<Option<Arc<RouteLimits>>>,
+    /// Per route (in `routes` order): its metric series.
+    pub series: Vec<Arc<RouteSeries>>,
+    /// The series of requests refused before a route matched.
+    pub unrouted: Arc<RouteSeries>,
     /// The neighbours the daemon handed the proxy; the same for the proxy's life.
     pub handles: Handles,
 }
@@ -160,6 +165,19 @@ impl Snapshot {
                     RouteLimits::build(route, old, &handles.metrics)
                 })
                 .collect(),
+            series: config
+                .routes
+                .iter()
+                .map(|route| {
+                    // Aggregate routes fan out: no one upstream's latency to count.
+                    let upstream = route
+                        .aggregate
+                        .is_none()
+                        .then(|| config.upstreams[route.upstream].name.as_str());
+                    Arc::new(RouteSeries::new(&route.name, upstream))
+                })
+                .collect(),
+            unrouted: Arc::new(RouteSeries::new(UNROUTED, None)),
             handles,
         }
     }
