@@ -36,6 +36,7 @@ mod health;
 mod jwt;
 mod limits;
 mod listener;
+mod metering;
 pub mod normalise;
 pub mod observe;
 mod otlp;

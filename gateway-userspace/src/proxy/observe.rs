@@ -6,10 +6,9 @@
 //! start: a slow disk drops lines rather than stalling requests.
 
 use std::{
-    collections::HashMap,
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     task::{Context, Poll},
@@ -29,7 +28,10 @@ use prometheus_client::{
     },
 };
 
-use super::body::{BoxError, ProxyBody};
+use super::{
+    body::{BoxError, ProxyBody},
+    metering::{Metered, Metering},
+};
 use crate::config::AccessLogConfig;
 
 /// The tracing target access-log lines use; the log setup routes it to its own writer.
@@ -89,21 +91,9 @@ pub struct ProxyMetrics {
     pub auth_failures: Family<Labels, Counter>,
     /// Requests refused by a rate limit, by route.
     pub rate_limited: Family<Labels, Counter>,
-    meter: Mutex<HashMap<(String, String), Metered>>,
+    /// Requests and bytes per consumer and route.
+    pub metering: Metering,
 }
-
-/// Requests and bytes for one consumer on one route.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Metered {
-    pub requests: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-}
-
-/// Distinct (consumer, route) pairs metered; beyond, they add up under "other".
-const MAX_METERED: usize = 10_000;
-/// The consumer of requests without a verified identity.
-const ANONYMOUS: &str = "anonymous";
 
 fn latency_histogram() -> Histogram {
     // 1 ms .. ~33 s.
@@ -121,7 +111,7 @@ impl Default for ProxyMetrics {
             cache: Family::default(),
             auth_failures: Family::default(),
             rate_limited: Family::default(),
-            meter: Mutex::new(HashMap::new()),
+            metering: Metering::default(),
         }
     }
 }
@@ -146,16 +136,7 @@ impl ProxyMetrics {
 
     /// (consumer, route) -> counts, sorted, for the admin API. Survives reloads.
     pub fn metering(&self) -> Vec<(String, String, Metered)> {
-        let meter = self
-            .meter
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut rows: Vec<_> = meter
-            .iter()
-            .map(|((consumer, route), counts)| (consumer.clone(), route.clone(), *counts))
-            .collect();
-        rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-        rows
+        self.metering.rows()
     }
 
     fn record(&self, record: &Record, bytes_out: u64, seconds: f64) {
@@ -172,23 +153,12 @@ impl ProxyMetrics {
         if let (Some(_), Some(ms)) = (&record.upstream, record.upstream_ms) {
             series.upstream_answered(self, ms / 1000.0);
         }
-        let route = record
-            .route
-            .clone()
-            .unwrap_or_else(|| super::series::UNROUTED.to_owned());
-        let mut meter = self
-            .meter
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let consumer = record.identity.as_deref().unwrap_or(ANONYMOUS);
-        let mut key = (consumer.to_owned(), route);
-        if meter.len() >= MAX_METERED && !meter.contains_key(&key) {
-            key = ("other".to_owned(), "other".to_owned());
-        }
-        let counts = meter.entry(key).or_default();
-        counts.requests += 1;
-        counts.bytes_in += record.bytes_in.load(Ordering::Relaxed);
-        counts.bytes_out += bytes_out;
+        self.metering.record(
+            &series.meter,
+            record.identity.as_deref(),
+            record.bytes_in.load(Ordering::Relaxed),
+            bytes_out,
+        );
     }
 }
 

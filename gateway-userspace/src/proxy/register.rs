@@ -11,10 +11,7 @@ use prometheus_client::{
 
 use std::sync::Arc;
 
-use super::{
-    Proxy,
-    observe::{Metered, ProxyMetrics},
-};
+use super::{Proxy, metering::Metered, observe::ProxyMetrics};
 
 impl Proxy {
     /// Adds the proxy's metrics to `registry`.

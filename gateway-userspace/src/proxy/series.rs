@@ -4,11 +4,11 @@
 //! saw a DELETE has no DELETE series, as before), and the families outlive reloads, so a
 //! reload keeps every count.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 
-use super::observe::ProxyMetrics;
+use super::{metering::RouteMeter, observe::ProxyMetrics};
 
 /// The `method` label: the common methods, anything else is "other".
 const METHODS: [&str; 8] = [
@@ -31,10 +31,12 @@ pub struct RouteSeries {
     requests: Box<[OnceLock<Counter>]>,
     duration: OnceLock<Histogram>,
     upstream_duration: OnceLock<Histogram>,
+    /// This route's metering; the proxy's metrics keep it across reloads.
+    pub meter: Arc<RouteMeter>,
 }
 
 impl RouteSeries {
-    pub fn new(route: &str, upstream: Option<&str>) -> RouteSeries {
+    pub fn new(metrics: &ProxyMetrics, route: &str, upstream: Option<&str>) -> RouteSeries {
         RouteSeries {
             route: route.to_owned(),
             upstream: upstream.map(str::to_owned),
@@ -43,6 +45,7 @@ impl RouteSeries {
                 .collect(),
             duration: OnceLock::new(),
             upstream_duration: OnceLock::new(),
+            meter: metrics.metering.route(route),
         }
     }
 
@@ -122,7 +125,7 @@ mod tests {
     #[test]
     fn methods_and_status_classes_by_label() {
         let metrics = ProxyMetrics::default();
-        let series = RouteSeries::new("r", Some("u"));
+        let series = RouteSeries::new(&metrics, "r", Some("u"));
         let table: &[(&str, u16, &str, &str)] = &[
             ("GET", 200, "GET", "2xx"),
             ("HEAD", 204, "HEAD", "2xx"),
@@ -181,5 +184,22 @@ mod tests {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }
         assert!(!text.contains("route=\"new\""), "{text}");
+        // Metering is kept by route name too.
+        let meter = |snapshot: &Snapshot, index: usize| snapshot.series[index].meter.clone();
+        metrics.metering.record(&meter(&first, 0), Some("c"), 1, 2);
+        metrics.metering.record(&meter(&second, 1), Some("c"), 3, 4);
+        metrics.metering.record(&meter(&second, 0), None, 0, 0);
+        let rows: Vec<_> = metrics
+            .metering()
+            .into_iter()
+            .map(|(consumer, route, counts)| (consumer, route, counts.requests, counts.bytes_out))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("anonymous".to_owned(), "new".to_owned(), 1, 0),
+                ("c".to_owned(), "r".to_owned(), 2, 6)
+            ]
+        );
     }
 }

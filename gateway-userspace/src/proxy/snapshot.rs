@@ -174,10 +174,10 @@ impl Snapshot {
                         .aggregate
                         .is_none()
                         .then(|| config.upstreams[route.upstream].name.as_str());
-                    Arc::new(RouteSeries::new(&route.name, upstream))
+                    Arc::new(RouteSeries::new(&handles.metrics, &route.name, upstream))
                 })
                 .collect(),
-            unrouted: Arc::new(RouteSeries::new(UNROUTED, None)),
+            unrouted: Arc::new(RouteSeries::new(&handles.metrics, UNROUTED, None)),
             handles,
         }
     }
