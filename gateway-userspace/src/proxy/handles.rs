@@ -33,7 +33,8 @@ pub struct Finished<'a> {
     pub status: u16,
     /// The normalised path (the raw one if normalising refused it).
     pub path: &'a str,
-    pub route: Option<&'a str>,
+    /// The route's name, shared: a receiver that keeps it holds it without a copy.
+    pub route: Option<&'a Arc<str>>,
     pub identity: Option<&'a str>,
 }
 

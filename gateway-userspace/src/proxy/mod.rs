@@ -199,13 +199,7 @@ fn respond(
     headers::finish_response(&mut ctx, &mut response);
     // From here on the normalised path; the raw one only if it was refused.
     let path = ctx.path.take().unwrap_or_else(|| arrival.raw_path.clone());
-    report(
-        snapshot.handles.signals.as_ref(),
-        &ctx,
-        routed,
-        &path,
-        &response,
-    );
+    report(snapshot, &ctx, routed, &path, &response);
     observe::attach(snapshot, ctx, routed, arrival, path, failure, response)
 }
 
@@ -237,20 +231,20 @@ fn answer(
 
 /// L7 signals for the defender (auto-bans, known-good sources): a non-blocking report.
 fn report(
-    signals: Option<&Arc<dyn RequestSignals>>,
+    snapshot: &Snapshot,
     ctx: &RequestCtx,
     routed: Option<&Routed<'_>>,
     path: &str,
     response: &Response<ProxyBody>,
 ) {
-    let Some(signals) = signals else {
+    let Some(signals) = &snapshot.handles.signals else {
         return;
     };
     signals.finished(Finished {
         client: ctx.connection.client.ip(),
         status: response.status().as_u16(),
         path,
-        route: routed.map(|routed| routed.route.name.as_str()),
+        route: routed.map(|routed| snapshot.series[routed.index].route()),
         identity: ctx.identity.as_ref().map(|identity| identity.name.as_str()),
     });
 }

@@ -24,7 +24,7 @@ pub const UNROUTED: &str = "none";
 
 /// One route's series (or the unrouted requests').
 pub struct RouteSeries {
-    route: String,
+    route: Arc<str>,
     /// The route's upstream (`None`: aggregate routes and unrouted requests).
     upstream: Option<String>,
     /// By (method, status class): `METHODS.len() * CLASSES.len()` slots.
@@ -38,7 +38,7 @@ pub struct RouteSeries {
 impl RouteSeries {
     pub fn new(metrics: &ProxyMetrics, route: &str, upstream: Option<&str>) -> RouteSeries {
         RouteSeries {
-            route: route.to_owned(),
+            route: route.into(),
             upstream: upstream.map(str::to_owned),
             requests: (0..METHODS.len() * CLASSES.len())
                 .map(|_| OnceLock::new())
@@ -47,6 +47,11 @@ impl RouteSeries {
             upstream_duration: OnceLock::new(),
             meter: metrics.metering.route(route),
         }
+    }
+
+    /// The route's name, shared with whoever keeps it (the defender's reports).
+    pub fn route(&self) -> &Arc<str> {
+        &self.route
     }
 
     /// Counts one request: `gateway_http_requests` and the route's duration.
@@ -61,7 +66,7 @@ impl RouteSeries {
                 metrics
                     .requests
                     .get_or_create(&vec![
-                        ("route", self.route.clone()),
+                        ("route", self.route.to_string()),
                         ("method", METHODS[method].to_owned()),
                         ("status_class", CLASSES[class].to_owned()),
                     ])
@@ -72,7 +77,7 @@ impl RouteSeries {
             .get_or_init(|| {
                 metrics
                     .duration
-                    .get_or_create(&vec![("route", self.route.clone())])
+                    .get_or_create(&vec![("route", self.route.to_string())])
                     .clone()
             })
             .observe(seconds);
