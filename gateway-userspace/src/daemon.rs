@@ -22,7 +22,7 @@ use crate::{
     control::{AdminServer, Metrics, MetricsServer, ReloadRequest},
     defend::Defender,
     firewall::Firewall,
-    proxy::{Handles, Proxy},
+    proxy::{Handles, Proxy, ProxyMetrics, Spans},
     wiring::ProxyMetering,
     xdp::{XdpFirewall, interface_index},
 };
@@ -58,19 +58,16 @@ pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> 
         attach_xdp(&config, &state)?;
     }
 
+    // Built once for the process: reloads keep the counters.
+    let proxy_metrics = Arc::new(ProxyMetrics::default());
+    let metering = Arc::new(ProxyMetering(proxy_metrics.clone()));
     // After the maps hold this node's own state: what the cluster has is added to it.
     let cluster = match &config.cluster {
-        Some(cluster) => Some(Cluster::start(
-            cluster,
-            state.clone(),
-            Arc::new(ProxyMetering),
-        )?),
+        Some(cluster) => Some(Cluster::start(cluster, state.clone(), metering.clone())?),
         None => None,
     };
 
-    if let Some(otlp) = &config.otlp {
-        crate::proxy::start_otlp(otlp)?;
-    }
+    let spans = config.otlp.as_ref().map(Spans::start).transpose()?;
     // Before the proxy: its first request may already be a signal.
     let guard = state.accept_guard();
     let defender = crate::defend::start(config.defend.clone(), state.clone(), guard.clone());
@@ -82,6 +79,8 @@ pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> 
         limiter: cluster
             .as_ref()
             .map(|cluster| cluster.limiter.clone() as Arc<dyn crate::proxy::SharedLimiter>),
+        metrics: proxy_metrics,
+        spans: spans.clone(),
     };
     let proxy = Proxy::start(&config.proxy, handles).await?;
     proxy.configure_access_log(&config.access_log);
@@ -109,6 +108,7 @@ pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> 
         cluster.clone(),
         reloads,
         proxy.cache(),
+        metering,
     )
     .await?;
     tracing::info!(socket = %config.admin.socket.display(), "admin API listening");
@@ -130,7 +130,9 @@ pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> 
         .await;
     proxy.shutdown().await;
     // Blocks until the queued spans are sent (bounded by otlp.timeout).
-    tokio::task::block_in_place(crate::proxy::stop_otlp);
+    if let Some(spans) = spans {
+        tokio::task::block_in_place(|| spans.stop());
+    }
     sweeper.abort();
 
     tracing::info!("gateway stopped");

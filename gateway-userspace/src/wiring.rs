@@ -2,7 +2,7 @@
 //! and this file implements it for the neighbour that answers, so no service imports
 //! another. The daemon passes the results in.
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use futures_util::{FutureExt as _, future::BoxFuture};
 
@@ -17,7 +17,7 @@ use crate::{
     cluster::{ChangeSink, ClusterLimiter, LocalMetering, Rate, Replica},
     defend::{BanOrder, Defender, Enforcer},
     firewall::{ChangeListener, Firewall},
-    proxy::{Finished, RequestSignals, SharedDecision, SharedLimiter},
+    proxy::{Finished, ProxyMetrics, RequestSignals, SharedDecision, SharedLimiter},
     xdp::NewSources,
 };
 
@@ -56,12 +56,12 @@ impl SharedLimiter for ClusterLimiter {
     }
 }
 
-/// The cluster pushes what this node's proxy metered.
-pub struct ProxyMetering;
+/// What this node's proxy metered: the cluster pushes it, the admin API shows it.
+pub struct ProxyMetering(pub Arc<ProxyMetrics>);
 
 impl LocalMetering for ProxyMetering {
     fn totals(&self) -> Metering {
-        crate::proxy::metering()
+        crate::proxy::metering(&self.0)
     }
 }
 

@@ -31,7 +31,7 @@ use crate::{
         RuleRequest, UnbanRequest,
         valid::{self, ValidPage},
     },
-    cluster::Cluster,
+    cluster::{Cluster, LocalMetering},
     config::{AdminConfig, SideLimits},
     defend::Defender,
     firewall::{Firewall, FirewallResult},
@@ -71,6 +71,7 @@ impl AdminServer {
         cluster: Option<Arc<Cluster>>,
         reloads: mpsc::Sender<ReloadRequest>,
         cache: Arc<crate::proxy::cache::Store>,
+        metering: Arc<dyn LocalMetering>,
     ) -> anyhow::Result<AdminServer> {
         use anyhow::Context as _;
         let path = admin.socket.as_path();
@@ -80,6 +81,7 @@ impl AdminServer {
             cluster,
             reloads,
             cache,
+            metering,
         });
         let mut tasks = Vec::new();
         // TCP first: the socket appearing is the "ready" signal.
@@ -145,6 +147,8 @@ struct Api {
     cluster: Option<Arc<Cluster>>,
     reloads: mpsc::Sender<ReloadRequest>,
     cache: Arc<crate::proxy::cache::Store>,
+    /// This node's proxy metering.
+    metering: Arc<dyn LocalMetering>,
 }
 
 /// Serves one admin listener. Over TCP every request must carry the bearer token; the unix
@@ -230,7 +234,7 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
                 .await
                 .map(|metering| json(&metering))
         }
-        (&Method::GET, api::METERING_PATH) => Ok(json(&crate::proxy::metering())),
+        (&Method::GET, api::METERING_PATH) => Ok(json(&api.metering.totals())),
         (&Method::GET, api::RULES_PATH) => match page(query.as_deref()) {
             Ok(page) => blocking(firewall, move |f| f.rules(page))
                 .await

@@ -20,7 +20,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -53,7 +53,8 @@ pub struct L7Event {
     pub client: IpAddr,
     pub status: u16,
     pub path: String,
-    pub route: Option<String>,
+    /// The proxy's own name of the route, shared (no copy per request).
+    pub route: Option<Arc<str>>,
     pub identity: Option<String>,
 }
 
@@ -171,7 +172,7 @@ impl Tracker {
             at: wall,
             status: event.status,
             path,
-            route: event.route.clone(),
+            route: event.route.as_deref().map(str::to_owned),
             identity: event.identity.clone(),
             signals,
         });
@@ -232,6 +233,8 @@ impl Tracker {
 /// The running defender: its queue's sender, its tracker, and what it has done.
 pub struct Defender {
     queue: mpsc::Sender<L7Event>,
+    /// Whether `[defend]` has triggers: without, only known-good marks need reports.
+    counting: AtomicBool,
     tracker: Mutex<Tracker>,
     config: ArcSwap<DefendConfig>,
     dropped: AtomicU64,
@@ -255,6 +258,7 @@ pub fn start(
     let (queue, events) = mpsc::channel(QUEUE);
     let defender = Arc::new(Defender {
         queue,
+        counting: AtomicBool::new(!config.triggers.is_empty()),
         tracker: Mutex::new(Tracker::new(config.clone())),
         config: ArcSwap::from_pointee(config),
         dropped: AtomicU64::new(0),
@@ -329,20 +333,29 @@ async fn auto_switch(defender: Arc<Defender>) {
 }
 
 impl Defender {
-    /// Called for every finished request: never blocks, never fails the request.
+    /// Called for every finished request: never blocks, never fails the request. Nothing
+    /// is copied or queued for a request that can neither count towards a trigger nor mark
+    /// its source known-good.
     pub fn report(
         &self,
         client: IpAddr,
         status: u16,
         path: &str,
-        route: Option<&str>,
+        route: Option<&Arc<str>>,
         identity: Option<&str>,
     ) {
+        if !wanted(
+            self.counting.load(Ordering::Relaxed),
+            status,
+            identity.is_some(),
+        ) {
+            return;
+        }
         let event = L7Event {
             client,
             status,
             path: path.to_owned(),
-            route: route.map(str::to_owned),
+            route: route.cloned(),
             identity: identity.map(str::to_owned),
         };
         if self.queue.try_send(event).is_err() {
@@ -352,6 +365,8 @@ impl Defender {
 
     /// Applies a reloaded `[defend]` section.
     pub fn reconfigure(&self, config: DefendConfig) {
+        self.counting
+            .store(!config.triggers.is_empty(), Ordering::Relaxed);
         self.lock().reconfigure(config.clone());
         self.config.store(Arc::new(config));
     }
@@ -530,8 +545,21 @@ async fn run(
 }
 
 /// Counts one finished request; the ban it calls for, if any.
+/// Whether a finished request is worth a report: with triggers (`counting`) every one is
+/// (each is a decision explain shows); without, only an authenticated success, which may
+/// mark its source known-good.
+fn wanted(counting: bool, status: u16, authenticated: bool) -> bool {
+    counting || marks_known_good(status, authenticated)
+}
+
+fn marks_known_good(status: u16, authenticated: bool) -> bool {
+    authenticated && status < 400
+}
+
 async fn observe(defender: &Arc<Defender>, event: &L7Event) -> Option<BanOrder> {
-    if event.identity.is_some() && event.status < 400 && defender.due_for_mark(event.client) {
+    if marks_known_good(event.status, event.identity.is_some())
+        && defender.due_for_mark(event.client)
+    {
         let defender = defender.clone();
         let client = event.client;
         let _ = tokio::task::spawn_blocking(move || defender.authenticated(client)).await;
@@ -557,7 +585,7 @@ mod tests {
             client: client.parse().unwrap(),
             status,
             path: path.to_owned(),
-            route: Some("api".to_owned()),
+            route: Some("api".into()),
             identity: None,
         }
     }
@@ -565,6 +593,98 @@ mod tests {
     const AUTH: &str = "[defend]\nnever_ban = [\"10.0.0.0/8\"]\n[[defend.triggers]]\n\
         signal = \"auth-failure\"\ncount = 3\nwindow = \"10s\"\nban = \"10m\"\n\
         [[defend.triggers]]\nsignal = \"trap\"\npaths = [\"/.env\"]\nban = \"1h\"\n";
+
+    /// A firewall that is never asked: these tests place no bans.
+    struct NoEnforcer;
+
+    impl Enforcer for NoEnforcer {
+        fn auto_ban(&self, _: &[BanOrder]) -> ServiceResult<Vec<IpNet>> {
+            Ok(Vec::new())
+        }
+        fn set_under_attack(&self, _: bool, _: &NewSources) -> ServiceResult<()> {
+            Ok(())
+        }
+        fn under_attack(&self) -> Option<bool> {
+            None
+        }
+        fn mark_known_good(&self, _: IpAddr, _: Duration) -> ServiceResult<bool> {
+            Ok(false)
+        }
+        fn dropped_packets(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    /// (triggers configured, status, authenticated) -> reported.
+    #[test]
+    fn only_requests_that_can_matter_are_reported() {
+        let table = [
+            (true, 200, false, true),
+            (true, 401, false, true),
+            (true, 404, true, true),
+            (true, 500, true, true),
+            (false, 200, false, false),
+            (false, 401, false, false),
+            (false, 404, false, false),
+            (false, 503, false, false),
+            (false, 101, false, false),
+            (false, 200, true, true),
+            (false, 302, true, true),
+            (false, 399, true, true),
+            (false, 400, true, false),
+            (false, 403, true, false),
+            (false, 500, true, false),
+        ];
+        for (counting, status, authenticated, reported) in table {
+            assert_eq!(
+                wanted(counting, status, authenticated),
+                reported,
+                "triggers {counting}, status {status}, authenticated {authenticated}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn without_triggers_nothing_is_queued_until_a_reload_adds_one() {
+        let config = |defend: &str| {
+            Config::parse(&format!("[xdp]\nmode = \"off\"\n{defend}"))
+                .unwrap()
+                .defend
+        };
+        let (queue, mut events) = mpsc::channel(QUEUE);
+        let defender = Defender {
+            queue,
+            counting: AtomicBool::new(false),
+            tracker: Mutex::new(Tracker::new(config(""))),
+            config: ArcSwap::from_pointee(config("")),
+            dropped: AtomicU64::new(0),
+            bans: AtomicU64::new(0),
+            state: Arc::new(NoEnforcer),
+            guard: Default::default(),
+            marked: Mutex::new(HashMap::new()),
+            last_switch: Mutex::new(attack::LastSwitch::default()),
+            last_sample: Mutex::new(None),
+        };
+        let route: Arc<str> = "api".into();
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        for status in [200, 401, 404, 500] {
+            defender.report(client, status, "/.env", Some(&route), None);
+        }
+        assert!(
+            events.try_recv().is_err(),
+            "nothing queued without triggers"
+        );
+        defender.report(client, 200, "/me", Some(&route), Some("alice"));
+        let marked = events.try_recv().unwrap();
+        assert_eq!(marked.identity.as_deref(), Some("alice"));
+        assert!(
+            Arc::ptr_eq(marked.route.as_ref().unwrap(), &route),
+            "shared, not copied"
+        );
+        defender.reconfigure(config(AUTH));
+        defender.report(client, 200, "/", None, None);
+        assert_eq!(events.try_recv().unwrap().status, 200);
+    }
 
     #[test]
     fn a_trigger_bans_after_count_signals_within_the_window() {

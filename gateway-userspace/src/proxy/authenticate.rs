@@ -18,7 +18,6 @@ use super::{
     body::ProxyBody,
     credential,
     error::{ErrorKind, ProxyError},
-    observe,
 };
 
 pub async fn authenticate(
@@ -45,16 +44,16 @@ pub async fn authenticate(
         .chain(provider.as_ref().map(|provider| &provider.config.token))
         .collect();
     // Exactly one credential, decided before anything is verified.
-    let found =
-        credential::extract(req.headers(), req.uri().query(), &sources).map_err(ambiguity)?;
+    let found = credential::extract(req.headers(), req.uri().query(), &sources)
+        .map_err(|ambiguous| ambiguity(routed, ambiguous))?;
     let Some((index, value)) = found else {
-        return Err(fail(ctx, "missing_credential", false));
+        return Err(fail(routed, ctx, "missing_credential", false));
     };
     let source = sources[index].clone();
     if auth.api_key.is_some() && index == 0 {
         let digest: [u8; 32] = sha2::Sha256::digest(value.as_bytes()).into();
         let Some(&consumer) = snapshot.auth.api_keys.get(&digest) else {
-            return Err(fail(ctx, "invalid_api_key", true));
+            return Err(fail(routed, ctx, "invalid_api_key", true));
         };
         let consumer = &snapshot.auth.consumers[consumer];
         ctx.identity = Some(Identity {
@@ -69,7 +68,7 @@ pub async fn authenticate(
     let provider = provider.expect("a second source is the JWT's");
     let verified = match provider.verify(&value).await {
         Ok(verified) => verified,
-        Err(error) => return Err(fail(ctx, error.reason(), true)),
+        Err(error) => return Err(fail(routed, ctx, error.reason(), true)),
     };
     for (claim, header) in &provider.config.forward_claims {
         let value = match verified.claims.get(claim) {
@@ -104,21 +103,21 @@ pub async fn authenticate(
 
 /// More than one credential: 400, counted as an authentication failure. Not a 401: no
 /// credential is wrong, the request is.
-fn ambiguity(ambiguous: credential::Ambiguous) -> ProxyError {
-    observe::METRICS
-        .auth_failures
-        .get_or_create(&vec![("reason", "ambiguous_credential".to_owned())])
-        .inc();
+fn ambiguity(routed: &Routed<'_>, ambiguous: credential::Ambiguous) -> ProxyError {
+    let metrics = &routed.snapshot.handles.metrics;
+    metrics.auth_failed("ambiguous_credential");
     ProxyError::new(ErrorKind::BadRequest, format!("{ambiguous}"))
 }
 
 /// Counts the failure and builds the 401. `invalid`: a credential was presented and is bad
 /// (RFC 6750 `error="invalid_token"`); otherwise none was presented (no error code).
-fn fail(ctx: &mut RequestCtx, reason: &'static str, invalid: bool) -> ProxyError {
-    observe::METRICS
-        .auth_failures
-        .get_or_create(&vec![("reason", reason.to_owned())])
-        .inc();
+fn fail(
+    routed: &Routed<'_>,
+    ctx: &mut RequestCtx,
+    reason: &'static str,
+    invalid: bool,
+) -> ProxyError {
+    routed.snapshot.handles.metrics.auth_failed(reason);
     let challenge = if invalid {
         format!("Bearer realm=\"gateway\", error=\"invalid_token\", error_description=\"{reason}\"")
     } else {

@@ -9,7 +9,6 @@ use serde_json::Value;
 use super::{
     Flow, RequestCtx, Routed,
     error::{ErrorKind, ProxyError},
-    observe,
 };
 
 pub fn authorize(routed: &Routed<'_>, ctx: &mut RequestCtx) -> Result<Flow, ProxyError> {
@@ -20,7 +19,7 @@ pub fn authorize(routed: &Routed<'_>, ctx: &mut RequestCtx) -> Result<Flow, Prox
     if rules.deny.iter().any(|net| net.contains(&ip))
         || (!rules.allow.is_empty() && !rules.allow.iter().any(|net| net.contains(&ip)))
     {
-        count("source_denied");
+        routed.snapshot.handles.metrics.auth_failed("source_denied");
         return Err(ProxyError::new(
             ErrorKind::SourceDenied,
             format!("{ip} is not allowed on route {}", routed.route.name),
@@ -69,7 +68,7 @@ pub fn authorize(routed: &Routed<'_>, ctx: &mut RequestCtx) -> Result<Flow, Prox
             (_, true) => "claim_mismatch",
             _ => "group_not_allowed",
         };
-        count(reason);
+        routed.snapshot.handles.metrics.auth_failed(reason);
         let mut challenge = "Bearer realm=\"gateway\", error=\"insufficient_scope\"".to_owned();
         if missing_scope {
             challenge.push_str(&format!(", scope=\"{}\"", rules.scopes.join(" ")));
@@ -87,11 +86,4 @@ pub fn authorize(routed: &Routed<'_>, ctx: &mut RequestCtx) -> Result<Flow, Prox
         ));
     }
     Ok(Flow::Continue)
-}
-
-fn count(reason: &'static str) {
-    observe::METRICS
-        .auth_failures
-        .get_or_create(&vec![("reason", reason.to_owned())])
-        .inc();
 }

@@ -123,26 +123,68 @@ impl Balancer {
 /// nginx's smooth weighted round robin: weights 5,1,1 give a a b a c a a, not a a a a a b c.
 /// Each pick adds every weight to its target's score, takes the highest score and subtracts
 /// the total weight from it. Unavailable targets sit the round out.
+///
+/// When every weighted target has the same weight (the common case) that sequence is a plain
+/// rotation, taken from one atomic ticket counter instead of the scores' lock.
 #[derive(Debug)]
-pub struct SmoothWeightedRoundRobin {
+pub enum SmoothWeightedRoundRobin {
+    /// Equal weights: the targets of weight above 0, in target order, and the next ticket.
+    Rotation {
+        targets: Vec<usize>,
+        next: AtomicUsize,
+    },
     /// (weight, current score) per target, in target order.
-    peers: Mutex<Vec<(i64, i64)>>,
+    Weighted(Mutex<Vec<(i64, i64)>>),
 }
 
 impl SmoothWeightedRoundRobin {
     pub fn new(weights: impl IntoIterator<Item = u32>) -> Self {
-        let peers = weights
+        let peers: Vec<(i64, i64)> = weights
             .into_iter()
             .map(|weight| (i64::from(weight), 0))
             .collect();
-        SmoothWeightedRoundRobin {
-            peers: Mutex::new(peers),
+        let mut weighted = peers.iter().map(|(weight, _)| *weight).filter(|w| *w > 0);
+        let first = weighted.next();
+        if weighted.all(|weight| Some(weight) == first) {
+            return SmoothWeightedRoundRobin::Rotation {
+                targets: (0..peers.len()).filter(|&i| peers[i].0 > 0).collect(),
+                next: AtomicUsize::new(0),
+            };
         }
+        SmoothWeightedRoundRobin::Weighted(Mutex::new(peers))
     }
 
     pub fn pick(&self, eligible: impl Fn(usize) -> bool) -> Option<usize> {
-        let mut peers = self
-            .peers
+        match self {
+            SmoothWeightedRoundRobin::Rotation { targets, next } => {
+                Self::rotate(targets, next, eligible)
+            }
+            SmoothWeightedRoundRobin::Weighted(peers) => Self::weighted(peers, eligible),
+        }
+    }
+
+    /// Each pick takes a ticket; an unavailable target's ticket is passed on, so the
+    /// available ones share the rotation evenly. After a round of passed tickets (other
+    /// requests may take tickets meanwhile), the first available target in order.
+    fn rotate(
+        targets: &[usize],
+        next: &AtomicUsize,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        if targets.is_empty() {
+            return None;
+        }
+        for _ in 0..targets.len() {
+            let target = targets[next.fetch_add(1, Ordering::Relaxed) % targets.len()];
+            if eligible(target) {
+                return Some(target);
+            }
+        }
+        targets.iter().copied().find(|&target| eligible(target))
+    }
+
+    fn weighted(peers: &Mutex<Vec<(i64, i64)>>, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+        let mut peers = peers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut total = 0;
@@ -317,6 +359,115 @@ mod tests {
     #[test]
     fn smooth_like_nginx() {
         assert_eq!(sequence(&[5, 1, 1], 7), [0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    /// nginx's algorithm, written out plainly: the sequence every weighting must give.
+    fn reference(weights: &[u32], picks: usize) -> Vec<usize> {
+        let mut scores = vec![0i64; weights.len()];
+        let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+        (0..picks)
+            .map(|_| {
+                let mut best = None;
+                for (index, &weight) in weights.iter().enumerate() {
+                    if weight == 0 {
+                        continue;
+                    }
+                    scores[index] += i64::from(weight);
+                    if best.is_none_or(|best: usize| scores[index] > scores[best]) {
+                        best = Some(index);
+                    }
+                }
+                let best = best.unwrap();
+                scores[best] -= total;
+                best
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sequences_by_weights() {
+        let table: &[(&[u32], &[usize])] = &[
+            (&[1], &[0, 0, 0]),
+            (&[1, 1], &[0, 1, 0, 1]),
+            (&[1, 1, 1], &[0, 1, 2, 0, 1, 2]),
+            (&[7, 7, 7], &[0, 1, 2, 0, 1, 2]),
+            (&[0, 3, 0, 3], &[1, 3, 1, 3]),
+            (&[2, 0, 2, 2], &[0, 2, 3, 0, 2, 3]),
+            (&[2, 1], &[0, 1, 0, 0, 1, 0]),
+            (&[1, 2], &[1, 0, 1, 1, 0, 1]),
+            (&[5, 1, 1], &[0, 0, 1, 0, 2, 0, 0]),
+            (&[3, 0, 1], &[0, 0, 2, 0, 0, 0, 2, 0]),
+            (&[1, 1, 2], &[2, 0, 1, 2, 2, 0, 1, 2]),
+        ];
+        for (weights, expected) in table {
+            let rotates = matches!(
+                SmoothWeightedRoundRobin::new(weights.iter().copied()),
+                SmoothWeightedRoundRobin::Rotation { .. }
+            );
+            let distinct: std::collections::HashSet<_> =
+                weights.iter().filter(|&&w| w > 0).collect();
+            assert_eq!(rotates, distinct.len() <= 1, "{weights:?}");
+            assert_eq!(sequence(weights, expected.len()), *expected, "{weights:?}");
+            assert_eq!(reference(weights, expected.len()), *expected, "{weights:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The lock-free rotation and the scored path give nginx's sequence for any weights.
+        #[test]
+        fn every_weighting_follows_nginx(
+            weights in proptest::collection::vec(0u32..6, 1..7),
+            picks in 1usize..64,
+        ) {
+            proptest::prop_assume!(weights.iter().any(|&w| w > 0));
+            proptest::prop_assert_eq!(sequence(&weights, picks), reference(&weights, picks));
+        }
+
+        /// With some targets unavailable, the rest share the picks evenly (equal weights).
+        #[test]
+        fn unavailable_targets_leave_an_even_share(
+            count in 2usize..8,
+            down in proptest::collection::vec(proptest::bool::ANY, 8),
+            rounds in 1usize..20,
+        ) {
+            let up: Vec<usize> = (0..count).filter(|&i| !down[i]).collect();
+            proptest::prop_assume!(!up.is_empty());
+            let rr = SmoothWeightedRoundRobin::new(vec![1; count]);
+            let mut seen = vec![0usize; count];
+            for _ in 0..rounds * count {
+                let picked = rr.pick(|i| !down[i]).unwrap();
+                seen[picked] += 1;
+            }
+            let shares: Vec<usize> = up.iter().map(|&i| seen[i]).collect();
+            let (least, most) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
+            // Each round of `count` tickets gives every available target one pick.
+            proptest::prop_assert!(most - least <= 1, "{:?}", seen);
+            proptest::prop_assert_eq!(seen.iter().sum::<usize>(), rounds * count);
+        }
+    }
+
+    #[test]
+    fn concurrent_picks_split_evenly() {
+        let rr = Arc::new(SmoothWeightedRoundRobin::new([1, 1, 1, 1]));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let rr = rr.clone();
+                std::thread::spawn(move || {
+                    let mut seen = [0usize; 4];
+                    for _ in 0..10_000 {
+                        seen[rr.pick(|_| true).unwrap()] += 1;
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut total = [0usize; 4];
+        for thread in threads {
+            for (sum, count) in total.iter_mut().zip(thread.join().unwrap()) {
+                *sum += count;
+            }
+        }
+        assert_eq!(total, [10_000; 4]);
     }
 
     #[test]

@@ -8,6 +8,8 @@ use futures_util::future::BoxFuture;
 
 use crate::guard::AcceptGuard;
 
+use super::{observe::ProxyMetrics, otlp::Spans};
+
 /// Handles the pipeline reaches through its snapshot; a reload carries them over.
 #[derive(Clone, Default)]
 pub struct Handles {
@@ -17,6 +19,11 @@ pub struct Handles {
     pub signals: Option<Arc<dyn RequestSignals>>,
     /// Cluster-wide rate limits (`[cluster]`); `None`: every limit is local.
     pub limiter: Option<Arc<dyn SharedLimiter>>,
+    /// The request metrics and metering: built once by the daemon, read by the metrics
+    /// endpoint, the admin API and the cluster's metering push.
+    pub metrics: Arc<ProxyMetrics>,
+    /// OTLP span export (`[otlp]`); `None`: off.
+    pub spans: Option<Arc<Spans>>,
 }
 
 /// One finished request, as the proxy reports it.
@@ -26,7 +33,8 @@ pub struct Finished<'a> {
     pub status: u16,
     /// The normalised path (the raw one if normalising refused it).
     pub path: &'a str,
-    pub route: Option<&'a str>,
+    /// The route's name, shared: a receiver that keeps it holds it without a copy.
+    pub route: Option<&'a Arc<str>>,
     pub identity: Option<&'a str>,
 }
 

@@ -16,7 +16,7 @@
 
 use std::{
     sync::{
-        Arc, LazyLock, Mutex,
+        Arc, LazyLock,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -25,7 +25,7 @@ use std::{
 use http_body_util::BodyExt as _;
 use hyper::{Request, header};
 
-use crate::config::UpstreamConfig;
+use crate::config::{Balance, UpstreamConfig};
 
 use super::{body::empty, forward::UpstreamClient};
 
@@ -34,7 +34,8 @@ const DEFAULT_LATENCY: Duration = Duration::from_millis(5);
 /// How fast an idle target's latency estimate decays towards 0 (so it is tried again).
 const DECAY: Duration = Duration::from_secs(10);
 
-/// The process's time origin for `ejected_until`, which an `AtomicU64` holds as ms after it
+/// The process's time origin for `ejected_until` and the latency's last sample, which an
+/// `AtomicU64` holds as ms (ns) after it
 /// (an `Instant` does not fit an atomic). A static by design: it is a clock reading, not a
 /// service; one origin per process keeps the values of every snapshot's targets comparable,
 /// and nothing about it is configured or replaced.
@@ -44,12 +45,20 @@ fn now_ms() -> u64 {
     u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+fn now_ns() -> u64 {
+    u64::try_from(EPOCH.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// The live state of one target, shared by the snapshots that have it.
 #[derive(Debug)]
 pub struct TargetState {
     outstanding: AtomicU64,
-    /// (EWMA of response times in ns, when it was last updated).
-    latency: Mutex<(f64, Instant)>,
+    /// Whether the latency is kept: only for the balancer that reads it (`p2c-ewma`).
+    tracks_latency: AtomicBool,
+    /// EWMA of response times in ns, as `f64` bits.
+    latency: AtomicU64,
+    /// When `latency` was last sampled, in ns after `EPOCH`.
+    sampled_at: AtomicU64,
     /// The active health check's verdict.
     healthy: AtomicBool,
     /// Passive: failures in a row.
@@ -62,7 +71,9 @@ impl Default for TargetState {
     fn default() -> Self {
         TargetState {
             outstanding: AtomicU64::new(0),
-            latency: Mutex::new((DEFAULT_LATENCY.as_nanos() as f64, Instant::now())),
+            tracks_latency: AtomicBool::new(false),
+            latency: AtomicU64::new((DEFAULT_LATENCY.as_nanos() as f64).to_bits()),
+            sampled_at: AtomicU64::new(now_ns()),
             healthy: AtomicBool::new(true),
             failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
@@ -97,33 +108,37 @@ impl TargetState {
         InFlight(self.clone())
     }
 
-    fn lock_latency(&self) -> std::sync::MutexGuard<'_, (f64, Instant)> {
-        self.latency
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// (EWMA latency in ns, seconds since it was sampled).
+    fn latency(&self) -> (f64, f64) {
+        let ewma = f64::from_bits(self.latency.load(Ordering::Relaxed));
+        let since = now_ns().saturating_sub(self.sampled_at.load(Ordering::Relaxed));
+        (ewma, since as f64 / 1e9)
     }
 
     /// EWMA latency (ns, decayed for the time since the last sample) x (in flight + 1).
     pub fn load_score(&self) -> f64 {
-        let (ewma, updated) = *self.lock_latency();
-        let decay = (-updated.elapsed().as_secs_f64() / DECAY.as_secs_f64()).exp();
+        let (ewma, elapsed) = self.latency();
+        let decay = (-elapsed / DECAY.as_secs_f64()).exp();
         (ewma * decay).max(1.0) * (self.outstanding() as f64 + 1.0)
     }
 
     /// Peak EWMA: a slower sample is taken at once, a faster one blends in with a weight
-    /// that grows with the time since the last sample.
+    /// that grows with the time since the last sample. Only kept for `p2c-ewma`. Two
+    /// samples at once may race: one of them wins, which an estimate can afford.
     pub fn observe_latency(&self, sample: Duration) {
+        if !self.tracks_latency.load(Ordering::Relaxed) {
+            return;
+        }
         let sample = sample.as_nanos() as f64;
-        let mut latency = self.lock_latency();
-        let (ewma, updated) = *latency;
-        let elapsed = updated.elapsed().as_secs_f64();
+        let (ewma, elapsed) = self.latency();
         let keep = (-elapsed / DECAY.as_secs_f64()).exp().min(0.7);
         let next = if sample > ewma {
             sample
         } else {
             ewma * keep + sample * (1.0 - keep)
         };
-        *latency = (next, Instant::now());
+        self.latency.store(next.to_bits(), Ordering::Relaxed);
+        self.sampled_at.store(now_ns(), Ordering::Relaxed);
     }
 
     /// Records the outcome of a request for passive ejection; `true` when this failure
@@ -134,7 +149,10 @@ impl TargetState {
             return false;
         }
         if success {
-            self.failures.store(0, Ordering::Relaxed);
+            // Read first: a store per request would bounce the line between cores.
+            if self.failures.load(Ordering::Relaxed) != 0 {
+                self.failures.store(0, Ordering::Relaxed);
+            }
             return false;
         }
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -172,6 +190,9 @@ pub fn states(
                 states.get(at).cloned()
             });
             let state = kept.unwrap_or_default();
+            state
+                .tracks_latency
+                .store(config.balance == Balance::P2cEwma, Ordering::Relaxed);
             if config.health_check.is_none() {
                 // No health check any more: nothing would ever bring it back.
                 state.set_healthy(true);
@@ -291,7 +312,7 @@ async fn probe(client: &UpstreamClient, uri: &str, timeout: Duration) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Balance, TargetConfig};
+    use crate::config::TargetConfig;
 
     fn upstream(consecutive_failures: u32) -> UpstreamConfig {
         UpstreamConfig {
@@ -347,8 +368,40 @@ mod tests {
     }
 
     #[test]
+    fn latency_is_kept_only_for_the_balancer_that_reads_it() {
+        for (balance, kept) in [
+            (Balance::RoundRobin, false),
+            (Balance::LeastOutstanding, false),
+            (Balance::ConsistentHash, false),
+            (Balance::P2cEwma, true),
+        ] {
+            let config = UpstreamConfig {
+                balance,
+                ..upstream(0)
+            };
+            let state = states(&config, None).remove(0);
+            let before = state.load_score();
+            state.observe_latency(Duration::from_secs(2));
+            assert_eq!(state.load_score() > before * 100.0, kept, "{balance:?}");
+            // A reload to another balancer switches it with the state it keeps.
+            let other = UpstreamConfig {
+                balance: if kept {
+                    Balance::RoundRobin
+                } else {
+                    Balance::P2cEwma
+                },
+                ..upstream(0)
+            };
+            let again = states(&other, Some((&config, std::slice::from_ref(&state))));
+            assert!(Arc::ptr_eq(&again[0], &state));
+            assert_eq!(state.tracks_latency.load(Ordering::Relaxed), !kept);
+        }
+    }
+
+    #[test]
     fn latency_rises_at_once_and_falls_gradually() {
         let state = Arc::new(TargetState::default());
+        state.tracks_latency.store(true, Ordering::Relaxed);
         state.observe_latency(Duration::from_millis(300));
         let slow = state.load_score();
         assert!(slow > 250e6, "{slow}");

@@ -155,11 +155,11 @@ async fn serve_tls(
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
                 tracing::debug!(%client, "TLS handshake failed: {error}");
-                handshake_failed(&listener, "error");
+                shared.snapshot.load().handles.metrics.handshake_failed(&listener, "error");
                 return;
             }
             Err(_) => {
-                handshake_failed(&listener, "timeout");
+                shared.snapshot.load().handles.metrics.handshake_failed(&listener, "timeout");
                 tracing::debug!(
                     %client,
                     "TLS handshake not done within limits.tls_handshake_timeout ({timeout:?}); closing"
@@ -175,16 +175,6 @@ async fn serve_tls(
         _ => None,
     };
     serve(stream, alpn, connection, shared).await;
-}
-
-fn handshake_failed(listener: &str, reason: &'static str) {
-    super::observe::METRICS
-        .tls_handshake_failures
-        .get_or_create(&vec![
-            ("listener", listener.to_owned()),
-            ("reason", reason.to_owned()),
-        ])
-        .inc();
 }
 
 /// The HTTP version a TLS client and the gateway agreed on.

@@ -36,11 +36,13 @@ mod health;
 mod jwt;
 mod limits;
 mod listener;
+mod metering;
 pub mod normalise;
 pub mod observe;
 mod otlp;
 mod register;
 mod route;
+mod series;
 mod snapshot;
 mod throttle;
 pub(crate) mod tls;
@@ -62,7 +64,8 @@ pub use body::ProxyBody;
 use context::{RequestCtx, Routed};
 pub use error::{Cause, ErrorKind, ProxyError};
 pub use handles::{Finished, Handles, RequestSignals, SharedDecision, SharedLimiter};
-pub use otlp::{start as start_otlp, stop as stop_otlp};
+pub use observe::ProxyMetrics;
+pub use otlp::Spans;
 pub use register::metering;
 use snapshot::Snapshot;
 
@@ -178,8 +181,7 @@ async fn handle(
     });
     let mut routed = None;
     let outcome = pipeline(&snapshot, &mut ctx, &mut routed, req).await;
-    let signals = snapshot.handles.signals.as_ref();
-    respond(ctx, routed.as_ref(), signals, arrival, outcome)
+    respond(ctx, routed.as_ref(), &snapshot, arrival, outcome)
 }
 
 /// The response stages, in order. Every request passes them, an early answer or an error
@@ -189,7 +191,7 @@ async fn handle(
 fn respond(
     mut ctx: RequestCtx,
     routed: Option<&Routed<'_>>,
-    signals: Option<&Arc<dyn RequestSignals>>,
+    snapshot: &Snapshot,
     arrival: observe::Arrival,
     outcome: Result<Response<ProxyBody>, ProxyError>,
 ) -> Response<ProxyBody> {
@@ -197,8 +199,8 @@ fn respond(
     headers::finish_response(&mut ctx, &mut response);
     // From here on the normalised path; the raw one only if it was refused.
     let path = ctx.path.take().unwrap_or_else(|| arrival.raw_path.clone());
-    report(signals, &ctx, routed, &path, &response);
-    observe::attach(ctx, routed, arrival, path, failure, response)
+    report(snapshot, &ctx, routed, &path, &response);
+    observe::attach(snapshot, ctx, routed, arrival, path, failure, response)
 }
 
 /// The pipeline's response, or its error logged (by cause) and turned into one.
@@ -229,20 +231,20 @@ fn answer(
 
 /// L7 signals for the defender (auto-bans, known-good sources): a non-blocking report.
 fn report(
-    signals: Option<&Arc<dyn RequestSignals>>,
+    snapshot: &Snapshot,
     ctx: &RequestCtx,
     routed: Option<&Routed<'_>>,
     path: &str,
     response: &Response<ProxyBody>,
 ) {
-    let Some(signals) = signals else {
+    let Some(signals) = &snapshot.handles.signals else {
         return;
     };
     signals.finished(Finished {
         client: ctx.connection.client.ip(),
         status: response.status().as_u16(),
         path,
-        route: routed.map(|routed| routed.route.name.as_str()),
+        route: routed.map(|routed| snapshot.series[routed.index].route()),
         identity: ctx.identity.as_ref().map(|identity| identity.name.as_str()),
     });
 }
@@ -268,10 +270,7 @@ impl Proxy {
     pub async fn start(config: &ProxyConfig, handles: Handles) -> anyhow::Result<Proxy> {
         let bound = listener::bind(&config.listeners).await?;
         let guard = handles.guard.clone();
-        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
-            handles,
-            ..Snapshot::build(config)
-        }));
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, handles)));
         let max_connections = config.limits.max_connections;
         let connections = Arc::new(Semaphore::new(max_connections as usize));
         let (shutdown, stop) = watch::channel(false);
@@ -348,7 +347,7 @@ impl Proxy {
         }
         let previous = self.snapshot.load_full();
         self.snapshot
-            .store(Arc::new(Snapshot::rebuild(config, Some(&previous))));
+            .store(Arc::new(Snapshot::rebuild(config, &previous)));
         for (name, current) in &self.tls {
             let Some(listener) = config.listeners.iter().find(|l| &l.name == name) else {
                 continue;

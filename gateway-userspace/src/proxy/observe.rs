@@ -6,10 +6,9 @@
 //! start: a slow disk drops lines rather than stalling requests.
 
 use std::{
-    collections::HashMap,
     pin::Pin,
     sync::{
-        Arc, LazyLock, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     task::{Context, Poll},
@@ -29,7 +28,10 @@ use prometheus_client::{
     },
 };
 
-use super::body::{BoxError, ProxyBody};
+use super::{
+    body::{BoxError, ProxyBody},
+    metering::{Metered, Metering},
+};
 use crate::config::AccessLogConfig;
 
 /// The tracing target access-log lines use; the log setup routes it to its own writer.
@@ -89,73 +91,57 @@ pub struct ProxyMetrics {
     pub auth_failures: Family<Labels, Counter>,
     /// Requests refused by a rate limit, by route.
     pub rate_limited: Family<Labels, Counter>,
-    meter: Mutex<HashMap<(String, String), Metered>>,
+    /// Requests and bytes per consumer and route.
+    pub metering: Metering,
 }
-
-/// Requests and bytes for one consumer on one route.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Metered {
-    pub requests: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-}
-
-/// Distinct (consumer, route) pairs metered; beyond, they add up under "other".
-const MAX_METERED: usize = 10_000;
-/// The consumer of requests without a verified identity.
-const ANONYMOUS: &str = "anonymous";
 
 fn latency_histogram() -> Histogram {
     // 1 ms .. ~33 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
-pub static METRICS: LazyLock<ProxyMetrics> = LazyLock::new(|| ProxyMetrics {
-    requests: Family::default(),
-    duration: Family::new_with_constructor(latency_histogram),
-    upstream_duration: Family::new_with_constructor(latency_histogram),
-    errors: Family::default(),
-    tls_handshake_failures: Family::default(),
-    cache: Family::default(),
-    auth_failures: Family::default(),
-    rate_limited: Family::default(),
-    meter: Mutex::new(HashMap::new()),
-});
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        ProxyMetrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            upstream_duration: Family::new_with_constructor(latency_histogram),
+            errors: Family::default(),
+            tls_handshake_failures: Family::default(),
+            cache: Family::default(),
+            auth_failures: Family::default(),
+            rate_limited: Family::default(),
+            metering: Metering::default(),
+        }
+    }
+}
 
 impl ProxyMetrics {
+    /// A refused credential or authorization (`reason`: one of a fixed set).
+    pub fn auth_failed(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+
+    /// A TLS handshake that failed on `listener` ("error" or "timeout").
+    pub fn handshake_failed(&self, listener: &str, reason: &'static str) {
+        self.tls_handshake_failures
+            .get_or_create(&vec![
+                ("listener", listener.to_owned()),
+                ("reason", reason.to_owned()),
+            ])
+            .inc();
+    }
+
     /// (consumer, route) -> counts, sorted, for the admin API. Survives reloads.
     pub fn metering(&self) -> Vec<(String, String, Metered)> {
-        let meter = self
-            .meter
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut rows: Vec<_> = meter
-            .iter()
-            .map(|((consumer, route), counts)| (consumer.clone(), route.clone(), *counts))
-            .collect();
-        rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-        rows
+        self.metering.rows()
     }
 
     fn record(&self, record: &Record, bytes_out: u64, seconds: f64) {
-        let route = record.route.clone().unwrap_or_else(|| "none".to_owned());
-        let method = match record.method.as_str() {
-            "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => {
-                record.method.clone()
-            }
-            _ => "other".to_owned(),
-        };
-        let class = format!("{}xx", record.status / 100);
-        self.requests
-            .get_or_create(&vec![
-                ("route", route.clone()),
-                ("method", method),
-                ("status_class", class),
-            ])
-            .inc();
-        self.duration
-            .get_or_create(&vec![("route", route.clone())])
-            .observe(seconds);
+        let series = &record.series;
+        series.request(self, &record.method, record.status, seconds);
         if let Some(error) = record.error {
             self.errors
                 .get_or_create(&vec![
@@ -164,24 +150,15 @@ impl ProxyMetrics {
                 ])
                 .inc();
         }
-        if let (Some(upstream), Some(ms)) = (&record.upstream, record.upstream_ms) {
-            self.upstream_duration
-                .get_or_create(&vec![("upstream", upstream.clone())])
-                .observe(ms / 1000.0);
+        if let (Some(_), Some(ms)) = (&record.upstream, record.upstream_ms) {
+            series.upstream_answered(self, ms / 1000.0);
         }
-        let mut meter = self
-            .meter
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let consumer = record.identity.as_deref().unwrap_or(ANONYMOUS);
-        let mut key = (consumer.to_owned(), route);
-        if meter.len() >= MAX_METERED && !meter.contains_key(&key) {
-            key = ("other".to_owned(), "other".to_owned());
-        }
-        let counts = meter.entry(key).or_default();
-        counts.requests += 1;
-        counts.bytes_in += record.bytes_in.load(Ordering::Relaxed);
-        counts.bytes_out += bytes_out;
+        self.metering.record(
+            &series.meter,
+            record.identity.as_deref(),
+            record.bytes_in.load(Ordering::Relaxed),
+            bytes_out,
+        );
     }
 }
 
@@ -247,6 +224,11 @@ impl Collector for ProxyCollector {
 
 /// What is known about a request when its response starts; completed as the body is sent.
 pub struct Record {
+    /// Where the request is counted (the snapshot's metrics and span export).
+    pub metrics: Arc<ProxyMetrics>,
+    /// The request's route's series (resolved once per snapshot).
+    pub series: Arc<super::series::RouteSeries>,
+    pub spans: Option<Arc<super::otlp::Spans>>,
     /// Whether this request gets an access-log line (sampling); metrics always count it.
     pub log_line: bool,
     /// The upstream's name (metrics label; bounded by the config).
@@ -313,6 +295,7 @@ impl Arrival {
 /// The `observe` response stage: the response's body records the request (metrics, access
 /// log, span) when it has been sent or dropped.
 pub fn attach(
+    snapshot: &super::snapshot::Snapshot,
     ctx: super::RequestCtx,
     routed: Option<&super::Routed<'_>>,
     arrival: Arrival,
@@ -320,7 +303,15 @@ pub fn attach(
     error: Option<super::error::ErrorKind>,
     response: hyper::Response<ProxyBody>,
 ) -> hyper::Response<ProxyBody> {
+    let handles = &snapshot.handles;
+    let series = match routed {
+        Some(routed) => &snapshot.series[routed.index],
+        None => &snapshot.unrouted,
+    };
     let record = Record {
+        metrics: handles.metrics.clone(),
+        series: series.clone(),
+        spans: handles.spans.clone(),
         log_line: arrival.log_line,
         upstream: routed
             .filter(|routed| routed.route.aggregate.is_none())
@@ -447,8 +438,10 @@ impl Logged {
         };
         let elapsed = record.started.elapsed();
         let seconds = elapsed.as_secs_f64();
-        METRICS.record(&record, self.bytes_out, seconds);
-        super::otlp::export(&record, record.status, elapsed);
+        record.metrics.record(&record, self.bytes_out, seconds);
+        if let Some(spans) = &record.spans {
+            spans.export(&record, record.status, elapsed);
+        }
         if !record.log_line {
             return;
         }

@@ -9,15 +9,14 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{
-    Proxy,
-    observe::{METRICS, Metered},
-};
+use std::sync::Arc;
+
+use super::{Proxy, metering::Metered, observe::ProxyMetrics};
 
 impl Proxy {
     /// Adds the proxy's metrics to `registry`.
     pub fn register(&self, registry: &mut Registry) {
-        let proxy = &METRICS;
+        let proxy = self.snapshot.load().handles.metrics.clone();
         registry.register(
             "gateway_http_requests",
             "Proxied requests by route, method and status class",
@@ -59,14 +58,14 @@ impl Proxy {
             proxy.rate_limited.clone(),
         );
         registry.register_collector(Box::new(self.collector()));
-        registry.register_collector(Box::new(MeteringCollector));
+        registry.register_collector(Box::new(MeteringCollector(proxy)));
     }
 }
 
 /// This node's metering totals per consumer and route, since start, as the admin API and
 /// the cluster's metering push see them.
-pub fn metering() -> crate::api::Metering {
-    let rows = METRICS
+pub fn metering(metrics: &ProxyMetrics) -> crate::api::Metering {
+    let rows = metrics
         .metering()
         .into_iter()
         .map(|(consumer, route, counts)| crate::api::MeteringRow {
@@ -84,13 +83,18 @@ pub fn metering() -> crate::api::Metering {
 type MeteredSeries = (&'static str, &'static str, fn(&Metered) -> u64);
 
 /// The metering totals per consumer and route, read at scrape time.
-#[derive(Debug)]
-struct MeteringCollector;
+struct MeteringCollector(Arc<ProxyMetrics>);
+
+impl std::fmt::Debug for MeteringCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MeteringCollector")
+    }
+}
 
 impl Collector for MeteringCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Bounded: consumers and routes are capped where they are recorded.
-        let metering = METRICS.metering();
+        let metering = self.0.metering();
         let series: [MeteredSeries; 3] = [
             (
                 "gateway_metered_requests",

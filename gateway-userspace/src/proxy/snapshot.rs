@@ -17,6 +17,7 @@ use super::{
     health::{self, HealthTask, TargetState},
     jwt::Provider,
     normalise,
+    series::{RouteSeries, UNROUTED},
     throttle::RouteLimits,
 };
 
@@ -38,6 +39,10 @@ pub struct Snapshot {
     pub providers: Vec<Arc<Provider>>,
     /// Per route: its rate limiters (`None`: no limits).
     pub throttles: Vec<Option<Arc<RouteLimits>>>,
+    /// Per route (in `routes` order): its metric series.
+    pub series: Vec<Arc<RouteSeries>>,
+    /// The series of requests refused before a route matched.
+    pub unrouted: Arc<RouteSeries>,
     /// The neighbours the daemon handed the proxy; the same for the proxy's life.
     pub handles: Handles,
 }
@@ -57,20 +62,22 @@ pub struct Upstream {
 
 impl Snapshot {
     /// Cannot fail: the config was validated when it was loaded.
-    pub fn build(config: &ProxyConfig) -> Snapshot {
-        Self::rebuild(config, None)
+    pub fn build(config: &ProxyConfig, handles: Handles) -> Snapshot {
+        Self::assemble(config, handles, None)
     }
 
     /// Like [`Snapshot::build`], keeping the target health of `previous` (the running
     /// snapshot) for targets that stay, and stopping its health checks.
-    pub fn rebuild(config: &ProxyConfig, previous: Option<&Snapshot>) -> Snapshot {
-        if let Some(previous) = previous {
-            for upstream in &previous.upstreams {
-                if let Some(health) = &upstream.health {
-                    health.stop();
-                }
+    pub fn rebuild(config: &ProxyConfig, previous: &Snapshot) -> Snapshot {
+        for upstream in &previous.upstreams {
+            if let Some(health) = &upstream.health {
+                health.stop();
             }
         }
+        Self::assemble(config, previous.handles.clone(), Some(previous))
+    }
+
+    fn assemble(config: &ProxyConfig, handles: Handles, previous: Option<&Snapshot>) -> Snapshot {
         Snapshot {
             routes: config.routes.clone(),
             upstreams: config
@@ -122,7 +129,7 @@ impl Snapshot {
                     route
                         .cache
                         .as_ref()
-                        .map(|_| Counters::for_route(&route.name))
+                        .map(|_| Counters::for_route(&handles.metrics, &route.name))
                 })
                 .collect(),
             cache: previous
@@ -155,10 +162,23 @@ impl Snapshot {
                             .flatten()
                             .find(|old| old.route() == route.name)
                     });
-                    RouteLimits::build(route, old)
+                    RouteLimits::build(route, old, &handles.metrics)
                 })
                 .collect(),
-            handles: previous.map_or_else(Handles::default, |previous| previous.handles.clone()),
+            series: config
+                .routes
+                .iter()
+                .map(|route| {
+                    // Aggregate routes fan out: no one upstream's latency to count.
+                    let upstream = route
+                        .aggregate
+                        .is_none()
+                        .then(|| config.upstreams[route.upstream].name.as_str());
+                    Arc::new(RouteSeries::new(&handles.metrics, &route.name, upstream))
+                })
+                .collect(),
+            unrouted: Arc::new(RouteSeries::new(&handles.metrics, UNROUTED, None)),
+            handles,
         }
     }
 }

@@ -14,6 +14,8 @@
 
 use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
+use prometheus_client::metrics::counter::Counter;
+
 use governor::{
     Quota, RateLimiter,
     clock::{Clock as _, DefaultClock},
@@ -36,7 +38,7 @@ use super::{
     body::ProxyBody,
     error::{ErrorKind, ProxyError},
     handles::SharedDecision,
-    observe,
+    observe::ProxyMetrics,
 };
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
@@ -60,6 +62,8 @@ pub struct Limit {
 pub struct RouteLimits {
     route: String,
     limits: Vec<Limit>,
+    /// This route's series of `gateway_rate_limited`, resolved once.
+    refused: Counter,
 }
 
 /// How one check went.
@@ -120,6 +124,7 @@ impl RouteLimits {
     pub fn build(
         route: &RouteConfig,
         previous: Option<&Arc<RouteLimits>>,
+        metrics: &ProxyMetrics,
     ) -> Option<Arc<RouteLimits>> {
         if route.rate_limits.is_empty() {
             return None;
@@ -138,6 +143,10 @@ impl RouteLimits {
         Some(Arc::new(RouteLimits {
             route: route.name.clone(),
             limits: route.rate_limits.iter().map(Limit::new).collect(),
+            refused: metrics
+                .rate_limited
+                .get_or_create(&vec![("route", route.name.clone())])
+                .clone(),
         }))
     }
 
@@ -196,10 +205,7 @@ pub async fn throttle(
             }
             Outcome::Refused { wait } => {
                 let seconds = (wait.as_secs_f64().ceil() as u64).max(1);
-                observe::METRICS
-                    .rate_limited
-                    .get_or_create(&vec![("route", limits.route.clone())])
-                    .inc();
+                limits.refused.inc();
                 ctx.response_headers
                     .push((RETRY_AFTER, HeaderValue::from(seconds)));
                 push_headers(ctx, limit.rule.burst, 0, seconds);

@@ -66,7 +66,7 @@ use super::{
     Flow, RequestCtx, Routed,
     body::{ProxyBody, empty, full},
     error::{ErrorKind, ProxyError},
-    observe::METRICS,
+    observe::ProxyMetrics,
 };
 use body::Prefixed;
 use key::{variant_key, vary_names};
@@ -107,9 +107,9 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn for_route(route: &str) -> Counters {
+    pub fn for_route(metrics: &ProxyMetrics, route: &str) -> Counters {
         let counter = |result: &str| {
-            METRICS
+            metrics
                 .cache
                 .get_or_create(&vec![
                     ("route", route.to_owned()),
@@ -610,7 +610,7 @@ mod tests {
              [[routes]]\nname = \"r\"\nupstream = \"u\"\ncache = {{ {cache} }}\n"
         ))
         .unwrap();
-        Arc::new(Snapshot::build(&config.proxy))
+        Arc::new(Snapshot::build(&config.proxy, Default::default()))
     }
 
     /// Its one route, matched for host `a.test`.
