@@ -11,6 +11,10 @@
 //! it was mid-message (a request body still arriving after its answer): that cycle finishes
 //! its message and the connection closes, as hyper would close it anyway.
 //!
+//! The price: a hyper connection set up per busy period instead of per TCP connection,
+//! measured at a few percent of CPU per request under back-to-back keep-alive load, for
+//! about 2 KiB instead of 28 KiB per idle connection.
+//!
 //! A connection answered 101 never goes idle: it is a tunnel (forward.rs) from then on.
 //!
 //! Timers are those of one long hyper connection: the next head must arrive within
