@@ -21,12 +21,22 @@ use super::body::{BoxError, ProxyBody};
 pub struct Activity {
     in_flight: AtomicUsize,
     last_end: Mutex<Instant>,
-    /// Whether any request has begun: until then the first-request deadline runs.
-    started: AtomicBool,
+    /// Requests begun so far: until the first, the first-request deadline runs; a change
+    /// tells the HTTP/1.1 idle phase that a request was served (serve_http1.rs).
+    requests: AtomicUsize,
+    /// Set once a request is answered 101: the connection is a tunnel from then on.
+    upgraded: AtomicBool,
 }
 
 /// Held while one request is in flight.
 pub struct Busy(Arc<Activity>);
+
+impl Busy {
+    /// The request is answered 101: its connection becomes a tunnel and never goes idle.
+    pub fn upgrading(&self) {
+        self.0.upgraded.store(true, Ordering::Release);
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -40,19 +50,40 @@ impl Activity {
         Arc::new(Activity {
             in_flight: AtomicUsize::new(0),
             last_end: Mutex::new(Instant::now()),
-            started: AtomicBool::new(false),
+            requests: AtomicUsize::new(0),
+            upgraded: AtomicBool::new(false),
         })
     }
 
     pub fn begin(self: &Arc<Self>) -> Busy {
-        self.started.store(true, Ordering::Release);
+        self.requests.fetch_add(1, Ordering::AcqRel);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         Busy(self.clone())
     }
 
     /// Whether a request has ever begun on this connection.
     pub fn started(&self) -> bool {
-        self.started.load(Ordering::Acquire)
+        self.requests() > 0
+    }
+
+    /// How many requests have begun on this connection.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::Acquire)
+    }
+
+    /// Whether no request is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether a request was answered 101 (an upgrade).
+    pub fn upgraded(&self) -> bool {
+        self.upgraded.load(Ordering::Acquire)
+    }
+
+    /// When the last request ended (or the connection began, before any).
+    pub fn last_end(&self) -> Instant {
+        *self.last_end.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Resolves once no request has been in flight for `timeout`.

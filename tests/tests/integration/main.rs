@@ -27,6 +27,7 @@ mod proxy_balancing;
 mod proxy_blame;
 mod proxy_cache;
 mod proxy_cors;
+mod proxy_keep_alive;
 mod proxy_lifecycle;
 mod proxy_limits;
 mod proxy_metrics;
