@@ -177,7 +177,9 @@ async fn handle(
         ))
     });
     let mut routed = None;
-    let outcome = pipeline(&snapshot, &mut ctx, &mut routed, req).await;
+    // Boxed: the pipeline's state is several KiB, and hyper moves the request's future
+    // (memcpy) as it stores it; a box keeps what moves small.
+    let outcome = Box::pin(pipeline(&snapshot, &mut ctx, &mut routed, req)).await;
     let signals = snapshot.handles.signals.as_ref();
     respond(ctx, routed.as_ref(), signals, arrival, outcome)
 }
