@@ -169,13 +169,9 @@ async fn handle(
 ) -> Response<ProxyBody> {
     let mut ctx = RequestCtx::new(connection, &req);
     let arrival = observe::Arrival::of(&req, log_line);
-    // Every request is metered; the access log may sample.
-    let req = req.map(|incoming| {
-        body::boxed(observe::Counted::new(
-            body::boxed(incoming),
-            arrival.bytes_in.clone(),
-        ))
-    });
+    // Every request is metered; the access log may sample. Counted in place: one box.
+    let req =
+        req.map(|incoming| body::boxed(observe::Counted::new(incoming, arrival.bytes_in.clone())));
     let mut routed = None;
     // Boxed: the pipeline's state is several KiB, and hyper moves the request's future
     // (memcpy) as it stores it; a box keeps what moves small.

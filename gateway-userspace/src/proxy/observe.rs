@@ -346,26 +346,27 @@ pub fn attach(
     response.map(|body| super::body::boxed(Logged::new(body, record)))
 }
 
-/// Counts the bytes of a body as they pass (the request body, for `bytes_in`).
-pub struct Counted {
-    inner: ProxyBody,
+/// Counts the bytes of a body as they pass (the request body, for `bytes_in`). Generic, so
+/// the client's body is counted in place and boxed once.
+pub struct Counted<B = ProxyBody> {
+    inner: B,
     bytes: Arc<AtomicU64>,
 }
 
-impl Counted {
-    pub fn new(inner: ProxyBody, bytes: Arc<AtomicU64>) -> Counted {
+impl<B> Counted<B> {
+    pub fn new(inner: B, bytes: Arc<AtomicU64>) -> Counted<B> {
         Counted { inner, bytes }
     }
 }
 
-impl Body for Counted {
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
