@@ -41,6 +41,7 @@ pub mod observe;
 mod otlp;
 mod register;
 mod route;
+mod route_table;
 mod snapshot;
 mod throttle;
 pub(crate) mod tls;

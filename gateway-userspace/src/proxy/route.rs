@@ -1,5 +1,6 @@
-//! The `route` stage: find the first route (in precedence order) that matches the request,
-//! and work out the path the upstream sees.
+//! The `route` stage: find the first route (in precedence order) that matches the request
+//! (looked up in the compiled [`RouteTable`](super::route_table::RouteTable)), and work out
+//! the path the upstream sees.
 
 use hyper::{
     HeaderMap, Method, Request, Version,
@@ -40,9 +41,8 @@ pub fn route<'s>(
         .and_then(|method| Method::from_bytes(method).ok())
         .unwrap_or_else(|| req.method().clone());
     let Some(index) = snapshot
-        .routes
-        .iter()
-        .position(|route| matches(&route.matcher, host, path, &method, req.headers()))
+        .route_table
+        .find(host, path, &method, req.headers())
     else {
         return Err(ProxyError::new(
             ErrorKind::NoRoute,

@@ -17,12 +17,15 @@ use super::{
     health::{self, HealthTask, TargetState},
     jwt::Provider,
     normalise,
+    route_table::RouteTable,
     throttle::RouteLimits,
 };
 
 pub struct Snapshot {
     /// In precedence order.
     pub routes: Vec<RouteConfig>,
+    /// The routes' matchers compiled for lookup by host and path (route_table.rs).
+    pub route_table: RouteTable,
     pub upstreams: Vec<Upstream>,
     pub limits: HttpLimits,
     /// How request paths are normalised (`[normalise]`, and whether any route keeps
@@ -73,6 +76,7 @@ impl Snapshot {
         }
         Snapshot {
             routes: config.routes.clone(),
+            route_table: RouteTable::new(config.routes.iter().map(|route| &route.matcher)),
             upstreams: config
                 .upstreams
                 .iter()
