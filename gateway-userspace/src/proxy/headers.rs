@@ -9,7 +9,7 @@ use hyper::{
     header::{CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, TE, UPGRADE, VARY},
 };
 
-use crate::{config::HeaderOps, http::HOP_BY_HOP};
+use crate::config::HeaderOps;
 
 use super::{Flow, RequestCtx, Routed, body::ProxyBody, error::ProxyError, trace::TRACEPARENT};
 
@@ -18,6 +18,19 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// `crate::http::HOP_BY_HOP` as typed names: removing by `&str` parses and hashes the name
+/// again on every request.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    TE,
+    HeaderName::from_static("trailer"),
+    HeaderName::from_static("transfer-encoding"),
+    UPGRADE,
+    HeaderName::from_static("http2-settings"),
+];
 
 /// Longest client-supplied request id kept; longer ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
@@ -169,7 +182,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -236,6 +249,12 @@ mod tests {
             headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
             ["x-kept"]
         );
+    }
+
+    #[test]
+    fn typed_hop_by_hop_names_are_the_shared_list() {
+        let typed: Vec<&str> = HOP_BY_HOP.iter().map(HeaderName::as_str).collect();
+        assert_eq!(typed, crate::http::HOP_BY_HOP);
     }
 
     #[test]
