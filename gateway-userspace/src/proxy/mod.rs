@@ -195,7 +195,10 @@ fn respond(
     let (mut response, failure) = answer(&ctx, &arrival, outcome);
     headers::finish_response(&mut ctx, &mut response);
     // From here on the normalised path; the raw one only if it was refused.
-    let path = ctx.path.take().unwrap_or_else(|| arrival.raw_path.clone());
+    let path = ctx
+        .path
+        .take()
+        .unwrap_or_else(|| arrival.raw_path().to_owned());
     report(signals, &ctx, routed, &path, &response);
     observe::attach(ctx, routed, arrival, path, failure, response)
 }
@@ -213,7 +216,7 @@ fn answer(
     let request_id = ctx.request_id.to_str().unwrap_or("");
     let client = ctx.connection.client;
     let method = &arrival.method;
-    let path = ctx.path.as_deref().unwrap_or(&arrival.raw_path);
+    let path = ctx.path.as_deref().unwrap_or(arrival.raw_path());
     match error.kind.cause() {
         Cause::Client => tracing::debug!(%client, %method, path, request_id, "{error}"),
         Cause::Upstream => tracing::warn!(%client, %method, path, request_id, "{error}"),

@@ -277,10 +277,11 @@ pub struct Record {
 /// metrics, whatever the stages make of it.
 pub struct Arrival {
     pub method: hyper::Method,
-    /// The path as it came (the log shows it only when normalising refused it).
-    pub raw_path: String,
-    /// The authority the client addressed, as sent (URI, else the Host field).
-    pub host: String,
+    /// The target as it came (its path: the log shows it only when normalising refused
+    /// it). A cheap clone of the request's; text is made only for a detailed record.
+    uri: hyper::Uri,
+    /// The Host field, when the target names no authority.
+    host_field: Option<hyper::header::HeaderValue>,
     pub started: Instant,
     /// Whether this request gets an access-log line.
     pub log_line: bool,
@@ -290,22 +291,31 @@ pub struct Arrival {
 
 impl Arrival {
     pub fn of<B>(req: &hyper::Request<B>, log_line: bool) -> Arrival {
-        let host = req
-            .uri()
-            .authority()
-            .map(|authority| authority.as_str().to_owned())
-            .or_else(|| {
-                let host = req.headers().get(hyper::header::HOST)?;
-                host.to_str().ok().map(str::to_owned)
-            })
-            .unwrap_or_default();
+        let host_field = match req.uri().authority() {
+            Some(_) => None,
+            None => req.headers().get(hyper::header::HOST).cloned(),
+        };
         Arrival {
             method: req.method().clone(),
-            raw_path: req.uri().path().to_owned(),
-            host,
+            uri: req.uri().clone(),
+            host_field,
             started: Instant::now(),
             log_line,
             bytes_in: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The path as it came.
+    pub fn raw_path(&self) -> &str {
+        self.uri.path()
+    }
+
+    /// The authority the client addressed, as sent (URI, else the Host field).
+    fn host(&self) -> String {
+        match (self.uri.authority(), &self.host_field) {
+            (Some(authority), _) => authority.as_str().to_owned(),
+            (None, Some(field)) => field.to_str().unwrap_or_default().to_owned(),
+            (None, None) => String::new(),
         }
     }
 }
@@ -320,23 +330,33 @@ pub fn attach(
     error: Option<super::error::ErrorKind>,
     response: hyper::Response<ProxyBody>,
 ) -> hyper::Response<ProxyBody> {
+    // Metrics need only route, method, status and upstream: the text fields the log and
+    // the span show are made only when one of them takes this request.
+    let detailed = arrival.log_line || super::otlp::enabled();
     let record = Record {
         log_line: arrival.log_line,
         upstream: routed
             .filter(|routed| routed.route.aggregate.is_none())
             .map(|routed| routed.upstream.config.name.clone()),
         started: arrival.started,
-        request_id: ctx.request_id.to_str().unwrap_or("").to_owned(),
+        request_id: match detailed {
+            true => ctx.request_id.to_str().unwrap_or("").to_owned(),
+            false => String::new(),
+        },
         trace: ctx.trace,
         client: ctx.connection.client,
         method: arrival.method.to_string(),
-        host: arrival.host,
+        host: match detailed {
+            true => arrival.host(),
+            false => String::new(),
+        },
         path,
         route: routed.map(|routed| routed.route.name.clone()),
         identity: ctx.identity.map(|identity| identity.name),
         target: ctx
             .target
             .zip(routed)
+            .filter(|_| detailed)
             .map(|(target, routed)| routed.upstream.config.targets[target].address.clone()),
         status: response.status().as_u16(),
         error,

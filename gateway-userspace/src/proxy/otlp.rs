@@ -74,6 +74,11 @@ pub fn stop() {
     }
 }
 
+/// Whether spans are exported (`[otlp]` on): the request record then needs its text fields.
+pub fn enabled() -> bool {
+    EXPORT.get().is_some()
+}
+
 /// Queues the span of a finished request, if export is on and the trace is sampled.
 pub fn export(record: &Record, status: u16, elapsed: Duration) {
     let Some(processor) = EXPORT.get() else {
