@@ -122,6 +122,9 @@ pub struct Routed<'s> {
     pub upstream: &'s Upstream,
     /// The authority the client addressed.
     pub host: Option<Authority>,
+    /// Its host in lowercase without a trailing dot, only when that differs from the
+    /// authority's own spelling (see [`Routed::host_name`]).
+    lowered_host: Option<Box<str>>,
     /// Path and query for the upstream, after any prefix rewrite (authentication may strip
     /// a credential from the query).
     pub upstream_path: PathAndQuery,
@@ -134,6 +137,18 @@ impl<'s> Routed<'s> {
         host: Option<Authority>,
         upstream_path: PathAndQuery,
     ) -> Routed<'s> {
+        let lowered_host = host.as_ref().and_then(lowered_host);
+        Routed::matched(snapshot, index, host, lowered_host, upstream_path)
+    }
+
+    /// As [`Routed::new`], with the host already lowered by `route` (see [`lowered_host`]).
+    pub fn matched(
+        snapshot: &'s Arc<Snapshot>,
+        index: usize,
+        host: Option<Authority>,
+        lowered_host: Option<Box<str>>,
+        upstream_path: PathAndQuery,
+    ) -> Routed<'s> {
         let route = &snapshot.routes[index];
         Routed {
             snapshot,
@@ -141,7 +156,29 @@ impl<'s> Routed<'s> {
             route,
             upstream: &snapshot.upstreams[route.upstream],
             host,
+            lowered_host,
             upstream_path,
         }
     }
+
+    /// The host the client addressed, lowercase, without port or trailing dot: what routes
+    /// and cache keys match on. Lowered once, by `route`.
+    pub fn host_name(&self) -> Option<&str> {
+        match &self.lowered_host {
+            Some(lowered) => Some(lowered),
+            None => self
+                .host
+                .as_ref()
+                .map(|host| host.host().trim_end_matches('.')),
+        }
+    }
+}
+
+/// `authority`'s host lowercased without a trailing dot, or `None` when it already is
+/// (most requests): no allocation then.
+pub fn lowered_host(authority: &Authority) -> Option<Box<str>> {
+    let host = authority.host().trim_end_matches('.');
+    host.bytes()
+        .any(|byte| byte.is_ascii_uppercase())
+        .then(|| host.to_ascii_lowercase().into_boxed_str())
 }

@@ -1,14 +1,15 @@
 //! The header stages: what the upstream sees (hop-by-hop fields removed, forwarding fields,
 //! the request id, the route's edits) and what the client gets back.
 
-use std::net::IpAddr;
+use std::{fmt::Write as _, net::IpAddr};
 
 use hyper::{
     HeaderMap, Method, Request, Response, StatusCode, Version,
+    body::Bytes,
     header::{CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, TE, UPGRADE, VARY},
 };
 
-use crate::{config::HeaderOps, http::HOP_BY_HOP};
+use crate::config::HeaderOps;
 
 use super::{Flow, RequestCtx, Routed, body::ProxyBody, error::ProxyError, trace::TRACEPARENT};
 
@@ -17,6 +18,19 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// `crate::http::HOP_BY_HOP` as typed names: removing by `&str` parses and hashes the name
+/// again on every request.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    TE,
+    HeaderName::from_static("trailer"),
+    HeaderName::from_static("transfer-encoding"),
+    UPGRADE,
+    HeaderName::from_static("http2-settings"),
+];
 
 /// Longest client-supplied request id kept; longer ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
@@ -32,8 +46,9 @@ pub fn request_id<B>(req: &Request<B>) -> HeaderValue {
             return value.clone();
         }
     }
-    let id = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::from_str(&id).expect("hex is a valid header value")
+    let mut id = [0; 32];
+    super::trace::lower_hex_into(&mut id, fastrand::u128(..));
+    HeaderValue::from_bytes(&id).expect("hex is a valid header value")
 }
 
 /// Whether this is a gRPC request (`application/grpc`, `+proto`, `-web`...): its errors are
@@ -104,19 +119,27 @@ pub fn prepare_request(
 
     let client = ctx.connection.client.ip();
     let proto = ctx.connection.scheme;
-    let host = routed.host.as_ref().map(|host| host.as_str().to_owned());
-    append(headers, X_FORWARDED_FOR, &client.to_string());
+    let host = routed.host.as_ref().map(|host| host.as_str());
+    let mut client_text = String::with_capacity(48);
+    let _ = write!(client_text, "{client}");
+    append(headers, X_FORWARDED_FOR, client_text);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    let mut forwarded = format!("for={};proto={proto}", forwarded_node(client));
-    if let Some(host) = &host {
+    let mut forwarded = String::with_capacity(64);
+    forwarded.push_str("for=");
+    forwarded_node(&mut forwarded, client);
+    forwarded.push_str(";proto=");
+    forwarded.push_str(proto);
+    if let Some(host) = host {
         if let Ok(value) = HeaderValue::from_str(host) {
             headers.insert(X_FORWARDED_HOST, value.clone());
             // HTTP/2 clients send no Host field: the upstream (HTTP/1.1) needs one.
             headers.insert(HOST, value);
         }
-        forwarded.push_str(&format!(";host=\"{host}\""));
+        forwarded.push_str(";host=\"");
+        forwarded.push_str(host);
+        forwarded.push('"');
     }
-    append(headers, FORWARDED, &forwarded);
+    append(headers, FORWARDED, forwarded);
     headers.insert(X_REQUEST_ID, ctx.request_id.clone());
     headers.insert(TRACEPARENT, ctx.trace.traceparent());
 
@@ -159,38 +182,40 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
 
-/// Appends to a list-valued field, as one comma-separated line.
-fn append(headers: &mut HeaderMap, name: HeaderName, item: &str) {
-    let joined = match headers
+/// Appends to a list-valued field, as one comma-separated line. The line is built in one
+/// buffer that becomes the header value without a copy.
+fn append(headers: &mut HeaderMap, name: HeaderName, item: String) {
+    let mut joined = String::new();
+    for value in headers
         .get_all(&name)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .fold(String::new(), |mut joined, value| {
-            if !joined.is_empty() {
-                joined.push_str(", ");
-            }
-            joined.push_str(value);
-            joined
-        }) {
-        existing if existing.is_empty() => item.to_owned(),
-        existing => format!("{existing}, {item}"),
+    {
+        if !joined.is_empty() {
+            joined.push_str(", ");
+        }
+        joined.push_str(value);
+    }
+    let joined = match joined.is_empty() {
+        true => item,
+        false => joined + ", " + &item,
     };
-    if let Ok(value) = HeaderValue::from_str(&joined) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
         headers.insert(name, value);
     }
 }
 
 /// `Forwarded: for=` syntax (RFC 7239): IPv6 addresses are bracketed and quoted.
-fn forwarded_node(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    }
+fn forwarded_node(out: &mut String, ip: IpAddr) {
+    let _ = match ip {
+        IpAddr::V4(v4) => write!(out, "{v4}"),
+        IpAddr::V6(v6) => write!(out, "\"[{v6}]\""),
+    };
 }
 
 /// The route's edits: remove, then set (replace), then add (append).
@@ -227,6 +252,12 @@ mod tests {
     }
 
     #[test]
+    fn typed_hop_by_hop_names_are_the_shared_list() {
+        let typed: Vec<&str> = HOP_BY_HOP.iter().map(HeaderName::as_str).collect();
+        assert_eq!(typed, crate::http::HOP_BY_HOP);
+    }
+
+    #[test]
     fn only_websocket_upgrades_are_recognised() {
         let req = |upgrade: &str, connection: &str| {
             Request::builder()
@@ -246,9 +277,25 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.append(X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.1"));
         headers.append(X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.2"));
-        append(&mut headers, X_FORWARDED_FOR, "127.0.0.1");
+        append(&mut headers, X_FORWARDED_FOR, "127.0.0.1".to_owned());
         assert_eq!(headers[X_FORWARDED_FOR], "192.0.2.1, 192.0.2.2, 127.0.0.1");
-        assert_eq!(forwarded_node("::1".parse().unwrap()), "\"[::1]\"");
+        append(&mut headers, FORWARDED, "for=192.0.2.9".to_owned());
+        assert_eq!(headers[FORWARDED], "for=192.0.2.9");
+        // A value that is not text is dropped from the joined line, as before.
+        headers.insert(X_REQUEST_ID, HeaderValue::from_bytes(b"\xff").unwrap());
+        append(&mut headers, X_REQUEST_ID, "a".to_owned());
+        assert_eq!(headers[X_REQUEST_ID], "a");
+        for (ip, node) in [
+            ("::1", "\"[::1]\""),
+            ("2001:db8::7", "\"[2001:db8::7]\""),
+            ("::ffff:192.0.2.1", "\"[::ffff:192.0.2.1]\""),
+            ("192.0.2.1", "192.0.2.1"),
+            ("0.0.0.0", "0.0.0.0"),
+        ] {
+            let mut out = String::new();
+            forwarded_node(&mut out, ip.parse().unwrap());
+            assert_eq!(out, node);
+        }
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub mod observe;
 mod otlp;
 mod register;
 mod route;
+mod route_table;
 mod series;
 mod serve;
 mod serve_http1;
@@ -175,15 +176,13 @@ async fn handle(
 ) -> Response<ProxyBody> {
     let mut ctx = RequestCtx::new(connection, &req);
     let arrival = observe::Arrival::of(&req, log_line);
-    // Every request is metered; the access log may sample.
-    let req = req.map(|incoming| {
-        body::boxed(observe::Counted::new(
-            body::boxed(incoming),
-            arrival.bytes_in.clone(),
-        ))
-    });
+    // Every request is metered; the access log may sample. Counted in place: one box.
+    let req =
+        req.map(|incoming| body::boxed(observe::Counted::new(incoming, arrival.bytes_in.clone())));
     let mut routed = None;
-    let outcome = pipeline(&snapshot, &mut ctx, &mut routed, req).await;
+    // Boxed: the pipeline's state is several KiB, and hyper moves the request's future
+    // (memcpy) as it stores it; a box keeps what moves small.
+    let outcome = Box::pin(pipeline(&snapshot, &mut ctx, &mut routed, req)).await;
     respond(ctx, routed.as_ref(), &snapshot, arrival, outcome)
 }
 
@@ -201,7 +200,10 @@ fn respond(
     let (mut response, failure) = answer(&ctx, &arrival, outcome);
     headers::finish_response(&mut ctx, &mut response);
     // From here on the normalised path; the raw one only if it was refused.
-    let path = ctx.path.take().unwrap_or_else(|| arrival.raw_path.clone());
+    let path = ctx
+        .path
+        .take()
+        .unwrap_or_else(|| arrival.raw_path().to_owned());
     report(snapshot, &ctx, routed, &path, &response);
     observe::attach(snapshot, ctx, routed, arrival, path, failure, response)
 }
@@ -219,7 +221,7 @@ fn answer(
     let request_id = ctx.request_id.to_str().unwrap_or("");
     let client = ctx.connection.client;
     let method = &arrival.method;
-    let path = ctx.path.as_deref().unwrap_or(&arrival.raw_path);
+    let path = ctx.path.as_deref().unwrap_or(arrival.raw_path());
     match error.kind.cause() {
         Cause::Client => tracing::debug!(%client, %method, path, request_id, "{error}"),
         Cause::Upstream => tracing::warn!(%client, %method, path, request_id, "{error}"),

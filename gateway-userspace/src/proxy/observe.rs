@@ -259,10 +259,11 @@ pub struct Record {
 /// metrics, whatever the stages make of it.
 pub struct Arrival {
     pub method: hyper::Method,
-    /// The path as it came (the log shows it only when normalising refused it).
-    pub raw_path: String,
-    /// The authority the client addressed, as sent (URI, else the Host field).
-    pub host: String,
+    /// The target as it came (its path: the log shows it only when normalising refused
+    /// it). A cheap clone of the request's; text is made only for a detailed record.
+    uri: hyper::Uri,
+    /// The Host field, when the target names no authority.
+    host_field: Option<hyper::header::HeaderValue>,
     pub started: Instant,
     /// Whether this request gets an access-log line.
     pub log_line: bool,
@@ -272,22 +273,31 @@ pub struct Arrival {
 
 impl Arrival {
     pub fn of<B>(req: &hyper::Request<B>, log_line: bool) -> Arrival {
-        let host = req
-            .uri()
-            .authority()
-            .map(|authority| authority.as_str().to_owned())
-            .or_else(|| {
-                let host = req.headers().get(hyper::header::HOST)?;
-                host.to_str().ok().map(str::to_owned)
-            })
-            .unwrap_or_default();
+        let host_field = match req.uri().authority() {
+            Some(_) => None,
+            None => req.headers().get(hyper::header::HOST).cloned(),
+        };
         Arrival {
             method: req.method().clone(),
-            raw_path: req.uri().path().to_owned(),
-            host,
+            uri: req.uri().clone(),
+            host_field,
             started: Instant::now(),
             log_line,
             bytes_in: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The path as it came.
+    pub fn raw_path(&self) -> &str {
+        self.uri.path()
+    }
+
+    /// The authority the client addressed, as sent (URI, else the Host field).
+    fn host(&self) -> String {
+        match (self.uri.authority(), &self.host_field) {
+            (Some(authority), _) => authority.as_str().to_owned(),
+            (None, Some(field)) => field.to_str().unwrap_or_default().to_owned(),
+            (None, None) => String::new(),
         }
     }
 }
@@ -308,6 +318,9 @@ pub fn attach(
         Some(routed) => &snapshot.series[routed.index],
         None => &snapshot.unrouted,
     };
+    // Metrics need only route, method, status and upstream: the text fields the log and
+    // the span show are made only when one of them takes this request.
+    let detailed = arrival.log_line || handles.spans.is_some();
     let record = Record {
         metrics: handles.metrics.clone(),
         series: series.clone(),
@@ -317,17 +330,24 @@ pub fn attach(
             .filter(|routed| routed.route.aggregate.is_none())
             .map(|routed| routed.upstream.config.name.clone()),
         started: arrival.started,
-        request_id: ctx.request_id.to_str().unwrap_or("").to_owned(),
+        request_id: match detailed {
+            true => ctx.request_id.to_str().unwrap_or("").to_owned(),
+            false => String::new(),
+        },
         trace: ctx.trace,
         client: ctx.connection.client,
         method: arrival.method.to_string(),
-        host: arrival.host,
+        host: match detailed {
+            true => arrival.host(),
+            false => String::new(),
+        },
         path,
         route: routed.map(|routed| routed.route.name.clone()),
         identity: ctx.identity.map(|identity| identity.name),
         target: ctx
             .target
             .zip(routed)
+            .filter(|_| detailed)
             .map(|(target, routed)| routed.upstream.config.targets[target].address.clone()),
         status: response.status().as_u16(),
         error,
@@ -337,26 +357,27 @@ pub fn attach(
     response.map(|body| super::body::boxed(Logged::new(body, record)))
 }
 
-/// Counts the bytes of a body as they pass (the request body, for `bytes_in`).
-pub struct Counted {
-    inner: ProxyBody,
+/// Counts the bytes of a body as they pass (the request body, for `bytes_in`). Generic, so
+/// the client's body is counted in place and boxed once.
+pub struct Counted<B = ProxyBody> {
+    inner: B,
     bytes: Arc<AtomicU64>,
 }
 
-impl Counted {
-    pub fn new(inner: ProxyBody, bytes: Arc<AtomicU64>) -> Counted {
+impl<B> Counted<B> {
+    pub fn new(inner: B, bytes: Arc<AtomicU64>) -> Counted<B> {
         Counted { inner, bytes }
     }
 }
 
-impl Body for Counted {
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()

@@ -1,5 +1,6 @@
-//! The `route` stage: find the first route (in precedence order) that matches the request,
-//! and work out the path the upstream sees.
+//! The `route` stage: find the first route (in precedence order) that matches the request
+//! (looked up in the compiled [`RouteTable`](super::route_table::RouteTable)), and work out
+//! the path the upstream sees.
 
 use hyper::{
     HeaderMap, Method, Request, Version,
@@ -26,27 +27,26 @@ pub fn route<'s>(
     req: &Request<ProxyBody>,
 ) -> Result<Routed<'s>, ProxyError> {
     let authority = authority(req)?;
-    let host = authority
-        .as_ref()
-        .map(|authority| authority.host().trim_end_matches('.').to_ascii_lowercase());
+    let lowered = authority.as_ref().and_then(super::context::lowered_host);
+    let host = match &lowered {
+        Some(lowered) => Some(&**lowered),
+        None => authority
+            .as_ref()
+            .map(|authority| authority.host().trim_end_matches('.')),
+    };
     let path = req.uri().path();
     // A CORS preflight is matched by the method it asks about (cors.rs answers it).
     let method = super::cors::is_preflight(req)
         .then(|| req.headers()[hyper::header::ACCESS_CONTROL_REQUEST_METHOD].as_bytes())
         .and_then(|method| Method::from_bytes(method).ok())
         .unwrap_or_else(|| req.method().clone());
-    let Some(index) = snapshot.routes.iter().position(|route| {
-        matches(
-            &route.matcher,
-            host.as_deref(),
-            path,
-            &method,
-            req.headers(),
-        )
-    }) else {
+    let Some(index) = snapshot
+        .route_table
+        .find(host, path, &method, req.headers())
+    else {
         return Err(ProxyError::new(
             ErrorKind::NoRoute,
-            format!("{} {}{path}", req.method(), host.as_deref().unwrap_or("")),
+            format!("{} {}{path}", req.method(), host.unwrap_or("")),
         ));
     };
     let route = &snapshot.routes[index];
@@ -61,7 +61,13 @@ pub fn route<'s>(
         ));
     }
     let upstream_path = upstream_path(route, req)?;
-    Ok(Routed::new(snapshot, index, authority, upstream_path))
+    Ok(Routed::matched(
+        snapshot,
+        index,
+        authority,
+        lowered,
+        upstream_path,
+    ))
 }
 
 /// The authority the client addressed: the Host field (exactly one, valid, no userinfo), or
@@ -101,8 +107,11 @@ fn authority(req: &Request<ProxyBody>) -> Result<Option<Authority>, ProxyError> 
 /// Whether two authorities name the same host and port (host names ignore case and a
 /// trailing dot).
 fn same_host(a: &Authority, b: &Authority) -> bool {
-    let host = |authority: &Authority| authority.host().trim_end_matches('.').to_ascii_lowercase();
-    host(a) == host(b) && a.port_u16() == b.port_u16()
+    let (host_a, host_b) = (
+        a.host().trim_end_matches('.'),
+        b.host().trim_end_matches('.'),
+    );
+    host_a.eq_ignore_ascii_case(host_b) && a.port_u16() == b.port_u16()
 }
 
 /// Whether `matcher` takes a request with this (lowercase, port-less) host, path, method and

@@ -17,6 +17,7 @@ use super::{
     health::{self, HealthTask, TargetState},
     jwt::Provider,
     normalise,
+    route_table::RouteTable,
     series::{RouteSeries, UNROUTED},
     throttle::RouteLimits,
 };
@@ -24,6 +25,8 @@ use super::{
 pub struct Snapshot {
     /// In precedence order.
     pub routes: Vec<RouteConfig>,
+    /// The routes' matchers compiled for lookup by host and path (route_table.rs).
+    pub route_table: RouteTable,
     pub upstreams: Vec<Upstream>,
     pub limits: HttpLimits,
     /// How request paths are normalised (`[normalise]`, and whether any route keeps
@@ -80,6 +83,7 @@ impl Snapshot {
     fn assemble(config: &ProxyConfig, handles: Handles, previous: Option<&Snapshot>) -> Snapshot {
         Snapshot {
             routes: config.routes.clone(),
+            route_table: RouteTable::new(config.routes.iter().map(|route| &route.matcher)),
             upstreams: config
                 .upstreams
                 .iter()

@@ -46,19 +46,28 @@ impl TraceContext {
         }
     }
 
-    /// `00-<trace id>-<the gateway's span id>-<flags>`, for the upstream.
+    /// `00-<trace id>-<the gateway's span id>-<flags>`, for the upstream. Written into a
+    /// fixed buffer: no formatting machinery on every request.
     pub fn traceparent(&self) -> HeaderValue {
-        let value = format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id,
-            self.span_id,
-            u8::from(self.sampled)
-        );
-        HeaderValue::from_str(&value).expect("hex is a valid header value")
+        let mut value = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        lower_hex_into(&mut value[3..35], self.trace_id);
+        lower_hex_into(&mut value[36..52], u128::from(self.span_id));
+        lower_hex_into(&mut value[53..55], u128::from(self.sampled));
+        HeaderValue::from_bytes(&value).expect("hex is a valid header value")
     }
 
     pub fn trace_id_hex(&self) -> String {
         format!("{:032x}", self.trace_id)
+    }
+}
+
+/// Writes `value`'s low `out.len()` hex digits into `out`, lowercase and zero-padded (as
+/// `{:0width$x}` would, without allocating).
+pub fn lower_hex_into(out: &mut [u8], mut value: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in out.iter_mut().rev() {
+        *byte = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
     }
 }
 
@@ -106,6 +115,26 @@ mod tests {
             headers.insert(TRACEPARENT, HeaderValue::from_str(value).unwrap());
         }
         TraceContext::from_headers(&headers)
+    }
+
+    #[test]
+    fn hex_is_written_as_format_writes_it() {
+        let values = [0, 1, 0xf, 0x10, 0xabc, u128::from(u64::MAX), u128::MAX];
+        for value in values
+            .into_iter()
+            .chain((0..200).map(|_| fastrand::u128(..)))
+        {
+            let mut wide = [0u8; 32];
+            lower_hex_into(&mut wide, value);
+            assert_eq!(std::str::from_utf8(&wide).unwrap(), format!("{value:032x}"));
+            let mut narrow = [0u8; 16];
+            lower_hex_into(&mut narrow, value & u128::from(u64::MAX));
+            let low = value as u64;
+            assert_eq!(std::str::from_utf8(&narrow).unwrap(), format!("{low:016x}"));
+        }
+        let trace = context(None);
+        let expected = format!("00-{:032x}-{:016x}-01", trace.trace_id, trace.span_id);
+        assert_eq!(trace.traceparent(), expected.as_str());
     }
 
     #[test]

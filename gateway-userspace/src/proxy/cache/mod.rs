@@ -183,11 +183,7 @@ pub async fn lookup(
         ctx.cache_bypass = true;
         return Ok(Flow::Continue);
     }
-    let host = routed
-        .host
-        .as_ref()
-        .map(|host| host.host().trim_end_matches('.').to_ascii_lowercase())
-        .unwrap_or_default();
+    let host = routed.host_name().unwrap_or_default();
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let route_name = &route.name;
     let base: Arc<str> = match identity {
