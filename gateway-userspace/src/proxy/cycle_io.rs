@@ -32,10 +32,24 @@ const PROBING: u8 = 2;
 const MID_MESSAGE: u8 = 3;
 /// Never park again (HTTP/2, or a cycle that closes when done).
 const PASSING: u8 = 4;
+/// Like serving, but not parking yet: requests are still coming back to back.
+const LINGERING: u8 = 5;
 
 impl CycleState {
     pub fn new_passing() -> Arc<Self> {
         Arc::new(CycleState(AtomicU8::new(PASSING)))
+    }
+
+    /// Serving without parking until [`CycleState::stop_lingering`].
+    pub fn lingering() -> Arc<Self> {
+        Arc::new(CycleState(AtomicU8::new(LINGERING)))
+    }
+
+    /// From now on the cycle may park (unless it already passes everything through).
+    pub fn stop_lingering(&self) {
+        let _ = self
+            .0
+            .compare_exchange(LINGERING, SERVING, Ordering::AcqRel, Ordering::Acquire);
     }
 
     pub fn is_parked(&self) -> bool {
@@ -237,5 +251,32 @@ mod tests {
         io.flushed = true;
         read(&mut io);
         assert!(state.is_parked());
+    }
+
+    #[tokio::test]
+    async fn a_lingering_cycle_parks_only_once_told_it_may() {
+        let (_client, server) = tokio::io::duplex(64);
+        let activity = Activity::new();
+        let state = CycleState::lingering();
+        let mut io = CycleIo::new(server, Bytes::new(), state.clone(), Some(activity.clone()));
+        drop(activity.begin());
+        let mut buf = [0u8; 8];
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut read = |io: &mut CycleIo<_>| {
+            let mut rb = ReadBuf::new(&mut buf);
+            assert!(Pin::new(io).poll_read(&mut cx, &mut rb).is_pending());
+        };
+        // Answered and flushed, but lingering: reads wait on the socket.
+        read(&mut io);
+        read(&mut io);
+        assert!(!state.is_parked());
+        state.stop_lingering();
+        read(&mut io);
+        assert!(state.is_parked());
+        // A cycle told to pass everything through is not turned back into one that parks.
+        let passing = CycleState::new_passing();
+        passing.stop_lingering();
+        assert!(!passing.is_parked() && passing.get() == PASSING);
     }
 }

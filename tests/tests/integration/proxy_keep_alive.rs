@@ -237,8 +237,9 @@ fn exchange(conn: &mut Conn, send: Send, what: &str) {
                     }
                     _ if index == 0 => conn.write(request),
                     _ => {
-                        // The first half went out right after the previous answer.
-                        std::thread::sleep(Duration::from_millis(50));
+                        // The first half went out right after the previous answer; the
+                        // rest comes after the cycle's linger (250 ms), so it parks between.
+                        std::thread::sleep(Duration::from_millis(400));
                         conn.write(carried);
                     }
                 }
