@@ -223,33 +223,35 @@ mod tests {
         assert_eq!(all, "hello world");
     }
 
+    /// One read of a quiet socket: it must wait (pending), parked or not.
+    fn read_waits(io: &mut CycleIo<tokio::io::DuplexStream>) {
+        let mut buf = [0u8; 8];
+        let mut rb = ReadBuf::new(&mut buf);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(io).poll_read(&mut cx, &mut rb).is_pending());
+    }
+
     #[tokio::test]
     async fn parks_only_after_a_served_request_is_flushed() {
         let (_client, server) = tokio::io::duplex(64);
         let activity = Activity::new();
         let state = Arc::new(CycleState::default());
         let mut io = CycleIo::new(server, Bytes::new(), state.clone(), Some(activity.clone()));
-        let mut buf = [0u8; 8];
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        let mut read = |io: &mut CycleIo<_>| {
-            let mut rb = ReadBuf::new(&mut buf);
-            assert!(Pin::new(io).poll_read(&mut cx, &mut rb).is_pending());
-        };
         // No request yet: a quiet socket is the first-request wait, not idle.
-        read(&mut io);
+        read_waits(&mut io);
         assert!(!state.is_parked());
         // In flight: not idle either.
         let busy = activity.begin();
-        read(&mut io);
+        read_waits(&mut io);
         assert!(!state.is_parked());
         // Answered, but the answer not flushed yet.
         drop(busy);
         io.flushed = false;
-        read(&mut io);
+        read_waits(&mut io);
         assert!(!state.is_parked());
         io.flushed = true;
-        read(&mut io);
+        read_waits(&mut io);
         assert!(state.is_parked());
     }
 
@@ -260,19 +262,12 @@ mod tests {
         let state = CycleState::lingering();
         let mut io = CycleIo::new(server, Bytes::new(), state.clone(), Some(activity.clone()));
         drop(activity.begin());
-        let mut buf = [0u8; 8];
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        let mut read = |io: &mut CycleIo<_>| {
-            let mut rb = ReadBuf::new(&mut buf);
-            assert!(Pin::new(io).poll_read(&mut cx, &mut rb).is_pending());
-        };
         // Answered and flushed, but lingering: reads wait on the socket.
-        read(&mut io);
-        read(&mut io);
+        read_waits(&mut io);
+        read_waits(&mut io);
         assert!(!state.is_parked());
         state.stop_lingering();
-        read(&mut io);
+        read_waits(&mut io);
         assert!(state.is_parked());
         // A cycle told to pass everything through is not turned back into one that parks.
         let passing = CycleState::new_passing();

@@ -6,7 +6,6 @@ use std::{
     io::{BufRead as _, BufReader},
     net::SocketAddr,
     process::{Child, ChildStdin, Command, Stdio},
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -60,15 +59,8 @@ impl UpstreamProcess {
 
 impl Drop for UpstreamProcess {
     fn drop(&mut self) {
+        // Its stdin closing is its signal to stop.
         drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::peers::reap(&mut self.child);
     }
 }
