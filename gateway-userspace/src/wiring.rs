@@ -13,13 +13,13 @@ use crate::{
         Metering,
         failure::ServiceResult,
         replication::{Change, Replicated},
+        tickets::{KeyBytes, TicketKeys},
     },
     cluster::{ChangeSink, ClusterLimiter, ClusterTickets, LocalMetering, Rate, Replica},
     defend::{BanOrder, Defender, Enforcer},
     firewall::{ChangeListener, Firewall},
     proxy::{
-        Finished, KeyBytes, ProxyMetrics, RequestSignals, SharedDecision, SharedLimiter,
-        SharedTicketKeys, TicketKeys,
+        Finished, ProxyMetrics, RequestSignals, SharedDecision, SharedLimiter, SharedTicketKeys,
     },
     xdp::NewSources,
 };

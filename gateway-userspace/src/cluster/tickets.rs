@@ -8,7 +8,7 @@
 use std::{sync::Arc, time::Duration};
 
 use super::link::{RESPONSE_TIMEOUT, RedisLink};
-use crate::proxy::{KeyBytes, TicketKeys};
+use crate::api::tickets::{KeyBytes, TicketKeys};
 
 /// Seeds, rotates when due (dropping `previous` after two missed rotations) and returns
 /// `{current, previous or "", rotated_at}`. Expires after three rotations without a node.

@@ -8,11 +8,8 @@ use futures_util::future::BoxFuture;
 
 use crate::guard::AcceptGuard;
 
-use super::{
-    observe::ProxyMetrics,
-    otlp::Spans,
-    tickets::{KeyBytes, TicketKeys},
-};
+use super::{observe::ProxyMetrics, otlp::Spans};
+use crate::api::tickets::{KeyBytes, TicketKeys};
 
 /// Handles the pipeline reaches through its snapshot; a reload carries them over.
 #[derive(Clone, Default)]

@@ -18,33 +18,16 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+
+pub use crate::api::tickets::{KeyBytes, TicketKeys};
 use ring::{
     aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
     digest,
     rand::{SecureRandom, SystemRandom},
 };
 
-/// A ticket key's secret bytes.
-pub type KeyBytes = [u8; 32];
 const ID_LEN: usize = 8;
 const TAG_LEN: usize = 16;
-
-/// The keys in use: shared with the cluster as they are.
-#[derive(Clone, PartialEq, Eq)]
-pub struct TicketKeys {
-    pub current: KeyBytes,
-    pub previous: Option<KeyBytes>,
-    /// When `current` became current (Unix seconds).
-    pub rotated_at: u64,
-}
-
-impl std::fmt::Debug for TicketKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TicketKeys")
-            .field("rotated_at", &self.rotated_at)
-            .finish_non_exhaustive()
-    }
-}
 
 /// Fresh random key bytes; `None` only if the system's random source fails.
 pub fn fresh_key() -> Option<KeyBytes> {
