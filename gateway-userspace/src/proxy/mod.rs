@@ -77,7 +77,6 @@ pub use observe::ProxyMetrics;
 pub use otlp::Spans;
 pub use register::metering;
 use snapshot::Snapshot;
-pub use tickets::{KeyBytes, TicketKeys};
 
 /// What a stage decided.
 pub enum Flow {

@@ -19,7 +19,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 
-pub use crate::api::tickets::{KeyBytes, TicketKeys};
+use crate::api::tickets::{KeyBytes, TicketKeys};
 use ring::{
     aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
     digest,
