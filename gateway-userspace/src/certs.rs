@@ -120,26 +120,65 @@ pub struct Validity {
     pub not_after: (i64, String),
 }
 
+/// Under this long before `notAfter`, a certificate is about to expire.
+pub const EXPIRY_WARNING_SECONDS: i64 = 14 * 24 * 3600;
+
+/// A certificate at or near the end of its validity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expiry {
+    /// Past `notAfter`: clients refuse it.
+    Expired,
+    /// Within [`EXPIRY_WARNING_SECONDS`] of `notAfter`: this many seconds left.
+    Soon(i64),
+}
+
 impl Validity {
-    /// A warning when the certificate is expired or not valid yet, naming when.
+    /// A warning when the certificate is not valid yet, naming when.
     pub fn problem(&self) -> Option<String> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_secs() as i64);
-        if now > self.not_after.0 {
-            Some(format!(
-                "expired on {}: clients will refuse it",
-                self.not_after.1
-            ))
-        } else if now < self.not_before.0 {
-            Some(format!(
+        (unix_now() < self.not_before.0).then(|| {
+            format!(
                 "not valid before {}: clients will refuse it until then",
                 self.not_before.1
-            ))
+            )
+        })
+    }
+
+    /// Whether the certificate has expired or soon will, at `now` (Unix seconds).
+    pub fn expiry(&self, now: i64) -> Option<Expiry> {
+        let left = self.not_after.0 - now;
+        if left < 0 {
+            Some(Expiry::Expired)
+        } else if left < EXPIRY_WARNING_SECONDS {
+            Some(Expiry::Soon(left))
         } else {
             None
         }
     }
+
+    /// What to tell an operator about [`Validity::expiry`] for the certificate in `file`.
+    pub fn expiry_message(&self, file: &str, now: i64) -> Option<(Expiry, String)> {
+        let expiry = self.expiry(now)?;
+        let message = match &expiry {
+            Expiry::Expired => format!(
+                "the certificate in {file} expired on {}: clients will refuse it",
+                self.not_after.1
+            ),
+            Expiry::Soon(left) => format!(
+                "the certificate in {file} expires on {}, in {} days {} hours: renew it",
+                self.not_after.1,
+                left / 86_400,
+                left % 86_400 / 3600
+            ),
+        };
+        Some((expiry, message))
+    }
+}
+
+/// Now, as Unix seconds.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64)
 }
 
 /// Reads the validity period of an X.509 certificate (DER). `None` if it cannot be parsed.
@@ -207,6 +246,37 @@ mod tests {
             assert_eq!(validity.not_after, (seconds, printed.to_owned()));
             assert_eq!(validity.not_before.0, -86_400);
         }
+    }
+
+    #[test]
+    fn expiry_is_warned_under_fourteen_days_and_an_error_once_past() {
+        let validity = Validity {
+            not_before: (0, "1970-01-01 00:00:00 UTC".to_owned()),
+            not_after: (1_000_000_000, "2001-09-09 01:46:40 UTC".to_owned()),
+        };
+        let day = 86_400;
+        let cases = [
+            (1_000_000_000 - 400 * day, None),
+            (1_000_000_000 - 14 * day, None),
+            (
+                1_000_000_000 - 14 * day + 1,
+                Some(Expiry::Soon(14 * day - 1)),
+            ),
+            (1_000_000_000 - 3 * day, Some(Expiry::Soon(3 * day))),
+            (1_000_000_000, Some(Expiry::Soon(0))),
+            (1_000_000_001, Some(Expiry::Expired)),
+            (2_000_000_000, Some(Expiry::Expired)),
+        ];
+        for (now, expected) in cases {
+            assert_eq!(validity.expiry(now), expected, "at {now}");
+        }
+        let (_, message) = validity
+            .expiry_message("a.pem", 1_000_000_000 - 3 * day - 7200)
+            .unwrap();
+        assert_eq!(
+            message,
+            "the certificate in a.pem expires on 2001-09-09 01:46:40 UTC, in 3 days 2 hours: renew it"
+        );
     }
 
     #[test]

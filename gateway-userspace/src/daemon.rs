@@ -81,6 +81,9 @@ pub async fn run(config_path: PathBuf, config: Config, detach_on_exit: bool) -> 
             .map(|cluster| cluster.limiter.clone() as Arc<dyn crate::proxy::SharedLimiter>),
         metrics: proxy_metrics,
         spans: spans.clone(),
+        ticket_keys: cluster
+            .as_ref()
+            .map(|cluster| cluster.tickets.clone() as Arc<dyn crate::proxy::SharedTicketKeys>),
     };
     let proxy = Proxy::start(&config.proxy, handles).await?;
     proxy.configure_access_log(&config.access_log);

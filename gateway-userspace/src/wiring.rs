@@ -13,11 +13,14 @@ use crate::{
         Metering,
         failure::ServiceResult,
         replication::{Change, Replicated},
+        tickets::{KeyBytes, TicketKeys},
     },
-    cluster::{ChangeSink, ClusterLimiter, LocalMetering, Rate, Replica},
+    cluster::{ChangeSink, ClusterLimiter, ClusterTickets, LocalMetering, Rate, Replica},
     defend::{BanOrder, Defender, Enforcer},
     firewall::{ChangeListener, Firewall},
-    proxy::{Finished, ProxyMetrics, RequestSignals, SharedDecision, SharedLimiter},
+    proxy::{
+        Finished, ProxyMetrics, RequestSignals, SharedDecision, SharedLimiter, SharedTicketKeys,
+    },
     xdp::NewSources,
 };
 
@@ -53,6 +56,18 @@ impl SharedLimiter for ClusterLimiter {
                 retry_after => SharedDecision::Refused { retry_after },
             })
             .boxed()
+    }
+}
+
+/// The proxy's session ticket keys are the cluster's.
+impl SharedTicketKeys for ClusterTickets {
+    fn sync<'a>(
+        &'a self,
+        listener: &'a str,
+        rotation: Duration,
+        fresh: KeyBytes,
+    ) -> BoxFuture<'a, Option<TicketKeys>> {
+        ClusterTickets::sync(self, listener, rotation, fresh).boxed()
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod failure;
 pub mod records;
 pub mod replication;
+pub mod tickets;
 pub mod valid;
 
 use serde::{Deserialize, Serialize};

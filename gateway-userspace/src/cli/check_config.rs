@@ -3,6 +3,7 @@
 use std::{path::Path, process::ExitCode};
 
 use crate::{
+    certs::Expiry,
     config::{Config, EscapedSlashes, PathMatch, Policy, ProxyConfig, XdpMode},
     proxy::normalise::{Options, normalise_path},
     xdp::interface_index,
@@ -27,6 +28,17 @@ pub fn run(file: &Path) -> ExitCode {
         }
     }
     warnings.extend(uncanonical_routes(&config.proxy));
+    let now = crate::certs::unix_now();
+    for (index, listener) in config.proxy.listeners.iter().enumerate() {
+        let Some(tls) = &listener.tls else { continue };
+        for (expiry, message) in tls.expiry(&format!("listeners[{index}].tls"), now) {
+            match expiry {
+                // Still a valid config (the daemon starts), but clients refuse the certificate.
+                Expiry::Expired => eprintln!("error: {message}"),
+                Expiry::Soon(_) => warnings.push(message),
+            }
+        }
+    }
     for warning in &warnings {
         eprintln!("warning: {warning}");
     }

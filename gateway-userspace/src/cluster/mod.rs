@@ -9,6 +9,7 @@
 //! - [`limiter`]: [`ClusterLimiter`], cluster-wide GCRA rate limits with a local fast path
 //!   and a configured fallback while Redis is down.
 //! - [`metering`]: per-(consumer, route) totals summed over the nodes (`{prefix}:metering`).
+//! - [`tickets`]: the https listeners' session ticket keys, rotated once for all nodes.
 
 pub mod catch_up;
 pub mod events;
@@ -16,6 +17,7 @@ pub mod limiter;
 pub mod link;
 pub mod metering;
 mod replica;
+pub mod tickets;
 
 use std::sync::Arc;
 
@@ -29,6 +31,7 @@ pub use limiter::{ClusterLimiter, Decision, LimiterOptions, LocalLimiter, Rate, 
 pub use link::RedisLink;
 pub use metering::LocalMetering;
 pub use replica::Replica;
+pub use tickets::ClusterTickets;
 
 use crate::config::ClusterConfig;
 
@@ -55,6 +58,8 @@ pub struct Cluster {
     /// `on_redis_down = "deny"`). Without a cluster (or for limits not marked cluster-wide)
     /// the proxy keeps its local limiter.
     pub limiter: Arc<ClusterLimiter>,
+    /// The https listeners' session ticket keys, shared so a client resumes on any node.
+    pub tickets: Arc<ClusterTickets>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -106,10 +111,12 @@ impl Cluster {
             LimiterOptions::default(),
         ));
         tracing::info!(node = %config.node, redis = %config.redis, on_redis_down = ?config.on_redis_down, "cluster mode: joining");
+        let tickets = Arc::new(ClusterTickets::new(link.clone(), &config.key_prefix));
         Ok(Arc::new(Cluster {
             config: config.clone(),
             link,
             limiter,
+            tickets,
             tasks,
         }))
     }

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::{
     Problems,
+    resumption::{RawSessionCache, RawTickets, ResumptionConfig, compile_resumption},
     routes::{HostMatch, compile_host},
 };
 
@@ -16,6 +17,8 @@ pub struct TlsConfig {
     pub certificates: Vec<TlsCertificate>,
     /// Index into `certificates`: served without SNI or for a name no certificate lists.
     pub default: usize,
+    /// `session_tickets` and `session_cache`.
+    pub resumption: ResumptionConfig,
 }
 
 #[derive(Clone)]
@@ -27,6 +30,8 @@ pub struct TlsCertificate {
     pub names: Vec<HostMatch>,
     /// The chain (leaf first) and its private key, checked to match.
     pub certified: Arc<rustls::sign::CertifiedKey>,
+    /// The leaf's validity dates, when they could be read.
+    pub validity: Option<crate::certs::Validity>,
 }
 
 impl PartialEq for TlsCertificate {
@@ -57,6 +62,8 @@ pub(super) struct RawTls {
     certificates: Vec<RawCertificate>,
     /// A name listed by one of the certificates; without it, the first certificate.
     default: Option<String>,
+    session_tickets: Option<RawTickets>,
+    session_cache: Option<RawSessionCache>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +153,7 @@ pub(super) fn compile_tls(
         );
         match loaded {
             Ok(loaded) => {
+                // Expiry is checked where it is reported: check-config and the proxy.
                 if let Some(problem) = loaded
                     .validity
                     .as_ref()
@@ -166,6 +174,7 @@ pub(super) fn compile_tls(
                     key: certificate.key,
                     names,
                     certified: loaded.key,
+                    validity: loaded.validity,
                 });
             }
             Err(crate::certs::LoadError::Cert(reason)) => {
@@ -178,6 +187,7 @@ pub(super) fn compile_tls(
             }
         }
     }
+    let resumption = compile_resumption(raw.session_tickets, raw.session_cache, key, problems);
     if !complete {
         return None;
     }
@@ -212,7 +222,33 @@ pub(super) fn compile_tls(
     Some(TlsConfig {
         certificates,
         default,
+        resumption,
     })
+}
+
+impl TlsConfig {
+    /// Certificates that have expired or expire within 14 days at `now`, each named by its
+    /// key under `key` (the listener's `tls`).
+    pub fn expiry(&self, key: &str, now: i64) -> Vec<(crate::certs::Expiry, String)> {
+        let mut found = Vec::new();
+        for (index, certificate) in self.certificates.iter().enumerate() {
+            let file = certificate.cert.as_ref().map_or_else(
+                || "(self-signed)".to_owned(),
+                |cert| cert.display().to_string(),
+            );
+            let message = certificate
+                .validity
+                .as_ref()
+                .and_then(|validity| validity.expiry_message(&file, now));
+            if let Some((expiry, message)) = message {
+                found.push((
+                    expiry,
+                    format!("{key}.certificates[{index}].cert: {message}"),
+                ));
+            }
+        }
+        found
+    }
 }
 
 /// The name a certificate must be valid for to serve `host`: the name itself, or for a

@@ -9,6 +9,7 @@ use futures_util::future::BoxFuture;
 use crate::guard::AcceptGuard;
 
 use super::{observe::ProxyMetrics, otlp::Spans};
+use crate::api::tickets::{KeyBytes, TicketKeys};
 
 /// Handles the pipeline reaches through its snapshot; a reload carries them over.
 #[derive(Clone, Default)]
@@ -24,6 +25,8 @@ pub struct Handles {
     pub metrics: Arc<ProxyMetrics>,
     /// OTLP span export (`[otlp]`); `None`: off.
     pub spans: Option<Arc<Spans>>,
+    /// Session ticket keys shared by every node (`[cluster]`); `None`: each node its own.
+    pub ticket_keys: Option<Arc<dyn SharedTicketKeys>>,
 }
 
 /// One finished request, as the proxy reports it.
@@ -53,6 +56,18 @@ pub trait SharedLimiter: Send + Sync + 'static {
         period: Duration,
         burst: u32,
     ) -> BoxFuture<'a, SharedDecision>;
+}
+
+/// Session ticket keys shared by every node (the cluster's), so a client resumes anywhere.
+pub trait SharedTicketKeys: Send + Sync + 'static {
+    /// The keys of `listener`, rotated first when `rotation` has passed since the last
+    /// rotation (`fresh` becomes the current key). `None`: the store cannot be reached.
+    fn sync<'a>(
+        &'a self,
+        listener: &'a str,
+        rotation: Duration,
+        fresh: KeyBytes,
+    ) -> BoxFuture<'a, Option<TicketKeys>>;
 }
 
 /// What the shared limiter decided.

@@ -29,6 +29,7 @@ mod cors;
 pub mod credential;
 mod cycle_io;
 mod error;
+mod expiry;
 mod forward;
 mod h2_watch;
 mod handles;
@@ -42,6 +43,7 @@ pub mod normalise;
 pub mod observe;
 mod otlp;
 mod register;
+mod resumption;
 mod route;
 mod route_table;
 mod series;
@@ -49,6 +51,7 @@ mod serve;
 mod serve_http1;
 mod snapshot;
 mod throttle;
+mod tickets;
 pub(crate) mod tls;
 pub mod trace;
 
@@ -67,7 +70,9 @@ pub use access_log::AccessLogLayer;
 pub use body::ProxyBody;
 use context::{RequestCtx, Routed};
 pub use error::{Cause, ErrorKind, ProxyError};
-pub use handles::{Finished, Handles, RequestSignals, SharedDecision, SharedLimiter};
+pub use handles::{
+    Finished, Handles, RequestSignals, SharedDecision, SharedLimiter, SharedTicketKeys,
+};
 pub use observe::ProxyMetrics;
 pub use otlp::Spans;
 pub use register::metering;
@@ -266,6 +271,10 @@ pub struct Proxy {
     sampling: Arc<observe::Sampling>,
     /// The rustls config of each `https` listener, by listener name; a reload swaps it.
     tls: Vec<(String, tls::Current)>,
+    /// Session tickets and caches: kept across reloads.
+    resumption: resumption::Resumption,
+    /// The served certificates' expiry dates, for the metrics.
+    expiry: Arc<expiry::CertificateExpiry>,
 }
 
 impl Proxy {
@@ -275,6 +284,7 @@ impl Proxy {
     pub async fn start(config: &ProxyConfig, handles: Handles) -> anyhow::Result<Proxy> {
         let bound = listener::bind(&config.listeners).await?;
         let guard = handles.guard.clone();
+        let resumption = resumption::Resumption::new(handles.ticket_keys.clone());
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, handles)));
         let max_connections = config.limits.max_connections;
         let connections = Arc::new(Semaphore::new(max_connections as usize));
@@ -288,9 +298,11 @@ impl Proxy {
             sampling: sampling.clone(),
         });
         let mut tasks = JoinSet::new();
+        let expiry = Arc::new(expiry::CertificateExpiry::default());
+        expiry.set(&config.listeners);
         let mut tls_configs = Vec::new();
         for (config, tcp) in bound {
-            let tls = tls::server_config(&config)
+            let tls = tls::server_config(&config, &resumption)
                 .map_err(|error| {
                     anyhow::anyhow!("listener {:?}: TLS setup failed: {error}", config.name)
                 })?
@@ -315,6 +327,8 @@ impl Proxy {
             tasks,
             sampling,
             tls: tls_configs,
+            resumption,
+            expiry,
         })
     }
 
@@ -353,11 +367,12 @@ impl Proxy {
         let previous = self.snapshot.load_full();
         self.snapshot
             .store(Arc::new(Snapshot::rebuild(config, &previous)));
+        self.expiry.set(&config.listeners);
         for (name, current) in &self.tls {
             let Some(listener) = config.listeners.iter().find(|l| &l.name == name) else {
                 continue;
             };
-            match tls::server_config(listener) {
+            match tls::server_config(listener, &self.resumption) {
                 Ok(Some(server)) => {
                     current.store(server);
                     tracing::info!(listener = name, "TLS certificates reloaded");

@@ -58,6 +58,9 @@ impl Proxy {
             proxy.rate_limited.clone(),
         );
         registry.register_collector(Box::new(self.collector()));
+        registry.register_collector(Box::new(super::expiry::ExpiryCollector(
+            self.expiry.clone(),
+        )));
         registry.register_collector(Box::new(MeteringCollector(proxy)));
     }
 }

@@ -14,6 +14,7 @@ use rustls::{
     sign::CertifiedKey,
 };
 
+use super::resumption::Resumption;
 use crate::config::{HostMatch, ListenerConfig};
 
 /// ALPN protocol ids offered to clients, preferred first.
@@ -25,9 +26,11 @@ pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 pub type Current = Arc<ArcSwap<ServerConfig>>;
 
 /// Builds a listener's rustls config: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`, the
-/// certificate chosen by SNI. `Ok(None)` for a listener without TLS.
+/// certificate chosen by SNI, the listener's session resumption. `Ok(None)` for a listener
+/// without TLS.
 pub fn server_config(
     listener: &ListenerConfig,
+    resumption: &Resumption,
 ) -> Result<Option<Arc<ServerConfig>>, rustls::Error> {
     let Some(resolver) = SniResolver::new(listener) else {
         return Ok(None);
@@ -38,6 +41,7 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+    resumption.apply(listener, &mut config);
     Ok(Some(Arc::new(config)))
 }
 

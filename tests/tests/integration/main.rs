@@ -36,6 +36,7 @@ mod proxy_routing;
 mod proxy_throttle;
 mod proxy_timers;
 mod proxy_tls;
+mod proxy_tls_resume;
 mod proxy_upgrade_grpc;
 mod service;
 mod xdp_firewall;

@@ -540,7 +540,7 @@ fn missing_and_mismatched_keys_fail_startup_and_check_config_naming_key_and_file
     );
     assert!(!said.contains("names[0]"), "{said}");
 
-    // An expired certificate is legal but warned about, naming the key and the file.
+    // An expired certificate is legal but an error-level line, naming the key and the file.
     pki.leaf(
         "old",
         "/CN=old.example.com",
@@ -553,7 +553,7 @@ fn missing_and_mismatched_keys_fail_startup_and_check_config_naming_key_and_file
     let (ok, said) = check_config(pki.dir.path(), &expired);
     assert!(ok, "{said}");
     assert!(
-        said.contains("warning: listeners[0].tls.certificates[0].cert")
+        said.contains("error: listeners[0].tls.certificates[0].cert")
             && said.contains("old.pem")
             && said.contains("expired on"),
         "{said}"

@@ -9,6 +9,7 @@ mod control;
 mod cpu;
 mod defend;
 mod features;
+mod handshakes;
 mod idle;
 mod measure;
 mod options;

@@ -45,7 +45,7 @@ impl Peer {
                upstream bench {{ server {upstream}; keepalive 256; }}\n\
                server {{\n    listen {plain};\n    listen {tls} ssl;\n\
                  ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
-                 ssl_protocols TLSv1.2 TLSv1.3;\n\
+                 ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache shared:SSL:10m;\n\
                  location / {{ proxy_pass http://bench; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n\
                  location /cached/ {{ proxy_pass http://bench; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
                    proxy_cache bench; proxy_cache_valid 200 1h; add_header X-Cache $upstream_cache_status; }}\n\

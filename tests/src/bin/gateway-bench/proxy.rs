@@ -26,13 +26,14 @@ use hyper_util::rt::TokioIo;
 pub const CONNECTIONS: [usize; 2] = [64, 256];
 
 /// The parts of the bench `--only` picks from (comma-separated); all by default.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "plain-64",
     "plain-256",
     "tls-64",
     "tls-256",
     "features",
     "cache",
+    "handshakes",
     "idle",
 ];
 

@@ -2,7 +2,7 @@
 //! (peers.rs), and the upstream directly, in one run: keep-alive GETs over plain HTTP/1.1 and
 //! over TLS with ratios to nginx and to haproxy; cache hits against nginx's `proxy_cache`;
 //! then resident memory while each (and the bare hyper upstream) holds 10,000 idle keep-alive
-//! connections.
+//! connections; and new TLS connections per second, full and resumed (handshakes.rs).
 
 use std::{net::IpAddr, path::Path, sync::Arc, time::Duration};
 
@@ -108,6 +108,22 @@ pub fn run(
         let minimal = Dial::Plain(format!("127.0.0.1:{plain_port}").parse()?);
         let uncached = (minimal, gateway.pid());
         cache_hits(runtime, plan, upstream, &nginx, uncached, credentials)?;
+    }
+    if plan.wants("handshakes") {
+        let servers = [
+            crate::handshakes::Server {
+                name: "gateway",
+                tls: format!("127.0.0.1:{tls_port}").parse()?,
+                pid: gateway.pid(),
+            },
+            crate::handshakes::Server {
+                name: "nginx",
+                tls: nginx.tls,
+                pid: nginx.pid(),
+            },
+        ];
+        let seconds = plan.settings.seconds;
+        crate::handshakes::run(runtime, seconds, &roots(&cert)?, &servers)?;
     }
     if plan.wants("idle") {
         idle_memory(runtime, &contenders)?;
@@ -275,10 +291,7 @@ fn contender(peer: &Peer, tls: &tokio_rustls::TlsConnector) -> Contender {
 
 /// A TLS client trusting only the bench's certificate, offering HTTP/1.1.
 fn connector(cert: &Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
-    let mut roots = rustls::RootCertStore::empty();
-    for der in CertificateDer::pem_file_iter(cert)? {
-        roots.add(der?)?;
-    }
+    let roots = roots(cert)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -286,4 +299,13 @@ fn connector(cert: &Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// The bench's certificate as the only root.
+fn roots(cert: &Path) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_file_iter(cert)? {
+        roots.add(der?)?;
+    }
+    Ok(roots)
 }
