@@ -51,6 +51,7 @@ mod snapshot;
 mod throttle;
 pub(crate) mod tls;
 pub mod trace;
+mod upstream_tls;
 
 use std::{net::SocketAddr, sync::Arc};
 

@@ -38,6 +38,7 @@ mod proxy_timers;
 mod proxy_tls;
 mod proxy_upgrade_grpc;
 mod service;
+mod upstream_tls;
 mod xdp_firewall;
 mod xdp_limits;
 mod xdp_verdicts;
