@@ -11,10 +11,10 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use crate::proxy_support::{IO_TIMEOUT, Proxy, RustClient, free_port, upstream_toml};
+use crate::proxy_support::{Proxy, RustClient, free_port, upstream_toml, wait_until};
 use gateway_tests::{daemon::gateway_cmd, upstream::Upstream};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use tempfile::TempDir;
@@ -199,18 +199,6 @@ fn routed(name: &str, target: SocketAddr, extra: &str) -> String {
         "{}[[routes]]\nname = \"{name}\"\nupstream = \"{name}\"\nmatch = {{ path_prefix = \"/{name}\" }}\n",
         upstream_toml(name, &[(target, 1)], extra)
     )
-}
-
-/// Polls `done` (bounded) until it holds.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {IO_TIMEOUT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `gateway check-config` on a config with `proxy_toml`: (success, stdout + stderr).
