@@ -14,5 +14,6 @@ pub mod guard;
 pub mod http;
 pub mod proxy;
 pub mod rlimit;
+pub mod tls_client;
 pub mod wiring;
 pub mod xdp;

@@ -11,7 +11,8 @@
 //! `Vary`...) and delay ([`Upstream::set_delay_on`]); a request whose `If-None-Match` names
 //! the `ETag` set for its path is answered 304 with no body (a revalidation). It runs on its own thread and stops
 //! when dropped; [`Upstream::stop`] and [`Upstream::restart`] take it down and bring it back
-//! on the same address (for stale-if-error).
+//! on the same address (for stale-if-error). [`Upstream::start_tls`] serves the same over
+//! TLS (rustls, with the ALPN and client-certificate rules of the server config given).
 
 use std::{
     collections::BTreeMap,
@@ -62,6 +63,15 @@ impl Upstream {
 
     /// Like [`Upstream::start`], on a given address (e.g. a port a test kept free).
     pub fn start_at(name: &str, address: SocketAddr) -> Upstream {
+        Self::launch(name, address, None)
+    }
+
+    /// Like [`Upstream::start`], over TLS with `tls` (its certificate, ALPN, client auth).
+    pub fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> Upstream {
+        Self::launch(name, "127.0.0.1:0".parse().unwrap(), Some(tls))
+    }
+
+    fn launch(name: &str, address: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
         let listener = std::net::TcpListener::bind(address).expect("binding an upstream");
         listener
             .set_nonblocking(true)
@@ -82,7 +92,7 @@ impl Upstream {
             let state = state.clone();
             thread::Builder::new()
                 .name(format!("upstream-{name}"))
-                .spawn(move || serve(listener, state, stopped))
+                .spawn(move || serve(listener, state, stopped, tls))
                 .expect("spawning the upstream thread")
         };
         Upstream {
@@ -169,7 +179,13 @@ impl Drop for Upstream {
     }
 }
 
-fn serve(listener: std::net::TcpListener, state: Arc<State>, stopped: oneshot::Receiver<()>) {
+fn serve(
+    listener: std::net::TcpListener,
+    state: Arc<State>,
+    stopped: oneshot::Receiver<()>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -186,11 +202,26 @@ fn serve(listener: std::net::TcpListener, state: Arc<State>, stopped: oneshot::R
                 _ = &mut stopped => break,
             };
             let state = state.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| answer(state.clone(), req));
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                match acceptor {
+                    None => {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                    // A failed handshake (a client refusing the certificate) just closes.
+                    Some(acceptor) => {
+                        let accept = acceptor.accept(stream);
+                        if let Ok(Ok(stream)) = tokio::time::timeout(MAX_DELAY, accept).await {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                }
             });
         }
     });

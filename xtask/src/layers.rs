@@ -15,8 +15,8 @@ use anyhow::{Context as _, Result};
 /// the layers below its own, never its own layer's neighbours or a layer above.
 pub const LAYERS: &[(&str, &[&str])] = &[
     // Pure building blocks, no `crate::` imports: the accept-stage ban set, HTTP constants,
-    // certificate loading.
-    ("leaves", &["guard", "http", "certs"]),
+    // certificate loading, outgoing TLS client configs.
+    ("leaves", &["guard", "http", "certs", "tls_client"]),
     ("config", &["config"]),
     // The admin API's wire types and their range checks (they reuse config's shapes).
     ("wire", &["api"]),

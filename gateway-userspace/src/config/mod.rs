@@ -20,6 +20,7 @@ mod routes;
 mod side_limits;
 mod tls;
 mod units;
+mod upstream_tls;
 mod upstreams;
 
 use std::{fmt, path::Path, path::PathBuf};
@@ -42,6 +43,7 @@ pub use rate_limit::{Limits, RateClassConfig, RateLimitConfig, RawLimits};
 pub use resumption::{DEFAULT_TICKET_ROTATION, ResumptionConfig};
 pub use routes::{HostMatch, PathMatch, RouteConfig, RouteMatch};
 pub use side_limits::SideLimits;
+pub use upstream_tls::{Alpn, UpstreamTls};
 pub use upstreams::{Balance, TargetConfig, UpstreamConfig, UpstreamProtocol};
 
 /// Where the CLI and the daemon meet when the config does not say otherwise.

@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 use super::{Problems, proxy::check_name, units::duration};
 
+use super::upstream_tls::{RawUpstreamTls, UpstreamTls, compile_tls};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     pub name: String,
@@ -27,6 +29,8 @@ pub struct UpstreamConfig {
     pub ejection_time: Duration,
     pub retry: Option<RetryConfig>,
     pub protocol: UpstreamProtocol,
+    /// TLS to the targets (`https`), when set.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// What the gateway speaks to an upstream's targets.
@@ -38,6 +42,15 @@ pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 with prior knowledge, for every request: many requests share one connection.
     H2c,
+    /// HTTP/2 over TLS (ALPN h2), for every request; needs `tls`.
+    H2,
+}
+
+impl UpstreamProtocol {
+    /// Every request goes over HTTP/2.
+    pub fn http2_only(self) -> bool {
+        matches!(self, UpstreamProtocol::H2c | UpstreamProtocol::H2)
+    }
 }
 
 /// Active health checks: `GET path` on every target each `interval`.
@@ -107,6 +120,7 @@ pub(super) struct RawUpstream {
     retry: Option<RawRetry>,
     #[serde(default)]
     protocol: UpstreamProtocol,
+    tls: Option<RawUpstreamTls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -328,6 +342,12 @@ pub(super) fn compile_upstreams(
                 budget_min_per_second: raw.budget_min_per_second,
             }
         });
+        if upstream.protocol == UpstreamProtocol::H2 && upstream.tls.is_none() {
+            problems.add(
+                format!("{key}.protocol"),
+                "\"h2\" is HTTP/2 over TLS: it needs tls (cleartext HTTP/2 is \"h2c\")",
+            );
+        }
         upstreams.push(UpstreamConfig {
             connect_timeout: timeout(upstream.connect_timeout, "connect_timeout", 5, problems),
             request_timeout: timeout(upstream.request_timeout, "request_timeout", 30, problems),
@@ -340,6 +360,9 @@ pub(super) fn compile_upstreams(
             health_check,
             consecutive_failures: upstream.consecutive_failures,
             retry,
+            tls: upstream
+                .tls
+                .and_then(|raw| compile_tls(raw, upstream.protocol, &key, problems, warnings)),
             protocol: upstream.protocol,
         });
     }

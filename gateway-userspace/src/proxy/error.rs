@@ -61,6 +61,9 @@ pub enum ErrorKind {
     UpstreamFailed,
     /// The upstream did not connect or answer in time.
     UpstreamTimeout,
+    /// TLS with the upstream failed: its certificate (unknown issuer, wrong name, expired),
+    /// or it refused the gateway's (502, its own code so operators tell it from a crash).
+    UpstreamTls,
     /// No valid credential (401; `WWW-Authenticate` says why, RFC 6750).
     Unauthorized,
     /// Authenticated, but not allowed here: scopes, claims, groups (403).
@@ -90,7 +93,7 @@ impl ErrorKind {
             ErrorKind::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::ClientClosed => CLIENT_CLOSED,
             ErrorKind::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            ErrorKind::UpstreamFailed | ErrorKind::UpstreamTls => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::InsufficientScope | ErrorKind::SourceDenied | ErrorKind::CorsRejected => {
@@ -116,6 +119,7 @@ impl ErrorKind {
             ErrorKind::NoTarget => "no_upstream_target",
             ErrorKind::UpstreamFailed => "upstream_failed",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::UpstreamTls => "upstream_tls_failed",
             ErrorKind::Unauthorized => "invalid_token",
             ErrorKind::InsufficientScope => "insufficient_scope",
             ErrorKind::SourceDenied => "source_denied",
@@ -141,7 +145,9 @@ impl ErrorKind {
             | ErrorKind::SourceDenied
             | ErrorKind::CorsRejected
             | ErrorKind::RateLimited => Cause::Client,
-            ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout => Cause::Upstream,
+            ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout | ErrorKind::UpstreamTls => {
+                Cause::Upstream
+            }
             ErrorKind::NoTarget | ErrorKind::LimitUnavailable | ErrorKind::Internal => {
                 Cause::Gateway
             }
@@ -152,7 +158,10 @@ impl ErrorKind {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            ErrorKind::NoTarget | ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout
+            ErrorKind::NoTarget
+                | ErrorKind::UpstreamFailed
+                | ErrorKind::UpstreamTimeout
+                | ErrorKind::UpstreamTls
         )
     }
 
@@ -167,7 +176,10 @@ impl ErrorKind {
             ErrorKind::Unauthorized => 16, // UNAUTHENTICATED
             ErrorKind::NoRoute | ErrorKind::MethodNotImplemented => 12, // UNIMPLEMENTED
             ErrorKind::Internal => 13,     // INTERNAL
-            ErrorKind::NoTarget | ErrorKind::UpstreamFailed | ErrorKind::LimitUnavailable => 14, // UNAVAILABLE
+            ErrorKind::NoTarget
+            | ErrorKind::UpstreamFailed
+            | ErrorKind::UpstreamTls
+            | ErrorKind::LimitUnavailable => 14, // UNAVAILABLE
         }
     }
 
@@ -184,6 +196,7 @@ impl ErrorKind {
             ErrorKind::NoTarget => "no upstream target is available",
             ErrorKind::UpstreamFailed => "the upstream failed to answer",
             ErrorKind::UpstreamTimeout => "the upstream did not answer in time",
+            ErrorKind::UpstreamTls => "the TLS connection to the upstream failed",
             ErrorKind::Unauthorized => "a valid credential is required",
             ErrorKind::InsufficientScope => "the credential does not allow this request",
             ErrorKind::SourceDenied => "this route is not open to your address",
@@ -356,6 +369,13 @@ mod tests {
                 ErrorKind::UpstreamTimeout,
                 504,
                 "upstream_timeout",
+                Cause::Upstream,
+                true,
+            ),
+            (
+                ErrorKind::UpstreamTls,
+                502,
+                "upstream_tls_failed",
                 Cause::Upstream,
                 true,
             ),

@@ -13,10 +13,10 @@ use std::{
 
 use http_body_util::BodyExt as _;
 use hyper::{
-    Method, Request, Response, StatusCode, Uri, Version,
-    http::uri::{PathAndQuery, Scheme},
+    Method, Request, Response, StatusCode, Uri, Version, http::uri::PathAndQuery,
     upgrade::OnUpgrade,
 };
+use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -30,33 +30,35 @@ use super::{
     client_body::{BodyWatch, ClientBodyError, ClientFault},
     error::{Cause, ErrorKind, ProxyError},
     snapshot::Upstream,
+    upstream_tls,
 };
 
-/// One pool per upstream, so each has its own timeouts.
-pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
+/// One pool per upstream, so each has its own timeouts (and TLS settings: the connector
+/// speaks TLS for an upstream with `tls`, plain HTTP otherwise).
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 /// The pool for the upstream's `protocol`.
 pub fn client(config: &UpstreamConfig) -> UpstreamClient {
     match config.protocol {
-        UpstreamProtocol::Http1 => builder(config).build(connector(config)),
-        UpstreamProtocol::H2c => h2c_client(config),
+        UpstreamProtocol::Http1 => builder(config).build(connector(config, false)),
+        UpstreamProtocol::H2c | UpstreamProtocol::H2 => h2c_client(config),
     }
 }
 
-/// HTTP/2 with prior knowledge (h2c): for gRPC, so trailers go through, and for upstreams
-/// with `protocol = "h2c"`.
+/// HTTP/2 only (h2c, or h2 over TLS): for gRPC, so trailers go through, and for upstreams
+/// with `protocol = "h2c"` or `"h2"`.
 pub fn h2c_client(config: &UpstreamConfig) -> UpstreamClient {
     builder(config)
         .http2_only(true)
         .timer(TokioTimer::new())
-        .build(connector(config))
+        .build(connector(config, true))
 }
 
-fn connector(config: &UpstreamConfig) -> HttpConnector {
+fn connector(config: &UpstreamConfig, h2_only: bool) -> HttpsConnector<HttpConnector> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.connect_timeout));
     connector.set_nodelay(true);
-    connector
+    upstream_tls::connector(connector, config.tls.as_ref(), h2_only)
 }
 
 fn builder(config: &UpstreamConfig) -> hyper_util::client::legacy::Builder {
@@ -197,7 +199,7 @@ pub(super) async fn attempt(
     let target = &upstream.config.targets[index];
     let state = &upstream.targets[index];
     *req.uri_mut() = Uri::builder()
-        .scheme(Scheme::HTTP)
+        .scheme(upstream_tls::scheme(&upstream.config))
         .authority(target.address.as_str())
         .path_and_query(path)
         .build()
@@ -205,7 +207,7 @@ pub(super) async fn attempt(
     // Upstreams get their `protocol` whatever the client spoke; gRPC from an HTTP/2 client
     // goes on over HTTP/2 (h2c), for its trailers (gRPC-Web works over HTTP/1.1).
     let grpc = grpc && req.version() == Version::HTTP_2;
-    let h2c = upstream.config.protocol == UpstreamProtocol::H2c;
+    let h2c = upstream.config.protocol.http2_only();
     *req.version_mut() = if grpc || h2c {
         Version::HTTP_2
     } else {
@@ -382,6 +384,16 @@ fn classify(
             std::io::ErrorKind::BrokenPipe,
             std::io::ErrorKind::UnexpectedEof,
         ]);
+    if let Some(reason) = upstream_tls::failure(error) {
+        return ProxyError {
+            sent: !error.is_connect(),
+            unanswered: !error.is_connect(),
+            ..ProxyError::new(
+                ErrorKind::UpstreamTls,
+                format!("{}: {reason}", describe("TLS failed with")),
+            )
+        };
+    }
     let (kind, what) = match (error.is_connect(), timed_out) {
         (true, true) => (ErrorKind::UpstreamTimeout, "connect timed out to"),
         (true, false) => (ErrorKind::UpstreamFailed, "cannot connect to"),

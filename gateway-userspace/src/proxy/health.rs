@@ -249,7 +249,8 @@ async fn run(config: UpstreamConfig, states: Vec<Arc<TargetState>>, client: Upst
         ticker.tick().await;
         let mut probes = tokio::task::JoinSet::new();
         for (index, target) in config.targets.iter().enumerate() {
-            let uri = format!("http://{}{}", target.address, check.path);
+            let scheme = super::upstream_tls::scheme(&config);
+            let uri = format!("{scheme}://{}{}", target.address, check.path);
             let (client, timeout) = (client.clone(), check.timeout);
             probes.spawn(async move { (index, probe(&client, &uri, timeout).await) });
         }
@@ -292,10 +293,10 @@ async fn probe(client: &UpstreamClient, uri: &str, timeout: Duration) -> Result<
         .body(empty())
         .map_err(|error| format!("bad probe URI {uri}: {error}"))?;
     let exchange = async {
-        let response = client
-            .request(request)
-            .await
-            .map_err(|error| format!("GET {uri}: {error}"))?;
+        let response = client.request(request).await.map_err(|error| {
+            let reason = super::upstream_tls::failure(&error);
+            format!("GET {uri}: {}", reason.unwrap_or_else(|| error.to_string()))
+        })?;
         let status = response.status();
         let _ = response.into_body().collect().await;
         if status.is_success() || status.is_redirection() {
@@ -331,6 +332,7 @@ mod tests {
             ejection_time: Duration::from_secs(60),
             retry: None,
             protocol: Default::default(),
+            tls: None,
         }
     }
 

@@ -22,7 +22,10 @@ use hyper_util::{
 use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind as JwtErrorKind, jwk::JwkSet};
 use serde_json::{Map, Value};
 
-use crate::config::auth::{JwksUrl, JwtProvider, VerifyKeys, keys_from_jwks};
+use crate::{
+    config::auth::{JwksUrl, JwtProvider, VerifyKeys, keys_from_jwks},
+    tls_client,
+};
 
 /// Memory for verified tokens per provider (the token, its claims and bookkeeping, estimated);
 /// beyond, the least recently used are evicted.
@@ -377,33 +380,27 @@ impl KeyState {
 /// http and https (TLS 1.2/1.3 on ring), trusting `jwks_ca` when given, else the system's
 /// root certificates.
 fn connector(url: Option<&JwksUrl>, provider: &str) -> HttpsConnector<HttpConnector> {
-    let mut roots = rustls::RootCertStore::empty();
-    match url.and_then(|url| url.ca.as_ref()) {
-        Some(ca) => {
-            let (added, _) = roots.add_parsable_certificates(ca.iter().cloned());
-            if added == 0 {
-                tracing::error!(provider, "jwks_ca holds no usable CA certificate");
-            }
+    let https = url.is_some_and(|url| url.url.scheme_str() == Some("https"));
+    let ca = url.and_then(|url| url.ca.as_deref());
+    let roots = match https || ca.is_some() {
+        true => tls_client::roots(ca),
+        false => rustls::RootCertStore::empty(),
+    };
+    if https && roots.is_empty() {
+        match ca {
+            Some(_) => tracing::error!(provider, "jwks_ca holds no usable CA certificate"),
+            None => tracing::error!(
+                provider,
+                "no system root certificates found for the https JWKS URL: set jwks_ca"
+            ),
         }
-        None if url.is_some_and(|url| url.url.scheme_str() == Some("https")) => {
-            let found = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(found.certs);
-            if roots.is_empty() {
-                tracing::error!(
-                    provider,
-                    "no system root certificates found for the https JWKS URL: set jwks_ca"
-                );
-            }
-        }
-        None => {}
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = tls_client::client_config(tls_client::ClientTls {
+        roots,
+        verify: true,
+        client_cert: None,
+        tls13_only: false,
+    });
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(FETCH_TIMEOUT));

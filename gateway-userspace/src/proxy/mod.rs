@@ -54,6 +54,7 @@ mod throttle;
 mod tickets;
 pub(crate) mod tls;
 pub mod trace;
+mod upstream_tls;
 
 use std::{net::SocketAddr, sync::Arc};
 

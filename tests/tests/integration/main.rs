@@ -39,6 +39,7 @@ mod proxy_tls;
 mod proxy_tls_resume;
 mod proxy_upgrade_grpc;
 mod service;
+mod upstream_tls;
 mod xdp_firewall;
 mod xdp_limits;
 mod xdp_verdicts;

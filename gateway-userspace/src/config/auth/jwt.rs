@@ -8,7 +8,7 @@ use jsonwebtoken::{
     Algorithm, AlgorithmFamily, DecodingKey,
     jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse},
 };
-use rustls_pki_types::{CertificateDer, pem::PemObject as _};
+use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
 use crate::config::{
@@ -205,20 +205,9 @@ pub(super) fn compile_provider(
                     && uri.authority().is_some() =>
             {
                 let ca = raw.jwks_ca.as_ref().and_then(|path| {
-                    let key = format!("{key}.jwks_ca");
-                    let pem = std::fs::read(path)
-                        .map_err(|error| {
-                            problems.add(&key, format!("cannot read {}: {error}", path.display()))
-                        })
-                        .ok()?;
-                    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-                        .filter_map(Result::ok)
-                        .collect();
-                    if certs.is_empty() {
-                        problems.add(key, format!("{} holds no PEM certificate", path.display()));
-                        return None;
-                    }
-                    Some(certs)
+                    crate::tls_client::read_ca(path)
+                        .map_err(|why| problems.add(format!("{key}.jwks_ca"), why))
+                        .ok()
                 });
                 jwks_url = Some(JwksUrl {
                     ca,

@@ -25,6 +25,8 @@ pub struct Features {
     pub api_key: bool,
     /// Besides the measured route, a second one at `/cached` that caches: the full config.
     pub cached_route: bool,
+    /// TLS to the upstream (see [`upstream_tls`]).
+    pub upstream_tls: bool,
 }
 
 impl Features {
@@ -35,6 +37,7 @@ impl Features {
         cache: false,
         api_key: true,
         cached_route: true,
+        upstream_tls: false,
     };
 }
 
@@ -48,6 +51,7 @@ pub const NAMED: [(&str, Features); 7] = {
         cache: false,
         api_key: false,
         cached_route: false,
+        upstream_tls: false,
     };
     [
         ("minimal", none),
@@ -123,6 +127,16 @@ impl Credentials {
             Vec::new()
         }
     }
+}
+
+/// `config` (from [`gateway`]) with TLS to its upstream, trusting `ca` for `localhost`.
+pub fn upstream_tls(config: &str, ca: &Path) -> String {
+    let tls = format!("tls = {{ ca_file = {ca:?}, server_name = \"localhost\" }}\n");
+    config.replacen(
+        "[[routes]]\nname = \"bench\"",
+        &(tls + "[[routes]]\nname = \"bench\""),
+        1,
+    )
 }
 
 /// The config text for `Gateway::start` (`{admin_socket}` and `{dir}` are its placeholders).

@@ -25,8 +25,19 @@ pub fn run(
     credentials: &Credentials,
 ) -> anyhow::Result<()> {
     let none = Features::default();
-    let rows: [(&str, Features, &str); 8] = [
+    // The bench's upstream again, over TLS, for the upstream TLS row.
+    let (_cert_dir, cert, key) = crate::peers::certificate()?;
+    let tls_upstream = UpstreamProcess::start_tls(&cert, &key)?;
+    let rows: [(&str, Features, &str); 9] = [
         ("minimal", none, "/bench"),
+        (
+            "+ TLS to the upstream (pooled)",
+            Features {
+                upstream_tls: true,
+                ..none
+            },
+            "/bench",
+        ),
         (
             "+ access log to a file",
             Features {
@@ -81,7 +92,13 @@ pub fn run(
             max_connections: 20_000,
             idle_seconds: IDLE_SECONDS,
         };
-        let config = configs::gateway(upstream.address(), &listeners, features, credentials)?;
+        let config = match features.upstream_tls {
+            true => configs::upstream_tls(
+                &configs::gateway(tls_upstream.address(), &listeners, features, credentials)?,
+                &cert,
+            ),
+            false => configs::gateway(upstream.address(), &listeners, features, credentials)?,
+        };
         let gateway = Gateway::start(None, &config);
         let address = format!("127.0.0.1:{port}").parse()?;
         if features.cache || path.starts_with("/cached") {

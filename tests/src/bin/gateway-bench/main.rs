@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         Some("cluster") => cluster::run(&args[1..]),
         Some("control") => control::run(&args[1..]),
         // The bench's own upstream process (upstream_process.rs), not a bench.
-        Some("upstream") => upstream_process::serve(),
+        Some("upstream") => upstream_process::serve(&args[1..]),
         _ => {
             eprintln!(
                 "usage: gateway-bench xdp [--seconds N] [--repeat N] | proxy [--seconds N] [--rounds N] [--wrk] [--only plain-64,...] [--idle N] [--callgrind [--requests N] [--config minimal|full]] | defend [--seconds N] | cluster [--seconds N] | cluster --catch-up [--sizes 10000,100000,1000000] | control [--ops N] [--sizes 10000,100000,1000000]"

@@ -22,6 +22,18 @@ pub fn free_port() -> u16 {
     gateway_tests::redis::free_port()
 }
 
+/// Polls `done` every 50 ms until it holds; fails naming `what` after [`IO_TIMEOUT`].
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {IO_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A running gateway with one HTTP listener; `proxy_toml` holds the rest of the config.
 pub struct Proxy {
     pub gateway: Gateway,
