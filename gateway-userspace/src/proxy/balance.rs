@@ -276,19 +276,19 @@ impl PowerOfTwoChoices {
         load: impl Fn(usize) -> f64,
         eligible: impl Fn(usize) -> bool,
     ) -> Option<usize> {
-        let candidates: Vec<usize> = (0..self.weights.len())
-            .filter(|&index| self.weights[index] > 0 && eligible(index))
-            .collect();
-        let (a, b) = match candidates.len() {
+        // Counted, then walked to the two drawn: no candidate list allocated per pick.
+        let candidates =
+            || (0..self.weights.len()).filter(|&index| self.weights[index] > 0 && eligible(index));
+        let (a, b) = match candidates().count() {
             0 => return None,
-            1 => return Some(candidates[0]),
+            1 => return candidates().next(),
             count => {
                 let a = fastrand::usize(..count);
                 let mut b = fastrand::usize(..count - 1);
                 if b >= a {
                     b += 1;
                 }
-                (candidates[a], candidates[b])
+                (candidates().nth(a)?, candidates().nth(b)?)
             }
         };
         let score = |index: usize| load(index) / f64::from(self.weights[index]);

@@ -466,10 +466,11 @@ impl Logged {
         if !record.log_line {
             return;
         }
+        let mut trace_id = [0; 32];
         tracing::info!(
             target: TARGET,
             request_id = record.request_id,
-            trace_id = record.trace.trace_id_hex(),
+            trace_id = record.trace.trace_id_hex(&mut trace_id),
             client_ip = %record.client.ip(),
             method = record.method,
             host = record.host,

@@ -56,8 +56,10 @@ impl TraceContext {
         HeaderValue::from_bytes(&value).expect("hex is a valid header value")
     }
 
-    pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+    /// The trace id as 32 lowercase hex digits, written into `out` (no allocation).
+    pub fn trace_id_hex<'a>(&self, out: &'a mut [u8; 32]) -> &'a str {
+        lower_hex_into(out, self.trace_id);
+        std::str::from_utf8(out).expect("hex digits are ASCII")
     }
 }
 

@@ -4,6 +4,7 @@
 //! after a warm-up, the counters are zeroed (`callgrind_control --zero`), N keep-alive GETs are
 //! sent, the counters dumped (`--dump`), then the same with 2N. Instructions per request are
 //! the 2N batch minus the N batch, over N: what is fixed per batch (timers, the dump) cancels.
+//! `--keep FILE` copies the 2N dump there, for `callgrind_annotate --inclusive=yes FILE`.
 
 use std::{
     net::SocketAddr,
@@ -31,7 +32,7 @@ const WARM_UP: usize = 200;
 /// Bounds each batch (callgrind runs the gateway some 50x slower).
 const BATCH_TIMEOUT: Duration = Duration::from_secs(600);
 
-pub fn run(requests: usize, config_name: &str) -> anyhow::Result<()> {
+pub fn run(requests: usize, config_name: &str, keep: Option<&Path>) -> anyhow::Result<()> {
     let upstream = UpstreamProcess::start()?;
     let dir = tempfile::tempdir()?;
     let credentials = Credentials::generate(dir.path());
@@ -65,7 +66,11 @@ pub fn run(requests: usize, config_name: &str) -> anyhow::Result<()> {
         control(gateway.pid(), "--zero")?;
         runtime.block_on(send(address, &headers, batch))?;
         control(gateway.pid(), "--dump")?;
-        counts.push(newest_total(dir.path())?);
+        let (total, dump) = newest_total(dir.path())?;
+        counts.push(total);
+        if let Some(keep) = keep {
+            std::fs::copy(&dump, keep).with_context(|| format!("--keep {}", keep.display()))?;
+        }
     }
     println!(
         "\n## Instructions per request (callgrind, release gateway, config {}, \
@@ -130,8 +135,9 @@ fn control(pid: u32, action: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The instruction total of the newest dump in `dir` (its `summary:` or `totals:` line).
-fn newest_total(dir: &Path) -> anyhow::Result<u64> {
+/// The instruction total of the newest dump in `dir` (its `summary:` or `totals:` line), and
+/// that dump's path.
+fn newest_total(dir: &Path) -> anyhow::Result<(u64, PathBuf)> {
     let newest = std::fs::read_dir(dir)?
         .flatten()
         .filter(|entry| {
@@ -150,6 +156,7 @@ fn newest_total(dir: &Path) -> anyhow::Result<u64> {
                 .or(line.strip_prefix("totals:"))?;
             value.split_whitespace().next()?.parse().ok()
         })
+        .map(|total| (total, newest.path()))
         .with_context(|| format!("no instruction total in {}", newest.path().display()))
 }
 

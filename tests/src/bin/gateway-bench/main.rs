@@ -34,7 +34,7 @@ fn main() -> anyhow::Result<()> {
         Some("upstream") => upstream_process::serve(&args[1..]),
         _ => {
             eprintln!(
-                "usage: gateway-bench xdp [--seconds N] [--repeat N] | proxy [--seconds N] [--rounds N] [--wrk] [--only plain-64,...] [--idle N] [--callgrind [--requests N] [--config minimal|full]] | defend [--seconds N] | cluster [--seconds N] | cluster --catch-up [--sizes 10000,100000,1000000] | control [--ops N] [--sizes 10000,100000,1000000]"
+                "usage: gateway-bench xdp [--seconds N] [--repeat N] | proxy [--seconds N] [--rounds N] [--wrk] [--only plain-64,...] [--idle N] [--callgrind [--requests N] [--config NAME] [--keep FILE]] | defend [--seconds N] | cluster [--seconds N] | cluster --catch-up [--sizes 10000,100000,1000000] | control [--ops N] [--sizes 10000,100000,1000000]"
             );
             std::process::exit(2);
         }

@@ -48,6 +48,8 @@ pub struct Plan {
     requests: usize,
     /// `--config NAME`: the config `--callgrind` runs (one of [`configs::NAMED`]).
     config: &'static str,
+    /// `--keep FILE`: where `--callgrind` copies its 2N dump, for `callgrind_annotate`.
+    keep: Option<std::path::PathBuf>,
 }
 
 impl Plan {
@@ -70,6 +72,7 @@ impl Plan {
             callgrind: false,
             requests: 5_000,
             config: "minimal",
+            keep: None,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -81,6 +84,7 @@ impl Plan {
                 "--rounds" => plan.settings.rounds = number(arg, value()?)?,
                 "--requests" => plan.requests = number(arg, value()?)?,
                 "--idle" => plan.idle = Some(number(arg, value()?)?),
+                "--keep" => plan.keep = Some(value()?.into()),
                 "--config" => {
                     let name = value()?;
                     plan.config = configs::NAMED
@@ -109,7 +113,7 @@ impl Plan {
                 }
                 _ => bail!(
                     "unknown option {arg}; options: --seconds N --rounds N --wrk --only {} \
-                     --idle N --callgrind --requests N --config NAME",
+                     --idle N --callgrind --requests N --config NAME --keep FILE",
                     SECTIONS.join(",")
                 ),
             }
@@ -130,7 +134,7 @@ fn number<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T> {
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let plan = Plan::parse(args)?;
     if plan.callgrind {
-        return crate::callgrind::run(plan.requests, plan.config);
+        return crate::callgrind::run(plan.requests, plan.config, plan.keep.as_deref());
     }
     let upstream = UpstreamProcess::start()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
