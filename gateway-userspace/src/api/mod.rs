@@ -3,6 +3,7 @@
 //! service or the HTTP adapter (control/) for them.
 
 pub mod failure;
+pub mod import_lines;
 pub mod records;
 pub mod replication;
 pub mod tickets;
@@ -114,8 +115,12 @@ pub struct SourceDrops {
 pub const RULES_PATH: &str = "/v1/rules";
 /// `POST` removes an operator rule ([`RemoveRuleRequest`]).
 pub const REMOVE_RULE_PATH: &str = "/v1/rules/remove";
-/// `POST` adds many operator rules at once, or none ([`ImportRequest`]).
+/// `POST` adds many operator rules at once, or none: the lines streamed as the body
+/// (`Content-Type: text/plain`, the rest in the query: [`ImportQuery`]), or a JSON
+/// [`ImportRequest`] of at most 1 MiB.
 pub const IMPORT_PATH: &str = "/v1/rules/import";
+/// The content type of a streamed import's lines.
+pub const IMPORT_LINES_TYPE: &str = "text/plain";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RuleRequest {

@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use super::{
     BanRequest, ImportRequest, KnownGoodRequest, MAX_PAGE, PageQuery, RemoveRuleRequest,
     RuleAction, RuleRequest, UnbanRequest,
+    import_lines::{ImportLines, LinesError},
 };
 
 /// Longest ban, rule TTL or known-good TTL: 10 years.
@@ -184,25 +185,18 @@ impl ImportRequest {
     /// Every network of `text`, one per line (`#` starts a comment), and the comment.
     pub fn validate(&self) -> Result<(Vec<IpNet>, Option<String>), Invalid> {
         let comment = comment("comment", self.comment.as_deref())?;
-        let mut nets = Vec::new();
-        for (index, line) in self.text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
-                continue;
-            }
-            let net = cidr("text", line).map_err(|invalid| {
-                Invalid::new(
-                    "text",
-                    format!(
-                        "line {}: {}; nothing was imported",
-                        index + 1,
-                        invalid.reason
-                    ),
-                )
-            })?;
-            nets.push(net);
+        let mut lines = ImportLines::new(usize::MAX);
+        let nets = lines
+            .push(self.text.as_bytes())
+            .and_then(|()| lines.finish());
+        match nets {
+            Ok(nets) => Ok((nets, comment)),
+            Err(LinesError::Invalid(invalid)) => Err(invalid),
+            Err(LinesError::TooMany { most }) => Err(Invalid::new(
+                "text",
+                format!("holds more than {most} networks"),
+            )),
         }
-        Ok((nets, comment))
     }
 }
 

@@ -8,9 +8,11 @@ use anyhow::Context as _;
 use super::paging::{PageArgs, Pager, print_more};
 use crate::{
     api::{
-        Done, EXPLAIN_PATH, Explanation, IMPORT_PATH, ImportRequest, ImportResult, PROMOTE_PATH,
-        RATE_LIMITS_PATH, RATE_LIMITS_RESET_PATH, REMOVE_RULE_PATH, RULES_PATH, RateLimits,
-        RawLimits, RemoveRuleRequest, RuleAction, RuleEntry, RuleList, RuleRequest,
+        Done, EXPLAIN_PATH, Explanation, IMPORT_LINES_TYPE, IMPORT_PATH, ImportResult,
+        PROMOTE_PATH, RATE_LIMITS_PATH, RATE_LIMITS_RESET_PATH, REMOVE_RULE_PATH, RULES_PATH,
+        RateLimits, RawLimits, RemoveRuleRequest, RuleAction, RuleEntry, RuleList, RuleRequest,
+        import_lines::{ImportLines, ImportQuery, LinesError},
+        valid,
     },
     control::Client,
 };
@@ -84,21 +86,36 @@ pub async fn import(
     file: &Path,
     comment: Option<String>,
 ) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let request = ImportRequest {
-        action,
-        text,
-        comment,
+    let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    // Checked here first: a bad line or comment is named before anything is sent, and the
+    // count lets the daemon refuse an import that cannot fit before reading it.
+    let refused = |invalid| super::refused(invalid, &[("comment", "--comment")]);
+    let context = || format!("importing {}", file.display());
+    valid::comment("comment", comment.as_deref())
+        .map_err(refused)
+        .with_context(context)?;
+    let mut lines = ImportLines::new(usize::MAX);
+    let counted = lines.push(&text).and_then(|()| lines.finish());
+    let lines = match counted {
+        Ok(nets) => nets.len(),
+        Err(LinesError::Invalid(invalid)) => return Err(refused(invalid)).with_context(context),
+        Err(LinesError::TooMany { most }) => {
+            anyhow::bail!("{}: more than {most} networks", file.display())
+        }
     };
-    request
-        .validate()
-        .map_err(|invalid| super::refused(invalid, &[("comment", "--comment")]))
-        .with_context(|| format!("importing {}", file.display()))?;
+    let query = ImportQuery {
+        action,
+        comment,
+        lines: Some(lines),
+    };
     let result: ImportResult = client
-        .post(IMPORT_PATH, &request)
+        .post_raw(
+            &format!("{IMPORT_PATH}?{}", query.encode()),
+            IMPORT_LINES_TYPE,
+            text.into(),
+        )
         .await
-        .with_context(|| format!("importing {}", file.display()))?;
+        .with_context(context)?;
     println!("imported {} rules from {}", result.imported, file.display());
     Ok(())
 }

@@ -27,6 +27,8 @@ pub enum ClientError {
     Api { status: u16, message: String },
 }
 
+const JSON: &str = "application/json";
+
 /// Where the daemon's admin API is: its unix socket, or its loopback TCP listener.
 pub struct Client {
     socket: PathBuf,
@@ -51,7 +53,8 @@ impl Client {
 
     /// `GET path`, decoding the JSON answer.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.call(hyper::Method::GET, path, Bytes::new()).await
+        self.call(hyper::Method::GET, path, JSON, Bytes::new())
+            .await
     }
 
     /// `POST path` with a JSON body, decoding the JSON answer.
@@ -61,7 +64,18 @@ impl Client {
         body: &B,
     ) -> Result<T, ClientError> {
         let body = serde_json::to_vec(body).map_err(|error| self.protocol(error))?;
-        self.call(hyper::Method::POST, path, Bytes::from(body))
+        self.call(hyper::Method::POST, path, JSON, Bytes::from(body))
+            .await
+    }
+
+    /// `POST path` with a body of `content_type`, decoding the JSON answer.
+    pub async fn post_raw<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &'static str,
+        body: Bytes,
+    ) -> Result<T, ClientError> {
+        self.call(hyper::Method::POST, path, content_type, body)
             .await
     }
 
@@ -69,6 +83,7 @@ impl Client {
         &self,
         method: hyper::Method,
         path: &str,
+        content_type: &'static str,
         body: Bytes,
     ) -> Result<T, ClientError> {
         let mut sender = match &self.tcp {
@@ -89,7 +104,7 @@ impl Client {
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, "gateway")
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::CONTENT_TYPE, content_type)
             .header(
                 hyper::header::AUTHORIZATION,
                 format!(

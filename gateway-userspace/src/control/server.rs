@@ -37,8 +37,8 @@ use crate::{
     firewall::{Firewall, FirewallResult},
 };
 
-/// Largest import accepted (100k CIDRs are about 2 MiB).
-const MAX_IMPORT: usize = 64 << 20;
+/// Chunks of a streamed import read ahead of the parser.
+const IMPORT_READ_AHEAD: usize = 4;
 /// Largest other admin request body accepted.
 const MAX_BODY: usize = 1 << 20;
 
@@ -279,23 +279,15 @@ async fn handle(api: &Api, request: Request<Incoming>) -> Response<Full<Bytes>> 
                 .await
                 .map(|limits| json(&limits))
         }
-        (&Method::POST, api::IMPORT_PATH) => match import_body(request).await {
-            // Parsing, the store and the maps: all on a blocking thread.
-            Ok(bytes) => {
-                let firewall = firewall.clone();
-                tokio::task::spawn_blocking(move || {
-                    let import: ImportRequest = parse_body(&bytes)?;
-                    firewall.import(&import).map_err(ApiFailure::from)
-                })
+        (&Method::POST, api::IMPORT_PATH) if is_import_lines(&request) => {
+            import_lines(firewall, query.as_deref(), request)
                 .await
-                .unwrap_or_else(|error| {
-                    Err(ApiFailure::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("the import failed: {error}"),
-                    ))
-                })
                 .map(|imported| json(&ImportResult { imported }))
-            }
+        }
+        (&Method::POST, api::IMPORT_PATH) => match body::<ImportRequest>(request, MAX_BODY).await {
+            Ok(import) => blocking(firewall, move |f| f.import(&import))
+                .await
+                .map(|imported| json(&ImportResult { imported })),
             Err(failure) => Err(failure),
         },
         (&Method::POST, api::RELOAD_PATH) => reload(&api.reloads).await,
@@ -440,12 +432,6 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// An import's body, read whole (up to [`MAX_IMPORT`]) but not parsed: that happens off the
-/// async workers.
-async fn import_body(request: Request<Incoming>) -> Result<Bytes, ApiFailure> {
-    read_body(request, MAX_IMPORT).await
-}
-
 /// The request's body, whole, up to `limit` bytes (a 400 beyond, or when reading fails).
 async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiFailure> {
     Ok(Limited::new(request.into_body(), limit)
@@ -458,6 +444,149 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
             )
         })?
         .to_bytes())
+}
+
+/// A streamed import: the body is its lines (not JSON).
+fn is_import_lines<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case(api::IMPORT_LINES_TYPE))
+}
+
+/// What a chunk reader tells the parser.
+enum Chunk {
+    Data(Bytes),
+    /// The body ended as sent: what was read is the whole import.
+    End,
+}
+
+/// Imports the lines of the body as they arrive, never holding it whole: the chunks go to a
+/// blocking thread that parses them (and then writes the store and the maps), while this
+/// task only reads. A refusal (a bad line, more rules than fit) stops the reading at once;
+/// a body cut short imports nothing.
+async fn import_lines(
+    firewall: &Arc<Firewall>,
+    query: Option<&str>,
+    request: Request<Incoming>,
+) -> Result<usize, ApiFailure> {
+    let options = import_query(query)?;
+    // A declared count that cannot fit is refused before the body is read.
+    let mut import = blocking(firewall, move |f| f.start_import(options.lines)).await?;
+    let (chunks, mut arriving) = mpsc::channel::<Chunk>(IMPORT_READ_AHEAD);
+    let firewall = firewall.clone();
+    let parser = tokio::task::spawn_blocking(move || {
+        loop {
+            match arriving.blocking_recv() {
+                Some(Chunk::Data(data)) => import.push(&data)?,
+                Some(Chunk::End) => break,
+                None => {
+                    return Err(ApiFailure::new(
+                        StatusCode::BAD_REQUEST,
+                        "reading the request body failed before its end; nothing was imported",
+                    ));
+                }
+            }
+        }
+        firewall
+            .finish_import(import, options.action, options.comment.as_deref())
+            .map_err(ApiFailure::from)
+    });
+    let mut body = request.into_body();
+    let read = loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            // The parser refused (its answer says why): the rest is not read.
+            () = chunks.closed() => break Ok(()),
+        };
+        let chunk = match frame {
+            None => Chunk::End,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => Chunk::Data(data),
+                // Trailers: nothing to import.
+                Err(_) => continue,
+            },
+            Some(Err(error)) => break Err(error),
+        };
+        let end = matches!(chunk, Chunk::End);
+        if chunks.send(chunk).await.is_err() || end {
+            break Ok(());
+        }
+    };
+    drop(chunks);
+    let imported = parser.await.unwrap_or_else(|error| {
+        Err(ApiFailure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the import failed: {error}"),
+        ))
+    });
+    match (read, imported) {
+        (Err(error), Err(_)) => Err(ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            format!("reading the request body: {error}; nothing was imported"),
+        )),
+        (_, imported) => imported,
+    }
+}
+
+/// `?action=allow|deny&comment=TEXT&lines=N` of a streamed import.
+fn import_query(query: Option<&str>) -> Result<api::import_lines::ImportQuery, ApiFailure> {
+    let bad = |field: &str, message: String| {
+        let mut failure = ApiFailure::new(StatusCode::BAD_REQUEST, message);
+        failure.field = Some(field.to_owned());
+        failure
+    };
+    let (mut action, mut comment, mut lines) = (None, None, None);
+    for pair in query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value);
+        match key {
+            "action" => {
+                action = Some(match value.as_str() {
+                    "allow" => api::RuleAction::Allow,
+                    "deny" => api::RuleAction::Deny,
+                    _ => {
+                        return Err(bad(
+                            "action",
+                            format!("action: {value:?} is neither allow nor deny"),
+                        ));
+                    }
+                })
+            }
+            "comment" => comment = Some(value),
+            "lines" => {
+                lines = Some(value.parse().map_err(|_| {
+                    bad(
+                        "lines",
+                        format!("lines: {value:?} is not a number of networks"),
+                    )
+                })?)
+            }
+            _ => {
+                return Err(ApiFailure::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {key:?}: give action, comment and lines"),
+                ));
+            }
+        }
+    }
+    let action = action.ok_or_else(|| {
+        bad(
+            "action",
+            "action: missing; give ?action=allow or ?action=deny".to_owned(),
+        )
+    })?;
+    Ok(api::import_lines::ImportQuery {
+        action,
+        comment,
+        lines,
+    })
 }
 
 /// Hands the reload to the daemon's main loop (the one place reloads happen) and waits.

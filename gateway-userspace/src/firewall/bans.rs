@@ -302,15 +302,15 @@ impl Inner {
             self.operator.bans.insert(ban.cidr, ban.clone());
         }
         let now = unix_now();
-        let mut refused = None;
-        if let Some(xdp) = self.xdp.as_mut() {
-            for ban in bans {
-                if let Err(error) = xdp.ban(ban.cidr, kernel_expiry(ban.expires_at, now)) {
-                    refused = Some(error);
-                    break;
-                }
-            }
-        }
+        // In batches (a catch-up or an auto-ban burst places thousands): a refused batch
+        // undoes every ban of the call below, written or not.
+        let refused = self.xdp.as_mut().and_then(|xdp| {
+            let entries: Vec<_> = bans
+                .iter()
+                .map(|ban| (ban.cidr, kernel_expiry(ban.expires_at, now)))
+                .collect();
+            xdp.ban_all(&entries).err()
+        });
         if let Some(error) = refused {
             // Not in force: not kept either, or it would come back at every start.
             let mut undo = Vec::new();

@@ -7,7 +7,8 @@
 //! Every change is committed to the store before it reaches the kernel, so nothing
 //! acknowledged is lost; a failed step leaves memory, store and kernel as they were.
 //!
-//! - [`rules`]: operator rules, import, rate limits
+//! - [`rules`]: operator rules, rate limits
+//! - [`import`]: rules in bulk, streamed
 //! - [`bans`]: bans, auto-bans, expiry
 //! - [`replicate`]: other nodes' bans and rules, a batch at a time
 //! - [`explain`]: what the kernel would do with a packet, and why
@@ -18,6 +19,7 @@
 mod bans;
 pub mod error;
 mod explain;
+mod import;
 mod kernel;
 mod listener;
 mod metrics;
@@ -38,6 +40,7 @@ use ipnet::IpNet;
 
 pub use crate::api::records;
 pub use error::{FirewallError, FirewallResult};
+pub use import::Import;
 pub use listener::ChangeListener;
 use records::{OperatorBan, is_expired, unix_now};
 

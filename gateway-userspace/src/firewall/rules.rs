@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     api::{
-        ImportRequest, RateClassView, RateLimits, RawLimits, RuleEntry, RuleList, RuleRequest,
+        RateClassView, RateLimits, RawLimits, RuleEntry, RuleList, RuleRequest,
         replication::Change,
         valid::{self, ValidPage},
     },
@@ -31,14 +31,6 @@ pub(super) fn policy_name(policy: Policy) -> &'static str {
         Policy::DenyList => "deny-list",
         Policy::AllowList => "allow-list",
     }
-}
-
-/// Lines of an import that hold a network: an upper bound on the rules it adds, counted
-/// before anything is parsed.
-fn candidate_lines(text: &str) -> usize {
-    text.lines()
-        .filter(|line| !line.split('#').next().unwrap_or("").trim().is_empty())
-        .count()
 }
 
 impl Firewall {
@@ -257,65 +249,6 @@ impl Firewall {
         Ok(net)
     }
 
-    /// Adds every line of `request.text` as a rule, or none of them: room is checked before
-    /// anything is parsed, then the rules go into the store in one transaction and into the
-    /// maps in one pass. Call it off the async workers (it parses and syncs to disk).
-    pub fn import(&self, request: &ImportRequest) -> FirewallResult<usize> {
-        let most = candidate_lines(&request.text);
-        self.lock().check_room(most)?;
-        let (nets, comment) = request.validate()?;
-        let v4 = nets.iter().filter(|net| net.addr().is_ipv4()).count();
-        let count = nets.len();
-        {
-            let mut inner = self.lock();
-            inner.check_capacity(v4, count - v4)?;
-            inner.check_new_rules(&nets)?;
-            let first = inner.operator.next_seq;
-            let rules: Vec<OperatorRule> = nets
-                .iter()
-                .enumerate()
-                .map(|(index, &cidr)| OperatorRule {
-                    cidr,
-                    action: request.action,
-                    comment: comment.clone(),
-                    expires_at: None,
-                    shadow: false,
-                    seq: first + index as u64,
-                })
-                .collect();
-            let ops = rules.iter().cloned().map(Op::PutRule).collect();
-            let undo = nets.iter().copied().map(Op::DeleteRule).collect();
-            inner.change_rules(
-                (ops, undo),
-                |operator| {
-                    operator.next_seq += count as u64;
-                    for rule in rules {
-                        operator.rules.insert(rule);
-                    }
-                },
-                |operator| {
-                    operator.next_seq = first;
-                    for net in &nets {
-                        operator.rules.remove(net);
-                    }
-                },
-                Some(&nets),
-            )?;
-        }
-        // Made only for a cluster: a million changes nobody reads are not free.
-        for net in nets.into_iter().filter(|_| self.publishes()) {
-            self.publish(Change::AddRule {
-                cidr: net.to_string(),
-                action: request.action,
-                comment: comment.clone(),
-                expires_at: None,
-                shadow: false,
-            });
-        }
-        tracing::info!(count, "operator rules imported");
-        Ok(count)
-    }
-
     /// Whether a rule for `net` exists (config or operator), and if so whether it is a
     /// shadow rule.
     pub fn rule_is_shadow(&self, net: IpNet) -> Option<bool> {
@@ -412,7 +345,7 @@ impl Inner {
 
     /// New operator rules must not repeat a rule that exists (in the file or added before):
     /// one index lookup per new rule.
-    fn check_new_rules(&self, nets: &[IpNet]) -> FirewallResult<()> {
+    pub(super) fn check_new_rules(&self, nets: &[IpNet]) -> FirewallResult<()> {
         let config: HashMap<IpNet, &str> = self
             .firewall
             .rules
@@ -433,21 +366,6 @@ impl Inner {
             if let Some(line) = seen.insert(net, index + 1) {
                 return Err(conflict(net, format!("line {line}")));
             }
-        }
-        Ok(())
-    }
-
-    /// Refuses an import of up to `most` rules when even that many cannot fit: the cheap
-    /// check, before anything is parsed.
-    fn check_room(&self, most: usize) -> FirewallResult<()> {
-        let used = self.firewall.rules.len() + self.operator.rules.len();
-        let room = (self.capacity.0 + self.capacity.1).saturating_sub(used);
-        if most > room {
-            return Err(FirewallError::Full(format!(
-                "{most} rules do not fit: the maps hold {} IPv4 and {} IPv6 rules and {used} are \
-                 in use; raise xdp.max_rules_v4/v6 and restart",
-                self.capacity.0, self.capacity.1
-            )));
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ mod cluster_limits;
 mod cluster_metering;
 mod crash;
 mod defend;
+mod import_stream;
 mod metrics;
 mod operator;
 mod otlp;

@@ -33,8 +33,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let redis = RedisServer::start(Some(&ns), "127.0.0.1", 6379);
     println!("catch-up of a joining node: N rules and N/10 bans in Redis, one gateway each row");
     println!(
-        "{:>10} {:>10} {:<22} {:>12} {:>14} {:>14}",
-        "rules", "bans", "firewall", "catch-up s", "entries/s", "start->done s"
+        "{:>10} {:>10} {:<22} {:>12} {:>14} {:>14} {:>12}",
+        "rules", "bans", "firewall", "catch-up s", "entries/s", "start->done s", "daemon CPU s"
     );
     for (round, &size) in sizes.iter().enumerate() {
         let prefix = format!("bench{}r{round}", std::process::id());
@@ -60,6 +60,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             let gateway = Gateway::start(Some(&ns), &config);
             let line = wait_caught_up(&gateway)?;
             let joined = started.elapsed();
+            // User + system, start to done: steadier than the wall clock on a shared machine.
+            let cpu = crate::cpu::tree_cpu_seconds(gateway.pid());
             let applied = field(&line, "applied").context("no applied= in the log")?;
             let took = Duration::from_millis(field(&line, "took_ms").context("no took_ms=")?);
             if applied != (size + bans) as u64 {
@@ -69,7 +71,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 );
             }
             println!(
-                "{size:>10} {bans:>10} {name:<22} {:>12.2} {:>14.0} {:>14.2}",
+                "{size:>10} {bans:>10} {name:<22} {:>12.2} {:>14.0} {:>14.2} {cpu:>12.2}",
                 took.as_secs_f64(),
                 applied as f64 / took.as_secs_f64().max(1e-3),
                 joined.as_secs_f64()
