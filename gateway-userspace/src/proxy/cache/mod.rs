@@ -620,6 +620,7 @@ mod tests {
         let connection = Arc::new(super::super::ConnectionInfo {
             client: "127.0.0.1:1".parse().unwrap(),
             scheme: "http",
+            client_cert: None,
             _slot: Arc::new(tokio::sync::Semaphore::new(1))
                 .try_acquire_owned()
                 .unwrap(),
