@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use crate::proxy_support::{free_port, raw_exchange, raw_status};
+use crate::proxy_support::{RustClient, free_port, raw_exchange, raw_status};
 use gateway_tests::{Gateway, daemon::run_expect_failure, upstream::Upstream};
 use sha2::Digest as _;
 use tempfile::TempDir;
@@ -571,6 +571,22 @@ fn a_client_sent_xfcc_never_reaches_the_upstream() {
             Some(400) => {}
             other => panic!("{spoof:?}: {other:?}\n{raw}"),
         }
+    }
+    // HTTP/1.1 and HTTP/2 (h2c) through a client library, fields repeated and respelled.
+    let url = format!("http://{}/open", lab.plain);
+    for client in [RustClient::http1(), RustClient::http2()] {
+        let got = client.get(
+            &url,
+            &[
+                ("x-forwarded-client-cert", "Hash=evil"),
+                ("x-forwarded-client-cert", "Subject=\"CN=admin\""),
+                ("x_forwarded_client_cert", "Hash=evil2"),
+            ],
+        );
+        assert_eq!(got.status, 200, "{got:?}");
+        let echo = got.json();
+        let headers = echo["headers"].as_object().unwrap();
+        assert!(!headers.keys().any(|name| is_xfcc(name)), "{headers:?}");
     }
     // Over TLS, HTTP/1.1 and HTTP/2, with and without a certificate: the upstream gets the
     // gateway's XFCC (or none), never the client's.
