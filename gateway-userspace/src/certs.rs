@@ -206,6 +206,32 @@ fn seconds_and_text(time: &x509_parser::time::ASN1Time) -> (i64, String) {
     (time.timestamp(), printed)
 }
 
+/// A verifier of client certificates (mTLS): chained to one of `cas` and not revoked by
+/// `crls` (every CA in a chain needs its CRL there once any is given). `optional`: a client
+/// may also send none. The error says what webpki refused.
+pub fn client_verifier(
+    cas: &[CertificateDer<'static>],
+    crls: &[rustls_pki_types::CertificateRevocationListDer<'static>],
+    optional: bool,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for (index, ca) in cas.iter().enumerate() {
+        roots
+            .add(ca.clone())
+            .map_err(|error| format!("certificate {index} is not a usable CA: {error}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .with_crls(crls.iter().cloned());
+    let builder = if optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    builder.build().map_err(|error| error.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::{
     Problems,
+    client_auth::{ClientAuth, RawClientAuth, compile_client_auth},
     proxy::check_name,
     tls::{RawTls, TlsConfig, compile_tls},
 };
@@ -17,6 +18,8 @@ pub struct ListenerConfig {
     pub protocol: ListenerProtocol,
     /// Certificates of an `https` listener (`None` for `http`).
     pub tls: Option<TlsConfig>,
+    /// Client certificates (mTLS) of an `https` listener; `None`: none asked for.
+    pub client_auth: Option<ClientAuth>,
 }
 
 /// What a listener speaks.
@@ -48,6 +51,7 @@ pub(super) struct RawListener {
     #[serde(default)]
     protocol: ListenerProtocol,
     tls: Option<RawTls>,
+    client_auth: Option<RawClientAuth>,
 }
 
 pub(super) fn compile_listeners(
@@ -98,11 +102,20 @@ pub(super) fn compile_listeners(
             }
             (ListenerProtocol::Http, None) => None,
         };
+        let client_auth = listener.client_auth.and_then(|raw| {
+            let key = format!("{key}.client_auth");
+            if listener.protocol != ListenerProtocol::Https {
+                problems.add(key, "only used with protocol = \"https\"");
+                return None;
+            }
+            compile_client_auth(raw, &key, problems)
+        });
         listeners.push(ListenerConfig {
             name: listener.name,
             address,
             protocol: listener.protocol,
             tls,
+            client_auth,
         });
     }
     listeners

@@ -5,6 +5,7 @@
 mod aggregate;
 pub mod auth;
 mod cache;
+mod client_auth;
 mod cluster;
 mod defend;
 mod firewall;
@@ -29,6 +30,7 @@ use serde::Deserialize;
 
 pub use aggregate::{AggregateCall, AggregateConfig, Merge, OnError, TemplatePart};
 pub use cache::{CacheConfig, CacheStoreConfig};
+pub use client_auth::{ClientAuth, ClientAuthMode, ClientIdentity};
 pub use cluster::{ClusterConfig, DEFAULT_PASSWORD_ENV, OnRedisDown};
 pub use defend::{
     AutoSwitch, DefendConfig, LoadSignal, Signal, TrapPath, Trigger, UnderAttackConfig,

@@ -1,7 +1,9 @@
 //! The `authenticate` stage: who is calling. A route's `auth` accepts an API key, a JWT, or
 //! either; the verified caller becomes `ctx.identity` (and, for a JWT, `ctx.claims`) for
 //! every later stage. Failures are 401 with `WWW-Authenticate` (RFC 6750) and are counted by
-//! reason. A request with more than one credential is 400 before any is verified
+//! reason. `client_cert = true` needs a verified client certificate first (401
+//! `client_cert_required` without one); alone, its identity is the caller. A request with
+//! more than one credential is 400 before any is verified
 //! (credential.rs reads them), and `strip_credential` removes the one that was.
 
 use hyper::{
@@ -16,7 +18,7 @@ use crate::config::auth::TokenSource;
 use super::{
     Flow, Identity, RequestCtx, Routed,
     body::ProxyBody,
-    credential,
+    client_cert, credential,
     error::{ErrorKind, ProxyError},
 };
 
@@ -29,6 +31,20 @@ pub async fn authenticate(
     let Some(auth) = &routed.route.auth else {
         return Ok(Flow::Continue);
     };
+    if auth.client_cert {
+        let Some(name) = client_cert::identity(ctx) else {
+            return Err(no_client_cert(routed, ctx));
+        };
+        if auth.jwt.is_none() && auth.api_key.is_none() {
+            // The certificate alone names the caller; a consumer of that name lends its groups.
+            let consumer = snapshot.auth.consumers.iter().find(|c| c.name == name);
+            ctx.identity = Some(Identity {
+                name: name.to_owned(),
+                groups: consumer.map(|c| c.groups.clone()).unwrap_or_default(),
+            });
+            return Ok(Flow::Continue);
+        }
+    }
     let provider = auth.jwt.map(|index| &snapshot.providers[index]);
     // Claim headers are the gateway's to set: a client must not be able to send its own,
     // nor one an upstream would read as it (`x_user` for `x-user`).
@@ -99,6 +115,27 @@ pub async fn authenticate(
         credential::strip(req.headers_mut(), &mut routed.upstream_path, &source);
     }
     Ok(Flow::Continue)
+}
+
+/// `auth.client_cert` and the connection showed no certificate (an `optional` listener), or
+/// one without the SAN the listener's `client_auth.identity` reads: 401.
+fn no_client_cert(routed: &Routed<'_>, ctx: &RequestCtx) -> ProxyError {
+    routed
+        .snapshot
+        .handles
+        .metrics
+        .auth_failed("client_cert_required");
+    let why = match &ctx.connection.client_cert {
+        None => "no client certificate was presented in the TLS handshake",
+        Some(_) => "the client certificate lacks the name client_auth.identity reads",
+    };
+    ProxyError::new(
+        ErrorKind::ClientCertRequired,
+        format!(
+            "route {} needs a client certificate: {why}",
+            routed.route.name
+        ),
+    )
 }
 
 /// More than one credential: 400, counted as an authentication failure. Not a 401: no

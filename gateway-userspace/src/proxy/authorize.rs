@@ -1,5 +1,6 @@
 //! The `authorize` stage: may this caller use this route? Source address allow/deny first
-//! (it needs no identity), then scopes, claim values and consumer groups. Failures are 403:
+//! (it needs no identity), then the client certificate's identity (`client_certs`, 403
+//! `client_cert_not_allowed`), then scopes, claim values and consumer groups. Failures are 403:
 //! `insufficient_scope` (RFC 6750) for what the credential lacks, `source_denied` for the
 //! address.
 
@@ -7,7 +8,7 @@ use hyper::header::{HeaderValue, WWW_AUTHENTICATE};
 use serde_json::Value;
 
 use super::{
-    Flow, RequestCtx, Routed,
+    Flow, RequestCtx, Routed, client_cert,
     error::{ErrorKind, ProxyError},
 };
 
@@ -24,6 +25,24 @@ pub fn authorize(routed: &Routed<'_>, ctx: &mut RequestCtx) -> Result<Flow, Prox
             ErrorKind::SourceDenied,
             format!("{ip} is not allowed on route {}", routed.route.name),
         ));
+    }
+    if !rules.client_certs.is_empty() {
+        // `auth.client_cert` (required for this key) ran first: the identity is there.
+        let identity = client_cert::identity(ctx).unwrap_or_default();
+        if !rules.client_certs.iter().any(|allowed| allowed == identity) {
+            routed
+                .snapshot
+                .handles
+                .metrics
+                .auth_failed("client_cert_not_allowed");
+            return Err(ProxyError::new(
+                ErrorKind::ClientCertDenied,
+                format!(
+                    "client certificate {identity:?} is not allowed on route {}",
+                    routed.route.name
+                ),
+            ));
+        }
     }
     let claims = ctx.claims.as_deref();
     let granted: Vec<&str> = claims

@@ -66,8 +66,14 @@ pub enum ErrorKind {
     UpstreamTls,
     /// No valid credential (401; `WWW-Authenticate` says why, RFC 6750).
     Unauthorized,
+    /// The route needs a verified client certificate (mTLS) and the connection showed none,
+    /// or one without the identity the listener reads (401).
+    ClientCertRequired,
     /// Authenticated, but not allowed here: scopes, claims, groups (403).
     InsufficientScope,
+    /// The client certificate's identity is not among the route's `authorize.client_certs`
+    /// (403).
+    ClientCertDenied,
     /// The client's address may not use this route (403).
     SourceDenied,
     /// A CORS preflight the route's policy does not allow (403).
@@ -95,10 +101,11 @@ impl ErrorKind {
             ErrorKind::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamFailed | ErrorKind::UpstreamTls => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorKind::InsufficientScope | ErrorKind::SourceDenied | ErrorKind::CorsRejected => {
-                StatusCode::FORBIDDEN
-            }
+            ErrorKind::Unauthorized | ErrorKind::ClientCertRequired => StatusCode::UNAUTHORIZED,
+            ErrorKind::InsufficientScope
+            | ErrorKind::ClientCertDenied
+            | ErrorKind::SourceDenied
+            | ErrorKind::CorsRejected => StatusCode::FORBIDDEN,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::LimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -121,7 +128,9 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::UpstreamTls => "upstream_tls_failed",
             ErrorKind::Unauthorized => "invalid_token",
+            ErrorKind::ClientCertRequired => "client_cert_required",
             ErrorKind::InsufficientScope => "insufficient_scope",
+            ErrorKind::ClientCertDenied => "client_cert_not_allowed",
             ErrorKind::SourceDenied => "source_denied",
             ErrorKind::CorsRejected => "cors_rejected",
             ErrorKind::RateLimited => "rate_limited",
@@ -141,7 +150,9 @@ impl ErrorKind {
             | ErrorKind::BodyTimeout
             | ErrorKind::ClientClosed
             | ErrorKind::Unauthorized
+            | ErrorKind::ClientCertRequired
             | ErrorKind::InsufficientScope
+            | ErrorKind::ClientCertDenied
             | ErrorKind::SourceDenied
             | ErrorKind::CorsRejected
             | ErrorKind::RateLimited => Cause::Client,
@@ -172,10 +183,13 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout | ErrorKind::BodyTimeout => 4, // DEADLINE_EXCEEDED
             ErrorKind::ClientClosed => 1,                          // CANCELLED
             ErrorKind::HeadersTooLarge | ErrorKind::BodyTooLarge | ErrorKind::RateLimited => 8, // RESOURCE_EXHAUSTED
-            ErrorKind::InsufficientScope | ErrorKind::SourceDenied | ErrorKind::CorsRejected => 7, // PERMISSION_DENIED
-            ErrorKind::Unauthorized => 16, // UNAUTHENTICATED
-            ErrorKind::NoRoute | ErrorKind::MethodNotImplemented => 12, // UNIMPLEMENTED
-            ErrorKind::Internal => 13,     // INTERNAL
+            ErrorKind::InsufficientScope
+            | ErrorKind::ClientCertDenied
+            | ErrorKind::SourceDenied
+            | ErrorKind::CorsRejected => 7, // PERMISSION_DENIED
+            ErrorKind::Unauthorized | ErrorKind::ClientCertRequired => 16, // UNAUTHENTICATED
+            ErrorKind::NoRoute | ErrorKind::MethodNotImplemented => 12,    // UNIMPLEMENTED
+            ErrorKind::Internal => 13,                                     // INTERNAL
             ErrorKind::NoTarget
             | ErrorKind::UpstreamFailed
             | ErrorKind::UpstreamTls
@@ -198,7 +212,9 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "the upstream did not answer in time",
             ErrorKind::UpstreamTls => "the TLS connection to the upstream failed",
             ErrorKind::Unauthorized => "a valid credential is required",
+            ErrorKind::ClientCertRequired => "a valid client certificate is required",
             ErrorKind::InsufficientScope => "the credential does not allow this request",
+            ErrorKind::ClientCertDenied => "this client certificate is not allowed here",
             ErrorKind::SourceDenied => "this route is not open to your address",
             ErrorKind::CorsRejected => "this cross-origin request is not allowed",
             ErrorKind::RateLimited => "too many requests; retry later",
@@ -401,6 +417,20 @@ mod tests {
                 false,
             ),
             (
+                ErrorKind::ClientCertRequired,
+                401,
+                "client_cert_required",
+                Cause::Client,
+                false,
+            ),
+            (
+                ErrorKind::ClientCertDenied,
+                403,
+                "client_cert_not_allowed",
+                Cause::Client,
+                false,
+            ),
+            (
                 ErrorKind::SourceDenied,
                 403,
                 "source_denied",
@@ -463,6 +493,8 @@ mod tests {
             (ErrorKind::Unauthorized, "16"),
             (ErrorKind::InsufficientScope, "7"),
             (ErrorKind::SourceDenied, "7"),
+            (ErrorKind::ClientCertRequired, "16"),
+            (ErrorKind::ClientCertDenied, "7"),
             (ErrorKind::CorsRejected, "7"),
             (ErrorKind::RateLimited, "8"),
         ];

@@ -11,7 +11,9 @@ use hyper::{
 
 use crate::config::HeaderOps;
 
-use super::{Flow, RequestCtx, Routed, body::ProxyBody, error::ProxyError, trace::TRACEPARENT};
+use super::{
+    Flow, RequestCtx, Routed, body::ProxyBody, client_cert, error::ProxyError, trace::TRACEPARENT,
+};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -110,6 +112,11 @@ pub fn prepare_request(
             .is_some_and(|value| value == "trailers");
     let headers = req.headers_mut();
     remove_hop_by_hop(headers);
+    // Only the gateway says which certificate the client showed (Envoy's XFCC).
+    client_cert::remove_spoofed(headers);
+    if let Some(cert) = &ctx.connection.client_cert {
+        headers.insert(client_cert::XFCC, cert.xfcc.clone());
+    }
     if websocket {
         keep_websocket(headers);
     }

@@ -16,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::{config::ListenerConfig, guard::AcceptGuard};
 
 use super::{
-    ConnectionInfo,
+    ConnectionInfo, client_cert,
     serve::{Alpn, serve, stopped},
     snapshot::Snapshot,
     tls,
@@ -101,14 +101,15 @@ pub async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let connection = Arc::new(ConnectionInfo {
+        let connection = ConnectionInfo {
             client,
             scheme,
+            client_cert: None,
             _slot: permit,
-        });
+        };
         match &tls {
             None => {
-                tokio::spawn(serve(stream, None, connection, shared.clone()));
+                tokio::spawn(serve(stream, None, Arc::new(connection), shared.clone()));
             }
             Some(tls) => {
                 let acceptor = TlsAcceptor::from(tls.load_full());
@@ -132,7 +133,7 @@ async fn serve_tls(
     listener: String,
     stream: TcpStream,
     acceptor: TlsAcceptor,
-    connection: Arc<ConnectionInfo>,
+    mut connection: ConnectionInfo,
     shared: Arc<Shared>,
 ) {
     let timeout = shared.snapshot.load().limits.tls_handshake_timeout;
@@ -157,10 +158,22 @@ async fn serve_tls(
         },
         () = stopped(&mut shutdown) => return,
     };
-    let alpn = match stream.get_ref().1.alpn_protocol() {
+    let session = stream.get_ref().1;
+    let alpn = match session.alpn_protocol() {
         Some(tls::ALPN_H2) => Some(Alpn::Http2),
         Some(tls::ALPN_HTTP1) => Some(Alpn::Http1),
         _ => None,
     };
-    serve(stream, alpn, connection, shared).await;
+    // rustls verified it against the listener's `client_auth` (CA, CRLs) already.
+    if let Some(leaf) = session.peer_certificates().and_then(|chain| chain.first()) {
+        let snapshot = shared.snapshot.load();
+        let identity = snapshot
+            .client_identities
+            .iter()
+            .find(|(name, _)| *name == listener)
+            .map(|(_, identity)| *identity)
+            .unwrap_or_default();
+        connection.client_cert = client_cert::describe(leaf, identity);
+    }
+    serve(stream, alpn, Arc::new(connection), shared).await;
 }

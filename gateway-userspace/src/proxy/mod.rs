@@ -1,8 +1,9 @@
 //! The L7 proxy. This file is the only place the request stages are put in order:
 //!
-//! `accept` (listener.rs) -> `tls` (tls.rs; https listeners: handshake, SNI certificate,
-//! ALPN) -> `limits` (request line, headers) -> `normalise` (the one path every later stage,
-//! the log and the upstream see) -> `route` -> `cors` (a preflight is answered here) ->
+//! `accept` (listener.rs) -> `tls` (tls.rs; https listeners: handshake, SNI certificate, a
+//! client certificate verified and named by client_cert.rs, ALPN) -> `limits` (request line,
+//! headers) -> `normalise` (the one path every later stage, the log and the upstream see) ->
+//! `route` -> `cors` (a preflight is answered here) ->
 //! `authenticate` -> `authorize` -> `throttle` -> `limits` (body) -> `cache` (lookup: hit,
 //! 304, stale; coalesce misses; on the client's request as it came) -> `headers` (request) ->
 //! `aggregate` (composite routes) or `balance` -> `forward` -> `headers` (response) ->
@@ -24,6 +25,7 @@ mod balance;
 mod body;
 pub mod cache;
 mod client_body;
+pub(crate) mod client_cert;
 mod context;
 mod cors;
 pub mod credential;
@@ -92,6 +94,8 @@ pub struct ConnectionInfo {
     pub client: SocketAddr,
     /// `http` or `https` (a TLS listener), for the forwarding headers.
     pub scheme: &'static str,
+    /// The certificate the client showed at the TLS handshake, verified (`client_auth`).
+    pub client_cert: Option<client_cert::ClientCert>,
     /// This connection's `limits.max_connections` slot, released when the last holder of
     /// the `ConnectionInfo` is gone: the connection and any WebSocket tunnel it became, so
     /// tunnels count as connections and shutdown drains them too.

@@ -244,6 +244,8 @@ pub struct Record {
     pub route: Option<String>,
     /// The verified caller (JWT subject or consumer), if the route authenticates.
     pub identity: Option<String>,
+    /// The identity of the client certificate the connection showed (`client_auth`).
+    pub client_cert: Option<String>,
     pub target: Option<String>,
     pub status: u16,
     /// What failed, if the request did (its cause says whose fault it was).
@@ -343,6 +345,7 @@ pub fn attach(
         },
         path,
         route: routed.map(|routed| routed.route.name.clone()),
+        client_cert: super::client_cert::identity(&ctx).map(str::to_owned),
         identity: ctx.identity.map(|identity| identity.name),
         target: ctx
             .target
@@ -477,6 +480,7 @@ impl Logged {
             path = record.path,
             route = record.route,
             identity = record.identity,
+            client_cert = record.client_cert,
             upstream_target = record.target,
             status = record.status,
             fault = record.error.map(|error| error.cause().as_str()),

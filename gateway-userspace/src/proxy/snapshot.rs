@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use crate::config::{
-    EscapedSlashes, HttpLimits, ProxyConfig, RouteConfig, UpstreamConfig, auth::AuthConfig,
+    ClientIdentity, EscapedSlashes, HttpLimits, ProxyConfig, RouteConfig, UpstreamConfig,
+    auth::AuthConfig,
 };
 
 use super::{
@@ -46,6 +47,9 @@ pub struct Snapshot {
     pub series: Vec<Arc<RouteSeries>>,
     /// The series of requests refused before a route matched.
     pub unrouted: Arc<RouteSeries>,
+    /// Per `client_auth` listener (by name): which part of a client certificate names the
+    /// caller. Here, not in the accept loop, so a reload changes it.
+    pub client_identities: Vec<(String, ClientIdentity)>,
     /// The neighbours the daemon handed the proxy; the same for the proxy's life.
     pub handles: Handles,
 }
@@ -182,6 +186,14 @@ impl Snapshot {
                 })
                 .collect(),
             unrouted: Arc::new(RouteSeries::new(&handles.metrics, UNROUTED, None)),
+            client_identities: config
+                .listeners
+                .iter()
+                .filter_map(|listener| {
+                    let client_auth = listener.client_auth.as_ref()?;
+                    Some((listener.name.clone(), client_auth.identity))
+                })
+                .collect(),
             handles,
         }
     }

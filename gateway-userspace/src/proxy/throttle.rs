@@ -36,6 +36,7 @@ use crate::config::{
 use super::{
     Flow, RequestCtx, Routed,
     body::ProxyBody,
+    client_cert,
     error::{ErrorKind, ProxyError},
     handles::SharedDecision,
     observe::ProxyMetrics,
@@ -244,6 +245,10 @@ fn key(ctx: &RequestCtx, req: &Request<ProxyBody>, key: &LimitKey) -> String {
             .identity
             .as_ref()
             .map_or_else(ip, |identity| format!("id:{}", identity.name)),
+        LimitKey::ClientCert => match client_cert::identity(ctx) {
+            Some(identity) => format!("cert:{identity}"),
+            None => ip(),
+        },
         LimitKey::Header(name) => match req.headers().get(name) {
             Some(value) => format!("h:{}", String::from_utf8_lossy(value.as_bytes())),
             None => ip(),

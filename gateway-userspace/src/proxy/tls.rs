@@ -17,6 +17,8 @@ use rustls::{
 use super::resumption::Resumption;
 use crate::config::{HostMatch, ListenerConfig};
 
+use super::client_cert;
+
 /// ALPN protocol ids offered to clients, preferred first.
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
@@ -38,7 +40,7 @@ pub fn server_config(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_cert::verifier_of(listener.client_auth.as_ref()))
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
     resumption.apply(listener, &mut config);

@@ -32,6 +32,7 @@ mod proxy_keep_alive;
 mod proxy_lifecycle;
 mod proxy_limits;
 mod proxy_metrics;
+mod proxy_mtls;
 mod proxy_normalise;
 mod proxy_routing;
 mod proxy_throttle;

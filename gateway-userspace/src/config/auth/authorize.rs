@@ -17,6 +17,8 @@ pub struct Authorize {
     pub claims: Vec<(String, String)>,
     /// The caller must be in at least one of these consumer groups.
     pub groups: Vec<String>,
+    /// The client certificate's identity must be one of these (empty: any verified one).
+    pub client_certs: Vec<String>,
     /// Empty: any source not denied.
     pub allow: Vec<IpNet>,
     pub deny: Vec<IpNet>,
@@ -31,6 +33,8 @@ pub(in crate::config) struct RawAuthorize {
     claims: HashMap<String, String>,
     #[serde(default)]
     groups: Vec<String>,
+    #[serde(default)]
+    client_certs: Vec<String>,
     #[serde(default)]
     sources: RawSources,
 }
@@ -64,6 +68,12 @@ pub(in crate::config) fn compile_authorize(
             "groups need an authenticated caller: set auth on this route",
         );
     }
+    if !raw.client_certs.is_empty() && route_auth.is_none_or(|a| !a.client_cert) {
+        problems.add(
+            format!("{key}.client_certs"),
+            "needs a client certificate: set auth = { client_cert = true } on this route",
+        );
+    }
     // Groups can come from a token's groups claim; otherwise only consumers have them.
     let token_groups = route_auth
         .and_then(|a| a.jwt)
@@ -90,6 +100,7 @@ pub(in crate::config) fn compile_authorize(
         scopes: raw.scopes,
         claims,
         groups: raw.groups,
+        client_certs: raw.client_certs,
         allow: cidrs(&raw.sources.allow, "allow", problems),
         deny: cidrs(&raw.sources.deny, "deny", problems),
     }

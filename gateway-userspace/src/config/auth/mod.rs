@@ -53,6 +53,9 @@ pub struct RouteAuth {
     /// Index into [`AuthConfig::providers`].
     pub jwt: Option<usize>,
     pub api_key: Option<TokenSource>,
+    /// A verified client certificate (a `client_auth` listener) is required as well; alone,
+    /// its identity is the caller.
+    pub client_cert: bool,
     /// Remove the credential before forwarding.
     pub strip_credential: bool,
 }
@@ -79,6 +82,8 @@ pub(super) struct RawConsumer {
 pub(super) struct RawRouteAuth {
     jwt: Option<String>,
     api_key: Option<RawTokenSource>,
+    #[serde(default)]
+    client_cert: bool,
     #[serde(default)]
     strip_credential: bool,
 }
@@ -182,12 +187,16 @@ pub(super) fn compile_route_auth(
             "no [[consumers]] are declared, so no API key can be accepted",
         );
     }
-    if jwt.is_none() && api_key.is_none() && !problems_named(problems, key) {
-        problems.add(key, "accepts no credential: set jwt, api_key or both");
+    if jwt.is_none() && api_key.is_none() && !raw.client_cert && !problems_named(problems, key) {
+        problems.add(
+            key,
+            "accepts no credential: set jwt, api_key or both, or client_cert = true",
+        );
     }
     RouteAuth {
         jwt,
         api_key,
+        client_cert: raw.client_cert,
         strip_credential: raw.strip_credential,
     }
 }

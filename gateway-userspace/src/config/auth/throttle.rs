@@ -12,6 +12,8 @@ pub enum LimitKey {
     Ip,
     /// The verified identity; the client IP when there is none.
     Identity,
+    /// The client certificate's identity (`client_auth`); the client IP when there is none.
+    ClientCert,
     /// A request header's value; the client IP when it is absent.
     Header(HeaderName),
 }
@@ -54,6 +56,7 @@ pub(in crate::config) fn compile_rate_limits(
         let limit_key = match raw.key.as_str() {
             "ip" => Some(LimitKey::Ip),
             "identity" => Some(LimitKey::Identity),
+            "client_cert" => Some(LimitKey::ClientCert),
             other => match other
                 .strip_prefix("header:")
                 .map(|name| HeaderName::from_bytes(name.as_bytes()))
@@ -62,7 +65,9 @@ pub(in crate::config) fn compile_rate_limits(
                 _ => {
                     problems.add(
                         format!("{key}.key"),
-                        format!("{other:?}: use \"ip\", \"identity\" or \"header:<name>\""),
+                        format!(
+                            "{other:?}: use \"ip\", \"identity\", \"client_cert\" or \"header:<name>\""
+                        ),
                     );
                     None
                 }

@@ -31,8 +31,8 @@
 //! stored, and are evaluated against it.
 //!
 //! **Never one caller's response to another** (RFC 9111 3.5): a request with
-//! `Authorization` or `Cookie` bypasses a route's cache unless the route keys by identity,
-//! and then only a verified identity (set by authentication) gets an entry.
+//! `Authorization`, `Cookie` or a client certificate bypasses a route's cache unless the route
+//! keys by identity, and then only a verified identity (set by authentication) gets an entry.
 //!
 //! **Coalescing.** Concurrent misses for one key wait for the first (the leader): when its
 //! response is stored they are served from it; when it could not be stored (too large,
@@ -165,8 +165,11 @@ pub async fn lookup(
         return Ok(Flow::Continue);
     }
     let directives = Directives::parse(req.headers());
-    let credentials =
-        req.headers().contains_key(AUTHORIZATION) || req.headers().contains_key(COOKIE);
+    // A client certificate is a credential too: the upstream sees it (XFCC) and may answer
+    // per caller.
+    let credentials = req.headers().contains_key(AUTHORIZATION)
+        || req.headers().contains_key(COOKIE)
+        || ctx.connection.client_cert.is_some();
     let identity = match (config.key_by_identity, &ctx.identity) {
         (true, Some(identity)) => Some(identity.name.as_str()),
         (true, None) if !credentials => Some(""),
@@ -620,6 +623,7 @@ mod tests {
         let connection = Arc::new(super::super::ConnectionInfo {
             client: "127.0.0.1:1".parse().unwrap(),
             scheme: "http",
+            client_cert: None,
             _slot: Arc::new(tokio::sync::Semaphore::new(1))
                 .try_acquire_owned()
                 .unwrap(),
@@ -681,6 +685,40 @@ mod tests {
         let mut unverified = context(None);
         assert_eq!(look(&routed, &mut unverified, "Bearer a").await, None);
         assert!(unverified.cache.is_none() && unverified.cache_bypass);
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_is_a_credential() {
+        let shown = |identity: Option<&str>| {
+            let mut ctx = context(identity);
+            let connection = Arc::get_mut(&mut ctx.connection).unwrap();
+            connection.client_cert = Some(crate::proxy::client_cert::ClientCert {
+                identity: Some("CN=alice".into()),
+                xfcc: HeaderValue::from_static("Hash=00"),
+            });
+            ctx
+        };
+        let plain = || {
+            let mut req = Request::new(empty());
+            *req.uri_mut() = "/me".parse().unwrap();
+            req
+        };
+        // Not keyed by identity: whoever showed a certificate goes around the cache.
+        let shared = snapshot("ttl = \"60s\"");
+        let mut ctx = shown(None);
+        let flow = lookup(&routed(&shared), &mut ctx, &mut plain())
+            .await
+            .unwrap();
+        assert!(matches!(flow, Flow::Continue));
+        assert!(ctx.cache.is_none() && ctx.cache_bypass);
+        // Keyed by identity: the certificate's caller gets entries of its own.
+        let keyed = snapshot("ttl = \"60s\", key_by_identity = true");
+        let mut ctx = shown(Some("CN=alice"));
+        let flow = lookup(&routed(&keyed), &mut ctx, &mut plain())
+            .await
+            .unwrap();
+        assert!(matches!(flow, Flow::Continue));
+        assert!(ctx.cache.is_some() && !ctx.cache_bypass);
     }
 
     #[tokio::test]
