@@ -105,8 +105,10 @@ fn a_streamed_import_costs_its_networks_not_its_text() {
     assert_eq!(status, 200, "{answer}");
     let before = peak_kib(&gateway);
 
-    // 20,000 networks, each line padded to 4 KiB: 80 MiB of text, sent in 64 KiB writes.
-    let (lines, pad) = (20_000, 4_000);
+    // 20,000 networks, each line padded to 8 KiB: 160 MiB of text, sent in 64 KiB writes.
+    // The padding makes the text dwarf what the networks themselves cost (about 1 KiB each
+    // in the store's index and tables, allocator included).
+    let (lines, pad) = (20_000, 8_000);
     let length = body_len(lines, pad);
     let (status, answer) = exchange(
         gateway.socket(),
@@ -128,7 +130,7 @@ fn a_streamed_import_costs_its_networks_not_its_text() {
     let grown_kib = peak_kib(&gateway).saturating_sub(before);
     let body_kib = (length >> 10) as u64;
     eprintln!("peak memory grew {grown_kib} KiB importing a {body_kib} KiB body");
-    // Holding the text would cost 80 MiB (twice that with a copy); the rules cost a few.
+    // Holding the text would cost 160 MiB (twice that with a copy); the rules cost about 20.
     assert!(
         grown_kib < body_kib / 4,
         "the daemon's peak memory grew by {grown_kib} KiB for a {body_kib} KiB import"
@@ -164,14 +166,14 @@ fn an_import_that_cannot_fit_is_refused_before_or_as_its_lines_arrive() {
     // most 4x the room is offered (a bounded write that the daemon stops early).
     let before = peak_kib(&gateway);
     let offered = 4 * (ROOM + 1);
-    let offered_len = body_len(offered, 100);
+    let offered_len = body_len(offered, 1_000);
     let (status, answer) = exchange(
         gateway.socket(),
         &head("action=deny", offered_len),
         |stream| {
             let mut chunk = String::new();
             for n in 0..offered {
-                chunk.push_str(&padded_line(n, 100));
+                chunk.push_str(&padded_line(n, 1_000));
                 if chunk.len() >= 60 << 10 {
                     stream.write_all(chunk.as_bytes())?;
                     chunk.clear();
