@@ -12,7 +12,10 @@
 use std::{
     ffi::CString,
     io,
-    os::unix::ffi::OsStrExt as _,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _},
+        unix::ffi::OsStrExt as _,
+    },
     path::{Path, PathBuf},
 };
 
@@ -182,18 +185,58 @@ pub fn clear(dir: &Path) -> Vec<PathBuf> {
     let entries = files;
     let mut paths = entries;
     // Links first: the gate opens before its maps go, never the other way round.
-    paths.sort_by_key(|path| {
-        !path
-            .file_name()
-            .is_some_and(|name| name.to_string_lossy().starts_with("link-"))
-    });
+    paths.sort_by_key(|path| !is_link(path));
     for path in paths {
+        if is_link(&path) {
+            // Removing the pin frees the link later, from a kernel work queue; detaching it
+            // first opens the gate before this returns.
+            let _ = detach_link(&path);
+        }
         if std::fs::remove_file(&path).is_ok() {
             removed.push(path);
         }
     }
     let _ = std::fs::remove_dir(dir);
     removed
+}
+
+fn is_link(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with("link-"))
+}
+
+/// Detaches the pinned link at `path` from its interface now (`BPF_LINK_DETACH`), whoever
+/// else holds it.
+fn detach_link(path: &Path) -> io::Result<()> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let bpf = |command: libc::c_long, attr: &mut [u64; 8]| {
+        // SAFETY: `attr` is a zeroed bpf_attr of the given size, laid out for `command`.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                command,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(attr),
+            )
+        };
+        if result < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(result)
+        }
+    };
+    let name = CString::new(path.as_os_str().as_bytes())?;
+    // bpf_attr for BPF_OBJ_GET: the path's address first.
+    let mut attr = [0u64; 8];
+    attr[0] = name.as_ptr() as u64;
+    let fd = bpf(BPF_OBJ_GET, &mut attr)? as libc::c_int;
+    // SAFETY: a descriptor the kernel just gave this process, closed once, here.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // bpf_attr for BPF_LINK_DETACH: the link's descriptor.
+    let mut attr = [0u64; 8];
+    attr[0] = u64::from(fd.as_raw_fd() as u32);
+    bpf(BPF_LINK_DETACH, &mut attr).map(drop)
 }
 
 #[cfg(test)]
