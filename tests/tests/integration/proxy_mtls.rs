@@ -13,45 +13,40 @@ use std::{
     time::Duration,
 };
 
-use crate::proxy_support::{RustClient, free_port, raw_exchange, raw_status};
+use crate::proxy_support::{
+    RustClient, free_port,
+    pki::{self, CertDir},
+    raw_exchange, raw_status,
+};
 use gateway_tests::{Gateway, daemon::run_expect_failure, upstream::Upstream};
 use sha2::Digest as _;
-use tempfile::TempDir;
 
 /// A CA run by `openssl ca` (with a database, so it can revoke and make CRLs), a second
 /// unrelated CA, and the certificates they sign, in a temporary directory.
-struct Pki {
-    dir: TempDir,
+struct Pki(CertDir);
+
+impl std::ops::Deref for Pki {
+    type Target = CertDir;
+
+    fn deref(&self) -> &CertDir {
+        &self.0
+    }
 }
 
 impl Pki {
     fn new() -> Pki {
-        let dir = tempfile::Builder::new()
-            .prefix("gwmtls-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let pki = Pki { dir };
+        let pki = Pki(CertDir::new("gwmtls-"));
         for ca in ["ca", "other"] {
             std::fs::create_dir_all(pki.path(&format!("{ca}.db/new"))).unwrap();
             std::fs::write(pki.path(&format!("{ca}.db/index.txt")), "").unwrap();
             std::fs::write(pki.path(&format!("{ca}.db/serial")), "1000\n").unwrap();
             std::fs::write(pki.path(&format!("{ca}.db/crlnumber")), "1000\n").unwrap();
             std::fs::write(pki.path(&format!("{ca}.cnf")), pki.ca_config(ca)).unwrap();
-            pki.openssl(&[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.pem"),
-                "-days",
-                "30",
-                "-subj",
+            pki.self_signed_ca(
+                ca,
+                pki::RSA_2048,
                 &format!("/O=Gateway Test/CN=mTLS {ca} CA"),
-            ]);
+            );
         }
         // The listener's own certificate, signed by the same CA as the good clients.
         pki.issue(
@@ -115,20 +110,8 @@ impl Pki {
              default_days = 30\ndefault_crl_days = 30\npolicy = any\nunique_subject = no\n\
              [any]\norganizationName = optional\ncommonName = supplied\n",
             db = db.display(),
-            dir = self.dir.path().display(),
+            dir = self.dir().display(),
         )
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    fn path_str(&self, file: &str) -> String {
-        self.path(file).to_string_lossy().into_owned()
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        gateway_tests::openssl_in(self.dir.path(), args);
     }
 
     /// `<stem>.pem` and `<stem>.key`, signed by `ca` with these SANs and extended key
@@ -142,20 +125,11 @@ impl Pki {
         usage: &str,
         dates: Option<(&str, &str)>,
     ) {
-        let (key, csr, ext) = (
-            format!("{stem}.key"),
+        self.key_and_csr(stem, pki::RSA_2048, subject);
+        let (csr, ext) = (
             format!("{stem}.csr"),
-            format!("{stem}.ext"),
+            self.extensions(stem, sans, Some(usage)),
         );
-        self.openssl(&[
-            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-subj", subject,
-            "-out", &csr,
-        ]);
-        std::fs::write(
-            self.path(&ext),
-            format!("subjectAltName={sans}\nextendedKeyUsage={usage}\n"),
-        )
-        .unwrap();
         let config = format!("{ca}.cnf");
         let out = format!("{stem}.pem");
         let mut args = vec![

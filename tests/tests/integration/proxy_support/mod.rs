@@ -14,6 +14,8 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, body::Bytes};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
+pub mod pki;
+
 /// Any single exchange, connection or curl run gives up after this.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
