@@ -21,16 +21,10 @@ use crate::proxy_support::{
 use gateway_tests::{Gateway, daemon::run_expect_failure, upstream::Upstream};
 use sha2::Digest as _;
 
-/// A CA run by `openssl ca` (with a database, so it can revoke and make CRLs), a second
-/// unrelated CA, and the certificates they sign, in a temporary directory.
-struct Pki(CertDir);
-
-impl std::ops::Deref for Pki {
-    type Target = CertDir;
-
-    fn deref(&self) -> &CertDir {
-        &self.0
-    }
+pki::cert_dir_newtype! {
+    /// A CA run by `openssl ca` (with a database, so it can revoke and make CRLs), a second
+    /// unrelated CA, and the certificates they sign, in a temporary directory.
+    Pki
 }
 
 impl Pki {
@@ -199,6 +193,13 @@ struct Lab {
 }
 
 impl Lab {
+    /// A fresh PKI, `client_auth` in `mode` with the CA's CRL, and [`ROUTES`].
+    fn with_crl(mode: &str) -> Lab {
+        let pki = Pki::new();
+        let crl = pki.path_str("crl.pem");
+        Lab::start(pki, &format!("mode = {mode:?}, crl_file = {crl:?}"), ROUTES)
+    }
+
     fn start(pki: Pki, client_auth: &str, routes: &str) -> Lab {
         let upstream = Upstream::start("echo");
         let (port, plain_port) = (free_port(), free_port());
@@ -351,13 +352,7 @@ const REFUSED: [(Option<&str>, &str); 4] = [
 
 #[test]
 fn required_mode_admits_valid_certificates_and_refuses_the_rest_in_the_handshake() {
-    let pki = Pki::new();
-    let crl = pki.path_str("crl.pem");
-    let lab = Lab::start(
-        pki,
-        &format!("mode = \"required\", crl_file = {crl:?}"),
-        ROUTES,
-    );
+    let lab = Lab::with_crl("required");
     for version in [&["--tlsv1.3"][..], &["--tlsv1.2", "--tls-max", "1.2"][..]] {
         let good = lab.fetch(Some("alice"), "/open", version).unwrap();
         assert_eq!(good.status, 200, "{version:?}: {good:?}");
@@ -392,13 +387,7 @@ fn required_mode_admits_valid_certificates_and_refuses_the_rest_in_the_handshake
 
 #[test]
 fn optional_mode_lets_clients_without_a_certificate_reach_only_routes_that_need_none() {
-    let pki = Pki::new();
-    let crl = pki.path_str("crl.pem");
-    let lab = Lab::start(
-        pki,
-        &format!("mode = \"optional\", crl_file = {crl:?}"),
-        ROUTES,
-    );
+    let lab = Lab::with_crl("optional");
     // (certificate, path) -> status and, for errors, the code.
     let table: [(Option<&str>, &str, u16, Option<&str>); 9] = [
         (None, "/open", 200, None),
@@ -475,13 +464,7 @@ fn a_chosen_san_is_the_identity_for_authorize_and_rate_limits() {
 
 #[test]
 fn a_new_crl_takes_effect_on_reload() {
-    let pki = Pki::new();
-    let crl = pki.path_str("crl.pem");
-    let lab = Lab::start(
-        pki,
-        &format!("mode = \"required\", crl_file = {crl:?}"),
-        ROUTES,
-    );
+    let lab = Lab::with_crl("required");
     assert_eq!(lab.fetch(Some("bob"), "/open", &[]).unwrap().status, 200);
     lab.pki.revoke("bob");
     // Before the reload the running CRL holds; after it, bob is refused and alice is not.

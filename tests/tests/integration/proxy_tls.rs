@@ -35,15 +35,9 @@ enum KeyKind {
     EcSec1,
 }
 
-/// A test CA and the leaf certificates it signs, in a temporary directory.
-struct Pki(CertDir);
-
-impl std::ops::Deref for Pki {
-    type Target = CertDir;
-
-    fn deref(&self) -> &CertDir {
-        &self.0
-    }
+pki::cert_dir_newtype! {
+    /// A test CA and the leaf certificates it signs, in a temporary directory.
+    Pki
 }
 
 impl Pki {

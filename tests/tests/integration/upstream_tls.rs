@@ -22,16 +22,10 @@ use crate::proxy_support::{
 use gateway_tests::{daemon::gateway_cmd, upstream::Upstream};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 
-/// A test PKI in a temporary directory: `ca` (trusted by the gateway), `other-ca` (not), and
-/// the leaves they sign.
-struct Pki(CertDir);
-
-impl std::ops::Deref for Pki {
-    type Target = CertDir;
-
-    fn deref(&self) -> &CertDir {
-        &self.0
-    }
+pki::cert_dir_newtype! {
+    /// A test PKI in a temporary directory: `ca` (trusted by the gateway), `other-ca` (not), and
+    /// the leaves they sign.
+    Pki
 }
 
 impl Pki {

@@ -99,3 +99,21 @@ impl CertDir {
         ]);
     }
 }
+
+/// Declares `struct $name(CertDir)` that reads through to its [`CertDir`] (`pki.path(..)`,
+/// `pki.openssl(..)`), for a test module's own `Pki` with what only that module needs.
+macro_rules! cert_dir_newtype {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        struct $name($crate::proxy_support::pki::CertDir);
+
+        impl std::ops::Deref for $name {
+            type Target = $crate::proxy_support::pki::CertDir;
+
+            fn deref(&self) -> &Self::Target {
+                &self.0
+            }
+        }
+    };
+}
+pub(crate) use cert_dir_newtype;
