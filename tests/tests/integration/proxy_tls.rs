@@ -6,21 +6,16 @@
 
 use std::{
     net::{SocketAddr, TcpStream},
-    path::Path,
     process::Command,
     time::Duration,
 };
 
 use crate::proxy_support::{
-    IO_TIMEOUT, free_port,
+    IO_TIMEOUT, check_config, free_port,
     pki::{self, CertDir},
     read_until_close,
 };
-use gateway_tests::{
-    Gateway,
-    daemon::{gateway_cmd, run_expect_failure},
-    upstream::Upstream,
-};
+use gateway_tests::{Gateway, daemon::run_expect_failure, upstream::Upstream};
 
 /// A private key as one of the PEM forms the gateway accepts.
 #[derive(Clone, Copy)]
@@ -410,16 +405,6 @@ fn reload_swaps_certificates_and_a_broken_one_is_kept_out() {
         "{}",
         lab.gateway.log()
     );
-}
-
-/// `gateway check-config FILE` on `config`: (success, stdout + stderr).
-fn check_config(dir: &Path, config: &str) -> (bool, String) {
-    let file = dir.join("check.toml");
-    std::fs::write(&file, config.replace("{admin_socket}", "/tmp/unused.sock")).unwrap();
-    let output = gateway_cmd(&["check-config", &file.to_string_lossy()]);
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
 }
 
 #[test]

@@ -12,10 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::proxy_support::{curl, free_port};
+use crate::proxy_support::{check_config, curl, free_port};
 use gateway_tests::{
     Gateway,
-    daemon::gateway_cmd,
     redis::{RedisServer, redis_available},
     upstream::Upstream,
 };
@@ -338,22 +337,16 @@ fn rotate_out_of_range_is_refused_naming_the_key() {
         ),
     ];
     for (settings, expected) in cases {
-        let (ok, text) = check_config(&cert, &config(free_port(), &cert, settings, &upstream, ""));
+        let (ok, text) = check_config(
+            cert.dir.path(),
+            &config(free_port(), &cert, settings, &upstream, ""),
+        );
         assert!(!ok, "{settings} was accepted:\n{text}");
         assert!(
             text.contains(expected),
             "{settings}: wanted {expected:?} in\n{text}"
         );
     }
-}
-
-fn check_config(cert: &Cert, config: &str) -> (bool, String) {
-    let file = cert.path("check.toml");
-    std::fs::write(&file, config.replace("{admin_socket}", "/tmp/unused.sock")).unwrap();
-    let output = gateway_cmd(&["check-config", &file.to_string_lossy()]);
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
 }
 
 /// Waits (bounded) until `redis-cli HGET key field` is not `than` (nor empty); returns it.
@@ -492,7 +485,10 @@ fn certificates_near_expiry_are_warned_about_and_expired_ones_are_errors() {
             // notAfter is now: a second later it has passed.
             std::thread::sleep(Duration::from_millis(1100));
         }
-        let (ok, text) = check_config(&cert, &config(free_port(), &cert, "", &upstream, ""));
+        let (ok, text) = check_config(
+            cert.dir.path(),
+            &config(free_port(), &cert, "", &upstream, ""),
+        );
         assert!(ok, "{days} days: {text}");
         match expected {
             Some(expected) => {

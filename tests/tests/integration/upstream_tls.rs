@@ -19,7 +19,7 @@ use crate::proxy_support::{
     pki::{self, CertDir},
     upstream_toml, wait_until,
 };
-use gateway_tests::{daemon::gateway_cmd, upstream::Upstream};
+use gateway_tests::upstream::Upstream;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 
 pki::cert_dir_newtype! {
@@ -148,14 +148,8 @@ fn routed(name: &str, target: SocketAddr, extra: &str) -> String {
 
 /// `gateway check-config` on a config with `proxy_toml`: (success, stdout + stderr).
 fn check_config(dir: &Path, proxy_toml: &str) -> (bool, String) {
-    let file = dir.join("check.toml");
-    let config = crate::proxy_support::config("127.0.0.1:1".parse().unwrap(), proxy_toml)
-        .replace("{admin_socket}", "/tmp/unused.sock");
-    std::fs::write(&file, config).unwrap();
-    let output = gateway_cmd(&["check-config", &file.to_string_lossy()]);
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
+    let config = crate::proxy_support::config("127.0.0.1:1".parse().unwrap(), proxy_toml);
+    crate::proxy_support::check_config(dir, &config)
 }
 
 #[test]
