@@ -56,15 +56,7 @@ impl Pki {
                 "-out",
                 &key_file,
             ]),
-            KeyKind::EcPkcs8 | KeyKind::EcSec1 => self.openssl(&[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                &key_file,
-            ]),
+            KeyKind::EcPkcs8 | KeyKind::EcSec1 => self.ec_p256_key(&key_file),
         }
         let traditional = format!("{stem}.traditional");
         match key {

@@ -56,6 +56,19 @@ impl CertDir {
         self.openssl(&args);
     }
 
+    /// `file`: a new EC P-256 private key (PKCS#8) from `openssl genpkey`.
+    pub fn ec_p256_key(&self, file: &str) {
+        self.openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            file,
+        ]);
+    }
+
     /// `<stem>.key` (a new key, as in [`Self::self_signed_ca`]) and `<stem>.csr` for `subject`.
     pub fn key_and_csr(&self, stem: &str, newkey: &[&str], subject: &str) {
         let (key, csr) = (format!("{stem}.key"), format!("{stem}.csr"));
