@@ -10,12 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rustls::{
-    DigitallySignedStruct,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
-};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use gateway::tls_client;
+use rustls_pki_types::ServerName;
 
 use crate::proxy_support::{IO_TIMEOUT, Proxy, free_port, upstream_toml};
 use gateway_tests::upstream::Upstream;
@@ -120,66 +116,18 @@ fn open(address: SocketAddr, tls: bool) -> Conn {
     if !tls {
         return Conn::Plain(stream);
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
+    // The gateway's own upstream client config with `verify = false`: any certificate, the
+    // handshake signatures still checked; TLS 1.2 and 1.3.
+    let mut config = tls_client::client_config(tls_client::ClientTls {
+        roots: rustls::RootCertStore::empty(),
+        verify: false,
+        client_cert: None,
+        tls13_only: false,
+    });
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let name = ServerName::try_from("localhost").unwrap();
     let client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
     Conn::Tls(Box::new(rustls::StreamOwned::new(client, stream)))
-}
-
-/// Accepts any certificate, checking only the handshake signatures.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 fn exchange(conn: &mut Conn, send: Send, what: &str) {

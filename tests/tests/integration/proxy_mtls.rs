@@ -13,45 +13,34 @@ use std::{
     time::Duration,
 };
 
-use crate::proxy_support::{RustClient, free_port, raw_exchange, raw_status};
+use crate::proxy_support::{
+    RustClient, free_port,
+    pki::{self, CertDir},
+    raw_exchange, raw_status,
+};
 use gateway_tests::{Gateway, daemon::run_expect_failure, upstream::Upstream};
 use sha2::Digest as _;
-use tempfile::TempDir;
 
-/// A CA run by `openssl ca` (with a database, so it can revoke and make CRLs), a second
-/// unrelated CA, and the certificates they sign, in a temporary directory.
-struct Pki {
-    dir: TempDir,
+pki::cert_dir_newtype! {
+    /// A CA run by `openssl ca` (with a database, so it can revoke and make CRLs), a second
+    /// unrelated CA, and the certificates they sign, in a temporary directory.
+    Pki
 }
 
 impl Pki {
     fn new() -> Pki {
-        let dir = tempfile::Builder::new()
-            .prefix("gwmtls-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let pki = Pki { dir };
+        let pki = Pki(CertDir::new("gwmtls-"));
         for ca in ["ca", "other"] {
             std::fs::create_dir_all(pki.path(&format!("{ca}.db/new"))).unwrap();
             std::fs::write(pki.path(&format!("{ca}.db/index.txt")), "").unwrap();
             std::fs::write(pki.path(&format!("{ca}.db/serial")), "1000\n").unwrap();
             std::fs::write(pki.path(&format!("{ca}.db/crlnumber")), "1000\n").unwrap();
             std::fs::write(pki.path(&format!("{ca}.cnf")), pki.ca_config(ca)).unwrap();
-            pki.openssl(&[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.pem"),
-                "-days",
-                "30",
-                "-subj",
+            pki.self_signed_ca(
+                ca,
+                pki::RSA_2048,
                 &format!("/O=Gateway Test/CN=mTLS {ca} CA"),
-            ]);
+            );
         }
         // The listener's own certificate, signed by the same CA as the good clients.
         pki.issue(
@@ -115,20 +104,8 @@ impl Pki {
              default_days = 30\ndefault_crl_days = 30\npolicy = any\nunique_subject = no\n\
              [any]\norganizationName = optional\ncommonName = supplied\n",
             db = db.display(),
-            dir = self.dir.path().display(),
+            dir = self.dir().display(),
         )
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    fn path_str(&self, file: &str) -> String {
-        self.path(file).to_string_lossy().into_owned()
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        gateway_tests::openssl_in(self.dir.path(), args);
     }
 
     /// `<stem>.pem` and `<stem>.key`, signed by `ca` with these SANs and extended key
@@ -142,20 +119,11 @@ impl Pki {
         usage: &str,
         dates: Option<(&str, &str)>,
     ) {
-        let (key, csr, ext) = (
-            format!("{stem}.key"),
+        self.key_and_csr(stem, pki::RSA_2048, subject);
+        let (csr, ext) = (
             format!("{stem}.csr"),
-            format!("{stem}.ext"),
+            self.extensions(stem, sans, Some(usage)),
         );
-        self.openssl(&[
-            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-subj", subject,
-            "-out", &csr,
-        ]);
-        std::fs::write(
-            self.path(&ext),
-            format!("subjectAltName={sans}\nextendedKeyUsage={usage}\n"),
-        )
-        .unwrap();
         let config = format!("{ca}.cnf");
         let out = format!("{stem}.pem");
         let mut args = vec![
@@ -225,6 +193,13 @@ struct Lab {
 }
 
 impl Lab {
+    /// A fresh PKI, `client_auth` in `mode` with the CA's CRL, and [`ROUTES`].
+    fn with_crl(mode: &str) -> Lab {
+        let pki = Pki::new();
+        let crl = pki.path_str("crl.pem");
+        Lab::start(pki, &format!("mode = {mode:?}, crl_file = {crl:?}"), ROUTES)
+    }
+
     fn start(pki: Pki, client_auth: &str, routes: &str) -> Lab {
         let upstream = Upstream::start("echo");
         let (port, plain_port) = (free_port(), free_port());
@@ -377,13 +352,7 @@ const REFUSED: [(Option<&str>, &str); 4] = [
 
 #[test]
 fn required_mode_admits_valid_certificates_and_refuses_the_rest_in_the_handshake() {
-    let pki = Pki::new();
-    let crl = pki.path_str("crl.pem");
-    let lab = Lab::start(
-        pki,
-        &format!("mode = \"required\", crl_file = {crl:?}"),
-        ROUTES,
-    );
+    let lab = Lab::with_crl("required");
     for version in [&["--tlsv1.3"][..], &["--tlsv1.2", "--tls-max", "1.2"][..]] {
         let good = lab.fetch(Some("alice"), "/open", version).unwrap();
         assert_eq!(good.status, 200, "{version:?}: {good:?}");
@@ -418,13 +387,7 @@ fn required_mode_admits_valid_certificates_and_refuses_the_rest_in_the_handshake
 
 #[test]
 fn optional_mode_lets_clients_without_a_certificate_reach_only_routes_that_need_none() {
-    let pki = Pki::new();
-    let crl = pki.path_str("crl.pem");
-    let lab = Lab::start(
-        pki,
-        &format!("mode = \"optional\", crl_file = {crl:?}"),
-        ROUTES,
-    );
+    let lab = Lab::with_crl("optional");
     // (certificate, path) -> status and, for errors, the code.
     let table: [(Option<&str>, &str, u16, Option<&str>); 9] = [
         (None, "/open", 200, None),
@@ -501,13 +464,7 @@ fn a_chosen_san_is_the_identity_for_authorize_and_rate_limits() {
 
 #[test]
 fn a_new_crl_takes_effect_on_reload() {
-    let pki = Pki::new();
-    let crl = pki.path_str("crl.pem");
-    let lab = Lab::start(
-        pki,
-        &format!("mode = \"required\", crl_file = {crl:?}"),
-        ROUTES,
-    );
+    let lab = Lab::with_crl("required");
     assert_eq!(lab.fetch(Some("bob"), "/open", &[]).unwrap().status, 200);
     lab.pki.revoke("bob");
     // Before the reload the running CRL holds; after it, bob is refused and alice is not.

@@ -6,18 +6,16 @@
 
 use std::{
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
     process::Command,
     time::Duration,
 };
 
-use crate::proxy_support::{IO_TIMEOUT, free_port, read_until_close};
-use gateway_tests::{
-    Gateway,
-    daemon::{gateway_cmd, run_expect_failure},
-    upstream::Upstream,
+use crate::proxy_support::{
+    IO_TIMEOUT, check_config, free_port,
+    pki::{self, CertDir},
+    read_until_close,
 };
-use tempfile::TempDir;
+use gateway_tests::{Gateway, daemon::run_expect_failure, upstream::Upstream};
 
 /// A private key as one of the PEM forms the gateway accepts.
 #[derive(Clone, Copy)]
@@ -32,51 +30,21 @@ enum KeyKind {
     EcSec1,
 }
 
-/// A test CA and the leaf certificates it signs, in a temporary directory.
-struct Pki {
-    dir: TempDir,
+pki::cert_dir_newtype! {
+    /// A test CA and the leaf certificates it signs, in a temporary directory.
+    Pki
 }
 
 impl Pki {
     fn new() -> Pki {
-        let dir = tempfile::Builder::new()
-            .prefix("gwtls-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let pki = Pki { dir };
-        pki.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=Gateway Test CA",
-        ]);
+        let pki = Pki(CertDir::new("gwtls-"));
+        pki.self_signed_ca("ca", pki::RSA_2048, "/CN=Gateway Test CA");
         pki
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    fn path_str(&self, file: &str) -> String {
-        self.path(file).to_string_lossy().into_owned()
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        gateway_tests::openssl_in(self.dir.path(), args);
     }
 
     /// Writes `<stem>.pem` (the leaf, then the CA: a chain) and `<stem>.key`, for `subject`
     /// with `names` as DNS subject alternative names, valid for `days` (0: expires at once).
-    fn leaf(&self, stem: &str, subject: &str, names: &[&str], key: KeyKind, days: u32) {
+    fn leaf(&self, stem: &str, subject: &str, names: &[&str], key: KeyKind, days: i32) {
         let key_file = format!("{stem}.key");
         match key {
             KeyKind::Rsa | KeyKind::RsaPkcs1 => self.openssl(&[
@@ -88,15 +56,7 @@ impl Pki {
                 "-out",
                 &key_file,
             ]),
-            KeyKind::EcPkcs8 | KeyKind::EcSec1 => self.openssl(&[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                &key_file,
-            ]),
+            KeyKind::EcPkcs8 | KeyKind::EcSec1 => self.ec_p256_key(&key_file),
         }
         let traditional = format!("{stem}.traditional");
         match key {
@@ -123,34 +83,13 @@ impl Pki {
             );
         }
         let sans: Vec<String> = names.iter().map(|name| format!("DNS:{name}")).collect();
-        let ext = format!("{stem}.ext");
-        std::fs::write(
-            self.path(&ext),
-            format!("subjectAltName={}\n", sans.join(",")),
-        )
-        .unwrap();
+        let ext = self.extensions(stem, &sans.join(","), None);
         let csr = format!("{stem}.csr");
         let leaf = format!("{stem}.leaf");
         self.openssl(&[
             "req", "-new", "-key", &key_file, "-subj", subject, "-out", &csr,
         ]);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            &days.to_string(),
-            "-extfile",
-            &ext,
-            "-out",
-            &leaf,
-        ]);
+        self.sign(&csr, "ca", &ext, days, &leaf);
         let chain = std::fs::read_to_string(self.path(&leaf)).unwrap()
             + &std::fs::read_to_string(self.path("ca.pem")).unwrap();
         std::fs::write(self.path(&format!("{stem}.pem")), chain).unwrap();
@@ -460,16 +399,6 @@ fn reload_swaps_certificates_and_a_broken_one_is_kept_out() {
     );
 }
 
-/// `gateway check-config FILE` on `config`: (success, stdout + stderr).
-fn check_config(dir: &Path, config: &str) -> (bool, String) {
-    let file = dir.join("check.toml");
-    std::fs::write(&file, config.replace("{admin_socket}", "/tmp/unused.sock")).unwrap();
-    let output = gateway_cmd(&["check-config", &file.to_string_lossy()]);
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
-}
-
 #[test]
 fn missing_and_mismatched_keys_fail_startup_and_check_config_naming_key_and_file() {
     let pki = Pki::standard();
@@ -486,7 +415,7 @@ fn missing_and_mismatched_keys_fail_startup_and_check_config_naming_key_and_file
         log.contains("listeners[0].tls.certificates[0].key") && log.contains("absent.key"),
         "{log}"
     );
-    let (ok, said) = check_config(pki.dir.path(), &missing);
+    let (ok, said) = check_config(pki.dir(), &missing);
     assert!(
         !ok && said.contains("listeners[0].tls.certificates[0].key"),
         "{said}"
@@ -494,7 +423,7 @@ fn missing_and_mismatched_keys_fail_startup_and_check_config_naming_key_and_file
     assert!(said.contains("absent.key"), "{said}");
 
     let missing_cert = https_config(port, None, &pki.entry("absent.pem", "api.key", &[]), "");
-    let (ok, said) = check_config(pki.dir.path(), &missing_cert);
+    let (ok, said) = check_config(pki.dir(), &missing_cert);
     assert!(
         !ok && said.contains("listeners[0].tls.certificates[0].cert"),
         "{said}"
@@ -516,7 +445,7 @@ fn missing_and_mismatched_keys_fail_startup_and_check_config_naming_key_and_file
             && log.contains("www.pem"),
         "{log}"
     );
-    let (ok, said) = check_config(pki.dir.path(), &mismatched);
+    let (ok, said) = check_config(pki.dir(), &mismatched);
     assert!(!ok && said.contains("does not match"), "{said}");
 
     // A name the certificate does not cover is legal but warned about.
@@ -530,7 +459,7 @@ fn missing_and_mismatched_keys_fail_startup_and_check_config_naming_key_and_file
         ),
         "",
     );
-    let (ok, said) = check_config(pki.dir.path(), &uncovered);
+    let (ok, said) = check_config(pki.dir(), &uncovered);
     assert!(ok, "{said}");
     assert!(
         said.contains("warning: listeners[0].tls.certificates[0].names[1]")
@@ -550,7 +479,7 @@ fn missing_and_mismatched_keys_fail_startup_and_check_config_naming_key_and_file
     );
     std::thread::sleep(Duration::from_millis(1100));
     let expired = https_config(port, None, &pki.entry("old.pem", "old.key", &[]), "");
-    let (ok, said) = check_config(pki.dir.path(), &expired);
+    let (ok, said) = check_config(pki.dir(), &expired);
     assert!(ok, "{said}");
     assert!(
         said.contains("error: listeners[0].tls.certificates[0].cert")

@@ -12,50 +12,32 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::proxy_support::{curl, free_port};
+use crate::proxy_support::{check_config, curl, free_port, pki::CertDir};
 use gateway_tests::{
     Gateway,
-    daemon::gateway_cmd,
     redis::{RedisServer, redis_available},
     upstream::Upstream,
 };
-use tempfile::TempDir;
 
 const NAME: &str = "resume.test";
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A self-signed certificate for [`NAME`], valid for `days` (0: expired a second later).
 struct Cert {
-    dir: TempDir,
+    dir: CertDir,
 }
 
 impl Cert {
     fn new(days: u32) -> Cert {
-        let dir = tempfile::Builder::new()
-            .prefix("gwresume-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let openssl = |args: &[&str]| gateway_tests::openssl_in(dir.path(), args);
-        openssl(&[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            "key.pem",
-        ]);
+        let dir = CertDir::new("gwresume-");
+        dir.ec_p256_key("key.pem");
         let subject = format!("/CN={NAME}");
-        openssl(&[
+        dir.openssl(&[
             "req", "-new", "-key", "key.pem", "-subj", &subject, "-out", "cert.csr",
         ]);
-        std::fs::write(
-            dir.path().join("cert.ext"),
-            format!("subjectAltName=DNS:{NAME}\n"),
-        )
-        .unwrap();
+        dir.extensions("cert", &format!("DNS:{NAME}"), None);
         // `x509 -req` (unlike `req -x509`) takes `-days 0`.
-        openssl(&[
+        dir.openssl(&[
             "x509",
             "-req",
             "-in",
@@ -73,11 +55,11 @@ impl Cert {
     }
 
     fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
+        self.dir.path(file)
     }
 
     fn file(&self, file: &str) -> String {
-        self.path(file).to_string_lossy().into_owned()
+        self.dir.path_str(file)
     }
 }
 
@@ -338,22 +320,16 @@ fn rotate_out_of_range_is_refused_naming_the_key() {
         ),
     ];
     for (settings, expected) in cases {
-        let (ok, text) = check_config(&cert, &config(free_port(), &cert, settings, &upstream, ""));
+        let (ok, text) = check_config(
+            cert.dir.dir(),
+            &config(free_port(), &cert, settings, &upstream, ""),
+        );
         assert!(!ok, "{settings} was accepted:\n{text}");
         assert!(
             text.contains(expected),
             "{settings}: wanted {expected:?} in\n{text}"
         );
     }
-}
-
-fn check_config(cert: &Cert, config: &str) -> (bool, String) {
-    let file = cert.path("check.toml");
-    std::fs::write(&file, config.replace("{admin_socket}", "/tmp/unused.sock")).unwrap();
-    let output = gateway_cmd(&["check-config", &file.to_string_lossy()]);
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
 }
 
 /// Waits (bounded) until `redis-cli HGET key field` is not `than` (nor empty); returns it.
@@ -492,7 +468,10 @@ fn certificates_near_expiry_are_warned_about_and_expired_ones_are_errors() {
             // notAfter is now: a second later it has passed.
             std::thread::sleep(Duration::from_millis(1100));
         }
-        let (ok, text) = check_config(&cert, &config(free_port(), &cert, "", &upstream, ""));
+        let (ok, text) = check_config(
+            cert.dir.dir(),
+            &config(free_port(), &cert, "", &upstream, ""),
+        );
         assert!(ok, "{days} days: {text}");
         match expected {
             Some(expected) => {

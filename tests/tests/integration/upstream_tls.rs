@@ -8,48 +8,31 @@
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::Arc,
     time::Duration,
 };
 
-use crate::proxy_support::{Proxy, RustClient, free_port, upstream_toml, wait_until};
-use gateway_tests::{daemon::gateway_cmd, upstream::Upstream};
+use crate::proxy_support::{
+    Proxy, RustClient, free_port,
+    pki::{self, CertDir},
+    upstream_toml, wait_until,
+};
+use gateway_tests::upstream::Upstream;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
-use tempfile::TempDir;
 
-/// A test PKI in a temporary directory: `ca` (trusted by the gateway), `other-ca` (not), and
-/// the leaves they sign.
-struct Pki {
-    dir: TempDir,
+pki::cert_dir_newtype! {
+    /// A test PKI in a temporary directory: `ca` (trusted by the gateway), `other-ca` (not), and
+    /// the leaves they sign.
+    Pki
 }
 
 impl Pki {
     fn new() -> Pki {
-        let dir = tempfile::Builder::new()
-            .prefix("gwutls-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let pki = Pki { dir };
+        let pki = Pki(CertDir::new("gwutls-"));
         for ca in ["ca", "other-ca"] {
-            pki.openssl(&[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.pem"),
-                "-days",
-                "30",
-                "-subj",
-                &format!("/CN=Upstream Test {ca}"),
-            ]);
+            pki.self_signed_ca(ca, pki::EC_P256, &format!("/CN=Upstream Test {ca}"));
         }
         // The upstream as it should be: its name and its address.
         pki.leaf(
@@ -86,56 +69,18 @@ impl Pki {
         pki
     }
 
-    fn openssl(&self, args: &[&str]) {
-        gateway_tests::openssl_in(self.dir.path(), args);
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
     /// `{stem}.pem` and `{stem}.key` (EC P-256, PKCS#8), signed by `ca`, with `sans`
     /// (openssl's syntax), valid for `days` from now (negative: expired already).
     fn leaf(&self, stem: &str, ca: &str, sans: &str, usage: &str, days: i32) {
-        let ext = format!("{stem}.ext");
-        std::fs::write(
-            self.path(&ext),
-            format!("subjectAltName={sans}\nextendedKeyUsage={usage}\n"),
-        )
-        .unwrap();
-        let (key, csr) = (format!("{stem}.key"), format!("{stem}.csr"));
-        self.openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-subj",
-            &format!("/CN={stem}"),
-            "-out",
-            &csr,
-        ]);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-days",
-            &days.to_string(),
-            "-extfile",
+        let ext = self.extensions(stem, sans, Some(usage));
+        self.key_and_csr(stem, pki::EC_P256, &format!("/CN={stem}"));
+        self.sign(
+            &format!("{stem}.csr"),
+            ca,
             &ext,
-            "-out",
+            days,
             &format!("{stem}.pem"),
-        ]);
+        );
     }
 
     /// A rustls server config serving `{stem}.pem`, offering `alpn`, and requiring a client
@@ -203,14 +148,8 @@ fn routed(name: &str, target: SocketAddr, extra: &str) -> String {
 
 /// `gateway check-config` on a config with `proxy_toml`: (success, stdout + stderr).
 fn check_config(dir: &Path, proxy_toml: &str) -> (bool, String) {
-    let file = dir.join("check.toml");
-    let config = crate::proxy_support::config("127.0.0.1:1".parse().unwrap(), proxy_toml)
-        .replace("{admin_socket}", "/tmp/unused.sock");
-    std::fs::write(&file, config).unwrap();
-    let output = gateway_cmd(&["check-config", &file.to_string_lossy()]);
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
+    let config = crate::proxy_support::config("127.0.0.1:1".parse().unwrap(), proxy_toml);
+    crate::proxy_support::check_config(dir, &config)
 }
 
 #[test]
@@ -351,7 +290,7 @@ fn verify_false_accepts_any_certificate_and_check_config_warns() {
         let reply = client.get(&proxy.url(&format!("/u{at}")), &[]);
         assert_eq!(reply.upstream(), upstream.name());
     }
-    let (ok, said) = check_config(pki.dir.path(), &toml);
+    let (ok, said) = check_config(pki.dir(), &toml);
     assert!(ok, "{said}");
     for at in 0..upstreams.len() {
         assert!(
@@ -500,7 +439,7 @@ struct Nginx {
 impl Nginx {
     fn start(pki: &Pki) -> Nginx {
         let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let dir = pki.dir.path();
+        let dir = pki.dir();
         let conf = format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\n\
              error_log {dir}/nginx-error.log info;\nevents {{ worker_connections 64; }}\n\
@@ -725,7 +664,7 @@ fn tls_config_errors_name_the_key_and_the_reason() {
         ),
     ];
     for (settings, key, reason) in &cases {
-        let (ok, said) = check_config(pki.dir.path(), &routed("u", target, settings));
+        let (ok, said) = check_config(pki.dir(), &routed("u", target, settings));
         assert!(!ok, "{settings}: accepted:\n{said}");
         assert!(
             said.contains(key) && said.contains(reason),

@@ -14,6 +14,8 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, body::Bytes};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
+pub mod pki;
+
 /// Any single exchange, connection or curl run gives up after this.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -289,4 +291,15 @@ pub fn upstream_toml(name: &str, targets: &[(SocketAddr, u32)], extra: &str) -> 
         "[[upstreams]]\nname = \"{name}\"\ntargets = [{}]\n{extra}\n",
         targets.join(", ")
     )
+}
+
+/// `gateway check-config` on `config` written to `dir/check.toml` (`{admin_socket}` filled
+/// in with an unused path): (success, stdout + stderr).
+pub fn check_config(dir: &std::path::Path, config: &str) -> (bool, String) {
+    let file = dir.join("check.toml");
+    std::fs::write(&file, config.replace("{admin_socket}", "/tmp/unused.sock")).unwrap();
+    let output = gateway_tests::daemon::gateway_cmd(&["check-config", &file.to_string_lossy()]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
 }
