@@ -375,16 +375,22 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiFailure::from)
 }
 
-/// `?limit=N&after=CIDR` of a listing.
-fn page(query: Option<&str>) -> Result<ValidPage, ApiFailure> {
-    let mut page = api::PageQuery::default();
-    for pair in query
+/// A query string's `key=value` pairs, values percent-decoded; a key without `=` has "".
+fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, String)> {
+    query
         .unwrap_or("")
         .split('&')
         .filter(|pair| !pair.is_empty())
-    {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value);
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key, percent_decode(value))
+        })
+}
+
+/// `?limit=N&after=CIDR` of a listing.
+fn page(query: Option<&str>) -> Result<ValidPage, ApiFailure> {
+    let mut page = api::PageQuery::default();
+    for (key, value) in query_pairs(query) {
         match key {
             "limit" => {
                 page.limit = Some(value.parse().map_err(|_| {
@@ -539,13 +545,7 @@ fn import_query(query: Option<&str>) -> Result<api::import_lines::ImportQuery, A
         failure
     };
     let (mut action, mut comment, mut lines) = (None, None, None);
-    for pair in query
-        .unwrap_or("")
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-    {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value);
+    for (key, value) in query_pairs(query) {
         match key {
             "action" => {
                 action = Some(match value.as_str() {
